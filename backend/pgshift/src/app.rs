@@ -1,0 +1,100 @@
+//! Building and running the server: `Application::build` binds the listener (port 0 in tests),
+//! `run_until_stopped` serves until the shutdown future resolves, then stops every migration.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+
+use crate::auth::{KeyError, Keys, Role};
+use crate::config::{ensure_data_dir, ServeConfig};
+use crate::engine::Supervisor;
+use crate::service::App;
+use crate::store::{SqliteStore, StoreError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot create the data directory {path}: {source}")]
+    DataDir {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Keys(#[from] KeyError),
+    #[error("cannot open the metadata store: {0}")]
+    Store(#[from] StoreError),
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+pub struct Application {
+    listener: TcpListener,
+    app: Arc<App>,
+}
+
+impl Application {
+    pub async fn build(config: ServeConfig) -> Result<Self, StartError> {
+        ensure_data_dir(&config.data_dir).map_err(|source| StartError::DataDir {
+            path: config.data_dir.display().to_string(),
+            source,
+        })?;
+        let keys = Keys::load_or_create(&config.data_dir)?;
+        let store: Arc<dyn crate::store::Store> =
+            Arc::new(SqliteStore::open(&config.data_dir).await?);
+        let supervisor = Supervisor::new(store.clone(), config.engine.clone());
+        let listener =
+            TcpListener::bind(config.listen)
+                .await
+                .map_err(|source| StartError::Listen {
+                    addr: config.listen,
+                    source,
+                })?;
+        Ok(Self {
+            listener,
+            app: Arc::new(App {
+                store,
+                supervisor,
+                keys,
+            }),
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener
+            .local_addr()
+            .expect("bound listener has an address")
+    }
+
+    pub fn port(&self) -> u16 {
+        self.local_addr().port()
+    }
+
+    /// A token signed by this server (tests and the first admin).
+    pub fn issue_token(&self, role: Role, ttl: Duration) -> String {
+        self.app.keys.issue("pgshift", role, ttl)
+    }
+
+    /// Resumes running migrations, serves requests until `shutdown` resolves, then stops every
+    /// migration (waiting at most 30 s, naming the ones that did not stop).
+    pub async fn run_until_stopped(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<()> {
+        if let Err(err) = self.app.supervisor.resume_all().await {
+            tracing::error!(error = %err, "cannot resume migrations");
+        }
+        tracing::info!(addr = %self.local_addr(), "pgshift listening");
+        let router = crate::http::router(self.app.clone());
+        let result = axum::serve(self.listener, router)
+            .with_graceful_shutdown(shutdown)
+            .await;
+        self.app.supervisor.shutdown(Duration::from_secs(30)).await;
+        tracing::info!("pgshift stopped");
+        result
+    }
+}

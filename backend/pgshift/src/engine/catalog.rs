@@ -1,0 +1,358 @@
+//! Reading table definitions and privileges from the source and target catalogs, and the checks
+//! a migration must pass before anything is installed.
+
+use sqlx::{PgConnection, Row};
+
+use super::error::Context;
+use super::{EngineError, EngineResult};
+use crate::store::{ColumnSpec, TableSpec};
+
+/// A table as found in a catalog.
+#[derive(Debug, Clone)]
+pub struct CatalogTable {
+    pub oid: u32,
+    pub schema: String,
+    pub name: String,
+    pub partitioned: bool,
+    pub key: Vec<String>,
+    pub columns: Vec<ColumnSpec>,
+}
+
+impl CatalogTable {
+    pub fn display_name(&self) -> String {
+        format!("{}.{}", self.schema, self.name)
+    }
+}
+
+const TABLES_SQL: &str = r#"
+SELECT c.oid::oid AS oid, n.nspname::text AS schema, c.relname::text AS name, c.relkind = 'p' AS partitioned,
+       coalesce((SELECT array_agg(a.attname::text ORDER BY k.ord)
+                   FROM pg_index i
+                   CROSS JOIN LATERAL unnest(i.indkey::int2[]) WITH ORDINALITY AS k(attnum, ord)
+                   JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
+                  WHERE i.indrelid = c.oid AND i.indisprimary), '{}') AS key
+  FROM pg_class c
+  JOIN pg_namespace n ON n.oid = c.relnamespace
+ WHERE c.relkind IN ('r', 'p') AND NOT c.relispartition
+   AND n.nspname NOT IN ('pg_catalog', 'information_schema')
+   AND n.nspname !~ '^pg_toast' AND n.nspname !~ '^pg_temp' AND n.nspname !~ '^pgshift_'
+ ORDER BY n.nspname, c.relname
+"#;
+
+const COLUMNS_SQL: &str = r#"
+SELECT a.attrelid::oid AS oid, a.attname::text AS name, format_type(a.atttypid, a.atttypmod) AS type_name,
+       a.attgenerated <> '' AS generated, a.attidentity = 'a' AS identity_always
+  FROM pg_attribute a
+ WHERE a.attrelid = ANY($1) AND a.attnum > 0 AND NOT a.attisdropped
+ ORDER BY a.attrelid, a.attnum
+"#;
+
+/// Every user table of the connected database (partitions are reached through their parent).
+pub async fn user_tables(conn: &mut PgConnection) -> EngineResult<Vec<CatalogTable>> {
+    let rows = sqlx::query(TABLES_SQL)
+        .fetch_all(&mut *conn)
+        .await
+        .context(|| "listing tables".into())?;
+    let mut tables = Vec::with_capacity(rows.len());
+    for row in rows {
+        tables.push(CatalogTable {
+            oid: row.get::<sqlx::postgres::types::Oid, _>("oid").0,
+            schema: row.get("schema"),
+            name: row.get("name"),
+            partitioned: row.get("partitioned"),
+            key: row.get("key"),
+            columns: Vec::new(),
+        });
+    }
+    let oids: Vec<sqlx::postgres::types::Oid> = tables
+        .iter()
+        .map(|t| sqlx::postgres::types::Oid(t.oid))
+        .collect();
+    let rows = sqlx::query(COLUMNS_SQL)
+        .bind(&oids)
+        .fetch_all(&mut *conn)
+        .await
+        .context(|| "listing columns".into())?;
+    for row in rows {
+        let oid = row.get::<sqlx::postgres::types::Oid, _>("oid").0;
+        if let Some(t) = tables.iter_mut().find(|t| t.oid == oid) {
+            t.columns.push(ColumnSpec {
+                name: row.get("name"),
+                type_name: row.get("type_name"),
+                generated: row.get("generated"),
+                identity_always: row.get("identity_always"),
+            });
+        }
+    }
+    Ok(tables)
+}
+
+/// `*` matches any run of characters; everything else matches itself.
+pub fn pattern_matches(pattern: &str, name: &str) -> bool {
+    fn go(p: &[char], n: &[char]) -> bool {
+        match p.split_first() {
+            None => n.is_empty(),
+            Some(('*', rest)) => (0..=n.len()).any(|i| go(rest, &n[i..])),
+            Some((c, rest)) => n.first() == Some(c) && go(rest, &n[1..]),
+        }
+    }
+    let p: Vec<char> = pattern.chars().collect();
+    let n: Vec<char> = name.chars().collect();
+    go(&p, &n)
+}
+
+/// Picks the tables the patterns select; every pattern must select something.
+pub fn select_tables(
+    all: &[CatalogTable],
+    patterns: Option<&[String]>,
+) -> EngineResult<Vec<CatalogTable>> {
+    let selected: Vec<CatalogTable> = match patterns {
+        None => all.to_vec(),
+        Some(patterns) => {
+            if patterns.is_empty() {
+                return Err(EngineError::invalid(
+                    "no_tables",
+                    "tables is empty: give at least one pattern, or omit it to migrate every table",
+                ));
+            }
+            for p in patterns {
+                if p.trim().is_empty() {
+                    return Err(EngineError::invalid(
+                        "invalid_pattern",
+                        "a table pattern is empty",
+                    ));
+                }
+                if !all.iter().any(|t| pattern_matches(p, &t.display_name())) {
+                    return Err(EngineError::invalid(
+                        "pattern_matches_nothing",
+                        format!("table pattern {p:?} matches no table in the source database (patterns match schema.table, e.g. \"public.orders\" or \"sales.*\")"),
+                    ));
+                }
+            }
+            all.iter()
+                .filter(|t| {
+                    patterns
+                        .iter()
+                        .any(|p| pattern_matches(p, &t.display_name()))
+                })
+                .cloned()
+                .collect()
+        }
+    };
+    if selected.is_empty() {
+        return Err(EngineError::invalid(
+            "no_tables",
+            "the source database has no tables to migrate",
+        ));
+    }
+    let keyless: Vec<String> = selected
+        .iter()
+        .filter(|t| t.key.is_empty())
+        .map(|t| t.display_name())
+        .collect();
+    if !keyless.is_empty() {
+        return Err(EngineError::invalid(
+            "no_primary_key",
+            format!(
+                "table(s) without a primary key: {}. pgshift identifies rows by primary key to replicate updates and deletes; add a primary key or leave these tables out with table patterns",
+                keyless.join(", ")
+            ),
+        ));
+    }
+    Ok(selected)
+}
+
+/// Turns selected source tables into the specs stored with the migration.
+pub fn specs(selected: &[CatalogTable]) -> Vec<TableSpec> {
+    selected
+        .iter()
+        .enumerate()
+        .map(|(i, t)| TableSpec {
+            no: i as i32 + 1,
+            schema: t.schema.clone(),
+            name: t.name.clone(),
+            key: t.key.clone(),
+            columns: t.columns.clone(),
+            partitioned: t.partitioned,
+        })
+        .collect()
+}
+
+async fn missing_table_privileges(
+    conn: &mut PgConnection,
+    tables: &[TableSpec],
+    privileges: &[&str],
+) -> EngineResult<Vec<String>> {
+    let mut missing = Vec::new();
+    for t in tables {
+        for p in privileges {
+            let ok: bool = sqlx::query_scalar("SELECT has_table_privilege($1::regclass, $2)")
+                .bind(t.sql_name())
+                .bind(*p)
+                .fetch_one(&mut *conn)
+                .await
+                .context(|| format!("checking {p} on {}", t.display_name()))?;
+            if !ok {
+                missing.push(format!("{p} on {}", t.sql_name()));
+            }
+        }
+    }
+    Ok(missing)
+}
+
+async fn can_create_schema(conn: &mut PgConnection) -> EngineResult<(bool, String, String)> {
+    let row = sqlx::query(
+        "SELECT has_database_privilege(current_database(), 'CREATE'), current_user::text, current_database()::text",
+    )
+    .fetch_one(&mut *conn)
+    .await
+    .context(|| "checking database privileges".into())?;
+    Ok((row.get(0), row.get(1), row.get(2)))
+}
+
+/// Checks that the source lets pgshift install capture and read the tables.
+pub async fn check_source(conn: &mut PgConnection, tables: &[TableSpec]) -> EngineResult<()> {
+    let (create, user, db) = can_create_schema(conn).await?;
+    let mut missing = missing_table_privileges(conn, tables, &["SELECT", "TRIGGER"]).await?;
+    if !create {
+        missing.insert(
+            0,
+            format!(
+                "CREATE on database {db:?} (GRANT CREATE ON DATABASE {} TO {})",
+                super::quote_ident(&db),
+                super::quote_ident(&user)
+            ),
+        );
+    }
+    if missing.is_empty() {
+        return Ok(());
+    }
+    Err(EngineError::MissingPrivilege(format!(
+        "the source role {user:?} lacks: {}",
+        missing.join(", ")
+    )))
+}
+
+/// Checks that every table exists on the target with the same columns and key, that pgshift may
+/// write it, and that it is empty (the copy fills it).
+pub async fn check_target(conn: &mut PgConnection, tables: &[TableSpec]) -> EngineResult<()> {
+    let found = user_tables(conn).await?;
+    for t in tables {
+        let Some(target) = found
+            .iter()
+            .find(|f| f.schema == t.schema && f.name == t.name)
+        else {
+            return Err(EngineError::invalid(
+                "target_table_missing",
+                format!("table {} does not exist in the target database; create the schema on the target first (for example pg_dump --schema-only)", t.display_name()),
+            ));
+        };
+        let describe = |cols: &[ColumnSpec]| {
+            let mut v: Vec<(String, String, bool)> = cols
+                .iter()
+                .map(|c| (c.name.clone(), c.type_name.clone(), c.generated))
+                .collect();
+            v.sort();
+            v
+        };
+        let (src, dst) = (describe(&t.columns), describe(&target.columns));
+        if src != dst {
+            let only_src: Vec<String> = src
+                .iter()
+                .filter(|c| !dst.contains(c))
+                .map(|c| format!("{} {}", c.0, c.1))
+                .collect();
+            let only_dst: Vec<String> = dst
+                .iter()
+                .filter(|c| !src.contains(c))
+                .map(|c| format!("{} {}", c.0, c.1))
+                .collect();
+            return Err(EngineError::invalid(
+                "target_columns_differ",
+                format!(
+                    "table {} has different columns on the target: source only [{}], target only [{}]",
+                    t.display_name(),
+                    only_src.join(", "),
+                    only_dst.join(", ")
+                ),
+            ));
+        }
+        if target.key != t.key {
+            return Err(EngineError::invalid(
+                "target_key_differs",
+                format!(
+                    "table {} has primary key ({}) on the source but ({}) on the target",
+                    t.display_name(),
+                    t.key.join(", "),
+                    target.key.join(", ")
+                ),
+            ));
+        }
+    }
+    let (create, user, db) = can_create_schema(conn).await?;
+    let mut missing = missing_table_privileges(
+        conn,
+        tables,
+        &["SELECT", "INSERT", "UPDATE", "DELETE", "TRUNCATE"],
+    )
+    .await?;
+    if !create {
+        missing.insert(0, format!("CREATE on database {db:?}"));
+    }
+    if !missing.is_empty() {
+        return Err(EngineError::MissingPrivilege(format!(
+            "the target role {user:?} lacks: {}",
+            missing.join(", ")
+        )));
+    }
+    if !can_silence_triggers(conn).await? {
+        return Err(EngineError::MissingPrivilege(format!(
+            "the target role {user:?} may not set session_replication_role, which keeps the target's own triggers from firing on replicated rows; run GRANT SET ON PARAMETER session_replication_role TO {}",
+            super::quote_ident(&user)
+        )));
+    }
+    for t in tables {
+        let has_rows: bool =
+            sqlx::query_scalar(&format!("SELECT EXISTS (SELECT 1 FROM {})", t.sql_name()))
+                .fetch_one(&mut *conn)
+                .await
+                .context(|| format!("reading {}", t.display_name()))?;
+        if has_rows {
+            return Err(EngineError::invalid(
+                "target_not_empty",
+                format!("table {} on the target already has rows; pgshift copies into empty tables (truncate it first)", t.display_name()),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Whether this session may set `session_replication_role` (superuser, or PG15's
+/// `GRANT SET ON PARAMETER`), which the worker uses so target triggers and foreign-key checks
+/// do not fire on replicated rows.
+pub async fn can_silence_triggers(conn: &mut PgConnection) -> EngineResult<bool> {
+    let mut tx = sqlx::Connection::begin(&mut *conn)
+        .await
+        .context(|| "opening a transaction".into())?;
+    let ok = sqlx::query("SET LOCAL session_replication_role = replica")
+        .execute(&mut *tx)
+        .await
+        .is_ok();
+    tx.rollback().await.context(|| "rolling back".into())?;
+    Ok(ok)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::pattern_matches;
+
+    #[test]
+    fn patterns_match_schema_dot_table() {
+        assert!(pattern_matches("public.*", "public.orders"));
+        assert!(pattern_matches("*.orders", "sales.orders"));
+        assert!(pattern_matches("public.ord*s", "public.orders"));
+        assert!(!pattern_matches("public.ord", "public.orders"));
+        assert!(pattern_matches("*", "x.y"));
+        assert!(pattern_matches("public.Ünïcode", "public.Ünïcode"));
+    }
+}

@@ -1,0 +1,344 @@
+//! The initial copy, in primary-key chunks. Each chunk is one short read on the source and one
+//! target transaction that also records the copy's position, so a crash resumes at the last
+//! committed chunk and no source transaction stays open for hours.
+//!
+//! Copy and apply run at once. The worker applies every event of every table (upsert or
+//! delete by key, whole rows); the copy only inserts rows whose key the worker has not touched:
+//! absent from the target and not in the tombstones the worker leaves for deleted keys.
+//! Whatever a chunk's snapshot saw, every later change of a key reaches the target through the
+//! worker, so the last write for each key is always the source's latest.
+
+use std::sync::Arc;
+
+use futures_util::TryStreamExt;
+use sqlx::postgres::PgConnectOptions;
+use sqlx::{Connection, PgConnection, Row};
+use tokio_util::sync::CancellationToken;
+
+use super::error::Context;
+use super::status::StatusHandle;
+use super::target::{self, TableState};
+use super::{pg, quote_ident, EngineError, EngineResult};
+use crate::store::TableSpec;
+
+/// Everything one table's copy needs.
+pub struct TableCopy {
+    pub schema: String,
+    pub table: TableSpec,
+    pub source: PgConnectOptions,
+    pub target: PgConnectOptions,
+    pub chunk_rows: i64,
+    pub status: StatusHandle,
+}
+
+impl TableCopy {
+    /// Copies the table from its recorded position to the end, then marks it catching up.
+    pub async fn run(self: Arc<Self>, cancel: CancellationToken) -> EngineResult<()> {
+        let mut src = pg::connect("the source", &self.source).await?;
+        let mut dst = pg::connect("the target", &self.target).await?;
+        sqlx::query("SET session_replication_role = replica")
+            .execute(&mut dst)
+            .await
+            .context(|| "setting session_replication_role on the target".into())?;
+        let t = &self.table;
+        let writable: Vec<String> = t.writable_columns().map(|c| quote_ident(&c.name)).collect();
+        let cols = writable.join(", ");
+        let keys: Vec<String> = t.key.iter().map(|k| quote_ident(k)).collect();
+        let key_row = format!("ROW({})", keys.join(", "));
+        let temp = format!("pgshift_copy_{}", t.no);
+        sqlx::query(&format!(
+            "CREATE TEMP TABLE IF NOT EXISTS {temp} (LIKE {}) ON COMMIT DELETE ROWS",
+            t.sql_name()
+        ))
+        .execute(&mut dst)
+        .await
+        .context(|| format!("preparing the copy of {}", t.display_name()))?;
+
+        loop {
+            let progress = self.progress(&mut dst).await?;
+            if matches!(progress.state, TableState::CatchingUp | TableState::Synced) {
+                return Ok(());
+            }
+            if progress.state == TableState::Pending {
+                let estimate = self.estimate(&mut src).await?;
+                sqlx::query(&format!(
+                    "UPDATE {}.table_state
+                        SET state = 'copying', rows_estimated = $2, copy_started_at = coalesce(copy_started_at, now())
+                      WHERE table_no = $1",
+                    quote_ident(&self.schema)
+                ))
+                .bind(t.no)
+                .bind(estimate)
+                .execute(&mut dst)
+                .await
+                .context(|| "recording the copy start".into())?;
+                self.status.table_copy(
+                    t.no,
+                    TableState::Copying,
+                    progress.rows_copied,
+                    Some(estimate),
+                );
+            }
+            let epoch = progress.copy_epoch;
+            let after = progress
+                .copy_position
+                .as_ref()
+                .map(|p| format!("{key_row} > ROW({})", p.join(", ")));
+            let where_after = after
+                .as_deref()
+                .map(|a| format!("WHERE {a}"))
+                .unwrap_or_default();
+            // The chunk's upper key, as literals the server quoted itself.
+            let bound_sql = format!(
+                "SELECT ARRAY[{}] FROM {} {where_after} ORDER BY {} OFFSET {} LIMIT 1",
+                keys.iter()
+                    .map(|k| format!("quote_literal({k}::text) || '::' || pg_typeof({k})::text"))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                t.sql_name(),
+                keys.join(", "),
+                self.chunk_rows - 1
+            );
+            let upper: Option<Vec<String>> = sqlx::query_scalar(&bound_sql)
+                .fetch_optional(&mut src)
+                .await
+                .context(|| format!("finding the next chunk of {}", t.display_name()))?;
+            let mut conds: Vec<String> = after.into_iter().collect();
+            if let Some(u) = &upper {
+                conds.push(format!("{key_row} <= ROW({})", u.join(", ")));
+            }
+            let where_chunk = if conds.is_empty() {
+                String::new()
+            } else {
+                format!("WHERE {}", conds.join(" AND "))
+            };
+            let copy_out = format!(
+                "COPY (SELECT {cols} FROM {} {where_chunk}) TO STDOUT",
+                t.sql_name()
+            );
+
+            if cancel.is_cancelled() {
+                return Err(EngineError::Cancelled);
+            }
+            let copied = self
+                .copy_chunk(
+                    &mut src,
+                    &mut dst,
+                    &copy_out,
+                    &temp,
+                    &cols,
+                    epoch,
+                    upper.as_deref(),
+                )
+                .await?;
+            match copied {
+                None => continue, // a truncate restarted the copy: read the new position
+                Some(rows) => {
+                    let p = self.progress(&mut dst).await?;
+                    self.status.table_copy(
+                        t.no,
+                        TableState::Copying,
+                        p.rows_copied,
+                        p.rows_estimated,
+                    );
+                    tracing::debug!(table = %t.display_name(), rows, "copied a chunk");
+                }
+            }
+            if upper.is_none() {
+                self.finish(&mut src, &mut dst, epoch).await?;
+                let p = self.progress(&mut dst).await?;
+                self.status
+                    .table_copy(t.no, p.state, p.rows_copied, p.rows_estimated);
+                return Ok(());
+            }
+        }
+    }
+
+    async fn progress(&self, dst: &mut PgConnection) -> EngineResult<target::TableProgress> {
+        let all = target::table_progress(dst, &self.schema).await?;
+        all.into_iter()
+            .find(|p| p.table_no == self.table.no)
+            .ok_or_else(|| {
+                EngineError::invalid(
+                    "state_missing",
+                    format!(
+                        "no copy state for {} on the target",
+                        self.table.display_name()
+                    ),
+                )
+            })
+    }
+
+    async fn estimate(&self, src: &mut PgConnection) -> EngineResult<i64> {
+        let reltuples: f64 = sqlx::query_scalar(
+            "SELECT coalesce(sum(c.reltuples) FILTER (WHERE c.reltuples >= 0), -1)::float8
+               FROM pg_partition_tree($1::regclass) p JOIN pg_class c ON c.oid = p.relid WHERE p.isleaf",
+        )
+        .bind(self.table.sql_name())
+        .fetch_one(&mut *src)
+        .await
+        .context(|| "estimating the table size".into())?;
+        if reltuples >= 0.0 {
+            return Ok(reltuples as i64);
+        }
+        // Never analysed: count, which is exact and fine for the small tables this happens to.
+        sqlx::query_scalar(&format!("SELECT count(*) FROM {}", self.table.sql_name()))
+            .fetch_one(&mut *src)
+            .await
+            .context(|| "counting rows".into())
+    }
+
+    /// Streams one chunk into the temporary table, then merges it under a lock that orders it
+    /// against the worker. Returns None when the copy was restarted meanwhile.
+    #[allow(clippy::too_many_arguments)]
+    async fn copy_chunk(
+        &self,
+        src: &mut PgConnection,
+        dst: &mut PgConnection,
+        copy_out: &str,
+        temp: &str,
+        cols: &str,
+        epoch: i32,
+        upper: Option<&[String]>,
+    ) -> EngineResult<Option<u64>> {
+        let t = &self.table;
+        let mut tx = dst
+            .begin()
+            .await
+            .context(|| "opening a copy transaction on the target".into())?;
+        {
+            let mut input = tx
+                .copy_in_raw(&format!("COPY {temp} ({cols}) FROM STDIN"))
+                .await
+                .context(|| format!("starting the copy into {}", t.display_name()))?;
+            let mut output = src
+                .copy_out_raw(copy_out)
+                .await
+                .context(|| format!("starting the copy out of {}", t.display_name()))?;
+            loop {
+                match output.try_next().await {
+                    Ok(Some(bytes)) => {
+                        if let Err(err) = input.send(bytes).await {
+                            return Err(EngineError::Database {
+                                context: format!("copying {}", t.display_name()),
+                                source: err,
+                            });
+                        }
+                    }
+                    Ok(None) => break,
+                    Err(err) => {
+                        let _ = input.abort("source failed").await;
+                        return Err(EngineError::Database {
+                            context: format!("reading {} from the source", t.display_name()),
+                            source: err,
+                        });
+                    }
+                }
+            }
+            input
+                .finish()
+                .await
+                .context(|| format!("finishing the copy into {}", t.display_name()))?;
+        }
+        // The lock conflicts with the worker's writes: the merge sees every change the worker
+        // committed, and the worker's next change to this table waits for the merge.
+        sqlx::query(&format!(
+            "LOCK TABLE {} IN SHARE ROW EXCLUSIVE MODE",
+            t.sql_name()
+        ))
+        .execute(&mut *tx)
+        .await
+        .context(|| format!("locking {} on the target", t.display_name()))?;
+        let row = sqlx::query(&format!(
+            "SELECT copy_epoch FROM {}.table_state WHERE table_no = $1 FOR UPDATE",
+            quote_ident(&self.schema)
+        ))
+        .bind(t.no)
+        .fetch_one(&mut *tx)
+        .await
+        .context(|| "reading the copy epoch".into())?;
+        if row.get::<i32, _>(0) != epoch {
+            tx.rollback()
+                .await
+                .context(|| "discarding a stale chunk".into())?;
+            return Ok(None);
+        }
+        let keys: Vec<String> = t.key.iter().map(|k| quote_ident(k)).collect();
+        let key_json = t
+            .key
+            .iter()
+            .map(|k| format!("{}, c.{}", super::quote_literal(k), quote_ident(k)))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let overriding = if t.columns.iter().any(|c| c.identity_always) {
+            " OVERRIDING SYSTEM VALUE"
+        } else {
+            ""
+        };
+        let merged = sqlx::query(&format!(
+            "INSERT INTO {table} ({cols}){overriding}
+             SELECT {cols} FROM {temp} c
+              WHERE NOT EXISTS (SELECT 1 FROM {schema}.tombstone d
+                                 WHERE d.table_no = $1 AND d.key = jsonb_build_object({key_json}))
+             ON CONFLICT ({keys}) DO NOTHING",
+            table = t.sql_name(),
+            schema = quote_ident(&self.schema),
+            keys = keys.join(", "),
+        ))
+        .bind(t.no)
+        .execute(&mut *tx)
+        .await
+        .context(|| format!("merging a chunk into {}", t.display_name()))?
+        .rows_affected();
+        let copied: i64 = sqlx::query_scalar(&format!("SELECT count(*) FROM {temp}"))
+            .fetch_one(&mut *tx)
+            .await
+            .context(|| "counting a chunk".into())?;
+        sqlx::query(&format!(
+            "UPDATE {}.table_state SET copy_position = $2, rows_copied = rows_copied + $3 WHERE table_no = $1",
+            quote_ident(&self.schema)
+        ))
+        .bind(t.no)
+        .bind(upper)
+        .bind(copied)
+        .execute(&mut *tx)
+        .await
+        .context(|| "recording the copy position".into())?;
+        tx.commit()
+            .await
+            .context(|| format!("committing a chunk of {}", t.display_name()))?;
+        Ok(Some(merged))
+    }
+
+    /// The copy is complete: the table catches up until the worker applies a tick taken after now.
+    async fn finish(
+        &self,
+        src: &mut PgConnection,
+        dst: &mut PgConnection,
+        epoch: i32,
+    ) -> EngineResult<()> {
+        let last_tick: i64 = sqlx::query_scalar(&format!(
+            "SELECT coalesce(max(tick_id), 0) FROM {}.tick",
+            quote_ident(&self.schema)
+        ))
+        .fetch_one(&mut *src)
+        .await
+        .context(|| "reading the latest tick".into())?;
+        let schema = quote_ident(&self.schema);
+        sqlx::query(&format!(
+            "WITH done AS (
+                 UPDATE {schema}.table_state
+                    SET state = 'catching_up', catchup_until_tick = $3, copy_finished_at = now()
+                  WHERE table_no = $1 AND copy_epoch = $2 AND state = 'copying'
+              RETURNING table_no)
+             DELETE FROM {schema}.tombstone WHERE table_no IN (SELECT table_no FROM done)"
+        ))
+        .bind(self.table.no)
+        .bind(epoch)
+        .bind(last_tick + 1)
+        .execute(&mut *dst)
+        .await
+        .context(|| "recording the end of the copy".into())?;
+        Ok(())
+    }
+}

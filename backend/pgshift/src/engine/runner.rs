@@ -1,0 +1,445 @@
+//! One migration's run: install what is missing, then drive the ticker, the worker and the copy
+//! until cancelled; on failure, report it and try again with back-off.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use sqlx::postgres::{PgConnectOptions, PgPool};
+use sqlx::{Connection, PgConnection, Row};
+use tokio::sync::{watch, Semaphore};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use super::apply::{self, ChunkContext, TablePlan};
+use super::batch::{self, Snapshot};
+use super::copy::TableCopy;
+use super::error::Context;
+use super::status::{RuntimeState, StatusHandle};
+use super::supervisor::EngineSettings;
+use super::target::{self, AppliedTick, SourceTick, TableProgress, TableState};
+use super::ticker::Ticker;
+use super::{pg, quote_ident, source, EngineError, EngineResult};
+use crate::store::{MigrationRecord, Store};
+
+/// Everything a migration's run needs.
+pub struct Run {
+    pub record: MigrationRecord,
+    pub source: PgConnectOptions,
+    pub target: PgConnectOptions,
+    pub settings: EngineSettings,
+    pub status: StatusHandle,
+    pub store: Arc<dyn Store>,
+}
+
+impl Run {
+    /// Runs until cancelled, retrying failed attempts with back-off.
+    pub async fn run(self, cancel: CancellationToken) {
+        let mut backoff = Duration::from_secs(1);
+        loop {
+            let started = std::time::Instant::now();
+            // Boxed as Send here so the compiler checks the attempt with concrete lifetimes.
+            let attempt: std::pin::Pin<
+                Box<dyn std::future::Future<Output = EngineResult<()>> + Send + '_>,
+            > = Box::pin(self.attempt(&cancel));
+            match attempt.await {
+                Ok(()) | Err(EngineError::Cancelled) => break,
+                Err(err) => {
+                    let message = err.to_string();
+                    tracing::warn!(migration = %self.record.name, error = %message, "migration attempt failed; retrying");
+                    self.status.failed(&message, err.table_no());
+                    if let Err(e) = self
+                        .store
+                        .set_last_error(self.record.id, Some(&message))
+                        .await
+                    {
+                        tracing::error!(error = %e, "cannot record a migration error");
+                    }
+                    // An attempt that ran for a while was healthy: start the back-off over.
+                    if started.elapsed() > Duration::from_secs(60) {
+                        backoff = Duration::from_secs(1);
+                    }
+                    tokio::select! {
+                        _ = cancel.cancelled() => break,
+                        _ = tokio::time::sleep(backoff) => {}
+                    }
+                    backoff = (backoff * 2).min(self.settings.max_backoff);
+                }
+            }
+        }
+        self.status.update(|s| s.runtime = RuntimeState::Stopped);
+    }
+
+    async fn attempt(&self, cancel: &CancellationToken) -> EngineResult<()> {
+        self.status.update(|s| s.runtime = RuntimeState::Starting);
+        let schema = self.record.schema_name();
+        let mut src = pg::connect("the source", &self.source).await?;
+        let mut dst = pg::connect("the target", &self.target).await?;
+        if !source::is_installed(&mut src, &schema).await? {
+            if target::is_installed(&mut dst, &schema).await? {
+                return Err(EngineError::invalid(
+                    "capture_missing",
+                    "pgshift's capture schema is missing on the source although the target is set up; remove the migration and create it again",
+                ));
+            }
+            source::install(&mut src, &self.record).await?;
+            tracing::info!(migration = %self.record.name, "installed change capture on the source");
+        }
+        if !target::is_installed(&mut dst, &schema).await? {
+            let first = first_tick(&mut src, &schema).await?;
+            target::install(&mut dst, &self.record, &first).await?;
+            tracing::info!(migration = %self.record.name, "prepared the target");
+        }
+        let applied = target::applied_tick(&mut dst, &schema).await?;
+        let progress = target::table_progress(&mut dst, &schema).await?;
+        self.refresh_tables(&progress);
+        let referenced = referenced_tables(&mut dst, &self.record).await?;
+        drop(src);
+
+        let source_pool = pg::pool("the source", &self.source, 3).await?;
+        let (applied_tx, applied_rx) = watch::channel(Some(applied.clone()));
+        let tasks = cancel.child_token();
+        let mut set: JoinSet<(&'static str, EngineResult<()>)> = JoinSet::new();
+
+        let ticker = Ticker {
+            pool: source_pool.clone(),
+            schema: schema.clone(),
+            settings: self.settings.ticker.clone(),
+            applied: applied_rx,
+            status: self.status.clone(),
+        };
+        let t = tasks.clone();
+        set.spawn(async move { ("ticker", ticker.run(t).await) });
+
+        let plans: HashMap<i32, TablePlan> = self
+            .record
+            .tables
+            .iter()
+            .map(|t| (t.no, TablePlan::new(&schema, t, referenced.contains(&t.no))))
+            .collect();
+        let worker = Worker {
+            schema: schema.clone(),
+            source: source_pool.clone(),
+            target: dst,
+            plans,
+            applied,
+            applied_tx,
+            status: self.status.clone(),
+            settings: self.settings.clone(),
+            record: self.record.clone(),
+        };
+        let t = tasks.clone();
+        set.spawn(async move { ("worker", worker.run(t).await) });
+
+        let copies = self.copies(&schema, &progress);
+        if !copies.is_empty() {
+            let t = tasks.clone();
+            let parallel = self.settings.copy_parallelism;
+            set.spawn(async move { ("copy", run_copies(copies, parallel, t).await) });
+        }
+        self.status.running();
+        let _ = self.store.set_last_error(self.record.id, None).await;
+
+        // The first task to fail ends the attempt; the others are cancelled and awaited.
+        let mut outcome = Ok(());
+        while let Some(joined) = set.join_next().await {
+            let (name, result) = match joined {
+                Ok(r) => r,
+                Err(e) => (
+                    "task",
+                    Err(EngineError::invalid(
+                        "task_panicked",
+                        format!("a task panicked: {e}"),
+                    )),
+                ),
+            };
+            match result {
+                Ok(()) | Err(EngineError::Cancelled) => {}
+                Err(err) => {
+                    tracing::debug!(task = name, error = %err, "migration task failed");
+                    if outcome.is_ok() {
+                        outcome = Err(err);
+                    }
+                    tasks.cancel();
+                }
+            }
+        }
+        source_pool.close().await;
+        if cancel.is_cancelled() {
+            return Err(EngineError::Cancelled);
+        }
+        outcome
+    }
+
+    fn copies(&self, schema: &str, progress: &[TableProgress]) -> Vec<Arc<TableCopy>> {
+        let mut todo: Vec<(&TableProgress, Arc<TableCopy>)> = self
+            .record
+            .tables
+            .iter()
+            .filter_map(|t| {
+                let p = progress.iter().find(|p| p.table_no == t.no)?;
+                matches!(p.state, TableState::Pending | TableState::Copying).then(|| {
+                    (
+                        p,
+                        Arc::new(TableCopy {
+                            schema: schema.to_string(),
+                            table: t.clone(),
+                            source: self.source.clone(),
+                            target: self.target.clone(),
+                            chunk_rows: self.settings.copy_chunk_rows,
+                            status: self.status.clone(),
+                        }),
+                    )
+                })
+            })
+            .collect();
+        // Largest first, so the long pole starts early.
+        todo.sort_by_key(|(p, _)| std::cmp::Reverse(p.rows_estimated.unwrap_or(0)));
+        todo.into_iter().map(|(_, c)| c).collect()
+    }
+
+    fn refresh_tables(&self, progress: &[TableProgress]) {
+        refresh_tables(&self.status, progress);
+    }
+}
+
+fn refresh_tables(status: &StatusHandle, progress: &[TableProgress]) {
+    status.update(|s| {
+        for p in progress {
+            if let Some(t) = s.tables.iter_mut().find(|t| t.table_no == p.table_no) {
+                t.state = p.state.as_str().into();
+                t.rows_copied = p.rows_copied;
+                t.rows_estimated = p.rows_estimated;
+                t.error = None;
+            }
+        }
+    });
+}
+
+async fn run_copies(
+    copies: Vec<Arc<TableCopy>>,
+    parallel: usize,
+    cancel: CancellationToken,
+) -> EngineResult<()> {
+    let limit = Arc::new(Semaphore::new(parallel.max(1)));
+    let mut set = JoinSet::new();
+    for copy in copies {
+        let limit = limit.clone();
+        let cancel = cancel.clone();
+        set.spawn(async move {
+            let _permit = tokio::select! {
+                p = limit.acquire_owned() => p.expect("semaphore open"),
+                _ = cancel.cancelled() => return Err(EngineError::Cancelled),
+            };
+            let no = copy.table.no;
+            copy.run(cancel).await.map_err(|e| e.on_table(no))
+        });
+    }
+    while let Some(joined) = set.join_next().await {
+        match joined {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Err(e),
+            Err(e) => {
+                return Err(EngineError::invalid(
+                    "task_panicked",
+                    format!("a copy task panicked: {e}"),
+                ))
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The oldest tick on the source: the one taken when capture was installed.
+async fn first_tick(src: &mut PgConnection, schema: &str) -> EngineResult<SourceTick> {
+    let row = sqlx::query(&format!(
+        "SELECT tick_id, tick_snapshot::text, tick_time, tick_event_seq FROM {}.tick ORDER BY tick_id LIMIT 1",
+        quote_ident(schema)
+    ))
+    .fetch_one(src)
+    .await
+    .context(|| "reading the first tick".into())?;
+    Ok(SourceTick {
+        tick_id: row.get(0),
+        snapshot: row.get(1),
+        tick_time: row.get(2),
+        event_seq: row.get(3),
+    })
+}
+
+/// Migrated tables that another target table's foreign key points at (TRUNCATE would be refused).
+async fn referenced_tables(
+    dst: &mut PgConnection,
+    record: &MigrationRecord,
+) -> EngineResult<Vec<i32>> {
+    let mut out = Vec::new();
+    for t in &record.tables {
+        let referenced: bool = sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM pg_constraint WHERE contype = 'f' AND confrelid = $1::regclass AND conrelid <> confrelid)",
+        )
+        .bind(t.sql_name())
+        .fetch_one(&mut *dst)
+        .await
+        .context(|| format!("reading foreign keys on {}", t.display_name()))?;
+        if referenced {
+            out.push(t.no);
+        }
+    }
+    Ok(out)
+}
+
+/// Applies batches in tick order, one target transaction per batch.
+struct Worker {
+    schema: String,
+    source: PgPool,
+    target: PgConnection,
+    plans: HashMap<i32, TablePlan>,
+    applied: AppliedTick,
+    applied_tx: watch::Sender<Option<AppliedTick>>,
+    status: StatusHandle,
+    settings: EngineSettings,
+    record: MigrationRecord,
+}
+
+impl Worker {
+    async fn run(mut self, cancel: CancellationToken) -> EngineResult<()> {
+        let schema = quote_ident(&self.schema);
+        // The newest tick that keeps the batch under the size bound (or the next one, however big):
+        // a worker that fell behind catches up in fewer, larger transactions.
+        let next_sql = format!(
+            "SELECT tick_id, tick_snapshot::text, tick_time, tick_event_seq FROM {schema}.tick
+              WHERE tick_id > $1
+                AND (tick_event_seq - $2 <= $3 OR tick_id = (SELECT min(tick_id) FROM {schema}.tick WHERE tick_id > $1))
+              ORDER BY tick_id DESC LIMIT 1"
+        );
+        let poll = self.settings.ticker.busy_interval / 2;
+        loop {
+            if cancel.is_cancelled() {
+                return Ok(());
+            }
+            let next = sqlx::query(&next_sql)
+                .bind(self.applied.tick_id)
+                .bind(self.applied.tick_event_seq)
+                .bind(self.settings.batch_max_events)
+                .fetch_optional(&self.source)
+                .await
+                .context(|| "looking for the next tick".into())?;
+            let Some(row) = next else {
+                tokio::select! {
+                    _ = cancel.cancelled() => return Ok(()),
+                    _ = tokio::time::sleep(poll) => continue,
+                }
+            };
+            let tick = SourceTick {
+                tick_id: row.get(0),
+                snapshot: row.get(1),
+                tick_time: row.get(2),
+                event_seq: row.get(3),
+            };
+            let applied = match self.apply_batch(&tick, false).await {
+                Err(err) if needs_careful_retry(&err) => {
+                    tracing::info!(migration = %self.record.name, error = %err, "retrying a batch one event at a time");
+                    self.apply_batch(&tick, true).await?
+                }
+                other => other?,
+            };
+            self.applied = applied;
+            let _ = self.applied_tx.send(Some(self.applied.clone()));
+            self.status.update(|s| {
+                s.applied_tick = Some(self.applied.tick_id);
+                s.applied_tick_time = Some(self.applied.tick_time);
+                s.events_applied = Some(self.applied.events_applied);
+            });
+            if !self.status.snapshot().all_synced() {
+                let progress = target::table_progress(&mut self.target, &self.schema).await?;
+                refresh_tables(&self.status, &progress);
+            }
+        }
+    }
+
+    async fn apply_batch(&mut self, tick: &SourceTick, careful: bool) -> EngineResult<AppliedTick> {
+        let prev = Snapshot::parse(&self.applied.snapshot)?;
+        let cur = Snapshot::parse(&tick.snapshot)?;
+        let query = batch::batch_query(&self.schema, &prev, &tick.snapshot, &cur);
+        let mut src = self
+            .source
+            .begin()
+            .await
+            .context(|| "opening a batch transaction on the source".into())?;
+        batch::open(&mut src, &query).await?;
+        let mut dst = self
+            .target
+            .begin()
+            .await
+            .context(|| "opening a batch transaction on the target".into())?;
+        // Target triggers and foreign-key actions must not fire on replicated rows.
+        sqlx::query("SET LOCAL session_replication_role = replica")
+            .execute(&mut *dst)
+            .await
+            .context(|| "setting session_replication_role on the target".into())?;
+        let progress = target::table_progress(&mut dst, &self.schema).await?;
+        let tombstones: Vec<i32> = progress
+            .iter()
+            .filter(|p| p.state.needs_tombstones())
+            .map(|p| p.table_no)
+            .collect();
+        let needs_tombstone = |no: i32| tombstones.contains(&no);
+        let ctx = ChunkContext {
+            plans: &self.plans,
+            tombstone_tables: &needs_tombstone,
+            careful,
+        };
+        let mut events = 0i64;
+        loop {
+            let chunk = batch::fetch(&mut src, self.settings.fetch_events).await?;
+            if chunk.is_empty() {
+                break;
+            }
+            events += apply::apply_chunk(&mut dst, &ctx, &chunk).await?.events as i64;
+        }
+        let schema = quote_ident(&self.schema);
+        let row = sqlx::query(&format!(
+            "UPDATE {schema}.applied
+                SET tick_id = $1, tick_snapshot = $2, tick_time = $3, tick_event_seq = $4,
+                    applied_at = clock_timestamp(), events_applied = events_applied + $5
+             RETURNING events_applied"
+        ))
+        .bind(tick.tick_id)
+        .bind(&tick.snapshot)
+        .bind(tick.tick_time)
+        .bind(tick.event_seq)
+        .bind(events)
+        .fetch_one(&mut *dst)
+        .await
+        .context(|| "recording the applied tick".into())?;
+        sqlx::query(&format!(
+            "UPDATE {schema}.table_state SET state = 'synced' WHERE state = 'catching_up' AND catchup_until_tick <= $1"
+        ))
+        .bind(tick.tick_id)
+        .execute(&mut *dst)
+        .await
+        .context(|| "marking tables synced".into())?;
+        dst.commit()
+            .await
+            .context(|| "committing a batch on the target".into())?;
+        src.commit()
+            .await
+            .context(|| "closing the batch on the source".into())?;
+        Ok(AppliedTick {
+            tick_id: tick.tick_id,
+            snapshot: tick.snapshot.clone(),
+            tick_time: tick.tick_time,
+            tick_event_seq: tick.event_seq,
+            events_applied: row.get(0),
+        })
+    }
+}
+
+/// Grouped statements can trip a unique or exclusion constraint that the original order
+/// satisfies (two rows swapping a unique value), or meet the same key twice in one statement.
+fn needs_careful_retry(err: &EngineError) -> bool {
+    matches!(
+        err.sqlstate().as_deref(),
+        Some("23505") | Some("23P01") | Some("21000")
+    )
+}

@@ -1,0 +1,136 @@
+//! Installing and removing change capture on the source database.
+
+use sqlx::{Connection, PgConnection, Row};
+
+use super::error::Context;
+use super::{quote_ident, quote_literal, EngineResult};
+use crate::store::{MigrationRecord, TableSpec};
+
+const INSTALL_SQL: &str = include_str!("../../../../sql/source/install.sql");
+const TABLE_CAPTURE_SQL: &str = include_str!("../../../../sql/source/table_capture.sql");
+const TABLE_TRIGGERS_SQL: &str = include_str!("../../../../sql/source/table_triggers.sql");
+
+/// Whether capture for this migration is installed on the source.
+pub async fn is_installed(conn: &mut PgConnection, schema: &str) -> EngineResult<bool> {
+    sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = $1)")
+        .bind(schema)
+        .fetch_one(conn)
+        .await
+        .context(|| "looking for the capture schema on the source".into())
+}
+
+fn table_capture_sql(schema: &str, table: &TableSpec) -> String {
+    let key_pairs = table
+        .key
+        .iter()
+        .map(|k| format!("{}, o.{}", quote_literal(k), quote_ident(k)))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let cols = |alias: &str| {
+        let list = table
+            .key
+            .iter()
+            .map(|k| format!("{alias}.{}", quote_ident(k)))
+            .collect::<Vec<_>>()
+            .join(", ");
+        // A one-element row constructor needs ROW(...) to stay a row.
+        format!("ROW({list})")
+    };
+    TABLE_CAPTURE_SQL
+        .replace("@old_key_pairs@", &key_pairs)
+        .replace("@new_key_cols@", &cols("n"))
+        .replace("@old_key_cols@", &cols("o"))
+        .replace("@no@", &table.no.to_string())
+        .replace("@table@", &table.sql_name())
+        .replace("@schema@", &quote_ident(schema))
+}
+
+fn triggers_sql(schema: &str, table: &TableSpec, relation: &str) -> String {
+    TABLE_TRIGGERS_SQL
+        .replace("@trigger@", &format!("{schema}_{}", table.no))
+        .replace("@relation@", relation)
+        .replace("@no@", &table.no.to_string())
+        .replace("@schema@", &quote_ident(schema))
+}
+
+/// Every partition below a partitioned table, quoted: statements aimed straight at a partition
+/// fire only that partition's triggers.
+async fn partitions(conn: &mut PgConnection, table: &TableSpec) -> EngineResult<Vec<String>> {
+    let rows = sqlx::query(
+        "SELECT format('%I.%I', n.nspname, c.relname)
+           FROM pg_partition_tree($1::regclass) p
+           JOIN pg_class c ON c.oid = p.relid
+           JOIN pg_namespace n ON n.oid = c.relnamespace
+          WHERE p.level > 0",
+    )
+    .bind(table.sql_name())
+    .fetch_all(&mut *conn)
+    .await
+    .context(|| format!("listing partitions of {}", table.display_name()))?;
+    Ok(rows.iter().map(|r| r.get(0)).collect())
+}
+
+/// Installs the queue, the tick function and a trigger set per table, and takes the first tick
+/// inside the same transaction. Every event therefore belongs to a transaction that is not
+/// visible in that first tick, so the worker starting from it misses nothing.
+pub async fn install(conn: &mut PgConnection, migration: &MigrationRecord) -> EngineResult<()> {
+    let schema = migration.schema_name();
+    let mut tx = conn
+        .begin()
+        .await
+        .context(|| "opening the install transaction on the source".into())?;
+    // Creating triggers waits for writers of each table; don't queue behind a long transaction forever.
+    sqlx::query("SET LOCAL lock_timeout = '30s'")
+        .execute(&mut *tx)
+        .await
+        .context(|| "setting lock_timeout".into())?;
+    super::pg::run_script(
+        &mut tx,
+        &INSTALL_SQL.replace("@schema@", &quote_ident(&schema)),
+    )
+    .await
+    .context(|| "installing the capture schema on the source".into())?;
+    for table in &migration.tables {
+        super::pg::run_script(&mut tx, &table_capture_sql(&schema, table))
+            .await
+            .context(|| format!("installing capture functions for {}", table.display_name()))?;
+        let mut relations = vec![table.sql_name()];
+        if table.partitioned {
+            relations.extend(partitions(&mut tx, table).await?);
+        }
+        for relation in relations {
+            super::pg::run_script(&mut tx, &triggers_sql(&schema, table, &relation))
+                .await
+                .context(|| format!("installing capture triggers on {relation}"))?;
+        }
+    }
+    sqlx::query(&format!("SELECT {}.tick()", quote_ident(&schema)))
+        .execute(&mut *tx)
+        .await
+        .context(|| "taking the first tick".into())?;
+    tx.commit()
+        .await
+        .context(|| "committing the capture install".into())?;
+    Ok(())
+}
+
+/// Removes everything this migration installed on the source. The trigger functions live in the
+/// schema, so dropping it with CASCADE takes the triggers with it (no table ownership needed).
+pub async fn uninstall(conn: &mut PgConnection, schema: &str) -> EngineResult<()> {
+    sqlx::query("SET lock_timeout = '30s'")
+        .execute(&mut *conn)
+        .await
+        .context(|| "setting lock_timeout".into())?;
+    sqlx::query(&format!(
+        "DROP SCHEMA IF EXISTS {} CASCADE",
+        quote_ident(schema)
+    ))
+    .execute(&mut *conn)
+    .await
+    .context(|| "removing the capture schema from the source".into())?;
+    sqlx::query("RESET lock_timeout")
+        .execute(&mut *conn)
+        .await
+        .context(|| "resetting lock_timeout".into())?;
+    Ok(())
+}

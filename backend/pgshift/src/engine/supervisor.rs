@@ -1,0 +1,221 @@
+//! The supervisor: one run per active migration, started and stopped on request, resumed when
+//! the server starts, and all shut down together.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use super::runner::Run;
+use super::status::{MigrationStatus, RuntimeState, StatusHandle};
+use super::ticker::TickerSettings;
+use super::{pg, source, target, EngineError, EngineResult};
+use crate::store::{Cluster, DesiredState, MigrationRecord, Store};
+
+/// Tunables of the engine; the defaults suit most migrations.
+#[derive(Debug, Clone)]
+pub struct EngineSettings {
+    pub ticker: TickerSettings,
+    /// Rows per initial-copy chunk (one target transaction each).
+    pub copy_chunk_rows: i64,
+    /// Tables copied at once.
+    pub copy_parallelism: usize,
+    /// Events read from the source per round trip while applying a batch.
+    pub fetch_events: usize,
+    /// A worker that fell behind merges ticks into one batch up to this many events.
+    pub batch_max_events: i64,
+    /// Longest wait between retries of a failing migration.
+    pub max_backoff: Duration,
+}
+
+impl Default for EngineSettings {
+    fn default() -> Self {
+        Self {
+            ticker: TickerSettings::default(),
+            copy_chunk_rows: 50_000,
+            copy_parallelism: 2,
+            fetch_events: 5_000,
+            batch_max_events: 100_000,
+            max_backoff: Duration::from_secs(30),
+        }
+    }
+}
+
+struct RunHandle {
+    cancel: CancellationToken,
+    join: JoinHandle<()>,
+}
+
+/// Owns every migration's run. Lives in the application state, not in a global.
+pub struct Supervisor {
+    store: Arc<dyn Store>,
+    settings: EngineSettings,
+    runs: Mutex<HashMap<Uuid, RunHandle>>,
+    statuses: Mutex<HashMap<Uuid, StatusHandle>>,
+    shutdown: CancellationToken,
+}
+
+impl Supervisor {
+    pub fn new(store: Arc<dyn Store>, settings: EngineSettings) -> Self {
+        Self {
+            store,
+            settings,
+            runs: Mutex::new(HashMap::new()),
+            statuses: Mutex::new(HashMap::new()),
+            shutdown: CancellationToken::new(),
+        }
+    }
+
+    async fn cluster(&self, id: Uuid) -> EngineResult<Cluster> {
+        self.store
+            .cluster_by_id(id)
+            .await
+            .map_err(|e| EngineError::invalid("store", e.to_string()))?
+            .ok_or_else(|| {
+                EngineError::invalid(
+                    "cluster_missing",
+                    "a cluster of this migration no longer exists",
+                )
+            })
+    }
+
+    /// Starts the migration's run unless it is already running.
+    pub async fn start(&self, record: &MigrationRecord) -> EngineResult<()> {
+        let source = self.cluster(record.source.cluster_id).await?;
+        let target = self.cluster(record.target.cluster_id).await?;
+        let source = pg::options(&source.dsn, Some(&record.source.database))?;
+        let target = pg::options(&target.dsn, Some(&record.target.database))?;
+        let mut runs = self.runs.lock().expect("runs lock");
+        if runs.get(&record.id).is_some_and(|r| !r.join.is_finished()) {
+            return Ok(());
+        }
+        let status = StatusHandle::new(&record.tables);
+        self.statuses
+            .lock()
+            .expect("statuses lock")
+            .insert(record.id, status.clone());
+        let run = Run {
+            record: record.clone(),
+            source,
+            target,
+            settings: self.settings.clone(),
+            status,
+            store: self.store.clone(),
+        };
+        let cancel = self.shutdown.child_token();
+        let token = cancel.clone();
+        let name = record.name.clone();
+        let join = tokio::spawn(async move {
+            tracing::info!(migration = %name, "migration running");
+            run.run(token).await;
+            tracing::info!(migration = %name, "migration stopped");
+        });
+        runs.insert(record.id, RunHandle { cancel, join });
+        Ok(())
+    }
+
+    /// Stops the migration's run and waits for it to finish its current step.
+    pub async fn stop(&self, id: Uuid) {
+        let handle = self.runs.lock().expect("runs lock").remove(&id);
+        if let Some(handle) = handle {
+            handle.cancel.cancel();
+            if let Err(e) = handle.join.await {
+                tracing::error!(error = %e, "a migration run panicked");
+            }
+        }
+    }
+
+    /// Live status of a migration this process has run since it started.
+    pub fn status(&self, id: Uuid) -> Option<MigrationStatus> {
+        self.statuses
+            .lock()
+            .expect("statuses lock")
+            .get(&id)
+            .map(|s| s.snapshot())
+    }
+
+    /// Status of a migration that is not running here: read from the target's bookkeeping.
+    pub async fn inspect(&self, record: &MigrationRecord) -> EngineResult<MigrationStatus> {
+        let mut status = MigrationStatus::new(&record.tables);
+        status.runtime = RuntimeState::Stopped;
+        let cluster = self.cluster(record.target.cluster_id).await?;
+        let options = pg::options(&cluster.dsn, Some(&record.target.database))?;
+        let mut conn = pg::connect("the target", &options).await?;
+        let schema = record.schema_name();
+        if target::is_installed(&mut conn, &schema).await? {
+            let applied = target::applied_tick(&mut conn, &schema).await?;
+            status.applied_tick = Some(applied.tick_id);
+            status.applied_tick_time = Some(applied.tick_time);
+            status.events_applied = Some(applied.events_applied);
+            for p in target::table_progress(&mut conn, &schema).await? {
+                if let Some(t) = status.tables.iter_mut().find(|t| t.table_no == p.table_no) {
+                    t.state = p.state.as_str().into();
+                    t.rows_copied = p.rows_copied;
+                    t.rows_estimated = p.rows_estimated;
+                }
+            }
+        }
+        Ok(status)
+    }
+
+    /// Stops the run and removes everything the migration installed on the source and target.
+    pub async fn remove(&self, record: &MigrationRecord) -> EngineResult<()> {
+        self.stop(record.id).await;
+        let schema = record.schema_name();
+        let source_cluster = self.cluster(record.source.cluster_id).await?;
+        let mut src = pg::connect(
+            "the source",
+            &pg::options(&source_cluster.dsn, Some(&record.source.database))?,
+        )
+        .await?;
+        source::uninstall(&mut src, &schema).await?;
+        let target_cluster = self.cluster(record.target.cluster_id).await?;
+        let mut dst = pg::connect(
+            "the target",
+            &pg::options(&target_cluster.dsn, Some(&record.target.database))?,
+        )
+        .await?;
+        target::uninstall(&mut dst, &schema).await?;
+        self.statuses
+            .lock()
+            .expect("statuses lock")
+            .remove(&record.id);
+        Ok(())
+    }
+
+    /// Starts every migration the store says should be running (at server start).
+    pub async fn resume_all(&self) -> EngineResult<()> {
+        let records = self
+            .store
+            .list_migrations()
+            .await
+            .map_err(|e| EngineError::invalid("store", e.to_string()))?;
+        for record in records
+            .iter()
+            .filter(|r| r.desired_state == DesiredState::Running)
+        {
+            if let Err(err) = self.start(record).await {
+                tracing::error!(migration = %record.name, error = %err, "cannot resume migration");
+            }
+        }
+        Ok(())
+    }
+
+    /// Cancels every run and waits up to `timeout`, naming the runs that did not stop.
+    pub async fn shutdown(&self, timeout: Duration) {
+        self.shutdown.cancel();
+        let runs: Vec<(Uuid, RunHandle)> = self.runs.lock().expect("runs lock").drain().collect();
+        let deadline = tokio::time::Instant::now() + timeout;
+        for (id, handle) in runs {
+            if tokio::time::timeout_at(deadline, handle.join)
+                .await
+                .is_err()
+            {
+                tracing::warn!(migration = %id, "migration run did not stop in time");
+            }
+        }
+    }
+}

@@ -1,0 +1,182 @@
+//! pgshift's bookkeeping on the target: the applied tick and each table's copy state.
+
+use chrono::{DateTime, Utc};
+use sqlx::{Connection, PgConnection, Row};
+
+use super::error::Context;
+use super::{quote_ident, EngineResult};
+use crate::store::MigrationRecord;
+
+const INSTALL_SQL: &str = include_str!("../../../../sql/target/install.sql");
+
+/// A table's place in the migration, as the target records it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TableState {
+    Pending,
+    Copying,
+    CatchingUp,
+    Synced,
+}
+
+impl TableState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TableState::Pending => "pending",
+            TableState::Copying => "copying",
+            TableState::CatchingUp => "catching_up",
+            TableState::Synced => "synced",
+        }
+    }
+
+    fn parse(s: &str) -> Self {
+        match s {
+            "copying" => TableState::Copying,
+            "catching_up" => TableState::CatchingUp,
+            "synced" => TableState::Synced,
+            _ => TableState::Pending,
+        }
+    }
+
+    /// Deleted keys must be remembered while a copy may still bring them back.
+    pub fn needs_tombstones(self) -> bool {
+        matches!(self, TableState::Pending | TableState::Copying)
+    }
+}
+
+/// One row of `table_state`.
+#[derive(Debug, Clone)]
+pub struct TableProgress {
+    pub table_no: i32,
+    pub state: TableState,
+    pub copy_epoch: i32,
+    /// Quoted literals of the last copied key; None before the first chunk.
+    pub copy_position: Option<Vec<String>>,
+    pub rows_copied: i64,
+    pub rows_estimated: Option<i64>,
+}
+
+/// The last applied tick.
+#[derive(Debug, Clone)]
+pub struct AppliedTick {
+    pub tick_id: i64,
+    pub snapshot: String,
+    pub tick_time: DateTime<Utc>,
+    pub tick_event_seq: i64,
+    pub events_applied: i64,
+}
+
+pub async fn is_installed(conn: &mut PgConnection, schema: &str) -> EngineResult<bool> {
+    sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = $1)")
+        .bind(schema)
+        .fetch_one(conn)
+        .await
+        .context(|| "looking for pgshift's schema on the target".into())
+}
+
+/// Creates the bookkeeping schema, empties the target tables and records the source's first tick
+/// as applied: from here on the worker and the copy fill the tables.
+pub async fn install(
+    conn: &mut PgConnection,
+    migration: &MigrationRecord,
+    first_tick: &SourceTick,
+) -> EngineResult<()> {
+    let schema = quote_ident(&migration.schema_name());
+    let mut tx = conn
+        .begin()
+        .await
+        .context(|| "opening the install transaction on the target".into())?;
+    super::pg::run_script(&mut tx, &INSTALL_SQL.replace("@schema@", &schema))
+        .await
+        .context(|| "installing pgshift's schema on the target".into())?;
+    for t in &migration.tables {
+        sqlx::query(&format!("TRUNCATE ONLY {}", t.sql_name()))
+            .execute(&mut *tx)
+            .await
+            .context(|| format!("emptying {} on the target", t.display_name()))?;
+        sqlx::query(&format!(
+            "INSERT INTO {schema}.table_state (table_no, table_name, state) VALUES ($1, $2, 'pending')"
+        ))
+        .bind(t.no)
+        .bind(t.display_name())
+        .execute(&mut *tx)
+        .await
+        .context(|| "recording table state".into())?;
+    }
+    sqlx::query(&format!(
+        "INSERT INTO {schema}.applied (tick_id, tick_snapshot, tick_time, tick_event_seq) VALUES ($1, $2, $3, $4)"
+    ))
+    .bind(first_tick.tick_id)
+    .bind(&first_tick.snapshot)
+    .bind(first_tick.tick_time)
+    .bind(first_tick.event_seq)
+    .execute(&mut *tx)
+    .await
+    .context(|| "recording the first tick".into())?;
+    tx.commit()
+        .await
+        .context(|| "committing the target install".into())?;
+    Ok(())
+}
+
+/// Drops the bookkeeping schema; the replicated rows stay.
+pub async fn uninstall(conn: &mut PgConnection, schema: &str) -> EngineResult<()> {
+    sqlx::query(&format!(
+        "DROP SCHEMA IF EXISTS {} CASCADE",
+        quote_ident(schema)
+    ))
+    .execute(conn)
+    .await
+    .context(|| "removing pgshift's schema from the target".into())?;
+    Ok(())
+}
+
+/// A tick as read from the source.
+#[derive(Debug, Clone)]
+pub struct SourceTick {
+    pub tick_id: i64,
+    pub snapshot: String,
+    pub tick_time: DateTime<Utc>,
+    pub event_seq: i64,
+}
+
+pub async fn applied_tick(conn: &mut PgConnection, schema: &str) -> EngineResult<AppliedTick> {
+    let row = sqlx::query(&format!(
+        "SELECT tick_id, tick_snapshot, tick_time, tick_event_seq, events_applied FROM {}.applied",
+        quote_ident(schema)
+    ))
+    .fetch_one(conn)
+    .await
+    .context(|| "reading the applied tick from the target".into())?;
+    Ok(AppliedTick {
+        tick_id: row.get(0),
+        snapshot: row.get(1),
+        tick_time: row.get(2),
+        tick_event_seq: row.get(3),
+        events_applied: row.get(4),
+    })
+}
+
+pub async fn table_progress(
+    conn: &mut PgConnection,
+    schema: &str,
+) -> EngineResult<Vec<TableProgress>> {
+    let rows = sqlx::query(&format!(
+        "SELECT table_no, state, copy_epoch, copy_position, rows_copied, rows_estimated
+           FROM {}.table_state ORDER BY table_no",
+        quote_ident(schema)
+    ))
+    .fetch_all(conn)
+    .await
+    .context(|| "reading table states from the target".into())?;
+    Ok(rows
+        .iter()
+        .map(|r| TableProgress {
+            table_no: r.get(0),
+            state: TableState::parse(r.get(1)),
+            copy_epoch: r.get(2),
+            copy_position: r.get(3),
+            rows_copied: r.get(4),
+            rows_estimated: r.get(5),
+        })
+        .collect())
+}

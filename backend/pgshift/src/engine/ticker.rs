@@ -1,0 +1,252 @@
+//! The ticker: takes ticks on the source often enough for sub-second lag under load, backs off
+//! when idle, rotates the three event tables and truncates the one the worker is past.
+
+use std::time::{Duration, Instant};
+
+use sqlx::postgres::PgPool;
+use sqlx::Row;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use super::error::Context;
+use super::status::StatusHandle;
+use super::target::AppliedTick;
+use super::{quote_ident, EngineResult};
+
+/// Timing of ticks and queue rotation.
+#[derive(Debug, Clone)]
+pub struct TickerSettings {
+    /// Poll and tick this often while events arrive.
+    pub busy_interval: Duration,
+    /// Poll at most this rarely when idle; a tick is taken at least this often, so lag figures
+    /// stay fresh.
+    pub idle_interval: Duration,
+    /// Switch to the next event table this often (when the worker has freed it).
+    pub rotation_interval: Duration,
+}
+
+impl Default for TickerSettings {
+    fn default() -> Self {
+        Self {
+            busy_interval: Duration::from_millis(100),
+            idle_interval: Duration::from_secs(1),
+            rotation_interval: Duration::from_secs(30),
+        }
+    }
+}
+
+pub struct Ticker {
+    pub pool: PgPool,
+    pub schema: String,
+    pub settings: TickerSettings,
+    pub applied: watch::Receiver<Option<AppliedTick>>,
+    pub status: StatusHandle,
+}
+
+/// `xmin` of a `txid_snapshot` text ("xmin:xmax:xip,...").
+pub fn snapshot_xmin(snapshot: &str) -> Option<i64> {
+    snapshot.split(':').next()?.parse().ok()
+}
+
+impl Ticker {
+    pub async fn run(mut self, cancel: CancellationToken) -> EngineResult<()> {
+        let schema = quote_ident(&self.schema);
+        let seq_sql = format!(
+            "SELECT CASE WHEN is_called THEN last_value ELSE 0 END, clock_timestamp() FROM {schema}.event_id_seq"
+        );
+        let tick_sql = format!("SELECT {schema}.tick()");
+        let mut last_seq: Option<i64> = None;
+        let mut last_tick = Instant::now() - self.settings.idle_interval;
+        let mut last_maintenance = Instant::now();
+        let mut last_rotation = Instant::now();
+        let mut interval = self.settings.busy_interval;
+        loop {
+            tokio::select! {
+                _ = cancel.cancelled() => return Ok(()),
+                _ = tokio::time::sleep(interval) => {}
+            }
+            let (seq, now): (i64, chrono::DateTime<chrono::Utc>) = sqlx::query_as(&seq_sql)
+                .fetch_one(&self.pool)
+                .await
+                .context(|| "reading the event counter".into())?;
+            let busy = last_seq != Some(seq);
+            if busy || last_tick.elapsed() >= self.settings.idle_interval {
+                let tick_id: i64 = sqlx::query_scalar(&tick_sql)
+                    .fetch_one(&self.pool)
+                    .await
+                    .context(|| "taking a tick".into())?;
+                last_tick = Instant::now();
+                last_seq = Some(seq);
+                self.status.update(|s| s.last_tick = Some(tick_id));
+            }
+            self.report_lag(seq, now);
+            // Back off while nothing happens, snap back as soon as events arrive.
+            interval = if busy {
+                self.settings.busy_interval
+            } else {
+                (interval * 2).min(self.settings.idle_interval)
+            };
+            if last_maintenance.elapsed() >= Duration::from_secs(1) {
+                last_maintenance = Instant::now();
+                let applied = self.applied.borrow_and_update().clone();
+                if let Some(applied) = applied {
+                    self.maintain(&applied, &mut last_rotation).await?;
+                }
+            }
+        }
+    }
+
+    /// Pending events and lag, both in the source's own clock and counters.
+    fn report_lag(&self, seq: i64, now: chrono::DateTime<chrono::Utc>) {
+        let Some(applied) = self.applied.borrow().clone() else {
+            return;
+        };
+        let pending = (seq - applied.tick_event_seq).max(0);
+        let lag = if pending > 0 {
+            (now - applied.tick_time).num_milliseconds().max(0) as f64 / 1000.0
+        } else {
+            0.0
+        };
+        self.status.update(|s| {
+            s.pending_events = Some(pending);
+            s.lag_seconds = Some(lag);
+        });
+    }
+
+    /// Frees event tables the worker is past, rotates when due, and forgets old ticks.
+    async fn maintain(
+        &self,
+        applied: &AppliedTick,
+        last_rotation: &mut Instant,
+    ) -> EngineResult<()> {
+        let schema = quote_ident(&self.schema);
+        let Some(applied_xmin) = snapshot_xmin(&applied.snapshot) else {
+            return Ok(());
+        };
+        sqlx::query(&format!("DELETE FROM {schema}.tick WHERE tick_id < $1"))
+            .bind(applied.tick_id)
+            .execute(&self.pool)
+            .await
+            .context(|| "removing old ticks".into())?;
+
+        let current: i64 = sqlx::query_scalar(&format!(
+            "SELECT last_value % 3 FROM {schema}.generation_seq"
+        ))
+        .fetch_one(&self.pool)
+        .await
+        .context(|| "reading the current event table".into())?;
+        let rows = sqlx::query(&format!(
+            "SELECT gen, retired_xmax, truncated FROM {schema}.generation ORDER BY gen"
+        ))
+        .fetch_all(&self.pool)
+        .await
+        .context(|| "reading event tables".into())?;
+        let mut next_free = false;
+        for row in &rows {
+            let gen: i16 = row.get(0);
+            let retired_xmax: Option<i64> = row.get(1);
+            let truncated: bool = row.get(2);
+            if i64::from(gen) == current {
+                continue;
+            }
+            match (truncated, retired_xmax) {
+                // Every transaction that could have written this table is applied: empty it.
+                (false, Some(xmax)) if applied_xmin >= xmax => {
+                    if self.truncate(gen).await? && i64::from(gen) == (current + 1) % 3 {
+                        next_free = true;
+                    }
+                }
+                // A rotation that did not record its snapshot (crash between the switch and the
+                // commit): retire it now, which is later than the real switch and therefore safe.
+                (false, None) => {
+                    sqlx::query(&format!(
+                        "UPDATE {schema}.generation SET retired_xmax = txid_snapshot_xmax(txid_current_snapshot()),
+                                retired_at = now() WHERE gen = $1"
+                    ))
+                    .bind(gen)
+                    .execute(&self.pool)
+                    .await
+                    .context(|| "retiring an event table".into())?;
+                }
+                (true, _) if i64::from(gen) == (current + 1) % 3 => next_free = true,
+                _ => {}
+            }
+        }
+        if next_free && last_rotation.elapsed() >= self.settings.rotation_interval {
+            self.rotate(current).await?;
+            *last_rotation = Instant::now();
+        }
+        Ok(())
+    }
+
+    async fn truncate(&self, gen: i16) -> EngineResult<bool> {
+        let schema = quote_ident(&self.schema);
+        let mut tx = self
+            .pool
+            .begin()
+            .await
+            .context(|| "opening a transaction".into())?;
+        // The worker's open batch cursor holds a lock on the table; try again next round rather
+        // than queueing writers behind us.
+        sqlx::query("SET LOCAL lock_timeout = '2s'")
+            .execute(&mut *tx)
+            .await
+            .context(|| "lock_timeout".into())?;
+        if let Err(err) = sqlx::query(&format!("TRUNCATE {schema}.event_{gen}"))
+            .execute(&mut *tx)
+            .await
+        {
+            tracing::debug!(schema = %self.schema, gen, error = %err, "event table busy; truncating later");
+            return Ok(false);
+        }
+        sqlx::query(&format!(
+            "UPDATE {schema}.generation SET truncated = true, retired_xmax = NULL WHERE gen = $1"
+        ))
+        .bind(gen)
+        .execute(&mut *tx)
+        .await
+        .context(|| "recording a truncated event table".into())?;
+        tx.commit()
+            .await
+            .context(|| "committing an event table truncate".into())?;
+        Ok(true)
+    }
+
+    async fn rotate(&self, current: i64) -> EngineResult<()> {
+        let schema = quote_ident(&self.schema);
+        let next = (current + 1) % 3;
+        let mut tx = self
+            .pool
+            .begin()
+            .await
+            .context(|| "opening a transaction".into())?;
+        sqlx::query(&format!(
+            "UPDATE {schema}.generation SET truncated = false WHERE gen = $1"
+        ))
+        .bind(next as i16)
+        .execute(&mut *tx)
+        .await
+        .context(|| "preparing the next event table".into())?;
+        // The switch is seen by every session at once (sequences are not transactional); the
+        // snapshot taken after it bounds every transaction that may still have written the old table.
+        sqlx::query(&format!(
+            "SELECT setval('{schema}.generation_seq', (SELECT last_value FROM {schema}.generation_seq) + 1, true)"
+        ))
+        .execute(&mut *tx)
+        .await
+        .context(|| "switching event tables".into())?;
+        sqlx::query(&format!(
+            "UPDATE {schema}.generation SET retired_xmax = txid_snapshot_xmax(txid_current_snapshot()), retired_at = now()
+              WHERE gen = $1"
+        ))
+        .bind(current as i16)
+        .execute(&mut *tx)
+        .await
+        .context(|| "retiring the old event table".into())?;
+        tx.commit()
+            .await
+            .context(|| "committing a rotation".into())?;
+        tracing::debug!(schema = %self.schema, from = current, to = next, "rotated event tables");
+        Ok(())
+    }
+}

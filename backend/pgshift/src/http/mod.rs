@@ -1,0 +1,49 @@
+//! The HTTP layer: the REST API under `/api/v1` (bearer tokens) and health checks.
+
+mod auth;
+mod clusters;
+mod error;
+mod json;
+mod migrations;
+
+use std::sync::Arc;
+
+use axum::routing::{get, post};
+use axum::Router;
+use tower_http::limit::RequestBodyLimitLayer;
+use tower_http::trace::TraceLayer;
+
+pub use auth::Caller;
+pub use error::ApiError;
+
+use crate::service::App;
+
+/// The state every handler receives.
+pub type AppState = Arc<App>;
+
+pub fn router(app: AppState) -> Router {
+    let api = Router::new()
+        .route("/clusters", post(clusters::create).get(clusters::list))
+        .route(
+            "/clusters/{name}",
+            get(clusters::get).delete(clusters::remove),
+        )
+        .route(
+            "/migrations",
+            post(migrations::create).get(migrations::list),
+        )
+        .route(
+            "/migrations/{name}",
+            get(migrations::get).delete(migrations::remove),
+        )
+        .route("/migrations/{name}/start", post(migrations::start))
+        .route("/migrations/{name}/pause", post(migrations::pause))
+        .route("/migrations/{name}/resume", post(migrations::resume))
+        .fallback(error::not_found);
+    Router::new()
+        .nest("/api/v1", api)
+        .route("/healthz", get(|| async { "ok" }))
+        .layer(RequestBodyLimitLayer::new(1024 * 1024))
+        .layer(TraceLayer::new_for_http())
+        .with_state(app)
+}

@@ -1,0 +1,15 @@
+//! pgshift: moves live PostgreSQL databases between servers with almost no downtime.
+//!
+//! - [`engine`]: change capture, ticks, the initial copy and apply, and the supervisor.
+//! - [`store`]: the metadata store (clusters and migrations).
+//! - [`service`]: the operations the HTTP API (and later the dashboard) call.
+//! - [`http`]: the REST API.
+
+pub mod app;
+pub mod auth;
+pub mod cli;
+pub mod config;
+pub mod engine;
+pub mod http;
+pub mod service;
+pub mod store;

@@ -1,0 +1,3 @@
+fn main() {
+    pgshift::cli::main()
+}

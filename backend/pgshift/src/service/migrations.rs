@@ -1,0 +1,268 @@
+//! Creating, running and removing migrations.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use super::clusters;
+use super::{check_name, App, ServiceError, ServiceResult};
+use crate::engine::{catalog, pg, MigrationStatus, RuntimeState, TableStatus};
+use crate::store::{DesiredState, Endpoint, MigrationRecord};
+
+#[derive(Debug, Deserialize, Serialize, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct EndpointRef {
+    pub cluster: String,
+    pub database: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewMigration {
+    pub name: String,
+    pub source: EndpointRef,
+    pub target: EndpointRef,
+    /// Patterns over `schema.table`, `*` matching any run of characters; None = every table.
+    pub tables: Option<Vec<String>>,
+}
+
+/// A migration as callers see it.
+#[derive(Debug, Serialize)]
+pub struct MigrationView {
+    pub name: String,
+    /// created, starting, copying, catching_up, synced, paused or error.
+    pub state: String,
+    pub lag_seconds: Option<f64>,
+    pub pending_events: Option<i64>,
+    pub last_tick: Option<i64>,
+    pub applied_tick: Option<i64>,
+    pub events_applied: Option<i64>,
+    pub source: EndpointRef,
+    pub target: EndpointRef,
+    pub table_patterns: Option<Vec<String>>,
+    pub tables: Vec<TableStatus>,
+    pub error: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+fn overall_state(record: &MigrationRecord, status: &MigrationStatus) -> &'static str {
+    match record.desired_state {
+        DesiredState::Created => "created",
+        DesiredState::Paused => "paused",
+        DesiredState::Running => {
+            if status.runtime == RuntimeState::Retrying {
+                "error"
+            } else if status.runtime == RuntimeState::Starting && status.applied_tick.is_none() {
+                "starting"
+            } else if status.all_synced() {
+                "synced"
+            } else if status
+                .tables
+                .iter()
+                .any(|t| t.state == "pending" || t.state == "copying")
+            {
+                "copying"
+            } else {
+                "catching_up"
+            }
+        }
+    }
+}
+
+async fn endpoint_ref(app: &App, e: &Endpoint) -> ServiceResult<EndpointRef> {
+    let cluster = app.store.cluster_by_id(e.cluster_id).await?;
+    Ok(EndpointRef {
+        cluster: cluster
+            .map(|c| c.name)
+            .unwrap_or_else(|| "(removed)".into()),
+        database: e.database.clone(),
+    })
+}
+
+async fn view(app: &App, record: &MigrationRecord) -> ServiceResult<MigrationView> {
+    let status = match app.supervisor.status(record.id) {
+        Some(s) => s,
+        None if record.desired_state == DesiredState::Created => MigrationStatus::new(&record.tables),
+        None => app.supervisor.inspect(record).await.unwrap_or_else(|err| {
+            tracing::debug!(migration = %record.name, error = %err, "cannot read the target's state");
+            MigrationStatus::new(&record.tables)
+        }),
+    };
+    Ok(MigrationView {
+        name: record.name.clone(),
+        state: overall_state(record, &status).into(),
+        lag_seconds: status.lag_seconds,
+        pending_events: status.pending_events,
+        last_tick: status.last_tick,
+        applied_tick: status.applied_tick,
+        events_applied: status.events_applied,
+        source: endpoint_ref(app, &record.source).await?,
+        target: endpoint_ref(app, &record.target).await?,
+        table_patterns: record.table_patterns.clone(),
+        error: status.error.clone().or_else(|| {
+            (record.desired_state == DesiredState::Running
+                && status.runtime == RuntimeState::Retrying)
+                .then(|| record.last_error.clone())
+                .flatten()
+        }),
+        tables: status.tables,
+        created_at: record.created_at,
+        updated_at: record.updated_at,
+    })
+}
+
+/// Checks everything before storing: both databases answer, the patterns select tables with
+/// primary keys, the target has the same tables, and both roles have the privileges needed.
+pub async fn create(app: &App, new: NewMigration) -> ServiceResult<MigrationView> {
+    check_name("migration", &new.name)?;
+    if app.store.migration_by_name(&new.name).await?.is_some() {
+        return Err(ServiceError::conflict(
+            "duplicate_name",
+            format!("migration {:?} already exists", new.name),
+        ));
+    }
+    for (side, e) in [("source", &new.source), ("target", &new.target)] {
+        if e.database.is_empty() {
+            return Err(ServiceError::invalid(
+                "invalid_database",
+                format!("{side}.database is empty"),
+            ));
+        }
+    }
+    let find = |side: &'static str, name: String| async move {
+        clusters::find(app, &name).await.map_err(|e| match e {
+            ServiceError::NotFound(_) => ServiceError::invalid(
+                "unknown_cluster",
+                format!("{side} cluster {name:?} is not registered"),
+            ),
+            other => other,
+        })
+    };
+    let source = find("source", new.source.cluster.clone()).await?;
+    let target = find("target", new.target.cluster.clone()).await?;
+    if source.id == target.id && new.source.database == new.target.database {
+        return Err(ServiceError::invalid(
+            "same_database",
+            "source and target are the same database",
+        ));
+    }
+    let mut src = pg::connect(
+        "the source",
+        &pg::options(&source.dsn, Some(&new.source.database))?,
+    )
+    .await?;
+    let mut dst = pg::connect(
+        "the target",
+        &pg::options(&target.dsn, Some(&new.target.database))?,
+    )
+    .await?;
+    let all = catalog::user_tables(&mut src).await?;
+    let selected = catalog::select_tables(&all, new.tables.as_deref())?;
+    let tables = catalog::specs(&selected);
+    catalog::check_source(&mut src, &tables).await?;
+    catalog::check_target(&mut dst, &tables).await?;
+    let now = Utc::now();
+    let record = MigrationRecord {
+        id: Uuid::new_v4(),
+        name: new.name,
+        source: Endpoint {
+            cluster_id: source.id,
+            database: new.source.database,
+        },
+        target: Endpoint {
+            cluster_id: target.id,
+            database: new.target.database,
+        },
+        table_patterns: new.tables,
+        tables,
+        desired_state: DesiredState::Created,
+        last_error: None,
+        created_at: now,
+        updated_at: now,
+    };
+    app.store.insert_migration(&record).await?;
+    tracing::info!(migration = %record.name, tables = record.tables.len(), "migration created");
+    view(app, &record).await
+}
+
+pub async fn find(app: &App, name: &str) -> ServiceResult<MigrationRecord> {
+    app.store
+        .migration_by_name(name)
+        .await?
+        .ok_or_else(|| ServiceError::NotFound(format!("migration {name:?}")))
+}
+
+pub async fn get(app: &App, name: &str) -> ServiceResult<MigrationView> {
+    view(app, &find(app, name).await?).await
+}
+
+pub async fn list(app: &App) -> ServiceResult<Vec<MigrationView>> {
+    let mut out = Vec::new();
+    for record in app.store.list_migrations().await? {
+        out.push(view(app, &record).await?);
+    }
+    Ok(out)
+}
+
+async fn run(app: &App, mut record: MigrationRecord) -> ServiceResult<MigrationView> {
+    app.store
+        .set_desired_state(record.id, DesiredState::Running)
+        .await?;
+    record.desired_state = DesiredState::Running;
+    app.supervisor.start(&record).await?;
+    tracing::info!(migration = %record.name, "migration started");
+    view(app, &record).await
+}
+
+/// Installs capture and starts copying. Starting a running migration changes nothing.
+pub async fn start(app: &App, name: &str) -> ServiceResult<MigrationView> {
+    let record = find(app, name).await?;
+    match record.desired_state {
+        DesiredState::Created | DesiredState::Running => run(app, record).await,
+        DesiredState::Paused => Err(ServiceError::conflict(
+            "paused",
+            format!("migration {name:?} is paused; resume it"),
+        )),
+    }
+}
+
+/// Stops applying; the source keeps capturing, so nothing is lost while paused.
+pub async fn pause(app: &App, name: &str) -> ServiceResult<MigrationView> {
+    let mut record = find(app, name).await?;
+    match record.desired_state {
+        DesiredState::Created => Err(ServiceError::conflict(
+            "not_started",
+            format!("migration {name:?} has not been started"),
+        )),
+        DesiredState::Paused | DesiredState::Running => {
+            app.store
+                .set_desired_state(record.id, DesiredState::Paused)
+                .await?;
+            app.supervisor.stop(record.id).await;
+            record.desired_state = DesiredState::Paused;
+            tracing::info!(migration = %name, "migration paused");
+            view(app, &record).await
+        }
+    }
+}
+
+pub async fn resume(app: &App, name: &str) -> ServiceResult<MigrationView> {
+    let record = find(app, name).await?;
+    match record.desired_state {
+        DesiredState::Created => Err(ServiceError::conflict(
+            "not_started",
+            format!("migration {name:?} has not been started; start it"),
+        )),
+        DesiredState::Paused | DesiredState::Running => run(app, record).await,
+    }
+}
+
+/// Removes everything pgshift installed on both sides, then forgets the migration.
+pub async fn remove(app: &App, name: &str) -> ServiceResult<()> {
+    let record = find(app, name).await?;
+    app.supervisor.remove(&record).await?;
+    app.store.delete_migration(record.id).await?;
+    tracing::info!(migration = %name, "migration removed");
+    Ok(())
+}

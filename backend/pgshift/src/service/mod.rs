@@ -1,0 +1,72 @@
+//! The operations behind the API: validation, store and engine calls. HTTP handlers (and later
+//! the dashboard) call these; no SQL lives above this layer.
+
+pub mod clusters;
+pub mod migrations;
+
+use std::sync::Arc;
+
+use crate::auth::Keys;
+use crate::engine::{EngineError, Supervisor};
+use crate::store::{Store, StoreError};
+
+/// Everything the service layer works with; shared by every request.
+pub struct App {
+    pub store: Arc<dyn Store>,
+    pub supervisor: Supervisor,
+    pub keys: Keys,
+}
+
+/// Why an operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    #[error("{0} not found")]
+    NotFound(String),
+    #[error("{message}")]
+    Invalid { code: &'static str, message: String },
+    #[error("{message}")]
+    Conflict { code: &'static str, message: String },
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl ServiceError {
+    pub fn invalid(code: &'static str, message: impl Into<String>) -> Self {
+        ServiceError::Invalid {
+            code,
+            message: message.into(),
+        }
+    }
+
+    pub fn conflict(code: &'static str, message: impl Into<String>) -> Self {
+        ServiceError::Conflict {
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+pub type ServiceResult<T> = Result<T, ServiceError>;
+
+/// Names of clusters and migrations: used in URLs and commands, so keep them plain.
+pub fn check_name(kind: &str, name: &str) -> ServiceResult<()> {
+    let ok = !name.is_empty()
+        && name.len() <= 63
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        && name
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_alphanumeric());
+    if ok {
+        Ok(())
+    } else {
+        Err(ServiceError::invalid(
+            "invalid_name",
+            format!("{kind} name {name:?} is not valid: use 1 to 63 letters, digits, '-', '_' or '.', starting with a letter or digit"),
+        ))
+    }
+}

@@ -1,0 +1,131 @@
+//! Records kept in the metadata store.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+/// A PostgreSQL server pgshift can reach. `dsn` holds the credentials and never leaves the process.
+#[derive(Clone)]
+pub struct Cluster {
+    pub id: Uuid,
+    pub name: String,
+    pub dsn: String,
+    pub server_version: String,
+    pub created_at: DateTime<Utc>,
+}
+
+impl std::fmt::Debug for Cluster {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The DSN carries a password: keep it out of any debug output.
+        f.debug_struct("Cluster")
+            .field("id", &self.id)
+            .field("name", &self.name)
+            .field("server_version", &self.server_version)
+            .finish_non_exhaustive()
+    }
+}
+
+/// One side of a migration: a database on a cluster.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Endpoint {
+    pub cluster_id: Uuid,
+    pub database: String,
+}
+
+/// What the operator asked a migration to do; the supervisor makes it so.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DesiredState {
+    Created,
+    Running,
+    Paused,
+}
+
+impl DesiredState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DesiredState::Created => "created",
+            DesiredState::Running => "running",
+            DesiredState::Paused => "paused",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "created" => Some(DesiredState::Created),
+            "running" => Some(DesiredState::Running),
+            "paused" => Some(DesiredState::Paused),
+            _ => None,
+        }
+    }
+}
+
+/// A column as the engine needs to know it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ColumnSpec {
+    pub name: String,
+    /// `format_type()` of the column, compared between source and target.
+    pub type_name: String,
+    /// Stored generated column: computed on the target, never written.
+    pub generated: bool,
+    /// `GENERATED ALWAYS AS IDENTITY`: inserts need `OVERRIDING SYSTEM VALUE`.
+    pub identity_always: bool,
+}
+
+/// A replicated table, resolved when the migration is created.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TableSpec {
+    /// Small number that tags this table's events in the source queue.
+    pub no: i32,
+    pub schema: String,
+    pub name: String,
+    /// Primary key columns, in key order.
+    pub key: Vec<String>,
+    pub columns: Vec<ColumnSpec>,
+    /// Partitioned on the source: capture triggers also sit on each partition.
+    #[serde(default)]
+    pub partitioned: bool,
+}
+
+impl TableSpec {
+    /// The unquoted `schema.table` name users see and patterns match.
+    pub fn display_name(&self) -> String {
+        format!("{}.{}", self.schema, self.name)
+    }
+
+    /// The quoted name for SQL.
+    pub fn sql_name(&self) -> String {
+        format!(
+            "{}.{}",
+            crate::engine::quote_ident(&self.schema),
+            crate::engine::quote_ident(&self.name)
+        )
+    }
+
+    /// Columns written on the target (everything but generated columns).
+    pub fn writable_columns(&self) -> impl Iterator<Item = &ColumnSpec> {
+        self.columns.iter().filter(|c| !c.generated)
+    }
+}
+
+/// A migration as stored.
+#[derive(Debug, Clone)]
+pub struct MigrationRecord {
+    pub id: Uuid,
+    pub name: String,
+    pub source: Endpoint,
+    pub target: Endpoint,
+    pub table_patterns: Option<Vec<String>>,
+    pub tables: Vec<TableSpec>,
+    pub desired_state: DesiredState,
+    pub last_error: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+impl MigrationRecord {
+    /// Name of the schema pgshift installs on both the source and the target for this migration.
+    pub fn schema_name(&self) -> String {
+        format!("pgshift_{}", &self.id.simple().to_string()[..12])
+    }
+}

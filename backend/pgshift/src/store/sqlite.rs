@@ -1,0 +1,236 @@
+//! The embedded metadata store: one SQLite file in the data directory.
+
+use std::path::Path;
+use std::str::FromStr;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
+};
+use sqlx::Row;
+use uuid::Uuid;
+
+use super::{Cluster, DesiredState, Endpoint, MigrationRecord, Store, StoreError, StoreResult};
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../sql/metadata/sqlite");
+
+pub struct SqliteStore {
+    pool: SqlitePool,
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) `pgshift.db` in `data_dir` and applies pending metadata migrations.
+    pub async fn open(data_dir: &Path) -> StoreResult<Self> {
+        let path = data_dir.join("pgshift.db");
+        let options = SqliteConnectOptions::from_str("sqlite:")?
+            .filename(path)
+            .create_if_missing(true)
+            // WAL + foreign keys: concurrent readers while the supervisor writes, and
+            // referential integrity between migrations and clusters.
+            .journal_mode(SqliteJournalMode::Wal)
+            .foreign_keys(true)
+            .busy_timeout(std::time::Duration::from_secs(5));
+        let pool = SqlitePoolOptions::new()
+            .max_connections(4)
+            .connect_with(options)
+            .await?;
+        MIGRATOR.run(&pool).await?;
+        Ok(Self { pool })
+    }
+}
+
+fn map_unique(err: sqlx::Error, what: String) -> StoreError {
+    match &err {
+        sqlx::Error::Database(db) if db.is_unique_violation() => StoreError::Duplicate(what),
+        _ => StoreError::Database(err),
+    }
+}
+
+fn parse_uuid(s: &str) -> StoreResult<Uuid> {
+    Uuid::parse_str(s).map_err(|e| StoreError::Corrupt(format!("id {s:?}: {e}")))
+}
+
+fn parse_time(s: &str) -> StoreResult<DateTime<Utc>> {
+    DateTime::parse_from_rfc3339(s)
+        .map(|t| t.with_timezone(&Utc))
+        .map_err(|e| StoreError::Corrupt(format!("timestamp {s:?}: {e}")))
+}
+
+fn cluster_from_row(row: &SqliteRow) -> StoreResult<Cluster> {
+    Ok(Cluster {
+        id: parse_uuid(row.try_get("id")?)?,
+        name: row.try_get("name")?,
+        dsn: row.try_get("dsn")?,
+        server_version: row.try_get("server_version")?,
+        created_at: parse_time(row.try_get("created_at")?)?,
+    })
+}
+
+fn migration_from_row(row: &SqliteRow) -> StoreResult<MigrationRecord> {
+    let patterns: Option<String> = row.try_get("table_patterns")?;
+    let tables: String = row.try_get("tables")?;
+    let desired: String = row.try_get("desired_state")?;
+    Ok(MigrationRecord {
+        id: parse_uuid(row.try_get("id")?)?,
+        name: row.try_get("name")?,
+        source: Endpoint {
+            cluster_id: parse_uuid(row.try_get("source_cluster")?)?,
+            database: row.try_get("source_database")?,
+        },
+        target: Endpoint {
+            cluster_id: parse_uuid(row.try_get("target_cluster")?)?,
+            database: row.try_get("target_database")?,
+        },
+        table_patterns: patterns
+            .map(|p| serde_json::from_str(&p))
+            .transpose()
+            .map_err(|e| StoreError::Corrupt(format!("table patterns: {e}")))?,
+        tables: serde_json::from_str(&tables)
+            .map_err(|e| StoreError::Corrupt(format!("tables: {e}")))?,
+        desired_state: DesiredState::parse(&desired)
+            .ok_or_else(|| StoreError::Corrupt(format!("desired state {desired:?}")))?,
+        last_error: row.try_get("last_error")?,
+        created_at: parse_time(row.try_get("created_at")?)?,
+        updated_at: parse_time(row.try_get("updated_at")?)?,
+    })
+}
+
+fn now() -> String {
+    Utc::now().to_rfc3339()
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn insert_cluster(&self, c: &Cluster) -> StoreResult<()> {
+        sqlx::query("INSERT INTO cluster (id, name, dsn, server_version, created_at) VALUES (?, ?, ?, ?, ?)")
+            .bind(c.id.to_string())
+            .bind(&c.name)
+            .bind(&c.dsn)
+            .bind(&c.server_version)
+            .bind(c.created_at.to_rfc3339())
+            .execute(&self.pool)
+            .await
+            .map_err(|e| map_unique(e, format!("cluster {:?}", c.name)))?;
+        Ok(())
+    }
+
+    async fn list_clusters(&self) -> StoreResult<Vec<Cluster>> {
+        let rows = sqlx::query("SELECT * FROM cluster ORDER BY name")
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(cluster_from_row).collect()
+    }
+
+    async fn cluster_by_name(&self, name: &str) -> StoreResult<Option<Cluster>> {
+        let row = sqlx::query("SELECT * FROM cluster WHERE name = ?")
+            .bind(name)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(cluster_from_row).transpose()
+    }
+
+    async fn cluster_by_id(&self, id: Uuid) -> StoreResult<Option<Cluster>> {
+        let row = sqlx::query("SELECT * FROM cluster WHERE id = ?")
+            .bind(id.to_string())
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(cluster_from_row).transpose()
+    }
+
+    async fn delete_cluster(&self, id: Uuid) -> StoreResult<()> {
+        let mut tx = self.pool.begin().await?;
+        let user: Option<String> = sqlx::query_scalar(
+            "SELECT name FROM migration WHERE source_cluster = ?1 OR target_cluster = ?1 LIMIT 1",
+        )
+        .bind(id.to_string())
+        .fetch_optional(&mut *tx)
+        .await?;
+        if let Some(migration) = user {
+            return Err(StoreError::InUse(format!("migration {migration:?}")));
+        }
+        sqlx::query("DELETE FROM cluster WHERE id = ?")
+            .bind(id.to_string())
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn insert_migration(&self, m: &MigrationRecord) -> StoreResult<()> {
+        let patterns = m
+            .table_patterns
+            .as_ref()
+            .map(|p| serde_json::to_string(p).expect("patterns serialize"));
+        let tables = serde_json::to_string(&m.tables).expect("tables serialize");
+        sqlx::query(
+            "INSERT INTO migration (id, name, source_cluster, source_database, target_cluster, target_database,
+                                    table_patterns, tables, desired_state, last_error, created_at, updated_at)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(m.id.to_string())
+        .bind(&m.name)
+        .bind(m.source.cluster_id.to_string())
+        .bind(&m.source.database)
+        .bind(m.target.cluster_id.to_string())
+        .bind(&m.target.database)
+        .bind(patterns)
+        .bind(tables)
+        .bind(m.desired_state.as_str())
+        .bind(&m.last_error)
+        .bind(m.created_at.to_rfc3339())
+        .bind(m.updated_at.to_rfc3339())
+        .execute(&self.pool)
+        .await
+        .map_err(|e| map_unique(e, format!("migration {:?}", m.name)))?;
+        Ok(())
+    }
+
+    async fn list_migrations(&self) -> StoreResult<Vec<MigrationRecord>> {
+        let rows = sqlx::query("SELECT * FROM migration ORDER BY name")
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(migration_from_row).collect()
+    }
+
+    async fn migration_by_name(&self, name: &str) -> StoreResult<Option<MigrationRecord>> {
+        let row = sqlx::query("SELECT * FROM migration WHERE name = ?")
+            .bind(name)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(migration_from_row).transpose()
+    }
+
+    async fn set_desired_state(&self, id: Uuid, state: DesiredState) -> StoreResult<()> {
+        sqlx::query("UPDATE migration SET desired_state = ?, updated_at = ? WHERE id = ?")
+            .bind(state.as_str())
+            .bind(now())
+            .bind(id.to_string())
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn set_last_error(&self, id: Uuid, error: Option<&str>) -> StoreResult<()> {
+        sqlx::query("UPDATE migration SET last_error = ?, updated_at = ? WHERE id = ?")
+            .bind(error)
+            .bind(now())
+            .bind(id.to_string())
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn delete_migration(&self, id: Uuid) -> StoreResult<()> {
+        sqlx::query("DELETE FROM migration WHERE id = ?")
+            .bind(id.to_string())
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn ping(&self) -> StoreResult<()> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+}

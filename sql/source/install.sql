@@ -1,0 +1,59 @@
+-- Change capture on the source database, one schema per migration (@schema@ is replaced by
+-- the schema name, already quoted). Dropping the schema with CASCADE removes every trigger too.
+
+CREATE SCHEMA @schema@;
+
+-- Event ids: NO cache, so that ids follow the order in which statements finished across
+-- sessions; two changes of one row are always ordered because the row lock serialises them.
+CREATE SEQUENCE @schema@.event_id_seq NO CYCLE;
+
+-- Which of the three event tables takes new events. Triggers read it as a relation
+-- (SELECT last_value), which is not subject to MVCC: a rotation is seen by every session at
+-- once, so a transaction that started before a rotation cannot keep writing the old table.
+CREATE SEQUENCE @schema@.generation_seq MINVALUE 0 START 0;
+SELECT setval('@schema@.generation_seq', 0, true);
+
+-- The queue. ev_op: 'U' = the row now is ev_row (insert or update), 'D' = the row with key
+-- ev_key is gone, 'T' = the table was truncated. Three partitions rotate, PgQ style: the
+-- oldest is TRUNCATEd once the worker is past it, so cleanup never relies on DELETE + VACUUM.
+CREATE TABLE @schema@.event (
+    ev_gen   smallint NOT NULL,
+    ev_id    bigint   NOT NULL DEFAULT nextval('@schema@.event_id_seq'),
+    ev_txid  bigint   NOT NULL,
+    ev_table integer  NOT NULL,
+    ev_op    "char"   NOT NULL,
+    ev_key   jsonb,
+    ev_row   jsonb
+) PARTITION BY LIST (ev_gen);
+CREATE TABLE @schema@.event_0 PARTITION OF @schema@.event FOR VALUES IN (0);
+CREATE TABLE @schema@.event_1 PARTITION OF @schema@.event FOR VALUES IN (1);
+CREATE TABLE @schema@.event_2 PARTITION OF @schema@.event FOR VALUES IN (2);
+CREATE INDEX ON @schema@.event (ev_txid);
+
+-- One row per generation: when it stopped taking events and the snapshot xmax at that
+-- moment. Once every transaction below retired_xmax is applied, the table can be truncated.
+CREATE TABLE @schema@.generation (
+    gen          smallint PRIMARY KEY,
+    retired_xmax bigint,
+    retired_at   timestamptz,
+    truncated    boolean NOT NULL DEFAULT false
+);
+INSERT INTO @schema@.generation (gen, truncated) VALUES (0, false), (1, true), (2, true);
+
+-- Ticks: a batch is every event whose transaction is visible in one tick's snapshot and not
+-- in the previous one's.
+CREATE TABLE @schema@.tick (
+    tick_id        bigint PRIMARY KEY,
+    tick_snapshot  txid_snapshot NOT NULL,
+    tick_event_seq bigint NOT NULL,
+    tick_time      timestamptz NOT NULL DEFAULT clock_timestamp()
+);
+
+CREATE FUNCTION @schema@.tick() RETURNS bigint LANGUAGE sql AS $$
+    INSERT INTO @schema@.tick (tick_id, tick_snapshot, tick_event_seq)
+    SELECT coalesce(max(tick_id), 0) + 1,
+           txid_current_snapshot(),
+           (SELECT CASE WHEN is_called THEN last_value ELSE 0 END FROM @schema@.event_id_seq)
+      FROM @schema@.tick
+    RETURNING tick_id
+$$;
