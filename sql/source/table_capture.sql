@@ -1,16 +1,19 @@
 -- Capture for one table (@table@, quoted), installed inside the migration's schema.
 -- Statement-level triggers with transition tables: a million-row UPDATE becomes one
 -- INSERT ... SELECT, not a million trigger calls.
+-- @row@ is the new row as JSON; float columns also go as text, because JSON numbers have no
+-- negative zero. @settings@ pins the output settings that shape that text (an application
+-- session may lower extra_float_digits, which would round floats).
 -- The functions declare no PL/pgSQL variables and take whole rows as `n.*`, so no user column
 -- name can collide with them.
 -- SECURITY DEFINER: the application's role needs no privilege on pgshift's schema, so capture
 -- never makes an application transaction fail on permissions. Every relation is schema-qualified
 -- and functions and operators resolve in pg_catalog first, so no search_path is needed.
 
-CREATE FUNCTION @schema@.capture_@no@_insert() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER AS $f$
+CREATE FUNCTION @schema@.capture_@no@_insert() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER @settings@ AS $f$
 BEGIN
     INSERT INTO @schema@.event (ev_gen, ev_txid, ev_table, ev_op, ev_row)
-    SELECT (SELECT (last_value % 3)::smallint FROM @schema@.generation_seq), txid_current(), @no@, 'U', to_jsonb(n.*)
+    SELECT (SELECT (last_value % 3)::smallint FROM @schema@.generation_seq), txid_current(), @no@, 'U', @row@
       FROM pgshift_new n;
     RETURN NULL;
 END
@@ -18,7 +21,7 @@ $f$;
 
 -- An UPDATE's exact effect, even when keys change: the old keys that are not among the new
 -- keys are gone, and every new row is as it now is.
-CREATE FUNCTION @schema@.capture_@no@_update() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER AS $f$
+CREATE FUNCTION @schema@.capture_@no@_update() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER @settings@ AS $f$
 BEGIN
     INSERT INTO @schema@.event (ev_gen, ev_txid, ev_table, ev_op, ev_key)
     SELECT (SELECT (last_value % 3)::smallint FROM @schema@.generation_seq), txid_current(), @no@, 'D',
@@ -26,13 +29,13 @@ BEGIN
       FROM pgshift_old o
      WHERE NOT EXISTS (SELECT 1 FROM pgshift_new n WHERE (@new_key_cols@) = (@old_key_cols@));
     INSERT INTO @schema@.event (ev_gen, ev_txid, ev_table, ev_op, ev_row)
-    SELECT (SELECT (last_value % 3)::smallint FROM @schema@.generation_seq), txid_current(), @no@, 'U', to_jsonb(n.*)
+    SELECT (SELECT (last_value % 3)::smallint FROM @schema@.generation_seq), txid_current(), @no@, 'U', @row@
       FROM pgshift_new n;
     RETURN NULL;
 END
 $f$;
 
-CREATE FUNCTION @schema@.capture_@no@_delete() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER AS $f$
+CREATE FUNCTION @schema@.capture_@no@_delete() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER @settings@ AS $f$
 BEGIN
     INSERT INTO @schema@.event (ev_gen, ev_txid, ev_table, ev_op, ev_key)
     SELECT (SELECT (last_value % 3)::smallint FROM @schema@.generation_seq), txid_current(), @no@, 'D',
@@ -42,7 +45,7 @@ BEGIN
 END
 $f$;
 
-CREATE FUNCTION @schema@.capture_@no@_truncate() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER AS $f$
+CREATE FUNCTION @schema@.capture_@no@_truncate() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER @settings@ AS $f$
 BEGIN
     INSERT INTO @schema@.event (ev_gen, ev_txid, ev_table, ev_op)
     VALUES ((SELECT (last_value % 3)::smallint FROM @schema@.generation_seq), txid_current(), @no@, 'T');

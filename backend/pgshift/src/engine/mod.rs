@@ -17,6 +17,7 @@ mod ticker;
 pub use error::{EngineError, EngineResult};
 pub use status::{MigrationStatus, RuntimeState, TableStatus};
 pub use supervisor::{EngineSettings, Supervisor};
+pub use ticker::TickerSettings;
 
 /// Quotes an identifier for SQL, exactly as PostgreSQL's `quote_ident` would when quoting is needed.
 pub fn quote_ident(ident: &str) -> String {

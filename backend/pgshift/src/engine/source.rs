@@ -10,6 +10,10 @@ const INSTALL_SQL: &str = include_str!("../../../../sql/source/install.sql");
 const TABLE_CAPTURE_SQL: &str = include_str!("../../../../sql/source/table_capture.sql");
 const TABLE_TRIGGERS_SQL: &str = include_str!("../../../../sql/source/table_triggers.sql");
 
+/// Output settings every capture function runs with, whatever the application's session set.
+const CAPTURE_SETTINGS: &str =
+    "SET extra_float_digits = 3 SET bytea_output = 'hex' SET intervalstyle = 'postgres' SET datestyle = 'ISO, MDY'";
+
 /// Whether capture for this migration is installed on the source.
 pub async fn is_installed(conn: &mut PgConnection, schema: &str) -> EngineResult<bool> {
     sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = $1)")
@@ -36,7 +40,26 @@ fn table_capture_sql(schema: &str, table: &TableSpec) -> String {
         // A one-element row constructor needs ROW(...) to stay a row.
         format!("ROW({list})")
     };
+    let floats: Vec<String> = table
+        .columns
+        .iter()
+        .filter(|c| c.type_name.starts_with("real") || c.type_name.starts_with("double precision"))
+        .map(|c| {
+            format!(
+                "{}, n.{}::text",
+                quote_literal(&c.name),
+                quote_ident(&c.name)
+            )
+        })
+        .collect();
+    let row = if floats.is_empty() {
+        "to_jsonb(n.*)".to_string()
+    } else {
+        format!("to_jsonb(n.*) || jsonb_build_object({})", floats.join(", "))
+    };
     TABLE_CAPTURE_SQL
+        .replace("@row@", &row)
+        .replace("@settings@", CAPTURE_SETTINGS)
         .replace("@old_key_pairs@", &key_pairs)
         .replace("@new_key_cols@", &cols("n"))
         .replace("@old_key_cols@", &cols("o"))

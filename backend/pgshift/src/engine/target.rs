@@ -4,7 +4,7 @@ use chrono::{DateTime, Utc};
 use sqlx::{Connection, PgConnection, Row};
 
 use super::error::Context;
-use super::{quote_ident, EngineResult};
+use super::{quote_ident, EngineError, EngineResult};
 use crate::store::MigrationRecord;
 
 const INSTALL_SQL: &str = include_str!("../../../../sql/target/install.sql");
@@ -73,7 +73,7 @@ pub async fn is_installed(conn: &mut PgConnection, schema: &str) -> EngineResult
         .context(|| "looking for pgshift's schema on the target".into())
 }
 
-/// Creates the bookkeeping schema, empties the target tables and records the source's first tick
+/// Creates the bookkeeping schema, checks the target tables are empty and records the source's first tick
 /// as applied: from here on the worker and the copy fill the tables.
 pub async fn install(
     conn: &mut PgConnection,
@@ -89,10 +89,22 @@ pub async fn install(
         .await
         .context(|| "installing pgshift's schema on the target".into())?;
     for t in &migration.tables {
-        sqlx::query(&format!("TRUNCATE ONLY {}", t.sql_name()))
-            .execute(&mut *tx)
-            .await
-            .context(|| format!("emptying {} on the target", t.display_name()))?;
+        // pgshift never deletes data on the target on its own: the copy needs empty tables, and
+        // rows that arrived since the migration was created are the operator's to look at.
+        let has_rows: bool =
+            sqlx::query_scalar(&format!("SELECT EXISTS (SELECT 1 FROM {})", t.sql_name()))
+                .fetch_one(&mut *tx)
+                .await
+                .context(|| format!("reading {} on the target", t.display_name()))?;
+        if has_rows {
+            return Err(EngineError::invalid(
+                "target_not_empty",
+                format!(
+                    "table {} on the target has rows; pgshift copies into empty tables (truncate it, then the migration retries)",
+                    t.display_name()
+                ),
+            ));
+        }
         sqlx::query(&format!(
             "INSERT INTO {schema}.table_state (table_no, table_name, state) VALUES ($1, $2, 'pending')"
         ))

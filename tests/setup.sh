@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# Prepares a Debian 12 machine for the test suite; idempotent and quiet.
+#  - installs PostgreSQL 15 (server, client, pgbench) and Chromium when missing
+#    (apt-get, as root; `apt-get update` only when something is missing)
+#  - checks that the Rust toolchain is there
+#  - stops and removes throwaway clusters left by earlier, dead test runs
+#    (/tmp/pgshift-test-*; see tests/support/reap.sh)
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+pg_bin=${PGSHIFT_TEST_PG_BIN:-/usr/lib/postgresql/15/bin}
+missing=()
+[ -x "$pg_bin/initdb" ] && [ -x "$pg_bin/pg_ctl" ] && [ -x "$pg_bin/postgres" ] \
+    || missing+=(postgresql-15)
+[ -x "$pg_bin/pgbench" ] || [ -x /usr/lib/postgresql/15/bin/pgbench ] \
+    || missing+=(postgresql-15)
+[ -x /usr/lib/postgresql/15/bin/psql ] || missing+=(postgresql-client-15)
+command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+
+if [ ${#missing[@]} -gt 0 ]; then
+    if [ "$(id -u)" -ne 0 ]; then
+        echo "setup: missing packages: ${missing[*]}; install them as root:" >&2
+        echo "  apt-get update && apt-get install -y ${missing[*]}" >&2
+        exit 1
+    fi
+    # Dedupe, keep order.
+    mapfile -t missing < <(printf '%s\n' "${missing[@]}" | awk '!seen[$0]++')
+    echo "setup: installing ${missing[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    log=$(mktemp /tmp/pgshift-setup-XXXXXX.log)
+    if ! { apt-get update -q && apt-get install -y -q "${missing[@]}"; } >"$log" 2>&1; then
+        tail -n 30 "$log" >&2
+        echo "setup: apt-get failed (full log: $log)" >&2
+        exit 1
+    fi
+    rm -f "$log"
+fi
+
+# Tests run as root start PostgreSQL as the `postgres` OS user, which the
+# postgresql-15 package creates.
+if [ "$(id -u)" -eq 0 ] && ! id postgres >/dev/null 2>&1; then
+    echo "setup: OS user 'postgres' is missing; reinstall postgresql-common" >&2
+    exit 1
+fi
+
+if ! command -v cargo >/dev/null 2>&1; then
+    if [ -x "$HOME/.cargo/bin/cargo" ]; then
+        echo "setup: cargo is in $HOME/.cargo/bin but not on PATH; add it: export PATH=\"\$HOME/.cargo/bin:\$PATH\"" >&2
+    else
+        echo "setup: cargo not found: install the Rust toolchain (rustup, stable >= 1.85) and put cargo on PATH" >&2
+    fi
+    exit 1
+fi
+
+# Clusters of test processes that are gone (their postmasters are SIGKILLed).
+sh tests/support/reap.sh stale
+
+echo "setup: ok ($("$pg_bin/postgres" --version | head -n 1); $(cargo --version))"
