@@ -215,7 +215,11 @@ fn random_transaction(rng: &mut StdRng, next_id: &AtomicU64, max_id: i64) -> Vec
                 "UPDATE customer SET balance = coalesce(balance, 0) + 1, mood = 'happy', tags = tags || 'x'::text, \
                  meta = meta || '{{\"touched\": true}}', updated = now() WHERE id = {c}"
             ),
-            35..=39 => format!("UPDATE customer SET doc = repeat('big', {}) WHERE id = {c}", rng.gen_range(1000..5000)),
+            // Incompressible, so the value is stored out of line (TOAST).
+            35..=39 => format!(
+                "UPDATE customer SET doc = (SELECT string_agg(md5(random()::text), '') FROM generate_series(1, {})) WHERE id = {c}",
+                rng.gen_range(100..400)
+            ),
             // Primary-key change, cascading to the items and ledger on the source.
             40..=44 => {
                 let id = next_id.fetch_add(1, Ordering::Relaxed) as i64;

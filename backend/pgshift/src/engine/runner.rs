@@ -75,6 +75,19 @@ impl Run {
         let schema = self.record.schema_name();
         let mut src = pg::connect("the source", &self.source).await?;
         let mut dst = pg::connect("the target", &self.target).await?;
+        // One run per migration, across every pgshift process that can reach this source: the
+        // lock lives as long as this connection, which the attempt keeps open.
+        let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock(hashtext($1))")
+            .bind(format!("pgshift run {schema}"))
+            .fetch_one(&mut src)
+            .await
+            .context(|| "taking the migration's lock on the source".into())?;
+        if !locked {
+            return Err(EngineError::invalid(
+                "already_running",
+                "another pgshift process is running this migration against the same source; stop it first",
+            ));
+        }
         if !source::is_installed(&mut src, &schema).await? {
             if target::is_installed(&mut dst, &schema).await? {
                 return Err(EngineError::invalid(
@@ -94,7 +107,6 @@ impl Run {
         let progress = target::table_progress(&mut dst, &schema).await?;
         self.refresh_tables(&progress);
         let referenced = referenced_tables(&mut dst, &self.record).await?;
-        drop(src);
 
         let source_pool = pg::pool("the source", &self.source, 3).await?;
         let (applied_tx, applied_rx) = watch::channel(Some(applied.clone()));
@@ -165,6 +177,7 @@ impl Run {
             }
         }
         source_pool.close().await;
+        let _ = src.close().await;
         if cancel.is_cancelled() {
             return Err(EngineError::Cancelled);
         }

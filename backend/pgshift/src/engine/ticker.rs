@@ -152,9 +152,8 @@ impl Ticker {
             match (truncated, retired_xmax) {
                 // Every transaction that could have written this table is applied: empty it.
                 (false, Some(xmax)) if applied_xmin >= xmax => {
-                    if self.truncate(gen).await? && i64::from(gen) == (current + 1) % 3 {
-                        next_free = true;
-                    }
+                    let freed = self.truncate(gen).await?;
+                    next_free |= freed && i64::from(gen) == (current + 1) % 3;
                 }
                 // A rotation that did not record its snapshot (crash between the switch and the
                 // commit): retire it now, which is later than the real switch and therefore safe.
