@@ -9,6 +9,7 @@ use clap::{Parser, Subcommand};
 use crate::app::Application;
 use crate::auth::{Keys, Role};
 use crate::config::{ServeConfig, DEFAULT_DATA_DIR, DEFAULT_LISTEN};
+use crate::engine::EngineSettings;
 
 #[derive(Parser)]
 #[command(
@@ -37,6 +38,14 @@ enum Command {
         listen: SocketAddr,
         #[command(flatten)]
         data: DataDir,
+        /// Tables copied at once during the initial copy.
+        #[arg(long, env = "PGSHIFT_COPY_PARALLELISM", default_value_t = EngineSettings::default().copy_parallelism as u16,
+              value_parser = clap::value_parser!(u16).range(1..=64))]
+        copy_parallelism: u16,
+        /// Rows per initial-copy chunk; each chunk commits its position, so a crash loses at most one.
+        #[arg(long, env = "PGSHIFT_COPY_CHUNK_ROWS", default_value_t = EngineSettings::default().copy_chunk_rows,
+              value_parser = clap::value_parser!(i64).range(100..=10_000_000))]
+        copy_chunk_rows: i64,
     },
     /// Manage API tokens.
     Token {
@@ -67,8 +76,10 @@ fn init_tracing() {
     use tracing_subscriber::EnvFilter;
     let filter =
         EnvFilter::try_from_env("PGSHIFT_LOG").unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn"));
+    use std::io::IsTerminal;
     tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr)
         .init();
 }
@@ -77,10 +88,18 @@ fn init_tracing() {
 pub fn main() {
     let cli = Cli::parse();
     let code = match cli.command {
-        Command::Serve { listen, data } => {
+        Command::Serve {
+            listen,
+            data,
+            copy_parallelism,
+            copy_chunk_rows,
+        } => {
             init_tracing();
+            let mut config = ServeConfig::new(listen, data.data_dir);
+            config.engine.copy_parallelism = usize::from(copy_parallelism);
+            config.engine.copy_chunk_rows = copy_chunk_rows;
             let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
-            runtime.block_on(serve(ServeConfig::new(listen, data.data_dir)))
+            runtime.block_on(serve(config))
         }
         Command::Token {
             command:

@@ -1,0 +1,118 @@
+//! The `pgshift` binary as users run it: `serve` on its flags, `token create`, and a clean exit
+//! on SIGTERM. It lives beside the crate (not in the top-level tests/) because only a package's
+//! own integration tests get its binary built for them (`CARGO_BIN_EXE_pgshift`).
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn pgshift_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_pgshift"))
+}
+
+fn temp_dir() -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("pgshift-cli-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+#[test]
+fn serve_token_and_sigterm() {
+    let bin = pgshift_bin();
+    let dir = temp_dir();
+    let data = dir.join("data");
+
+    // Bad flags are refused with a reason and a non-zero exit.
+    let out = Command::new(&bin)
+        .args(["serve", "--listen", "not-an-address"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--listen"));
+    let out = Command::new(&bin)
+        .args(["token", "create", "--role", "root", "--data-dir"])
+        .arg(&data)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown role"));
+
+    let mut server = Command::new(&bin)
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .env("PGSHIFT_DATA_DIR", &data)
+        .env("PGSHIFT_LOG", "info")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The log is read on its own thread (so the server never blocks on a full pipe) and the
+    // address waited for with a deadline.
+    let (lines_tx, lines_rx) = std::sync::mpsc::channel::<String>();
+    let stderr = server.stderr.take().unwrap();
+    let log = std::thread::spawn(move || {
+        let mut all = Vec::new();
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = lines_tx.send(line.clone());
+            all.push(line);
+        }
+        all
+    });
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let addr = loop {
+        let line = lines_rx
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            .expect("the server logs its address within 30 s");
+        if let Some(rest) = line.split("pgshift listening addr=").nth(1) {
+            break rest.trim().to_string();
+        }
+    };
+
+    let out = Command::new(&bin)
+        .args(["token", "create", "--role", "admin", "--data-dir"])
+        .arg(&data)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let token = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    assert_eq!(token.split('.').count(), 3, "a JWT: {token}");
+
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let client = reqwest::Client::new();
+        let resp = client
+            .get(format!("http://{addr}/api/v1/clusters"))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        let resp = client
+            .get(format!("http://{addr}/api/v1/clusters"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 401);
+    });
+
+    let kill = Command::new("kill")
+        .args(["-TERM", &server.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    let started = Instant::now();
+    let status = loop {
+        if let Some(status) = server.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "pgshift did not exit after SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.success(), "exit status after SIGTERM: {status}");
+    let log = log.join().unwrap().join("\n");
+    assert!(log.contains("pgshift stopped"), "{log}");
+    assert!(data.join("pgshift.db").exists());
+    std::fs::remove_dir_all(dir).unwrap();
+}
