@@ -123,16 +123,21 @@ async fn randomized_writes_during_copy_and_catch_up_end_identical() {
     );
     // The queue rotated and freed event tables by TRUNCATE while the workload ran.
     let schema = pgshift_tests::quote_ident(&capture_schema(&pair.src).await);
-    let rotations: i64 = sqlx::query_scalar(&format!("SELECT last_value FROM {schema}.generation_seq"))
-        .fetch_one(&pair.src)
-        .await
-        .unwrap();
-    assert!(rotations >= 2, "the event tables rotated only {rotations} times");
+    let rotations: i64 =
+        sqlx::query_scalar(&format!("SELECT last_value FROM {schema}.generation_seq"))
+            .fetch_one(&pair.src)
+            .await
+            .unwrap();
+    assert!(
+        rotations >= 2,
+        "the event tables rotated only {rotations} times"
+    );
     // Some customer documents were stored out of line.
-    let toasted: i64 = sqlx::query_scalar("SELECT count(*) FROM customer WHERE pg_column_size(doc) > 2000")
-        .fetch_one(&pair.dst)
-        .await
-        .unwrap();
+    let toasted: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM customer WHERE pg_column_size(doc) > 2000")
+            .fetch_one(&pair.dst)
+            .await
+            .unwrap();
     assert!(toasted > 0, "no TOASTed values were replicated");
     // Foreign keys hold on the target.
     let orphans: i64 = sqlx::query_scalar(
