@@ -302,6 +302,12 @@ async fn pause_resume_and_remove() {
             .await
             .unwrap();
     assert_eq!(paused, 0, "a paused migration applied changes");
+    let m = server.migration("shop").await;
+    assert_eq!(m["state"], "paused");
+    assert!(
+        m["pending_events"].as_i64().unwrap() >= 500,
+        "a paused migration must show what waits: {m}"
+    );
     let (status, m) = server.post("/migrations/shop/resume", json!({})).await;
     assert_eq!(status, 200, "{m}");
     wait_drained(&server, "shop", &pair.src, DRAIN).await;

@@ -117,8 +117,10 @@ impl Supervisor {
         Ok(())
     }
 
-    /// Stops the migration's run and waits for it to finish its current step.
+    /// Stops the migration's run and waits for it to finish its current step. Its live figures
+    /// go with it: a stopped migration's status is read from the databases.
     pub async fn stop(&self, id: Uuid) {
+        self.statuses.lock().expect("statuses lock").remove(&id);
         let handle = self.runs.lock().expect("runs lock").remove(&id);
         if let Some(handle) = handle {
             handle.cancel.cancel();
@@ -137,7 +139,8 @@ impl Supervisor {
             .map(|s| s.snapshot())
     }
 
-    /// Status of a migration that is not running here: read from the target's bookkeeping.
+    /// Status of a migration that is not running here: table states and the applied tick from
+    /// the target's bookkeeping, waiting events and lag from the source's queue.
     pub async fn inspect(&self, record: &MigrationRecord) -> EngineResult<MigrationStatus> {
         let mut status = MigrationStatus::new(&record.tables);
         status.runtime = RuntimeState::Stopped;
@@ -156,6 +159,25 @@ impl Supervisor {
                     t.rows_copied = p.rows_copied;
                     t.rows_estimated = p.rows_estimated;
                 }
+            }
+            let source = self.cluster(record.source.cluster_id).await?;
+            let options = pg::options(&source.dsn, Some(&record.source.database))?;
+            let mut src = pg::connect("the source", &options).await?;
+            if source::is_installed(&mut src, &schema).await? {
+                let (seq, now): (i64, chrono::DateTime<chrono::Utc>) = sqlx::query_as(&format!(
+                    "SELECT CASE WHEN is_called THEN last_value ELSE 0 END, clock_timestamp() FROM {}.event_id_seq",
+                    super::quote_ident(&schema)
+                ))
+                .fetch_one(&mut src)
+                .await
+                .map_err(|source| EngineError::Database { context: "reading the event counter".into(), source })?;
+                let pending = (seq - applied.tick_event_seq).max(0);
+                status.pending_events = Some(pending);
+                status.lag_seconds = Some(if pending > 0 {
+                    (now - applied.tick_time).num_milliseconds().max(0) as f64 / 1000.0
+                } else {
+                    0.0
+                });
             }
         }
         Ok(status)
