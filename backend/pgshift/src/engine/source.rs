@@ -10,9 +10,26 @@ const INSTALL_SQL: &str = include_str!("../../../../sql/source/install.sql");
 const TABLE_CAPTURE_SQL: &str = include_str!("../../../../sql/source/table_capture.sql");
 const TABLE_TRIGGERS_SQL: &str = include_str!("../../../../sql/source/table_triggers.sql");
 
-/// Output settings every capture function runs with, whatever the application's session set.
-const CAPTURE_SETTINGS: &str =
-    "SET extra_float_digits = 3 SET bytea_output = 'hex' SET intervalstyle = 'postgres' SET datestyle = 'ISO, MDY'";
+/// Output settings a capture function pins, whatever the application's session set, for the
+/// column types whose JSON text depends on them. Dates and timestamps are always ISO in JSON and
+/// bytea in either output format reads back the same, so only these matter; each SET costs a
+/// little on every statement, so a table pays only for the types it has.
+fn capture_settings(table: &TableSpec) -> String {
+    let has = |prefixes: &[&str]| {
+        table
+            .columns
+            .iter()
+            .any(|c| prefixes.iter().any(|p| c.type_name.starts_with(p)))
+    };
+    let mut settings = Vec::new();
+    if has(&["real", "double precision"]) {
+        settings.push("SET extra_float_digits = 3");
+    }
+    if has(&["interval"]) {
+        settings.push("SET intervalstyle = 'postgres'");
+    }
+    settings.join(" ")
+}
 
 /// Whether capture for this migration is installed on the source.
 pub async fn is_installed(conn: &mut PgConnection, schema: &str) -> EngineResult<bool> {
@@ -59,7 +76,7 @@ fn table_capture_sql(schema: &str, table: &TableSpec) -> String {
     };
     TABLE_CAPTURE_SQL
         .replace("@row@", &row)
-        .replace("@settings@", CAPTURE_SETTINGS)
+        .replace("@settings@", &capture_settings(table))
         .replace("@old_key_pairs@", &key_pairs)
         .replace("@new_key_cols@", &cols("n"))
         .replace("@old_key_cols@", &cols("o"))
