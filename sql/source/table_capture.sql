@@ -1,6 +1,9 @@
 -- Capture for one table (@table@, quoted), installed inside the migration's schema.
 -- Statement-level triggers with transition tables: a million-row UPDATE becomes one
 -- INSERT ... SELECT, not a million trigger calls.
+-- Events go straight into the current event table (@events@ is a CASE over the three), not
+-- through the partitioned parent: tuple routing costs more than the insert itself for the
+-- one-row statements most applications run.
 -- @row@ is the new row as JSON; float columns also go as text, because JSON numbers have no
 -- negative zero. @settings@ pins the output settings that shape that text (an application
 -- session may lower extra_float_digits, which would round floats).
@@ -12,43 +15,60 @@
 
 CREATE FUNCTION @schema@.capture_@no@_insert() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER @settings@ AS $f$
 BEGIN
-    INSERT INTO @schema@.event (ev_gen, ev_txid, ev_table, ev_op, ev_row)
-    SELECT (SELECT (last_value % 3)::smallint FROM @schema@.generation_seq), txid_current(), @no@, 'U', @row@
-      FROM pgshift_new n;
+    CASE (SELECT last_value % 3 FROM @schema@.generation_seq)
+@events[
+    WHEN @gen@ THEN
+        INSERT INTO @schema@.event_@gen@ (ev_gen, ev_txid, ev_table, ev_op, ev_row)
+        SELECT @gen@, txid_current(), @no@, 'U', @row@
+          FROM pgshift_new n;
+]events@
+    END CASE;
     RETURN NULL;
 END
 $f$;
 
 -- An UPDATE's exact effect, even when keys change: the old keys that are not among the new
--- keys are gone, and every new row is as it now is.
+-- keys are gone (listed first), and every new row is as it now is. One statement, one plan.
 CREATE FUNCTION @schema@.capture_@no@_update() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER @settings@ AS $f$
 BEGIN
-    INSERT INTO @schema@.event (ev_gen, ev_txid, ev_table, ev_op, ev_key)
-    SELECT (SELECT (last_value % 3)::smallint FROM @schema@.generation_seq), txid_current(), @no@, 'D',
-           jsonb_build_object(@old_key_pairs@)
-      FROM pgshift_old o
-     WHERE NOT EXISTS (SELECT 1 FROM pgshift_new n WHERE (@new_key_cols@) = (@old_key_cols@));
-    INSERT INTO @schema@.event (ev_gen, ev_txid, ev_table, ev_op, ev_row)
-    SELECT (SELECT (last_value % 3)::smallint FROM @schema@.generation_seq), txid_current(), @no@, 'U', @row@
-      FROM pgshift_new n;
+    CASE (SELECT last_value % 3 FROM @schema@.generation_seq)
+@events[
+    WHEN @gen@ THEN
+        INSERT INTO @schema@.event_@gen@ (ev_gen, ev_txid, ev_table, ev_op, ev_key, ev_row)
+        SELECT @gen@, txid_current(), @no@, 'D', jsonb_build_object(@old_key_pairs@), NULL::jsonb
+          FROM pgshift_old o
+         WHERE NOT EXISTS (SELECT 1 FROM pgshift_new n WHERE (@new_key_cols@) = (@old_key_cols@))
+        UNION ALL
+        SELECT @gen@, txid_current(), @no@, 'U', NULL::jsonb, @row@
+          FROM pgshift_new n;
+]events@
+    END CASE;
     RETURN NULL;
 END
 $f$;
 
 CREATE FUNCTION @schema@.capture_@no@_delete() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER @settings@ AS $f$
 BEGIN
-    INSERT INTO @schema@.event (ev_gen, ev_txid, ev_table, ev_op, ev_key)
-    SELECT (SELECT (last_value % 3)::smallint FROM @schema@.generation_seq), txid_current(), @no@, 'D',
-           jsonb_build_object(@old_key_pairs@)
-      FROM pgshift_old o;
+    CASE (SELECT last_value % 3 FROM @schema@.generation_seq)
+@events[
+    WHEN @gen@ THEN
+        INSERT INTO @schema@.event_@gen@ (ev_gen, ev_txid, ev_table, ev_op, ev_key)
+        SELECT @gen@, txid_current(), @no@, 'D', jsonb_build_object(@old_key_pairs@)
+          FROM pgshift_old o;
+]events@
+    END CASE;
     RETURN NULL;
 END
 $f$;
 
 CREATE FUNCTION @schema@.capture_@no@_truncate() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER @settings@ AS $f$
 BEGIN
-    INSERT INTO @schema@.event (ev_gen, ev_txid, ev_table, ev_op)
-    VALUES ((SELECT (last_value % 3)::smallint FROM @schema@.generation_seq), txid_current(), @no@, 'T');
+    CASE (SELECT last_value % 3 FROM @schema@.generation_seq)
+@events[
+    WHEN @gen@ THEN
+        INSERT INTO @schema@.event_@gen@ (ev_gen, ev_txid, ev_table, ev_op) VALUES (@gen@, txid_current(), @no@, 'T');
+]events@
+    END CASE;
     RETURN NULL;
 END
 $f$;

@@ -37,6 +37,15 @@ impl Snapshot {
         Ok(Self { xmin, xmax, xip })
     }
 
+    /// Whether every transaction visible in `earlier` is visible in this snapshot too.
+    pub fn includes(&self, earlier: &Snapshot) -> bool {
+        self.xmax >= earlier.xmax
+            && self
+                .xip
+                .iter()
+                .all(|x| *x >= earlier.xmax || earlier.xip.contains(x))
+    }
+
     /// Whether a transaction's effects are visible in this snapshot (it committed before it).
     pub fn sees(&self, txid: i64) -> bool {
         txid < self.xmin || (txid < self.xmax && !self.xip.contains(&txid))
@@ -149,6 +158,16 @@ mod tests {
         assert!(!s.sees(105));
         assert_eq!(Snapshot::parse("7:7:").unwrap().xip, Vec::<i64>::new());
         assert!(Snapshot::parse("x:1:").is_err());
+    }
+
+    #[test]
+    fn later_snapshots_include_earlier_ones() {
+        let early = Snapshot::parse("100:105:101,103").unwrap();
+        assert!(Snapshot::parse("100:105:101,103").unwrap().includes(&early));
+        assert!(Snapshot::parse("101:110:101,107").unwrap().includes(&early));
+        // 104 was visible early and is shown running later: not a later snapshot.
+        assert!(!Snapshot::parse("100:110:104").unwrap().includes(&early));
+        assert!(!Snapshot::parse("100:104:").unwrap().includes(&early));
     }
 
     #[test]

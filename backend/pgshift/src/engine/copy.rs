@@ -3,10 +3,12 @@
 //! committed chunk and no source transaction stays open for hours.
 //!
 //! Copy and apply run at once. The worker applies every event of every table (upsert or
-//! delete by key, whole rows); the copy only inserts rows whose key the worker has not touched:
-//! absent from the target and not in the tombstones the worker leaves for deleted keys.
-//! Whatever a chunk's snapshot saw, every later change of a key reaches the target through the
-//! worker, so the last write for each key is always the source's latest.
+//! delete by key, whole rows, leaving tombstones for keys deleted while the table copies). A
+//! chunk is merged only after the worker has applied every transaction the chunk's snapshot
+//! saw, and the merge inserts only rows the worker has not touched (absent, not tombstoned).
+//! Such a row has not changed since capture began, so it is exactly the source's row at the
+//! worker's position: the target is always a consistent subset of one source state (unique
+//! constraints hold), and every later change reaches it through the worker.
 
 use std::sync::Arc;
 
@@ -15,6 +17,7 @@ use sqlx::postgres::PgConnectOptions;
 use sqlx::{Connection, PgConnection, Row};
 use tokio_util::sync::CancellationToken;
 
+use super::batch::Snapshot;
 use super::error::Context;
 use super::status::StatusHandle;
 use super::target::{self, TableState};
@@ -129,6 +132,7 @@ impl TableCopy {
                     &cols,
                     epoch,
                     upper.as_deref(),
+                    &cancel,
                 )
                 .await?;
             match copied {
@@ -200,8 +204,23 @@ impl TableCopy {
         cols: &str,
         epoch: i32,
         upper: Option<&[String]>,
+        cancel: &CancellationToken,
     ) -> EngineResult<Option<u64>> {
         let t = &self.table;
+        // The chunk is read in one REPEATABLE READ transaction so that its snapshot is known.
+        let mut source_tx = src
+            .begin()
+            .await
+            .context(|| "opening a copy transaction on the source".into())?;
+        sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+            .execute(&mut *source_tx)
+            .await
+            .context(|| "setting the copy's isolation level".into())?;
+        let chunk_snapshot: String = sqlx::query_scalar("SELECT txid_current_snapshot()::text")
+            .fetch_one(&mut *source_tx)
+            .await
+            .context(|| "reading the copy's snapshot".into())?;
+        let chunk_snapshot = Snapshot::parse(&chunk_snapshot)?;
         let mut tx = dst
             .begin()
             .await
@@ -211,7 +230,7 @@ impl TableCopy {
                 .copy_in_raw(&format!("COPY {temp} ({cols}) FROM STDIN"))
                 .await
                 .context(|| format!("starting the copy into {}", t.display_name()))?;
-            let mut output = src
+            let mut output = source_tx
                 .copy_out_raw(copy_out)
                 .await
                 .context(|| format!("starting the copy out of {}", t.display_name()))?;
@@ -239,6 +258,31 @@ impl TableCopy {
                 .finish()
                 .await
                 .context(|| format!("finishing the copy into {}", t.display_name()))?;
+        }
+        source_tx
+            .commit()
+            .await
+            .context(|| "closing the copy transaction on the source".into())?;
+        // Merge only once the worker has applied every transaction the chunk's snapshot saw.
+        // Then each row the merge adds is untouched since capture began, so it is the row as
+        // of the worker's position: the target stays a consistent subset of one source state,
+        // and no unique constraint can trip over a row copied from "the future".
+        let applied_sql = format!(
+            "SELECT tick_snapshot FROM {}.applied",
+            quote_ident(&self.schema)
+        );
+        loop {
+            let applied: String = sqlx::query_scalar(&applied_sql)
+                .fetch_one(&mut *tx)
+                .await
+                .context(|| "reading the applied tick".into())?;
+            if Snapshot::parse(&applied)?.includes(&chunk_snapshot) {
+                break;
+            }
+            tokio::select! {
+                _ = cancel.cancelled() => return Err(EngineError::Cancelled),
+                _ = tokio::time::sleep(std::time::Duration::from_millis(25)) => {}
+            }
         }
         // The lock conflicts with the worker's writes: the merge sees every change the worker
         // committed, and the worker's next change to this table waits for the merge.

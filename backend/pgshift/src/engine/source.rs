@@ -40,6 +40,25 @@ pub async fn is_installed(conn: &mut PgConnection, schema: &str) -> EngineResult
         .context(|| "looking for the capture schema on the source".into())
 }
 
+/// Repeats each `@events[ ... ]events@` block once per event table, with `@gen@` set to 0, 1, 2.
+fn expand_generations(template: &str) -> String {
+    let mut out = String::with_capacity(template.len() * 2);
+    let mut rest = template;
+    while let Some(start) = rest.find("@events[") {
+        out.push_str(&rest[..start]);
+        let after = &rest[start + "@events[".len()..];
+        let end = after
+            .find("]events@")
+            .expect("every @events[ block is closed");
+        for gen in 0..3 {
+            out.push_str(&after[..end].replace("@gen@", &gen.to_string()));
+        }
+        rest = &after[end + "]events@".len()..];
+    }
+    out.push_str(rest);
+    out
+}
+
 fn table_capture_sql(schema: &str, table: &TableSpec) -> String {
     let key_pairs = table
         .key
@@ -74,7 +93,7 @@ fn table_capture_sql(schema: &str, table: &TableSpec) -> String {
     } else {
         format!("to_jsonb(n.*) || jsonb_build_object({})", floats.join(", "))
     };
-    TABLE_CAPTURE_SQL
+    expand_generations(TABLE_CAPTURE_SQL)
         .replace("@row@", &row)
         .replace("@settings@", &capture_settings(table))
         .replace("@old_key_pairs@", &key_pairs)
@@ -173,4 +192,18 @@ pub async fn uninstall(conn: &mut PgConnection, schema: &str) -> EngineResult<()
         .await
         .context(|| "resetting lock_timeout".into())?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::expand_generations;
+
+    #[test]
+    fn generation_blocks_repeat_per_event_table() {
+        let sql = expand_generations("CASE\n@events[WHEN @gen@ THEN x_@gen@;\n]events@END");
+        assert_eq!(
+            sql,
+            "CASE\nWHEN 0 THEN x_0;\nWHEN 1 THEN x_1;\nWHEN 2 THEN x_2;\nEND"
+        );
+    }
 }
