@@ -14,7 +14,7 @@ use std::sync::Arc;
 
 use futures_util::TryStreamExt;
 use sqlx::postgres::PgConnectOptions;
-use sqlx::{Connection, PgConnection, Row};
+use sqlx::{Connection, PgConnection};
 use tokio_util::sync::CancellationToken;
 
 use super::batch::Snapshot;
@@ -32,6 +32,8 @@ pub struct TableCopy {
     pub target: PgConnectOptions,
     pub chunk_rows: i64,
     pub status: StatusHandle,
+    /// Wakes the ticker, so the worker passes a chunk's snapshot without waiting for an idle tick.
+    pub tick_now: Arc<tokio::sync::Notify>,
 }
 
 impl TableCopy {
@@ -50,7 +52,7 @@ impl TableCopy {
         let key_row = format!("ROW({})", keys.join(", "));
         let temp = format!("pgshift_copy_{}", t.no);
         sqlx::query(&format!(
-            "CREATE TEMP TABLE IF NOT EXISTS {temp} (LIKE {}) ON COMMIT DELETE ROWS",
+            "CREATE TEMP TABLE IF NOT EXISTS {temp} (LIKE {})",
             t.sql_name()
         ))
         .execute(&mut dst)
@@ -123,18 +125,15 @@ impl TableCopy {
             if cancel.is_cancelled() {
                 return Err(EngineError::Cancelled);
             }
-            let copied = self
-                .copy_chunk(
-                    &mut src,
-                    &mut dst,
-                    &copy_out,
-                    &temp,
-                    &cols,
-                    epoch,
-                    upper.as_deref(),
-                    &cancel,
-                )
-                .await?;
+            let chunk = Chunk {
+                copy_out: &copy_out,
+                where_chunk: &where_chunk,
+                temp: &temp,
+                cols: &cols,
+                epoch,
+                upper: upper.as_deref(),
+            };
+            let copied = self.copy_chunk(&mut src, &mut dst, &chunk, &cancel).await?;
             match copied {
                 None => continue, // a truncate restarted the copy: read the new position
                 Some(rows) => {
@@ -192,21 +191,17 @@ impl TableCopy {
             .context(|| "counting rows".into())
     }
 
-    /// Streams one chunk into the temporary table, then merges it under a lock that orders it
-    /// against the worker. Returns None when the copy was restarted meanwhile.
-    #[allow(clippy::too_many_arguments)]
+    /// Copies one chunk and records the position in the same target transaction. Returns the
+    /// rows added, or None when a truncate restarted the copy meanwhile.
     async fn copy_chunk(
         &self,
         src: &mut PgConnection,
         dst: &mut PgConnection,
-        copy_out: &str,
-        temp: &str,
-        cols: &str,
-        epoch: i32,
-        upper: Option<&[String]>,
+        chunk: &Chunk<'_>,
         cancel: &CancellationToken,
     ) -> EngineResult<Option<u64>> {
         let t = &self.table;
+        let schema = quote_ident(&self.schema);
         // The chunk is read in one REPEATABLE READ transaction so that its snapshot is known.
         let mut source_tx = src
             .begin()
@@ -216,76 +211,38 @@ impl TableCopy {
             .execute(&mut *source_tx)
             .await
             .context(|| "setting the copy's isolation level".into())?;
-        let chunk_snapshot: String = sqlx::query_scalar("SELECT txid_current_snapshot()::text")
+        let snapshot: String = sqlx::query_scalar("SELECT txid_current_snapshot()::text")
             .fetch_one(&mut *source_tx)
             .await
             .context(|| "reading the copy's snapshot".into())?;
-        let chunk_snapshot = Snapshot::parse(&chunk_snapshot)?;
-        let mut tx = dst
-            .begin()
-            .await
-            .context(|| "opening a copy transaction on the target".into())?;
-        {
-            let mut input = tx
-                .copy_in_raw(&format!("COPY {temp} ({cols}) FROM STDIN"))
-                .await
-                .context(|| format!("starting the copy into {}", t.display_name()))?;
-            let mut output = source_tx
-                .copy_out_raw(copy_out)
-                .await
-                .context(|| format!("starting the copy out of {}", t.display_name()))?;
-            loop {
-                match output.try_next().await {
-                    Ok(Some(bytes)) => {
-                        if let Err(err) = input.send(bytes).await {
-                            return Err(EngineError::Database {
-                                context: format!("copying {}", t.display_name()),
-                                source: err,
-                            });
-                        }
-                    }
-                    Ok(None) => break,
-                    Err(err) => {
-                        let _ = input.abort("source failed").await;
-                        return Err(EngineError::Database {
-                            context: format!("reading {} from the source", t.display_name()),
-                            source: err,
-                        });
-                    }
-                }
-            }
-            input
-                .finish()
-                .await
-                .context(|| format!("finishing the copy into {}", t.display_name()))?;
-        }
-        source_tx
-            .commit()
-            .await
-            .context(|| "closing the copy transaction on the source".into())?;
+        let snapshot = Snapshot::parse(&snapshot)?;
+
         // Merge only once the worker has applied every transaction the chunk's snapshot saw.
-        // Then each row the merge adds is untouched since capture began, so it is the row as
-        // of the worker's position: the target stays a consistent subset of one source state,
-        // and no unique constraint can trip over a row copied from "the future".
-        let applied_sql = format!(
-            "SELECT tick_snapshot FROM {}.applied",
-            quote_ident(&self.schema)
-        );
+        // Then each row the merge adds is untouched since capture began, so it is the row as of
+        // the worker's position: the target stays a consistent subset of one source state, and
+        // no unique constraint can trip over a row copied from "the future".
+        self.tick_now.notify_one();
+        let applied_sql = format!("SELECT tick_snapshot FROM {schema}.applied");
         loop {
             let applied: String = sqlx::query_scalar(&applied_sql)
-                .fetch_one(&mut *tx)
+                .fetch_one(&mut *dst)
                 .await
                 .context(|| "reading the applied tick".into())?;
-            if Snapshot::parse(&applied)?.includes(&chunk_snapshot) {
+            if Snapshot::parse(&applied)?.includes(&snapshot) {
                 break;
             }
             tokio::select! {
                 _ = cancel.cancelled() => return Err(EngineError::Cancelled),
-                _ = tokio::time::sleep(std::time::Duration::from_millis(25)) => {}
+                _ = tokio::time::sleep(std::time::Duration::from_millis(20)) => {}
             }
         }
-        // The lock conflicts with the worker's writes: the merge sees every change the worker
-        // committed, and the worker's next change to this table waits for the merge.
+
+        let mut tx = dst
+            .begin()
+            .await
+            .context(|| "opening a copy transaction on the target".into())?;
+        // The lock conflicts with the worker's writes: what follows sees every change the worker
+        // committed, and the worker's next change to this table waits for this chunk.
         sqlx::query(&format!(
             "LOCK TABLE {} IN SHARE ROW EXCLUSIVE MODE",
             t.sql_name()
@@ -293,20 +250,70 @@ impl TableCopy {
         .execute(&mut *tx)
         .await
         .context(|| format!("locking {} on the target", t.display_name()))?;
-        let row = sqlx::query(&format!(
-            "SELECT copy_epoch FROM {}.table_state WHERE table_no = $1 FOR UPDATE",
-            quote_ident(&self.schema)
+        let epoch: i32 = sqlx::query_scalar(&format!(
+            "SELECT copy_epoch FROM {schema}.table_state WHERE table_no = $1 FOR UPDATE"
         ))
         .bind(t.no)
         .fetch_one(&mut *tx)
         .await
         .context(|| "reading the copy epoch".into())?;
-        if row.get::<i32, _>(0) != epoch {
+        if epoch != chunk.epoch {
             tx.rollback()
                 .await
                 .context(|| "discarding a stale chunk".into())?;
             return Ok(None);
         }
+        // When the worker has written nothing in this key range and deleted nothing in this
+        // table, every row of the chunk goes in as it is: straight into the table.
+        let touched: bool = sqlx::query_scalar(&format!(
+            "SELECT EXISTS (SELECT 1 FROM {table} {range}) OR EXISTS (SELECT 1 FROM {schema}.tombstone WHERE table_no = $1)",
+            table = t.sql_name(),
+            range = chunk.where_chunk,
+        ))
+        .bind(t.no)
+        .fetch_one(&mut *tx)
+        .await
+        .context(|| format!("looking at {} on the target", t.display_name()))?;
+        let into = if touched {
+            chunk.temp.to_string()
+        } else {
+            t.sql_name()
+        };
+        let streamed = stream(
+            &mut source_tx,
+            &mut tx,
+            chunk.copy_out,
+            &format!("COPY {into} ({}) FROM STDIN", chunk.cols),
+            t,
+        )
+        .await?;
+        source_tx
+            .commit()
+            .await
+            .context(|| "closing the copy transaction on the source".into())?;
+        let added = if touched {
+            self.merge(&mut tx, chunk).await?
+        } else {
+            streamed
+        };
+        sqlx::query(&format!(
+            "UPDATE {schema}.table_state SET copy_position = $2, rows_copied = rows_copied + $3 WHERE table_no = $1"
+        ))
+        .bind(t.no)
+        .bind(chunk.upper)
+        .bind(streamed as i64)
+        .execute(&mut *tx)
+        .await
+        .context(|| "recording the copy position".into())?;
+        tx.commit()
+            .await
+            .context(|| format!("committing a chunk of {}", t.display_name()))?;
+        Ok(Some(added))
+    }
+
+    /// Adds the rows of the temporary table that the worker has not touched.
+    async fn merge(&self, tx: &mut PgConnection, chunk: &Chunk<'_>) -> EngineResult<u64> {
+        let t = &self.table;
         let keys: Vec<String> = t.key.iter().map(|k| quote_ident(k)).collect();
         let key_json = t
             .key
@@ -319,13 +326,15 @@ impl TableCopy {
         } else {
             ""
         };
-        let merged = sqlx::query(&format!(
+        let added = sqlx::query(&format!(
             "INSERT INTO {table} ({cols}){overriding}
              SELECT {cols} FROM {temp} c
               WHERE NOT EXISTS (SELECT 1 FROM {schema}.tombstone d
                                  WHERE d.table_no = $1 AND d.key = jsonb_build_object({key_json}))
              ON CONFLICT ({keys}) DO NOTHING",
             table = t.sql_name(),
+            cols = chunk.cols,
+            temp = chunk.temp,
             schema = quote_ident(&self.schema),
             keys = keys.join(", "),
         ))
@@ -334,24 +343,11 @@ impl TableCopy {
         .await
         .context(|| format!("merging a chunk into {}", t.display_name()))?
         .rows_affected();
-        let copied: i64 = sqlx::query_scalar(&format!("SELECT count(*) FROM {temp}"))
-            .fetch_one(&mut *tx)
+        sqlx::query(&format!("TRUNCATE {}", chunk.temp))
+            .execute(&mut *tx)
             .await
-            .context(|| "counting a chunk".into())?;
-        sqlx::query(&format!(
-            "UPDATE {}.table_state SET copy_position = $2, rows_copied = rows_copied + $3 WHERE table_no = $1",
-            quote_ident(&self.schema)
-        ))
-        .bind(t.no)
-        .bind(upper)
-        .bind(copied)
-        .execute(&mut *tx)
-        .await
-        .context(|| "recording the copy position".into())?;
-        tx.commit()
-            .await
-            .context(|| format!("committing a chunk of {}", t.display_name()))?;
-        Ok(Some(merged))
+            .context(|| "emptying the chunk table".into())?;
+        Ok(added)
     }
 
     /// The copy is complete: the table catches up until the worker applies a tick taken after now.
@@ -385,4 +381,60 @@ impl TableCopy {
         .context(|| "recording the end of the copy".into())?;
         Ok(())
     }
+}
+
+/// One chunk of a table's copy.
+struct Chunk<'a> {
+    /// `COPY (SELECT …) TO STDOUT` on the source.
+    copy_out: &'a str,
+    /// The chunk's key range as a WHERE clause (empty for a whole table).
+    where_chunk: &'a str,
+    /// Session-local table the chunk lands in when it has to be merged.
+    temp: &'a str,
+    cols: &'a str,
+    epoch: i32,
+    upper: Option<&'a [String]>,
+}
+
+/// Streams `COPY … TO STDOUT` on the source into `COPY … FROM STDIN` on the target.
+async fn stream(
+    src: &mut PgConnection,
+    dst: &mut PgConnection,
+    copy_out: &str,
+    copy_in: &str,
+    table: &TableSpec,
+) -> EngineResult<u64> {
+    let mut input = dst
+        .copy_in_raw(copy_in)
+        .await
+        .context(|| format!("starting the copy into {}", table.display_name()))?;
+    let mut output = src
+        .copy_out_raw(copy_out)
+        .await
+        .context(|| format!("starting the copy out of {}", table.display_name()))?;
+    loop {
+        match output.try_next().await {
+            Ok(Some(bytes)) => {
+                if let Err(err) = input.send(bytes).await {
+                    return Err(EngineError::Database {
+                        context: format!("copying {}", table.display_name()),
+                        source: err,
+                    });
+                }
+            }
+            Ok(None) => break,
+            Err(err) => {
+                let _ = input.abort("the source failed").await;
+                return Err(EngineError::Database {
+                    context: format!("reading {} from the source", table.display_name()),
+                    source: err,
+                });
+            }
+        }
+    }
+    drop(output);
+    input
+        .finish()
+        .await
+        .context(|| format!("finishing the copy into {}", table.display_name()))
 }

@@ -113,12 +113,14 @@ impl Run {
         let tasks = cancel.child_token();
         let mut set: JoinSet<(&'static str, EngineResult<()>)> = JoinSet::new();
 
+        let tick_now = Arc::new(tokio::sync::Notify::new());
         let ticker = Ticker {
             pool: source_pool.clone(),
             schema: schema.clone(),
             settings: self.settings.ticker.clone(),
             applied: applied_rx,
             status: self.status.clone(),
+            tick_now: tick_now.clone(),
         };
         let t = tasks.clone();
         set.spawn(async move { ("ticker", ticker.run(t).await) });
@@ -143,7 +145,7 @@ impl Run {
         let t = tasks.clone();
         set.spawn(async move { ("worker", worker.run(t).await) });
 
-        let copies = self.copies(&schema, &progress);
+        let copies = self.copies(&schema, &progress, &tick_now);
         if !copies.is_empty() {
             let t = tasks.clone();
             let parallel = self.settings.copy_parallelism;
@@ -184,7 +186,12 @@ impl Run {
         outcome
     }
 
-    fn copies(&self, schema: &str, progress: &[TableProgress]) -> Vec<Arc<TableCopy>> {
+    fn copies(
+        &self,
+        schema: &str,
+        progress: &[TableProgress],
+        tick_now: &Arc<tokio::sync::Notify>,
+    ) -> Vec<Arc<TableCopy>> {
         let mut todo: Vec<(&TableProgress, Arc<TableCopy>)> = self
             .record
             .tables
@@ -201,6 +208,7 @@ impl Run {
                             target: self.target.clone(),
                             chunk_rows: self.settings.copy_chunk_rows,
                             status: self.status.clone(),
+                            tick_now: tick_now.clone(),
                         }),
                     )
                 })

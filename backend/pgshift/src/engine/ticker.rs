@@ -5,7 +5,9 @@ use std::time::{Duration, Instant};
 
 use sqlx::postgres::PgPool;
 use sqlx::Row;
-use tokio::sync::watch;
+use std::sync::Arc;
+
+use tokio::sync::{watch, Notify};
 use tokio_util::sync::CancellationToken;
 
 use super::error::Context;
@@ -41,6 +43,8 @@ pub struct Ticker {
     pub settings: TickerSettings,
     pub applied: watch::Receiver<Option<AppliedTick>>,
     pub status: StatusHandle,
+    /// Asks for a tick now (the copy waits for the worker to pass its chunk's snapshot).
+    pub tick_now: Arc<Notify>,
 }
 
 /// `xmin` of a `txid_snapshot` text ("xmin:xmax:xip,...").
@@ -61,16 +65,17 @@ impl Ticker {
         let mut last_rotation = Instant::now();
         let mut interval = self.settings.busy_interval;
         loop {
-            tokio::select! {
+            let requested = tokio::select! {
                 _ = cancel.cancelled() => return Ok(()),
-                _ = tokio::time::sleep(interval) => {}
-            }
+                _ = tokio::time::sleep(interval) => false,
+                _ = self.tick_now.notified() => true,
+            };
             let (seq, now): (i64, chrono::DateTime<chrono::Utc>) = sqlx::query_as(&seq_sql)
                 .fetch_one(&self.pool)
                 .await
                 .context(|| "reading the event counter".into())?;
             let busy = last_seq != Some(seq);
-            if busy || last_tick.elapsed() >= self.settings.idle_interval {
+            if busy || requested || last_tick.elapsed() >= self.settings.idle_interval {
                 let tick_id: i64 = sqlx::query_scalar(&tick_sql)
                     .fetch_one(&self.pool)
                     .await
