@@ -353,3 +353,80 @@ async fn pause_resume_and_remove() {
     let (status, _) = server.get("/migrations/shop").await;
     assert_eq!(status, 404);
 }
+
+/// A migration whose target goes away shows the error and retries; the other migrations of
+/// the same server keep going, and the failed one recovers by itself when its target is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_failing_migration_shows_its_error_and_spares_the_others() {
+    init_tracing();
+    let (source, healthy, failing) =
+        tokio::join!(PgCluster::start(), PgCluster::start(), PgCluster::start());
+    let table = "CREATE TABLE t (id int PRIMARY KEY, v text)";
+    for (cluster, db) in [
+        (&source, "one"),
+        (&source, "two"),
+        (&healthy, "one"),
+        (&failing, "two"),
+    ] {
+        cluster.create_database(db).await;
+        cluster.psql(db, table).await;
+    }
+    source
+        .psql(
+            "one",
+            "INSERT INTO t SELECT g, 'one' FROM generate_series(1, 100) g",
+        )
+        .await;
+    source
+        .psql(
+            "two",
+            "INSERT INTO t SELECT g, 'two' FROM generate_series(1, 100) g",
+        )
+        .await;
+    let server = TestServer::start().await;
+    server.add_cluster("source", &source.admin_dsn()).await;
+    server.add_cluster("healthy", &healthy.admin_dsn()).await;
+    server.add_cluster("failing", &failing.admin_dsn()).await;
+    for (name, target) in [("one", "healthy"), ("two", "failing")] {
+        let body = json!({"name": name, "source": {"cluster": "source", "database": name},
+                          "target": {"cluster": target, "database": name}});
+        let (status, body) = server.post("/migrations", body).await;
+        assert_eq!(status, 201, "{body}");
+        let (status, body) = server
+            .post(&format!("/migrations/{name}/start"), json!({}))
+            .await;
+        assert_eq!(status, 200, "{body}");
+    }
+    for name in ["one", "two"] {
+        wait_for(&format!("{name} synced"), DRAIN, || async {
+            (server.migration(name).await["state"] == "synced").then_some(())
+        })
+        .await;
+    }
+
+    failing.kill9().await;
+    source
+        .psql("two", "UPDATE t SET v = 'while the target is down'")
+        .await;
+    let m = wait_for("the failing migration to show its error", DRAIN, || async {
+        let m = server.migration("two").await;
+        (m["state"] == "error").then_some(m)
+    })
+    .await;
+    assert!(!m["error"].as_str().unwrap_or("").is_empty(), "{m}");
+    // The other migration keeps replicating.
+    source
+        .psql("one", "UPDATE t SET v = 'still flowing' WHERE id <= 10")
+        .await;
+    let one_src = source.connect("one").await;
+    let one_dst = healthy.connect("one").await;
+    wait_drained(&server, "one", &one_src, DRAIN).await;
+    assert_same_rows(&one_src, &one_dst, "t", "id").await;
+
+    failing.start_again().await;
+    let two_src = source.connect("two").await;
+    let two_dst = failing.connect("two").await;
+    wait_drained(&server, "two", &two_src, DRAIN).await;
+    assert_same_rows(&two_src, &two_dst, "t", "id").await;
+    assert!(server.migration("two").await["error"].is_null());
+}
