@@ -114,6 +114,7 @@ impl Run {
         let mut set: JoinSet<(&'static str, EngineResult<()>)> = JoinSet::new();
 
         let tick_now = Arc::new(tokio::sync::Notify::new());
+        let ticked = Arc::new(tokio::sync::Notify::new());
         let ticker = Ticker {
             pool: source_pool.clone(),
             schema: schema.clone(),
@@ -121,6 +122,7 @@ impl Run {
             applied: applied_rx,
             status: self.status.clone(),
             tick_now: tick_now.clone(),
+            ticked: ticked.clone(),
         };
         let t = tasks.clone();
         set.spawn(async move { ("ticker", ticker.run(t).await) });
@@ -141,6 +143,7 @@ impl Run {
             status: self.status.clone(),
             settings: self.settings.clone(),
             record: self.record.clone(),
+            ticked,
         };
         let t = tasks.clone();
         set.spawn(async move { ("worker", worker.run(t).await) });
@@ -320,6 +323,7 @@ struct Worker {
     status: StatusHandle,
     settings: EngineSettings,
     record: MigrationRecord,
+    ticked: Arc<tokio::sync::Notify>,
 }
 
 impl Worker {
@@ -348,6 +352,7 @@ impl Worker {
             let Some(row) = next else {
                 tokio::select! {
                     _ = cancel.cancelled() => return Ok(()),
+                    _ = self.ticked.notified() => continue,
                     _ = tokio::time::sleep(poll) => continue,
                 }
             };

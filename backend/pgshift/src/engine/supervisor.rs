@@ -35,7 +35,7 @@ impl Default for EngineSettings {
     fn default() -> Self {
         Self {
             ticker: TickerSettings::default(),
-            copy_chunk_rows: 50_000,
+            copy_chunk_rows: 200_000,
             copy_parallelism: 2,
             fetch_events: 5_000,
             batch_max_events: 100_000,

@@ -45,6 +45,8 @@ pub struct Ticker {
     pub status: StatusHandle,
     /// Asks for a tick now (the copy waits for the worker to pass its chunk's snapshot).
     pub tick_now: Arc<Notify>,
+    /// Told after every tick, so the worker starts on a new batch at once instead of polling.
+    pub ticked: Arc<Notify>,
 }
 
 /// `xmin` of a `txid_snapshot` text ("xmin:xmax:xip,...").
@@ -82,6 +84,7 @@ impl Ticker {
                     .context(|| "taking a tick".into())?;
                 last_tick = Instant::now();
                 last_seq = Some(seq);
+                self.ticked.notify_one();
                 self.status.update(|s| s.last_tick = Some(tick_id));
             }
             self.report_lag(seq, now);
