@@ -421,3 +421,47 @@ async fn bad_input_gets_a_clear_4xx() {
     let (status, _) = server.delete("/clusters/limited").await;
     assert_eq!(status, StatusCode::NO_CONTENT);
 }
+
+#[tokio::test]
+async fn health_readiness_and_metrics() {
+    init_tracing();
+    let server = TestServer::start().await;
+    let client = reqwest::Client::new();
+    for path in ["/healthz", "/readyz"] {
+        let resp = client
+            .get(format!("{}{path}", server.base))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::OK, "{path}");
+    }
+    server.get("/clusters").await;
+    server.get("/clusters/nope").await;
+    let resp = client
+        .get(format!("{}/metrics", server.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert!(resp.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("application/openmetrics-text"));
+    let body = resp.text().await.unwrap();
+    // Requests are counted under their route pattern, not the raw path.
+    assert!(
+        body.contains(
+            r#"pgshift_http_requests_total{method="GET",route="/api/v1/clusters",status="200"} 1"#
+        ),
+        "{body}"
+    );
+    assert!(
+        body.contains(r#"route="/api/v1/clusters/{name}",status="404""#),
+        "{body}"
+    );
+    assert!(
+        body.contains("pgshift_http_request_duration_seconds_bucket"),
+        "{body}"
+    );
+    assert!(body.trim_end().ends_with("# EOF"));
+}

@@ -414,6 +414,32 @@ async fn a_failing_migration_shows_its_error_and_spares_the_others() {
     })
     .await;
     assert!(!m["error"].as_str().unwrap_or("").is_empty(), "{m}");
+    let metrics = server
+        .client
+        .get(format!("{}/metrics", server.base))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains(r#"pgshift_migration_failing{migration="two"} 1"#),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(r#"pgshift_migration_failing{migration="one"} 0"#),
+        "{metrics}"
+    );
+    assert!(
+        metrics
+            .contains(r#"pgshift_table_state{migration="one",table="public.t",state="synced"} 1"#),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(r#"pgshift_table_rows_copied{migration="one",table="public.t"} 100"#),
+        "{metrics}"
+    );
     // The other migration keeps replicating.
     source
         .psql("one", "UPDATE t SET v = 'still flowing' WHERE id <= 10")

@@ -12,7 +12,7 @@ use crate::auth::{KeyError, Keys, Role};
 use crate::config::{ensure_data_dir, ServeConfig};
 use crate::engine::Supervisor;
 use crate::service::App;
-use crate::store::{SqliteStore, StoreError};
+use crate::store::StoreError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -44,8 +44,7 @@ impl Application {
             source,
         })?;
         let keys = Keys::load_or_create(&config.data_dir)?;
-        let store: Arc<dyn crate::store::Store> =
-            Arc::new(SqliteStore::open(&config.data_dir).await?);
+        let store = crate::store::open(config.metadata.as_deref(), &config.data_dir).await?;
         let supervisor = Supervisor::new(store.clone(), config.engine.clone());
         let listener =
             TcpListener::bind(config.listen)

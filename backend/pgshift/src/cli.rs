@@ -38,6 +38,14 @@ enum Command {
         listen: SocketAddr,
         #[command(flatten)]
         data: DataDir,
+        /// Metadata database: postgresql://… for a shared PostgreSQL store; default: SQLite in the data directory.
+        #[arg(
+            long,
+            env = "PGSHIFT_METADATA",
+            value_name = "URL",
+            hide_env_values = true
+        )]
+        metadata: Option<String>,
         /// Tables copied at once during the initial copy.
         #[arg(long, env = "PGSHIFT_COPY_PARALLELISM", default_value_t = EngineSettings::default().copy_parallelism as u16,
               value_parser = clap::value_parser!(u16).range(1..=64))]
@@ -91,11 +99,13 @@ pub fn main() {
         Command::Serve {
             listen,
             data,
+            metadata,
             copy_parallelism,
             copy_chunk_rows,
         } => {
             init_tracing();
             let mut config = ServeConfig::new(listen, data.data_dir);
+            config.metadata = metadata;
             config.engine.copy_parallelism = usize::from(copy_parallelism);
             config.engine.copy_chunk_rows = copy_chunk_rows;
             let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");

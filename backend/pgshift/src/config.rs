@@ -9,13 +9,30 @@ pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 pub const DEFAULT_DATA_DIR: &str = "./pgshift-data";
 
 /// What `pgshift serve` runs with.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct ServeConfig {
     /// Address to listen on; port 0 picks a free port (tests).
     pub listen: SocketAddr,
-    /// Holds the SQLite metadata file and the token signing key.
+    /// Holds the SQLite metadata file (unless `metadata` is set) and the token signing key.
     pub data_dir: PathBuf,
+    /// `postgres://` or `postgresql://` URL of a shared PostgreSQL metadata store; `None`: SQLite
+    /// in `data_dir`. May carry a password: `Debug` leaves it out.
+    pub metadata: Option<String>,
     pub engine: EngineSettings,
+}
+
+impl std::fmt::Debug for ServeConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServeConfig")
+            .field("listen", &self.listen)
+            .field("data_dir", &self.data_dir)
+            .field(
+                "metadata",
+                &self.metadata.as_deref().map(crate::store::redact_url),
+            )
+            .field("engine", &self.engine)
+            .finish()
+    }
 }
 
 impl ServeConfig {
@@ -23,6 +40,7 @@ impl ServeConfig {
         Self {
             listen,
             data_dir,
+            metadata: None,
             engine: EngineSettings::default(),
         }
     }
@@ -39,4 +57,18 @@ pub fn ensure_data_dir(dir: &std::path::Path) -> std::io::Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_leaves_the_metadata_password_out() {
+        let mut config = ServeConfig::new("127.0.0.1:0".parse().unwrap(), "d".into());
+        config.metadata = Some("postgresql://u:secretpw@db.example:5432/meta".into());
+        let text = format!("{config:?}");
+        assert!(!text.contains("secretpw"), "{text}");
+        assert!(text.contains("db.example:5432/meta"), "{text}");
+    }
 }

@@ -48,6 +48,9 @@ pub struct MigrationStatus {
     pub events_applied: Option<i64>,
     pub tables: Vec<TableStatus>,
     pub error: Option<String>,
+    /// Attempts that failed since this process started the migration.
+    #[serde(skip)]
+    pub failed_attempts: u64,
 }
 
 impl MigrationStatus {
@@ -72,6 +75,7 @@ impl MigrationStatus {
                 })
                 .collect(),
             error: None,
+            failed_attempts: 0,
         }
     }
 
@@ -122,6 +126,7 @@ impl StatusHandle {
         self.update(|s| {
             s.runtime = RuntimeState::Retrying;
             s.error = Some(message.to_string());
+            s.failed_attempts += 1;
             if let Some(t) = table_no.and_then(|no| s.tables.iter_mut().find(|t| t.table_no == no))
             {
                 t.state = "error".into();

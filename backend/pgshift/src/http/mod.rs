@@ -1,9 +1,10 @@
-//! The HTTP layer: the REST API under `/api/v1` (bearer tokens) and health checks.
+//! The HTTP layer: the REST API under `/api/v1` (bearer tokens), health checks and metrics.
 
 mod auth;
 mod clusters;
 mod error;
 mod json;
+mod metrics;
 mod migrations;
 
 use std::sync::Arc;
@@ -40,10 +41,24 @@ pub fn router(app: AppState) -> Router {
         .route("/migrations/{name}/pause", post(migrations::pause))
         .route("/migrations/{name}/resume", post(migrations::resume))
         .fallback(error::not_found);
+    let ops = metrics::MetricsState {
+        app: app.clone(),
+        http: metrics::HttpMetrics::default(),
+    };
+    let http_metrics = ops.http.clone();
+    let ops = Router::new()
+        .route("/metrics", get(metrics::metrics))
+        .route("/readyz", get(metrics::readyz))
+        .with_state(ops);
     Router::new()
         .nest("/api/v1", api)
-        .route("/healthz", get(|| async { "ok" }))
+        .route("/healthz", get(metrics::healthz))
+        .with_state(app)
+        .merge(ops)
+        .layer(axum::middleware::from_fn_with_state(
+            http_metrics,
+            metrics::track,
+        ))
         .layer(RequestBodyLimitLayer::new(1024 * 1024))
         .layer(TraceLayer::new_for_http())
-        .with_state(app)
 }

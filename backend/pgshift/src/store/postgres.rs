@@ -1,0 +1,275 @@
+//! The shared metadata store: PostgreSQL, for several pgshift instances working from one store.
+//! Everything pgshift owns sits in the schema `pgshift_meta` (sqlx's `_sqlx_migrations` too).
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
+use sqlx::{ConnectOptions, Connection, Row};
+use uuid::Uuid;
+
+use super::{Cluster, DesiredState, Endpoint, MigrationRecord, Store, StoreError, StoreResult};
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../sql/metadata/postgres");
+
+/// The schema holding pgshift's metadata tables.
+pub const SCHEMA: &str = "pgshift_meta";
+
+pub struct PostgresStore {
+    pool: PgPool,
+}
+
+impl PostgresStore {
+    /// Connects to `url` (`postgres://` or `postgresql://`), creates the schema `pgshift_meta` if it
+    /// is missing and applies pending metadata migrations. Errors never carry the URL's password.
+    pub async fn open(url: &str) -> StoreResult<Self> {
+        Self::connect(url)
+            .await
+            .map_err(|e| scrub(e, &super::url_secrets(url)))
+    }
+
+    async fn connect(url: &str) -> StoreResult<Self> {
+        let options = PgConnectOptions::from_str(url)?;
+        // Create the schema first, on its own connection: the pool below sets search_path to it.
+        // Only when missing, so that a role without CREATE on the database can use an existing one.
+        let mut conn = options.connect().await?;
+        let exists: bool =
+            sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = $1)")
+                .bind(SCHEMA)
+                .fetch_one(&mut conn)
+                .await?;
+        if !exists {
+            match sqlx::query("CREATE SCHEMA IF NOT EXISTS pgshift_meta")
+                .execute(&mut conn)
+                .await
+            {
+                Ok(_) => {}
+                // Another instance created it at the same moment.
+                Err(sqlx::Error::Database(db))
+                    if db.is_unique_violation() || db.code().as_deref() == Some("42P06") => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        conn.close().await?;
+        let pool = PgPoolOptions::new()
+            .max_connections(4)
+            .acquire_timeout(Duration::from_secs(10))
+            .connect_with(options.options([("search_path", SCHEMA)]))
+            .await?;
+        // sqlx takes an advisory lock around migrations: several instances may start together.
+        MIGRATOR.run(&pool).await?;
+        Ok(Self { pool })
+    }
+}
+
+/// Replaces an error whose text holds one of `secrets` (the URL's password) by one that does not.
+fn scrub(err: StoreError, secrets: &[String]) -> StoreError {
+    let text = err.to_string();
+    if secrets.iter().any(|s| text.contains(s.as_str())) {
+        StoreError::Database(sqlx::Error::Configuration(
+            "cannot connect to the metadata database (the error text held the password and was withheld)".into(),
+        ))
+    } else {
+        err
+    }
+}
+
+fn map_unique(err: sqlx::Error, what: String) -> StoreError {
+    match &err {
+        sqlx::Error::Database(db) if db.is_unique_violation() => StoreError::Duplicate(what),
+        _ => StoreError::Database(err),
+    }
+}
+
+fn cluster_from_row(row: &PgRow) -> StoreResult<Cluster> {
+    Ok(Cluster {
+        id: row.try_get("id")?,
+        name: row.try_get("name")?,
+        dsn: row.try_get("dsn")?,
+        server_version: row.try_get("server_version")?,
+        created_at: row.try_get("created_at")?,
+    })
+}
+
+fn migration_from_row(row: &PgRow) -> StoreResult<MigrationRecord> {
+    let patterns: Option<serde_json::Value> = row.try_get("table_patterns")?;
+    let tables: serde_json::Value = row.try_get("tables")?;
+    let desired: String = row.try_get("desired_state")?;
+    Ok(MigrationRecord {
+        id: row.try_get("id")?,
+        name: row.try_get("name")?,
+        source: Endpoint {
+            cluster_id: row.try_get("source_cluster")?,
+            database: row.try_get("source_database")?,
+        },
+        target: Endpoint {
+            cluster_id: row.try_get("target_cluster")?,
+            database: row.try_get("target_database")?,
+        },
+        table_patterns: patterns
+            .map(serde_json::from_value)
+            .transpose()
+            .map_err(|e| StoreError::Corrupt(format!("table patterns: {e}")))?,
+        tables: serde_json::from_value(tables)
+            .map_err(|e| StoreError::Corrupt(format!("tables: {e}")))?,
+        desired_state: DesiredState::parse(&desired)
+            .ok_or_else(|| StoreError::Corrupt(format!("desired state {desired:?}")))?,
+        last_error: row.try_get("last_error")?,
+        created_at: row.try_get::<DateTime<Utc>, _>("created_at")?,
+        updated_at: row.try_get::<DateTime<Utc>, _>("updated_at")?,
+    })
+}
+
+#[async_trait]
+impl Store for PostgresStore {
+    async fn insert_cluster(&self, c: &Cluster) -> StoreResult<()> {
+        sqlx::query(
+            "INSERT INTO pgshift_meta.cluster (id, name, dsn, server_version, created_at)
+             VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind(c.id)
+        .bind(&c.name)
+        .bind(&c.dsn)
+        .bind(&c.server_version)
+        .bind(c.created_at)
+        .execute(&self.pool)
+        .await
+        .map_err(|e| map_unique(e, format!("cluster {:?}", c.name)))?;
+        Ok(())
+    }
+
+    async fn list_clusters(&self) -> StoreResult<Vec<Cluster>> {
+        // COLLATE "C": the same byte order as SQLite's, whatever the database's collation.
+        let rows = sqlx::query("SELECT * FROM pgshift_meta.cluster ORDER BY name COLLATE \"C\"")
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(cluster_from_row).collect()
+    }
+
+    async fn cluster_by_name(&self, name: &str) -> StoreResult<Option<Cluster>> {
+        let row = sqlx::query("SELECT * FROM pgshift_meta.cluster WHERE name = $1")
+            .bind(name)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(cluster_from_row).transpose()
+    }
+
+    async fn cluster_by_id(&self, id: Uuid) -> StoreResult<Option<Cluster>> {
+        let row = sqlx::query("SELECT * FROM pgshift_meta.cluster WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(cluster_from_row).transpose()
+    }
+
+    async fn delete_cluster(&self, id: Uuid) -> StoreResult<()> {
+        let mut tx = self.pool.begin().await?;
+        let user: Option<String> = sqlx::query_scalar(
+            "SELECT name FROM pgshift_meta.migration
+             WHERE source_cluster = $1 OR target_cluster = $1 ORDER BY name LIMIT 1",
+        )
+        .bind(id)
+        .fetch_optional(&mut *tx)
+        .await?;
+        if let Some(migration) = user {
+            return Err(StoreError::InUse(format!("migration {migration:?}")));
+        }
+        sqlx::query("DELETE FROM pgshift_meta.cluster WHERE id = $1")
+            .bind(id)
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| match &e {
+                // Another instance added a migration on this cluster since the check above.
+                sqlx::Error::Database(db) if db.is_foreign_key_violation() => {
+                    StoreError::InUse("a migration".into())
+                }
+                _ => StoreError::Database(e),
+            })?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn insert_migration(&self, m: &MigrationRecord) -> StoreResult<()> {
+        let patterns = m
+            .table_patterns
+            .as_ref()
+            .map(|p| serde_json::to_value(p).expect("patterns serialize"));
+        let tables = serde_json::to_value(&m.tables).expect("tables serialize");
+        sqlx::query(
+            "INSERT INTO pgshift_meta.migration
+                 (id, name, source_cluster, source_database, target_cluster, target_database,
+                  table_patterns, tables, desired_state, last_error, created_at, updated_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+        )
+        .bind(m.id)
+        .bind(&m.name)
+        .bind(m.source.cluster_id)
+        .bind(&m.source.database)
+        .bind(m.target.cluster_id)
+        .bind(&m.target.database)
+        .bind(patterns)
+        .bind(tables)
+        .bind(m.desired_state.as_str())
+        .bind(&m.last_error)
+        .bind(m.created_at)
+        .bind(m.updated_at)
+        .execute(&self.pool)
+        .await
+        .map_err(|e| map_unique(e, format!("migration {:?}", m.name)))?;
+        Ok(())
+    }
+
+    async fn list_migrations(&self) -> StoreResult<Vec<MigrationRecord>> {
+        let rows = sqlx::query("SELECT * FROM pgshift_meta.migration ORDER BY name COLLATE \"C\"")
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(migration_from_row).collect()
+    }
+
+    async fn migration_by_name(&self, name: &str) -> StoreResult<Option<MigrationRecord>> {
+        let row = sqlx::query("SELECT * FROM pgshift_meta.migration WHERE name = $1")
+            .bind(name)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(migration_from_row).transpose()
+    }
+
+    async fn set_desired_state(&self, id: Uuid, state: DesiredState) -> StoreResult<()> {
+        sqlx::query(
+            "UPDATE pgshift_meta.migration SET desired_state = $1, updated_at = $2 WHERE id = $3",
+        )
+        .bind(state.as_str())
+        .bind(Utc::now())
+        .bind(id)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn set_last_error(&self, id: Uuid, error: Option<&str>) -> StoreResult<()> {
+        sqlx::query(
+            "UPDATE pgshift_meta.migration SET last_error = $1, updated_at = $2 WHERE id = $3",
+        )
+        .bind(error)
+        .bind(Utc::now())
+        .bind(id)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn delete_migration(&self, id: Uuid) -> StoreResult<()> {
+        sqlx::query("DELETE FROM pgshift_meta.migration WHERE id = $1")
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn ping(&self) -> StoreResult<()> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+}
