@@ -8,8 +8,7 @@ use clap::{Parser, Subcommand};
 
 use crate::app::Application;
 use crate::auth::{Keys, Role};
-use crate::config::{ServeConfig, DEFAULT_DATA_DIR, DEFAULT_LISTEN};
-use crate::engine::EngineSettings;
+use crate::config::{self, ServeConfig};
 
 #[derive(Parser)]
 #[command(
@@ -24,18 +23,21 @@ struct Cli {
 
 #[derive(clap::Args)]
 struct DataDir {
-    /// Directory holding the metadata database and the token signing key.
-    #[arg(long, env = "PGSHIFT_DATA_DIR", default_value = DEFAULT_DATA_DIR)]
-    data_dir: PathBuf,
+    /// Directory holding the metadata database and the token signing key [default: ./pgshift-data].
+    #[arg(long, env = "PGSHIFT_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// Configuration file [default: ./pgshift.toml when it exists]. Flags and PGSHIFT_* variables win over it.
+    #[arg(long, env = "PGSHIFT_CONFIG", value_name = "FILE")]
+    config: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]
 enum Command {
     /// Run the server: REST API and the migration engine.
     Serve {
-        /// Address to listen on.
-        #[arg(long, env = "PGSHIFT_LISTEN", default_value = DEFAULT_LISTEN)]
-        listen: SocketAddr,
+        /// Address to listen on [default: 127.0.0.1:8080].
+        #[arg(long, env = "PGSHIFT_LISTEN")]
+        listen: Option<SocketAddr>,
         #[command(flatten)]
         data: DataDir,
         /// Metadata database: postgresql://… for a shared PostgreSQL store; default: SQLite in the data directory.
@@ -46,14 +48,13 @@ enum Command {
             hide_env_values = true
         )]
         metadata: Option<String>,
-        /// Tables copied at once during the initial copy.
-        #[arg(long, env = "PGSHIFT_COPY_PARALLELISM", default_value_t = EngineSettings::default().copy_parallelism as u16,
-              value_parser = clap::value_parser!(u16).range(1..=64))]
-        copy_parallelism: u16,
-        /// Rows per initial-copy chunk; each chunk commits its position, so a crash loses at most one.
-        #[arg(long, env = "PGSHIFT_COPY_CHUNK_ROWS", default_value_t = EngineSettings::default().copy_chunk_rows,
-              value_parser = clap::value_parser!(i64).range(100..=10_000_000))]
-        copy_chunk_rows: i64,
+        /// Tables copied at once during the initial copy (1 to 64) [default: 2].
+        #[arg(long, env = "PGSHIFT_COPY_PARALLELISM")]
+        copy_parallelism: Option<i64>,
+        /// Rows per initial-copy chunk (100 to 10000000); each chunk commits its position, so a crash
+        /// loses at most one [default: 200000].
+        #[arg(long, env = "PGSHIFT_COPY_CHUNK_ROWS")]
+        copy_chunk_rows: Option<i64>,
     },
     /// Manage API tokens.
     Token {
@@ -103,13 +104,27 @@ pub fn main() {
             copy_parallelism,
             copy_chunk_rows,
         } => {
-            init_tracing();
-            let mut config = ServeConfig::new(listen, data.data_dir);
-            config.metadata = metadata;
-            config.engine.copy_parallelism = usize::from(copy_parallelism);
-            config.engine.copy_chunk_rows = copy_chunk_rows;
-            let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
-            runtime.block_on(serve(config))
+            let config = config::load_file(data.config.as_deref()).and_then(|(file, _)| {
+                let over = config::Overrides {
+                    listen,
+                    data_dir: data.data_dir,
+                    metadata,
+                    copy_parallelism,
+                    copy_chunk_rows,
+                };
+                config::resolve(file, over)
+            });
+            match config {
+                Ok(config) => {
+                    init_tracing();
+                    let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
+                    runtime.block_on(serve(config))
+                }
+                Err(e) => {
+                    eprintln!("pgshift: {e}");
+                    2
+                }
+            }
         }
         Command::Token {
             command:
@@ -119,19 +134,25 @@ pub fn main() {
                     ttl_hours,
                     data,
                 },
-        } => match Keys::load_or_create(&data.data_dir) {
-            Ok(keys) => {
-                println!(
-                    "{}",
-                    keys.issue(&subject, role, Duration::from_secs(ttl_hours * 3600))
-                );
-                0
+        } => {
+            let keys = config::load_file(data.config.as_deref())
+                .map(|(file, _)| config::data_dir(&file, data.data_dir))
+                .map_err(|e| e.to_string())
+                .and_then(|dir| Keys::load_or_create(&dir).map_err(|e| e.to_string()));
+            match keys {
+                Ok(keys) => {
+                    println!(
+                        "{}",
+                        keys.issue(&subject, role, Duration::from_secs(ttl_hours * 3600))
+                    );
+                    0
+                }
+                Err(e) => {
+                    eprintln!("pgshift: {e}");
+                    1
+                }
             }
-            Err(e) => {
-                eprintln!("pgshift: {e}");
-                1
-            }
-        },
+        }
     };
     std::process::exit(code);
 }

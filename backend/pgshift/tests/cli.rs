@@ -116,3 +116,72 @@ fn serve_token_and_sigterm() {
     assert!(data.join("pgshift.db").exists());
     std::fs::remove_dir_all(dir).unwrap();
 }
+
+#[test]
+fn configuration_file_is_layered_under_env_and_flags() {
+    let bin = pgshift_bin();
+    let dir = temp_dir();
+    let file = dir.join("pgshift.toml");
+
+    std::fs::write(&file, "lisen = \"127.0.0.1:1\"\n").unwrap();
+    let out = Command::new(&bin)
+        .args(["serve", "--config"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("lisen") && err.contains("pgshift.toml"),
+        "{err}"
+    );
+
+    std::fs::write(&file, "copy_parallelism = 0\n").unwrap();
+    let out = Command::new(&bin)
+        .args(["serve", "--config"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("copy_parallelism"));
+
+    // The file's data directory is used by `token create` too; the flag wins over the file.
+    let from_file = dir.join("from-file");
+    std::fs::write(
+        &file,
+        format!("data_dir = {:?}\n", from_file.display().to_string()),
+    )
+    .unwrap();
+    let out = Command::new(&bin)
+        .args(["token", "create", "--config"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(from_file.join("server-key.json").exists());
+    let from_flag = dir.join("from-flag");
+    let out = Command::new(&bin)
+        .args(["token", "create", "--config"])
+        .arg(&file)
+        .arg("--data-dir")
+        .arg(&from_flag)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert!(from_flag.join("server-key.json").exists());
+    // The environment wins over the file too.
+    let from_env = dir.join("from-env");
+    let out = Command::new(&bin)
+        .args(["token", "create", "--config"])
+        .arg(&file)
+        .env("PGSHIFT_DATA_DIR", &from_env)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert!(from_env.join("server-key.json").exists());
+    std::fs::remove_dir_all(dir).unwrap();
+}
