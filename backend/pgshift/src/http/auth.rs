@@ -1,5 +1,7 @@
 //! Bearer-token authentication and role checks for the API.
 
+use std::marker::PhantomData;
+
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
 use axum::http::{header, StatusCode};
@@ -53,5 +55,46 @@ impl FromRequestParts<AppState> for Caller {
             unauthorized("the token is invalid, expired or not issued by this server")
         })?;
         Ok(Caller(claims))
+    }
+}
+
+/// The least role a route needs, as a type, so the check runs as an extractor: before the body
+/// is read, so a caller without the role gets 403 whatever it sent.
+pub trait MinRole {
+    const ROLE: Role;
+}
+
+/// Read-only routes.
+pub struct Viewer;
+/// Start, pause, resume.
+pub struct Operator;
+/// Clusters and migrations.
+pub struct Admin;
+
+impl MinRole for Viewer {
+    const ROLE: Role = Role::Viewer;
+}
+impl MinRole for Operator {
+    const ROLE: Role = Role::Operator;
+}
+impl MinRole for Admin {
+    const ROLE: Role = Role::Admin;
+}
+
+/// Proof that the caller is authenticated and holds at least role `R` (use [`Caller`] where the
+/// claims themselves are needed).
+pub struct Authorized<R: MinRole>(PhantomData<R>);
+
+impl<R: MinRole> FromRequestParts<AppState> for Authorized<R> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        Caller::from_request_parts(parts, state)
+            .await?
+            .require(R::ROLE)?;
+        Ok(Authorized(PhantomData))
     }
 }
