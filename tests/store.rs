@@ -10,8 +10,8 @@ use pgshift::app::Application;
 use pgshift::auth::Role;
 use pgshift::config::ServeConfig;
 use pgshift::store::{
-    self, Cluster, ColumnSpec, DesiredState, Endpoint, MigrationRecord, PostgresStore, SqliteStore,
-    Store, StoreError, TableSpec,
+    self, AuditFilter, Cluster, ColumnSpec, DesiredState, Endpoint, MigrationRecord, NewAuditEntry,
+    PostgresStore, SqliteStore, Store, StoreError, TableSpec,
 };
 use pgshift_tests::server::test_settings;
 use pgshift_tests::{init_tracing, PgCluster};
@@ -258,6 +258,110 @@ async fn conformance(store: &dyn Store) {
     // The name is free again.
     store.insert_cluster(&cluster("old")).await.unwrap();
     store.ping().await.unwrap();
+
+    audit_conformance(store).await;
+}
+
+fn audit_entry(
+    at: DateTime<Utc>,
+    kind: Option<&str>,
+    name: Option<&str>,
+    status: u16,
+    actor: Option<&str>,
+) -> NewAuditEntry {
+    NewAuditEntry {
+        at,
+        actor: actor.unwrap_or("anonymous").into(),
+        token_id: actor.map(|_| Uuid::new_v4().to_string()),
+        role: actor.map(|_| "admin".into()),
+        action: format!("{}.create", kind.unwrap_or("api")),
+        method: "POST".into(),
+        route: "/api/v1/migrations/{name}/start".into(),
+        object_kind: kind.map(str::to_string),
+        object_name: name.map(str::to_string),
+        client_ip: actor.map(|_| "2001:db8::1".into()),
+        status,
+        error_code: (status >= 400).then(|| "unauthorized".into()),
+    }
+}
+
+/// The audit trail: entries round-trip, newest first, filtered by object, limited.
+async fn audit_conformance(store: &dyn Store) {
+    let all = |limit| AuditFilter {
+        limit,
+        ..AuditFilter::default()
+    };
+    assert!(store.list_audit(&all(100)).await.unwrap().is_empty());
+    let t0 = now() - chrono::Duration::seconds(10);
+    let at = |s: i64| t0 + chrono::Duration::milliseconds(s * 1000 + 123);
+    let entries = [
+        audit_entry(at(0), Some("cluster"), Some("old"), 201, Some("ci ✓")),
+        audit_entry(at(1), Some("migration"), Some("shop"), 200, Some("ops")),
+        audit_entry(at(2), None, None, 401, None),
+        audit_entry(at(3), Some("cluster"), Some("new"), 422, Some("ci ✓")),
+        // A migration named like a cluster: filters go by kind too.
+        audit_entry(at(4), Some("migration"), Some("old"), 204, Some("ops")),
+        // Same instant as the previous one: the later insert lists first.
+        audit_entry(at(4), Some("cluster"), Some("old"), 409, Some("ops")),
+    ];
+    for e in &entries {
+        store.insert_audit(e).await.expect("insert audit");
+    }
+    let listed = store.list_audit(&all(100)).await.unwrap();
+    assert_eq!(listed.len(), entries.len());
+    let got: Vec<_> = listed.iter().map(|e| e.entry.clone()).collect();
+    let want: Vec<_> = entries.iter().rev().cloned().collect();
+    assert_eq!(got, want, "newest first, every field round-trips");
+    let mut ids: Vec<i64> = listed.iter().map(|e| e.id).collect();
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), entries.len(), "ids are distinct");
+
+    let limited = store.list_audit(&all(2)).await.unwrap();
+    assert_eq!(limited.len(), 2);
+    assert_eq!(limited[0], listed[0]);
+    assert_eq!(limited[1], listed[1]);
+
+    let clusters = store
+        .list_audit(&AuditFilter {
+            cluster: Some("old".into()),
+            limit: 100,
+            ..AuditFilter::default()
+        })
+        .await
+        .unwrap();
+    let statuses: Vec<u16> = clusters.iter().map(|e| e.entry.status).collect();
+    assert_eq!(statuses, [409, 201]);
+    let migrations = store
+        .list_audit(&AuditFilter {
+            migration: Some("old".into()),
+            limit: 100,
+            ..AuditFilter::default()
+        })
+        .await
+        .unwrap();
+    let statuses: Vec<u16> = migrations.iter().map(|e| e.entry.status).collect();
+    assert_eq!(statuses, [204]);
+    // Both: entries about either.
+    let either = store
+        .list_audit(&AuditFilter {
+            migration: Some("shop".into()),
+            cluster: Some("new".into()),
+            limit: 100,
+        })
+        .await
+        .unwrap();
+    let statuses: Vec<u16> = either.iter().map(|e| e.entry.status).collect();
+    assert_eq!(statuses, [422, 200]);
+    let none = store
+        .list_audit(&AuditFilter {
+            cluster: Some("OLD".into()),
+            limit: 100,
+            ..AuditFilter::default()
+        })
+        .await
+        .unwrap();
+    assert!(none.is_empty());
 }
 
 #[tokio::test]
@@ -305,7 +409,7 @@ async fn postgres_store_conforms() {
     let pool = pg.connect("meta").await;
     assert_eq!(
         names_in(&pool, "pgshift_meta").await,
-        ["_sqlx_migrations", "cluster", "migration"]
+        ["_sqlx_migrations", "audit", "cluster", "migration"]
     );
     assert!(names_in(&pool, "public").await.is_empty());
     // Opening again applies nothing and sees the same data.
@@ -476,6 +580,20 @@ async fn server_runs_on_the_postgres_store_shared_by_two_instances() {
     )
     .await;
     assert_eq!(status, reqwest::StatusCode::NO_CONTENT, "{body}");
+    // Both instances wrote to the one audit trail.
+    let (status, body) = call(
+        client.get(format!("{base}/api/v1/audit?cluster=here")),
+        &token,
+    )
+    .await;
+    assert_eq!(status, reqwest::StatusCode::OK, "{body}");
+    let actions: Vec<(&str, u64)> = body
+        .as_array()
+        .unwrap_or_else(|| panic!("audit list: {body}"))
+        .iter()
+        .map(|e| (e["action"].as_str().unwrap(), e["status"].as_u64().unwrap()))
+        .collect();
+    assert_eq!(actions, [("cluster.delete", 204), ("cluster.create", 201)]);
     let _ = stop.send(());
     handle.await.unwrap();
     let pool = pg.connect("meta").await;

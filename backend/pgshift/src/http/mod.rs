@@ -1,5 +1,6 @@
 //! The HTTP layer: the REST API under `/api/v1` (bearer tokens), health checks and metrics.
 
+mod audit;
 mod auth;
 mod clusters;
 mod error;
@@ -40,7 +41,13 @@ pub fn router(app: AppState) -> Router {
         .route("/migrations/{name}/start", post(migrations::start))
         .route("/migrations/{name}/pause", post(migrations::pause))
         .route("/migrations/{name}/resume", post(migrations::resume))
-        .fallback(error::not_found);
+        .route("/audit", get(audit::list))
+        .fallback(error::not_found)
+        // Records every POST, PUT, PATCH and DELETE under /api/v1 (see audit.rs).
+        .layer(axum::middleware::from_fn_with_state(
+            app.clone(),
+            audit::record,
+        ));
     let ops = metrics::MetricsState {
         app: app.clone(),
         http: metrics::HttpMetrics::default(),

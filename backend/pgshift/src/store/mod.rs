@@ -5,7 +5,10 @@ mod model;
 mod postgres;
 mod sqlite;
 
-pub use model::{Cluster, ColumnSpec, DesiredState, Endpoint, MigrationRecord, TableSpec};
+pub use model::{
+    AuditEntry, AuditFilter, Cluster, ColumnSpec, DesiredState, Endpoint, MigrationRecord,
+    NewAuditEntry, TableSpec,
+};
 pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;
 
@@ -155,6 +158,10 @@ pub trait Store: Send + Sync + 'static {
     async fn set_desired_state(&self, id: Uuid, state: DesiredState) -> StoreResult<()>;
     async fn set_last_error(&self, id: Uuid, error: Option<&str>) -> StoreResult<()>;
     async fn delete_migration(&self, id: Uuid) -> StoreResult<()>;
+    /// Appends one entry to the audit trail.
+    async fn insert_audit(&self, entry: &NewAuditEntry) -> StoreResult<()>;
+    /// Audit entries matching `filter`, newest first.
+    async fn list_audit(&self, filter: &AuditFilter) -> StoreResult<Vec<AuditEntry>>;
     /// Cheap round trip used by readiness checks.
     async fn ping(&self) -> StoreResult<()>;
 }

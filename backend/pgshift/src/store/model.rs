@@ -129,3 +129,46 @@ impl MigrationRecord {
         format!("pgshift_{}", &self.id.simple().to_string()[..12])
     }
 }
+
+/// One state-changing API request, as recorded in the audit trail. Never holds a request body.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NewAuditEntry {
+    /// When the request arrived.
+    pub at: DateTime<Utc>,
+    /// The token's subject, or `anonymous` for a request refused before authentication.
+    pub actor: String,
+    /// The token's `jti`; `None` when anonymous.
+    pub token_id: Option<String>,
+    /// The token's role; `None` when anonymous.
+    pub role: Option<String>,
+    /// What was done, e.g. `migration.start`.
+    pub action: String,
+    pub method: String,
+    /// The route pattern (`/api/v1/migrations/{name}/start`), never the raw path.
+    pub route: String,
+    /// `cluster` or `migration`, when the request names one.
+    pub object_kind: Option<String>,
+    pub object_name: Option<String>,
+    pub client_ip: Option<String>,
+    /// The HTTP status of the response.
+    pub status: u16,
+    /// The error code of a 4xx or 5xx response, when it had one.
+    pub error_code: Option<String>,
+}
+
+/// A stored audit entry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditEntry {
+    pub id: i64,
+    #[serde(flatten)]
+    pub entry: NewAuditEntry,
+}
+
+/// Which audit entries to list: entries about the named migration or cluster (either, when both
+/// are given; all when neither), newest first, at most `limit`.
+#[derive(Debug, Clone, Default)]
+pub struct AuditFilter {
+    pub migration: Option<String>,
+    pub cluster: Option<String>,
+    pub limit: u32,
+}

@@ -10,7 +10,10 @@ use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
 use sqlx::{ConnectOptions, Connection, Row};
 use uuid::Uuid;
 
-use super::{Cluster, DesiredState, Endpoint, MigrationRecord, Store, StoreError, StoreResult};
+use super::{
+    AuditEntry, AuditFilter, Cluster, DesiredState, Endpoint, MigrationRecord, NewAuditEntry,
+    Store, StoreError, StoreResult,
+};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../sql/metadata/postgres");
 
@@ -119,6 +122,28 @@ fn migration_from_row(row: &PgRow) -> StoreResult<MigrationRecord> {
         last_error: row.try_get("last_error")?,
         created_at: row.try_get::<DateTime<Utc>, _>("created_at")?,
         updated_at: row.try_get::<DateTime<Utc>, _>("updated_at")?,
+    })
+}
+
+fn audit_from_row(row: &PgRow) -> StoreResult<AuditEntry> {
+    let status: i32 = row.try_get("status")?;
+    Ok(AuditEntry {
+        id: row.try_get("id")?,
+        entry: NewAuditEntry {
+            at: row.try_get::<DateTime<Utc>, _>("at")?,
+            actor: row.try_get("actor")?,
+            token_id: row.try_get("token_id")?,
+            role: row.try_get("role")?,
+            action: row.try_get("action")?,
+            method: row.try_get("method")?,
+            route: row.try_get("route")?,
+            object_kind: row.try_get("object_kind")?,
+            object_name: row.try_get("object_name")?,
+            client_ip: row.try_get("client_ip")?,
+            status: u16::try_from(status)
+                .map_err(|_| StoreError::Corrupt(format!("audit status {status}")))?,
+            error_code: row.try_get("error_code")?,
+        },
     })
 }
 
@@ -266,6 +291,47 @@ impl Store for PostgresStore {
             .execute(&self.pool)
             .await?;
         Ok(())
+    }
+
+    async fn insert_audit(&self, e: &NewAuditEntry) -> StoreResult<()> {
+        sqlx::query(
+            "INSERT INTO pgshift_meta.audit
+                 (at, actor, token_id, role, action, method, route, object_kind, object_name,
+                  client_ip, status, error_code)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+        )
+        .bind(e.at)
+        .bind(&e.actor)
+        .bind(&e.token_id)
+        .bind(&e.role)
+        .bind(&e.action)
+        .bind(&e.method)
+        .bind(&e.route)
+        .bind(&e.object_kind)
+        .bind(&e.object_name)
+        .bind(&e.client_ip)
+        .bind(i32::from(e.status))
+        .bind(&e.error_code)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn list_audit(&self, f: &AuditFilter) -> StoreResult<Vec<AuditEntry>> {
+        let rows = sqlx::query(
+            "SELECT * FROM pgshift_meta.audit
+             WHERE ($1::text IS NULL AND $2::text IS NULL)
+                OR (object_kind = 'migration' AND object_name = $1)
+                OR (object_kind = 'cluster' AND object_name = $2)
+             ORDER BY at DESC, id DESC
+             LIMIT $3",
+        )
+        .bind(&f.migration)
+        .bind(&f.cluster)
+        .bind(i64::from(f.limit))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(audit_from_row).collect()
     }
 
     async fn ping(&self) -> StoreResult<()> {

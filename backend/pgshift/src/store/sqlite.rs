@@ -4,14 +4,17 @@ use std::path::Path;
 use std::str::FromStr;
 
 use async_trait::async_trait;
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, SecondsFormat, Utc};
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
 };
 use sqlx::Row;
 use uuid::Uuid;
 
-use super::{Cluster, DesiredState, Endpoint, MigrationRecord, Store, StoreError, StoreResult};
+use super::{
+    AuditEntry, AuditFilter, Cluster, DesiredState, Endpoint, MigrationRecord, NewAuditEntry,
+    Store, StoreError, StoreResult,
+};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../sql/metadata/sqlite");
 
@@ -93,6 +96,28 @@ fn migration_from_row(row: &SqliteRow) -> StoreResult<MigrationRecord> {
         last_error: row.try_get("last_error")?,
         created_at: parse_time(row.try_get("created_at")?)?,
         updated_at: parse_time(row.try_get("updated_at")?)?,
+    })
+}
+
+fn audit_from_row(row: &SqliteRow) -> StoreResult<AuditEntry> {
+    let status: i64 = row.try_get("status")?;
+    Ok(AuditEntry {
+        id: row.try_get("id")?,
+        entry: NewAuditEntry {
+            at: parse_time(row.try_get("at")?)?,
+            actor: row.try_get("actor")?,
+            token_id: row.try_get("token_id")?,
+            role: row.try_get("role")?,
+            action: row.try_get("action")?,
+            method: row.try_get("method")?,
+            route: row.try_get("route")?,
+            object_kind: row.try_get("object_kind")?,
+            object_name: row.try_get("object_name")?,
+            client_ip: row.try_get("client_ip")?,
+            status: u16::try_from(status)
+                .map_err(|_| StoreError::Corrupt(format!("audit status {status}")))?,
+            error_code: row.try_get("error_code")?,
+        },
     })
 }
 
@@ -227,6 +252,47 @@ impl Store for SqliteStore {
             .execute(&self.pool)
             .await?;
         Ok(())
+    }
+
+    async fn insert_audit(&self, e: &NewAuditEntry) -> StoreResult<()> {
+        sqlx::query(
+            "INSERT INTO audit (at, actor, token_id, role, action, method, route, object_kind,
+                                object_name, client_ip, status, error_code)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        )
+        // Fixed width (microseconds, Z): text order is time order.
+        .bind(e.at.to_rfc3339_opts(SecondsFormat::Micros, true))
+        .bind(&e.actor)
+        .bind(&e.token_id)
+        .bind(&e.role)
+        .bind(&e.action)
+        .bind(&e.method)
+        .bind(&e.route)
+        .bind(&e.object_kind)
+        .bind(&e.object_name)
+        .bind(&e.client_ip)
+        .bind(i64::from(e.status))
+        .bind(&e.error_code)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn list_audit(&self, f: &AuditFilter) -> StoreResult<Vec<AuditEntry>> {
+        let rows = sqlx::query(
+            "SELECT * FROM audit
+             WHERE (?1 IS NULL AND ?2 IS NULL)
+                OR (object_kind = 'migration' AND object_name = ?1)
+                OR (object_kind = 'cluster' AND object_name = ?2)
+             ORDER BY at DESC, id DESC
+             LIMIT ?3",
+        )
+        .bind(&f.migration)
+        .bind(&f.cluster)
+        .bind(i64::from(f.limit))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(audit_from_row).collect()
     }
 
     async fn ping(&self) -> StoreResult<()> {

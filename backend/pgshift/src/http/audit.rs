@@ -1,0 +1,226 @@
+//! The audit trail: the middleware that records every state-changing API request (who, what,
+//! when, from where, with what result) and `GET /api/v1/audit`, which lists the entries.
+//! Request bodies are never read here: they may hold DSNs with passwords.
+
+use std::net::{IpAddr, SocketAddr};
+
+use axum::body::{Body, HttpBody};
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{
+    ConnectInfo, FromRequestParts, MatchedPath, Query, RawPathParams, Request, State,
+};
+use axum::http::{Method, StatusCode};
+use axum::middleware::Next;
+use axum::response::Response;
+use axum::Json;
+use chrono::Utc;
+use serde::Deserialize;
+
+use super::{ApiError, AppState, Caller};
+use crate::store::{AuditEntry, AuditFilter, NewAuditEntry};
+
+/// Entries returned when `limit` is not given, and the most ever returned.
+const DEFAULT_LIMIT: u32 = 100;
+const MAX_LIMIT: u32 = 1000;
+
+/// Response bodies larger than this are not read for an error code or a name.
+const MAX_INSPECTED_BODY: u64 = 64 * 1024;
+
+fn is_state_changing(method: &Method) -> bool {
+    matches!(
+        *method,
+        Method::POST | Method::PUT | Method::PATCH | Method::DELETE
+    )
+}
+
+/// Records each POST, PUT, PATCH and DELETE once its response is known. A failure to record is
+/// logged and the response returned all the same.
+pub async fn record(State(app): State<AppState>, request: Request, next: Next) -> Response {
+    if !is_state_changing(request.method()) {
+        return next.run(request).await;
+    }
+    let at = Utc::now();
+    let (mut parts, body) = request.into_parts();
+    let method = parts.method.to_string();
+    let route = parts
+        .extensions
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_string());
+    let path_name = match RawPathParams::from_request_parts(&mut parts, &()).await {
+        Ok(params) => params
+            .iter()
+            .find(|(key, _)| *key == "name")
+            .map(|(_, value)| value.to_string()),
+        Err(_) => None,
+    };
+    let caller = Caller::from_request_parts(&mut parts, &app).await.ok();
+    let client_ip = client_ip(&parts);
+    let response = next.run(Request::from_parts(parts, body)).await;
+
+    let status = response.status();
+    let kind = route.as_deref().and_then(object_kind);
+    // A POST on a collection creates the object: its name is in the response, not the path.
+    let creates = kind.is_some() && path_name.is_none() && method == Method::POST.as_str();
+    // The body is read only for errors (their code) and for creations (the new object's name).
+    let (response, body) =
+        if status.is_client_error() || status.is_server_error() || (creates && status.is_success())
+        {
+            inspect_body(response).await
+        } else {
+            (response, None)
+        };
+    let error_code = if status.is_client_error() || status.is_server_error() {
+        body.as_ref()
+            .and_then(|b| b["error"]["code"].as_str())
+            .map(str::to_string)
+    } else {
+        None
+    };
+    let object_name = path_name.or_else(|| {
+        body.as_ref()
+            .filter(|_| creates && status.is_success())
+            .and_then(|b| b["name"].as_str())
+            .map(str::to_string)
+    });
+    let entry = NewAuditEntry {
+        at,
+        actor: caller
+            .as_ref()
+            .map_or_else(|| "anonymous".to_string(), |c| c.0.sub.clone()),
+        token_id: caller.as_ref().map(|c| c.0.jti.clone()),
+        role: caller.as_ref().map(|c| c.0.role.to_string()),
+        action: action(&method, route.as_deref(), kind),
+        method,
+        route: route.unwrap_or_else(|| "unmatched".into()),
+        object_kind: kind.map(str::to_string),
+        object_name,
+        client_ip,
+        status: status.as_u16(),
+        error_code,
+    };
+    if let Err(err) = app.store.insert_audit(&entry).await {
+        // No request detail here: only why the store refused.
+        tracing::warn!(error = %err, "cannot record an audit entry");
+    }
+    response
+}
+
+/// The peer address when the server provides it, else the first `X-Forwarded-For` address
+/// (only if it parses as an IP address), else none.
+fn client_ip(parts: &axum::http::request::Parts) -> Option<String> {
+    if let Some(ConnectInfo(addr)) = parts.extensions.get::<ConnectInfo<SocketAddr>>() {
+        return Some(addr.ip().to_string());
+    }
+    let header = parts.headers.get("x-forwarded-for")?.to_str().ok()?;
+    let first = header.split(',').next()?.trim();
+    first.parse::<IpAddr>().ok().map(|ip| ip.to_string())
+}
+
+/// `cluster` or `migration` for routes under `/api/v1/clusters` or `/api/v1/migrations`.
+fn object_kind(route: &str) -> Option<&'static str> {
+    let rest = route.strip_prefix("/api/v1/")?;
+    match rest.split('/').next()? {
+        "clusters" => Some("cluster"),
+        "migrations" => Some("migration"),
+        _ => None,
+    }
+}
+
+/// `cluster.create`, `migration.start`, …: the kind, then the route's last literal segment after
+/// the name, or what the method does.
+fn action(method: &str, route: Option<&str>, kind: Option<&str>) -> String {
+    let (Some(route), Some(kind)) = (route, kind) else {
+        return format!("{}.unknown", kind.unwrap_or("api"));
+    };
+    let segments: Vec<&str> = route.trim_start_matches("/api/v1/").split('/').collect();
+    if segments.len() > 2 && !segments[segments.len() - 1].starts_with('{') {
+        return format!("{kind}.{}", segments[segments.len() - 1]);
+    }
+    let verb = match method {
+        "POST" => "create",
+        "PUT" | "PATCH" => "update",
+        "DELETE" => "delete",
+        other => return format!("{kind}.{}", other.to_ascii_lowercase()),
+    };
+    format!("{kind}.{verb}")
+}
+
+/// Reads a small response body as JSON and rebuilds the response around the same bytes.
+async fn inspect_body(response: Response) -> (Response, Option<serde_json::Value>) {
+    let small = response
+        .body()
+        .size_hint()
+        .upper()
+        .is_some_and(|n| n <= MAX_INSPECTED_BODY);
+    if !small {
+        return (response, None);
+    }
+    let (parts, body) = response.into_parts();
+    match axum::body::to_bytes(body, MAX_INSPECTED_BODY as usize).await {
+        Ok(bytes) => {
+            let value = serde_json::from_slice(&bytes).ok();
+            (Response::from_parts(parts, Body::from(bytes)), value)
+        }
+        Err(err) => {
+            tracing::warn!(error = %err, "cannot read a response body for the audit trail");
+            let mut failed = Response::from_parts(parts, Body::empty());
+            *failed.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
+            (failed, None)
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+pub struct AuditQuery {
+    migration: Option<String>,
+    cluster: Option<String>,
+    limit: Option<u32>,
+}
+
+/// `GET /api/v1/audit?migration=&cluster=&limit=`: newest first; any authenticated role.
+pub async fn list(
+    State(app): State<AppState>,
+    _caller: Caller,
+    query: Result<Query<AuditQuery>, QueryRejection>,
+) -> Result<Json<Vec<AuditEntry>>, ApiError> {
+    let Query(query) = query.map_err(|rejection| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_query",
+            rejection.body_text(),
+        )
+    })?;
+    let filter = AuditFilter {
+        migration: query.migration,
+        cluster: query.cluster,
+        limit: query.limit.unwrap_or(DEFAULT_LIMIT).min(MAX_LIMIT),
+    };
+    Ok(Json(app.store.list_audit(&filter).await?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn actions_and_kinds() {
+        let cases = [
+            ("POST", "/api/v1/clusters", "cluster.create"),
+            ("DELETE", "/api/v1/clusters/{name}", "cluster.delete"),
+            ("POST", "/api/v1/migrations", "migration.create"),
+            ("DELETE", "/api/v1/migrations/{name}", "migration.delete"),
+            ("POST", "/api/v1/migrations/{name}/start", "migration.start"),
+            ("PUT", "/api/v1/migrations/{name}", "migration.update"),
+        ];
+        for (method, route, expected) in cases {
+            let kind = object_kind(route);
+            assert_eq!(
+                action(method, Some(route), kind),
+                expected,
+                "{method} {route}"
+            );
+        }
+        assert_eq!(object_kind("/api/v1/audit"), None);
+        assert_eq!(action("POST", None, None), "api.unknown");
+    }
+}
