@@ -11,6 +11,7 @@ use tokio::net::TcpListener;
 use crate::auth::{KeyError, Keys, Role};
 use crate::config::{ensure_data_dir, ServeConfig};
 use crate::engine::Supervisor;
+use crate::secrets::{SecretError, Secrets};
 use crate::service::App;
 use crate::store::StoreError;
 
@@ -23,6 +24,8 @@ pub enum StartError {
     },
     #[error(transparent)]
     Keys(#[from] KeyError),
+    #[error("cannot load the secret keys: {0}")]
+    Secrets(#[from] SecretError),
     #[error("cannot open the metadata store: {0}")]
     Store(#[from] StoreError),
     #[error("cannot listen on {addr}: {source}")]
@@ -45,7 +48,8 @@ impl Application {
         })?;
         let keys = Keys::load_or_create(&config.data_dir)?;
         let store = crate::store::open(config.metadata.as_deref(), &config.data_dir).await?;
-        let supervisor = Supervisor::new(store.clone(), config.engine.clone());
+        let secrets = Arc::new(Secrets::load(&config.data_dir)?);
+        let supervisor = Supervisor::new(store.clone(), secrets.clone(), config.engine.clone());
         let listener =
             TcpListener::bind(config.listen)
                 .await
@@ -59,6 +63,7 @@ impl Application {
                 store,
                 supervisor,
                 keys,
+                secrets,
             }),
         })
     }

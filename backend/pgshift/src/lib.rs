@@ -4,6 +4,7 @@
 //! - [`store`]: the metadata store (clusters and migrations).
 //! - [`service`]: the operations the HTTP API (and later the dashboard) call.
 //! - [`http`]: the REST API.
+//! - [`secrets`]: encryption of cluster DSNs at rest.
 
 pub mod app;
 pub mod auth;
@@ -11,5 +12,6 @@ pub mod cli;
 pub mod config;
 pub mod engine;
 pub mod http;
+pub mod secrets;
 pub mod service;
 pub mod store;

@@ -13,7 +13,9 @@ use super::runner::Run;
 use super::status::{MigrationStatus, RuntimeState, StatusHandle};
 use super::ticker::TickerSettings;
 use super::{pg, source, target, EngineError, EngineResult};
+use crate::secrets::Secrets;
 use crate::store::{Cluster, DesiredState, MigrationRecord, Store};
+use sqlx::postgres::PgConnectOptions;
 
 /// Tunables of the engine; the defaults suit most migrations.
 #[derive(Debug, Clone)]
@@ -52,6 +54,7 @@ struct RunHandle {
 /// Owns every migration's run. Lives in the application state, not in a global.
 pub struct Supervisor {
     store: Arc<dyn Store>,
+    secrets: Arc<Secrets>,
     settings: EngineSettings,
     runs: Mutex<HashMap<Uuid, RunHandle>>,
     statuses: Mutex<HashMap<Uuid, StatusHandle>>,
@@ -59,9 +62,10 @@ pub struct Supervisor {
 }
 
 impl Supervisor {
-    pub fn new(store: Arc<dyn Store>, settings: EngineSettings) -> Self {
+    pub fn new(store: Arc<dyn Store>, secrets: Arc<Secrets>, settings: EngineSettings) -> Self {
         Self {
             store,
+            secrets,
             settings,
             runs: Mutex::new(HashMap::new()),
             statuses: Mutex::new(HashMap::new()),
@@ -82,12 +86,26 @@ impl Supervisor {
             })
     }
 
+    /// Connection options for `database` on the cluster, from its decrypted DSN.
+    async fn options(&self, cluster_id: Uuid, database: &str) -> EngineResult<PgConnectOptions> {
+        let cluster = self.cluster(cluster_id).await?;
+        let dsn = self.secrets.decrypt(&cluster.dsn).map_err(|e| {
+            EngineError::invalid(
+                "secret_unreadable",
+                format!("cannot decrypt the DSN of cluster {:?}: {e}", cluster.name),
+            )
+        })?;
+        pg::options(&dsn, Some(database))
+    }
+
     /// Starts the migration's run unless it is already running.
     pub async fn start(&self, record: &MigrationRecord) -> EngineResult<()> {
-        let source = self.cluster(record.source.cluster_id).await?;
-        let target = self.cluster(record.target.cluster_id).await?;
-        let source = pg::options(&source.dsn, Some(&record.source.database))?;
-        let target = pg::options(&target.dsn, Some(&record.target.database))?;
+        let source = self
+            .options(record.source.cluster_id, &record.source.database)
+            .await?;
+        let target = self
+            .options(record.target.cluster_id, &record.target.database)
+            .await?;
         let mut runs = self.runs.lock().expect("runs lock");
         if runs.get(&record.id).is_some_and(|r| !r.join.is_finished()) {
             return Ok(());
@@ -144,8 +162,9 @@ impl Supervisor {
     pub async fn inspect(&self, record: &MigrationRecord) -> EngineResult<MigrationStatus> {
         let mut status = MigrationStatus::new(&record.tables);
         status.runtime = RuntimeState::Stopped;
-        let cluster = self.cluster(record.target.cluster_id).await?;
-        let options = pg::options(&cluster.dsn, Some(&record.target.database))?;
+        let options = self
+            .options(record.target.cluster_id, &record.target.database)
+            .await?;
         let mut conn = pg::connect("the target", &options).await?;
         let schema = record.schema_name();
         if target::is_installed(&mut conn, &schema).await? {
@@ -160,8 +179,9 @@ impl Supervisor {
                     t.rows_estimated = p.rows_estimated;
                 }
             }
-            let source = self.cluster(record.source.cluster_id).await?;
-            let options = pg::options(&source.dsn, Some(&record.source.database))?;
+            let options = self
+                .options(record.source.cluster_id, &record.source.database)
+                .await?;
             let mut src = pg::connect("the source", &options).await?;
             if source::is_installed(&mut src, &schema).await? {
                 let (seq, now): (i64, chrono::DateTime<chrono::Utc>) = sqlx::query_as(&format!(
@@ -187,19 +207,15 @@ impl Supervisor {
     pub async fn remove(&self, record: &MigrationRecord) -> EngineResult<()> {
         self.stop(record.id).await;
         let schema = record.schema_name();
-        let source_cluster = self.cluster(record.source.cluster_id).await?;
-        let mut src = pg::connect(
-            "the source",
-            &pg::options(&source_cluster.dsn, Some(&record.source.database))?,
-        )
-        .await?;
+        let source = self
+            .options(record.source.cluster_id, &record.source.database)
+            .await?;
+        let mut src = pg::connect("the source", &source).await?;
         source::uninstall(&mut src, &schema).await?;
-        let target_cluster = self.cluster(record.target.cluster_id).await?;
-        let mut dst = pg::connect(
-            "the target",
-            &pg::options(&target_cluster.dsn, Some(&record.target.database))?,
-        )
-        .await?;
+        let target = self
+            .options(record.target.cluster_id, &record.target.database)
+            .await?;
+        let mut dst = pg::connect("the target", &target).await?;
         target::uninstall(&mut dst, &schema).await?;
         self.statuses
             .lock()

@@ -6,6 +6,7 @@ use uuid::Uuid;
 
 use super::{check_name, App, ServiceError, ServiceResult};
 use crate::engine::pg;
+use crate::secrets::Secrets;
 use crate::store::Cluster;
 
 #[derive(Debug, Deserialize)]
@@ -46,9 +47,17 @@ pub fn redacted_dsn(dsn: &str) -> (String, String, u16, String) {
     }
 }
 
-impl From<&Cluster> for ClusterView {
-    fn from(c: &Cluster) -> Self {
-        let (dsn, host, port, user) = redacted_dsn(&c.dsn);
+impl ClusterView {
+    /// Built from the decrypted DSN, shown without its password. A DSN that cannot be decrypted
+    /// (its key is not configured) shows as unreadable rather than failing the listing.
+    pub fn new(c: &Cluster, secrets: &Secrets) -> Self {
+        let (dsn, host, port, user) = match secrets.decrypt(&c.dsn) {
+            Ok(plain) => redacted_dsn(&plain),
+            Err(err) => {
+                tracing::warn!(cluster = %c.name, error = %err, "cannot decrypt a cluster's DSN");
+                ("(unreadable)".into(), String::new(), 0, String::new())
+            }
+        };
         Self {
             name: c.name.clone(),
             dsn,
@@ -81,13 +90,14 @@ pub async fn add(app: &App, new: NewCluster) -> ServiceResult<ClusterView> {
     let cluster = Cluster {
         id: Uuid::new_v4(),
         name: new.name,
-        dsn: new.dsn,
+        // Stored encrypted; an older plaintext value is never written back as is.
+        dsn: app.secrets.encrypt(&new.dsn)?,
         server_version,
         created_at: Utc::now(),
     };
     app.store.insert_cluster(&cluster).await?;
     tracing::info!(cluster = %cluster.name, version = %cluster.server_version, "cluster added");
-    Ok(ClusterView::from(&cluster))
+    Ok(ClusterView::new(&cluster, &app.secrets))
 }
 
 pub async fn list(app: &App) -> ServiceResult<Vec<ClusterView>> {
@@ -96,7 +106,7 @@ pub async fn list(app: &App) -> ServiceResult<Vec<ClusterView>> {
         .list_clusters()
         .await?
         .iter()
-        .map(ClusterView::from)
+        .map(|c| ClusterView::new(c, &app.secrets))
         .collect())
 }
 
@@ -108,7 +118,7 @@ pub async fn find(app: &App, name: &str) -> ServiceResult<Cluster> {
 }
 
 pub async fn get(app: &App, name: &str) -> ServiceResult<ClusterView> {
-    Ok(ClusterView::from(&find(app, name).await?))
+    Ok(ClusterView::new(&find(app, name).await?, &app.secrets))
 }
 
 pub async fn remove(app: &App, name: &str) -> ServiceResult<()> {

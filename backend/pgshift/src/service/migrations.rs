@@ -149,12 +149,18 @@ pub async fn create(app: &App, new: NewMigration) -> ServiceResult<MigrationView
     }
     let mut src = pg::connect(
         "the source",
-        &pg::options(&source.dsn, Some(&new.source.database))?,
+        &pg::options(
+            &app.secrets.decrypt(&source.dsn)?,
+            Some(&new.source.database),
+        )?,
     )
     .await?;
     let mut dst = pg::connect(
         "the target",
-        &pg::options(&target.dsn, Some(&new.target.database))?,
+        &pg::options(
+            &app.secrets.decrypt(&target.dsn)?,
+            Some(&new.target.database),
+        )?,
     )
     .await?;
     let all = catalog::user_tables(&mut src).await?;

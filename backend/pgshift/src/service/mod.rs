@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use crate::auth::Keys;
 use crate::engine::{EngineError, Supervisor};
+use crate::secrets::{SecretError, Secrets};
 use crate::store::{Store, StoreError};
 
 /// Everything the service layer works with; shared by every request.
@@ -15,6 +16,8 @@ pub struct App {
     pub store: Arc<dyn Store>,
     pub supervisor: Supervisor,
     pub keys: Keys,
+    /// Encrypts cluster DSNs before they are stored, decrypts them to connect.
+    pub secrets: Arc<Secrets>,
 }
 
 /// Why an operation failed.
@@ -45,6 +48,16 @@ impl ServiceError {
             code,
             message: message.into(),
         }
+    }
+}
+
+impl From<SecretError> for ServiceError {
+    fn from(err: SecretError) -> Self {
+        // The message names key ids at most: never plaintext or key material.
+        ServiceError::Engine(EngineError::invalid(
+            "secret_unreadable",
+            format!("cannot encrypt or decrypt a cluster's stored DSN: {err}"),
+        ))
     }
 }
 
