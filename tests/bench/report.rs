@@ -42,7 +42,10 @@ pub struct Figure {
 
 #[derive(Default)]
 pub struct Report {
-    pub title_note: Option<String>,
+    /// Shown at the top, one quoted paragraph each.
+    pub title_notes: Vec<String>,
+    /// Set when `--only` left some phase out: the ones that ran.
+    pub phases_run: Option<String>,
     pub command: String,
     pub date: String,
     pub machine: Vec<(String, String)>,
@@ -103,7 +106,7 @@ impl Report {
             "Written by `tests/bench/engine.rs` on {}. Reproduce with:\n\n```sh\n{}\n```\n",
             self.date, self.command
         );
-        if let Some(note) = &self.title_note {
+        for note in &self.title_notes {
             let _ = writeln!(w, "> **Note:** {note}\n");
         }
         if let Some(reason) = &self.aborted {
@@ -251,6 +254,9 @@ impl Report {
     /// The summary, for the end of stderr.
     pub fn summary(&self) -> String {
         let mut s = String::from("\n==================== summary ====================\n");
+        if let Some(phases) = &self.phases_run {
+            let _ = writeln!(s, "partial run (--only): {phases}");
+        }
         for f in &self.figures {
             let _ = writeln!(
                 s,
