@@ -78,6 +78,11 @@ impl Application {
         self.local_addr().port()
     }
 
+    /// The router this application serves (tests read the routes it has from it).
+    pub fn router(&self) -> axum::Router {
+        crate::http::router(self.app.clone())
+    }
+
     /// A token signed by this server (tests and the first admin).
     pub fn issue_token(&self, role: Role, ttl: Duration) -> String {
         self.app.keys.issue("pgshift", role, ttl)

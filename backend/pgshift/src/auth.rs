@@ -11,7 +11,9 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 /// What a token's holder may do.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, utoipa::ToSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum Role {
     /// Read everything but secrets.
@@ -119,6 +121,11 @@ impl Keys {
 
     /// Issues a token for `subject` with `role`, valid for `ttl`.
     pub fn issue(&self, subject: &str, role: Role, ttl: Duration) -> String {
+        self.issue_with_claims(subject, role, ttl).0
+    }
+
+    /// Issues a token and returns its claims too (its id and expiry), for the token record.
+    pub fn issue_with_claims(&self, subject: &str, role: Role, ttl: Duration) -> (String, Claims) {
         let now = chrono::Utc::now().timestamp();
         let claims = Claims {
             sub: subject.to_string(),
@@ -128,8 +135,9 @@ impl Keys {
             exp: now + ttl.as_secs() as i64,
             jti: Uuid::new_v4().to_string(),
         };
-        jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
-            .expect("HS256 signing cannot fail")
+        let token = jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
+            .expect("HS256 signing cannot fail");
+        (token, claims)
     }
 
     /// Verifies signature (HS256 only: `alg: none` and others are refused), expiry and issuer.

@@ -1,13 +1,14 @@
-//! The command line: `pgshift serve` and `pgshift token create`.
+//! The command line: `pgshift serve`, `pgshift token create|list|revoke`, and the client commands
+//! (`pgshift cluster …`, `pgshift migration …`, see [`crate::client`]).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 
 use crate::app::Application;
-use crate::auth::{Keys, Role};
+use crate::cli_tokens::TokenCommand;
+use crate::client::ClientCommand;
 use crate::config::{self, ServeConfig};
 
 #[derive(Parser)]
@@ -56,29 +57,13 @@ enum Command {
         #[arg(long, env = "PGSHIFT_COPY_CHUNK_ROWS")]
         copy_chunk_rows: Option<i64>,
     },
-    /// Manage API tokens.
+    /// Manage API tokens (beside the server: same data directory or metadata store).
     Token {
         #[command(subcommand)]
         command: TokenCommand,
     },
-}
-
-#[derive(Subcommand)]
-enum TokenCommand {
-    /// Print a new bearer token signed with the server's key.
-    Create {
-        /// viewer, operator or admin.
-        #[arg(long, default_value = "viewer")]
-        role: Role,
-        /// Who the token is for (recorded in the token).
-        #[arg(long, default_value = "cli")]
-        subject: String,
-        /// Lifetime in hours.
-        #[arg(long, default_value_t = 24 * 30)]
-        ttl_hours: u64,
-        #[command(flatten)]
-        data: DataDir,
-    },
+    #[command(flatten)]
+    Client(ClientCommand),
 }
 
 fn init_tracing() {
@@ -95,6 +80,16 @@ fn init_tracing() {
 
 /// Entry point of the binary.
 pub fn main() {
+    // The client commands parse on their own, so that usage errors get the client's exit code.
+    let first = std::env::args().nth(1).unwrap_or_default();
+    if ClientCommand::NAMES.contains(&first.as_str()) {
+        let exit = crate::client::run(
+            std::env::args_os(),
+            &mut std::io::stdout(),
+            &mut std::io::stderr(),
+        );
+        std::process::exit(i32::from(exit.code()));
+    }
     let cli = Cli::parse();
     let code = match cli.command {
         Command::Serve {
@@ -126,32 +121,19 @@ pub fn main() {
                 }
             }
         }
-        Command::Token {
-            command:
-                TokenCommand::Create {
-                    role,
-                    subject,
-                    ttl_hours,
-                    data,
-                },
-        } => {
-            let keys = config::load_file(data.config.as_deref())
-                .map(|(file, _)| config::data_dir(&file, data.data_dir))
-                .map_err(|e| e.to_string())
-                .and_then(|dir| Keys::load_or_create(&dir).map_err(|e| e.to_string()));
-            match keys {
-                Ok(keys) => {
-                    println!(
-                        "{}",
-                        keys.issue(&subject, role, Duration::from_secs(ttl_hours * 3600))
-                    );
-                    0
-                }
-                Err(e) => {
-                    eprintln!("pgshift: {e}");
-                    1
-                }
-            }
+        Command::Token { command } => {
+            let exit =
+                crate::cli_tokens::run(command, &mut std::io::stdout(), &mut std::io::stderr());
+            i32::from(exit.code())
+        }
+        Command::Client(command) => {
+            let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
+            let exit = runtime.block_on(crate::client::execute(
+                command,
+                &mut std::io::stdout(),
+                &mut std::io::stderr(),
+            ));
+            i32::from(exit.code())
         }
     };
     std::process::exit(code);

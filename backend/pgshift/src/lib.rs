@@ -9,6 +9,8 @@
 pub mod app;
 pub mod auth;
 pub mod cli;
+pub mod cli_tokens;
+pub mod client;
 pub mod config;
 pub mod engine;
 pub mod http;

@@ -21,7 +21,7 @@ pub enum RuntimeState {
 }
 
 /// One table's replication state.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct TableStatus {
     #[serde(skip)]
     pub table_no: i32,

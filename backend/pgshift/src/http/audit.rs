@@ -49,7 +49,7 @@ pub async fn record(State(app): State<AppState>, request: Request, next: Next) -
     let path_name = match RawPathParams::from_request_parts(&mut parts, &()).await {
         Ok(params) => params
             .iter()
-            .find(|(key, _)| *key == "name")
+            .find(|(key, _)| *key == "name" || *key == "id")
             .map(|(_, value)| value.to_string()),
         Err(_) => None,
     };
@@ -79,7 +79,7 @@ pub async fn record(State(app): State<AppState>, request: Request, next: Next) -
     let object_name = path_name.or_else(|| {
         body.as_ref()
             .filter(|_| creates && status.is_success())
-            .and_then(|b| b["name"].as_str())
+            .and_then(|b| b["name"].as_str().or_else(|| b["id"].as_str()))
             .map(str::to_string)
     });
     let entry = NewAuditEntry {
@@ -122,6 +122,7 @@ fn object_kind(route: &str) -> Option<&'static str> {
     match rest.split('/').next()? {
         "clusters" => Some("cluster"),
         "migrations" => Some("migration"),
+        "tokens" => Some("token"),
         _ => None,
     }
 }
@@ -170,13 +171,22 @@ async fn inspect_body(response: Response) -> (Response, Option<serde_json::Value
     }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct AuditQuery {
+    /// Only entries about this migration.
     migration: Option<String>,
+    /// Only entries about this cluster.
     cluster: Option<String>,
+    /// At most this many entries (default 100, at most 1000).
     limit: Option<u32>,
 }
 
+#[utoipa::path(get, path = "/api/v1/audit", tag = "audit", params(AuditQuery),
+    responses((status = 200, body = Vec<AuditEntry>),
+        (status = 400, description = "`invalid_query`", body = super::openapi::ErrorBody),
+        super::openapi::AuthErrors),
+    security(("bearer" = [])))]
 /// `GET /api/v1/audit?migration=&cluster=&limit=`: newest first; any authenticated role.
 pub async fn list(
     State(app): State<AppState>,

@@ -38,6 +38,10 @@ impl FromRequestParts<AppState> for Caller {
         parts: &mut Parts,
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
+        // Already authenticated earlier in this request (by the audit layer): no second lookup.
+        if let Some(caller) = parts.extensions.get::<AuthenticatedClaims>() {
+            return Ok(Caller(caller.0.clone()));
+        }
         let unauthorized = |m: &str| ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", m);
         let value = parts
             .headers
@@ -54,9 +58,21 @@ impl FromRequestParts<AppState> for Caller {
         let claims = state.keys.verify(token.trim()).ok_or_else(|| {
             unauthorized("the token is invalid, expired or not issued by this server")
         })?;
+        // Asked of the store on every request, not cached: a revocation made through any
+        // instance sharing the store holds on the very next request everywhere.
+        if let Ok(id) = uuid::Uuid::parse_str(&claims.jti) {
+            if state.store.token_revoked(id).await? {
+                return Err(unauthorized("the token has been revoked"));
+            }
+        }
+        parts.extensions.insert(AuthenticatedClaims(claims.clone()));
         Ok(Caller(claims))
     }
 }
+
+/// The claims of a request's token once checked, kept in the request's extensions.
+#[derive(Clone)]
+struct AuthenticatedClaims(Claims);
 
 /// The least role a route needs, as a type, so the check runs as an extractor: before the body
 /// is read, so a caller without the role gets 403 whatever it sent.

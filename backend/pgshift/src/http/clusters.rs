@@ -6,9 +6,17 @@ use axum::Json;
 
 use super::auth::{Admin, Authorized, Viewer};
 use super::json::ApiJson;
+use super::openapi::{
+    AuthErrors, BodyErrors, ConflictErrors, DatabaseErrors, NotFoundErrors, RoleErrors,
+};
 use super::{ApiError, AppState};
 use crate::service::clusters::{self, ClusterView, NewCluster};
 
+/// Registers a cluster: pgshift connects before storing it. The DSN is stored encrypted and shown
+/// without its password.
+#[utoipa::path(post, path = "/api/v1/clusters", tag = "clusters", request_body = NewCluster,
+    responses((status = 201, body = ClusterView), AuthErrors, RoleErrors, BodyErrors, ConflictErrors, DatabaseErrors),
+    security(("bearer" = [])))]
 pub async fn create(
     State(app): State<AppState>,
     _caller: Authorized<Admin>,
@@ -17,6 +25,9 @@ pub async fn create(
     Ok((StatusCode::CREATED, Json(clusters::add(&app, body).await?)))
 }
 
+/// Every registered cluster, by name.
+#[utoipa::path(get, path = "/api/v1/clusters", tag = "clusters",
+    responses((status = 200, body = Vec<ClusterView>), AuthErrors), security(("bearer" = [])))]
 pub async fn list(
     State(app): State<AppState>,
     _caller: Authorized<Viewer>,
@@ -24,6 +35,9 @@ pub async fn list(
     Ok(Json(clusters::list(&app).await?))
 }
 
+/// One cluster.
+#[utoipa::path(get, path = "/api/v1/clusters/{name}", tag = "clusters", params(("name" = String, Path, description = "the cluster's name")),
+    responses((status = 200, body = ClusterView), AuthErrors, NotFoundErrors), security(("bearer" = [])))]
 pub async fn get(
     State(app): State<AppState>,
     _caller: Authorized<Viewer>,
@@ -32,6 +46,10 @@ pub async fn get(
     Ok(Json(clusters::get(&app, &name).await?))
 }
 
+/// Forgets a cluster; refused (409) while a migration uses it.
+#[utoipa::path(delete, path = "/api/v1/clusters/{name}", tag = "clusters", params(("name" = String, Path, description = "the cluster's name")),
+    responses((status = 204, description = "removed"), AuthErrors, RoleErrors, NotFoundErrors, ConflictErrors),
+    security(("bearer" = [])))]
 pub async fn remove(
     State(app): State<AppState>,
     _caller: Authorized<Admin>,

@@ -6,11 +6,18 @@ use axum::Json;
 
 use super::auth::{Admin, Authorized, Operator, Viewer};
 use super::json::ApiJson;
+use super::openapi::{
+    AuthErrors, BodyErrors, ConflictErrors, DatabaseErrors, NotFoundErrors, RoleErrors,
+};
 use super::{ApiError, AppState};
 use crate::service::migrations::{self, MigrationView, NewMigration};
 
 type ViewResult = Result<Json<MigrationView>, ApiError>;
 
+/// Checks and stores a migration (both databases, tables, keys, privileges); installs nothing.
+#[utoipa::path(post, path = "/api/v1/migrations", tag = "migrations", request_body = NewMigration,
+    responses((status = 201, body = MigrationView), AuthErrors, RoleErrors, BodyErrors, ConflictErrors, DatabaseErrors),
+    security(("bearer" = [])))]
 pub async fn create(
     State(app): State<AppState>,
     _caller: Authorized<Admin>,
@@ -22,6 +29,9 @@ pub async fn create(
     ))
 }
 
+/// Every migration with its live state.
+#[utoipa::path(get, path = "/api/v1/migrations", tag = "migrations",
+    responses((status = 200, body = Vec<MigrationView>), AuthErrors), security(("bearer" = [])))]
 pub async fn list(
     State(app): State<AppState>,
     _caller: Authorized<Viewer>,
@@ -29,6 +39,9 @@ pub async fn list(
     Ok(Json(migrations::list(&app).await?))
 }
 
+/// One migration: state, lag, pending events and per-table progress.
+#[utoipa::path(get, path = "/api/v1/migrations/{name}", tag = "migrations", params(("name" = String, Path, description = "the migration's name")),
+    responses((status = 200, body = MigrationView), AuthErrors, NotFoundErrors), security(("bearer" = [])))]
 pub async fn get(
     State(app): State<AppState>,
     _caller: Authorized<Viewer>,
@@ -37,6 +50,10 @@ pub async fn get(
     Ok(Json(migrations::get(&app, &name).await?))
 }
 
+/// Installs capture on the source and begins the copy.
+#[utoipa::path(post, path = "/api/v1/migrations/{name}/start", tag = "migrations", params(("name" = String, Path, description = "the migration's name")),
+    responses((status = 200, body = MigrationView), AuthErrors, RoleErrors, NotFoundErrors, ConflictErrors, DatabaseErrors),
+    security(("bearer" = [])))]
 pub async fn start(
     State(app): State<AppState>,
     _caller: Authorized<Operator>,
@@ -45,6 +62,10 @@ pub async fn start(
     Ok(Json(migrations::start(&app, &name).await?))
 }
 
+/// Stops ticker, copy and apply; the source keeps capturing.
+#[utoipa::path(post, path = "/api/v1/migrations/{name}/pause", tag = "migrations", params(("name" = String, Path, description = "the migration's name")),
+    responses((status = 200, body = MigrationView), AuthErrors, RoleErrors, NotFoundErrors, ConflictErrors, DatabaseErrors),
+    security(("bearer" = [])))]
 pub async fn pause(
     State(app): State<AppState>,
     _caller: Authorized<Operator>,
@@ -53,6 +74,10 @@ pub async fn pause(
     Ok(Json(migrations::pause(&app, &name).await?))
 }
 
+/// Resumes a paused migration, applying what accumulated.
+#[utoipa::path(post, path = "/api/v1/migrations/{name}/resume", tag = "migrations", params(("name" = String, Path, description = "the migration's name")),
+    responses((status = 200, body = MigrationView), AuthErrors, RoleErrors, NotFoundErrors, ConflictErrors, DatabaseErrors),
+    security(("bearer" = [])))]
 pub async fn resume(
     State(app): State<AppState>,
     _caller: Authorized<Operator>,
@@ -61,6 +86,10 @@ pub async fn resume(
     Ok(Json(migrations::resume(&app, &name).await?))
 }
 
+/// Stops the migration and drops what pgshift installed on both sides; copied rows stay.
+#[utoipa::path(delete, path = "/api/v1/migrations/{name}", tag = "migrations", params(("name" = String, Path, description = "the migration's name")),
+    responses((status = 204, description = "removed"), AuthErrors, RoleErrors, NotFoundErrors, DatabaseErrors),
+    security(("bearer" = [])))]
 pub async fn remove(
     State(app): State<AppState>,
     _caller: Authorized<Admin>,

@@ -7,6 +7,8 @@ mod error;
 mod json;
 mod metrics;
 mod migrations;
+mod openapi;
+mod tokens;
 
 use std::sync::Arc;
 
@@ -17,6 +19,7 @@ use tower_http::trace::TraceLayer;
 
 pub use auth::Caller;
 pub use error::ApiError;
+pub use openapi::ApiDoc;
 
 use crate::service::App;
 
@@ -42,6 +45,9 @@ pub fn router(app: AppState) -> Router {
         .route("/migrations/{name}/pause", post(migrations::pause))
         .route("/migrations/{name}/resume", post(migrations::resume))
         .route("/audit", get(audit::list))
+        .route("/tokens", post(tokens::create).get(tokens::list))
+        .route("/tokens/{id}", axum::routing::delete(tokens::revoke))
+        .route("/openapi.json", get(openapi::document))
         .fallback(error::not_found)
         // Records every POST, PUT, PATCH and DELETE under /api/v1 (see audit.rs).
         .layer(axum::middleware::from_fn_with_state(

@@ -9,7 +9,7 @@ use crate::engine::pg;
 use crate::secrets::Secrets;
 use crate::store::Cluster;
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewCluster {
     pub name: String,
@@ -17,7 +17,7 @@ pub struct NewCluster {
 }
 
 /// A cluster as shown to callers: the DSN without its password.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct ClusterView {
     pub name: String,
     pub dsn: String,

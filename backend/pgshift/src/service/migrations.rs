@@ -9,14 +9,14 @@ use super::{check_name, App, ServiceError, ServiceResult};
 use crate::engine::{catalog, pg, MigrationStatus, RuntimeState, TableStatus};
 use crate::store::{DesiredState, Endpoint, MigrationRecord};
 
-#[derive(Debug, Deserialize, Serialize, Clone)]
+#[derive(Debug, Deserialize, Serialize, Clone, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct EndpointRef {
     pub cluster: String,
     pub database: String,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewMigration {
     pub name: String,
@@ -27,7 +27,7 @@ pub struct NewMigration {
 }
 
 /// A migration as callers see it.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct MigrationView {
     pub name: String,
     /// created, starting, copying, catching_up, synced, paused or error.

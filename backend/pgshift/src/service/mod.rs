@@ -3,6 +3,7 @@
 
 pub mod clusters;
 pub mod migrations;
+pub mod tokens;
 
 use std::sync::Arc;
 

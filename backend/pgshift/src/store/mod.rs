@@ -7,7 +7,7 @@ mod sqlite;
 
 pub use model::{
     AuditEntry, AuditFilter, Cluster, ColumnSpec, DesiredState, Endpoint, MigrationRecord,
-    NewAuditEntry, TableSpec,
+    NewAuditEntry, TableSpec, TokenRecord,
 };
 pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;
@@ -16,6 +16,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
 /// What can go wrong talking to the metadata store.
@@ -162,6 +163,16 @@ pub trait Store: Send + Sync + 'static {
     async fn insert_audit(&self, entry: &NewAuditEntry) -> StoreResult<()>;
     /// Audit entries matching `filter`, newest first.
     async fn list_audit(&self, filter: &AuditFilter) -> StoreResult<Vec<AuditEntry>>;
+    /// Records an issued token.
+    async fn insert_token(&self, token: &TokenRecord) -> StoreResult<()>;
+    /// Every recorded token, revoked and expired ones included, oldest first.
+    async fn list_tokens(&self) -> StoreResult<Vec<TokenRecord>>;
+    /// Marks the token revoked at `at` (a second revocation keeps the first time). `false` when
+    /// no token has that id.
+    async fn revoke_token(&self, id: Uuid, at: DateTime<Utc>) -> StoreResult<bool>;
+    /// Whether the token with this id was revoked; read on every authenticated request, so that
+    /// a revocation holds at once on every instance sharing the store.
+    async fn token_revoked(&self, id: Uuid) -> StoreResult<bool>;
     /// Cheap round trip used by readiness checks.
     async fn ping(&self) -> StoreResult<()>;
 }

@@ -131,7 +131,7 @@ impl MigrationRecord {
 }
 
 /// One state-changing API request, as recorded in the audit trail. Never holds a request body.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct NewAuditEntry {
     /// When the request arrived.
     pub at: DateTime<Utc>,
@@ -157,7 +157,7 @@ pub struct NewAuditEntry {
 }
 
 /// A stored audit entry.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct AuditEntry {
     pub id: i64,
     #[serde(flatten)]
@@ -171,4 +171,19 @@ pub struct AuditFilter {
     pub migration: Option<String>,
     pub cluster: Option<String>,
     pub limit: u32,
+}
+
+/// An issued bearer token, as recorded so that it can be listed and revoked. The token itself is
+/// not stored: it is verified by its signature, and `id` is its `jti` claim.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenRecord {
+    pub id: Uuid,
+    /// Who the token is for.
+    pub subject: String,
+    pub role: crate::auth::Role,
+    /// The subject of the admin token that issued it, or `cli` for `pgshift token create`.
+    pub created_by: String,
+    pub created_at: DateTime<Utc>,
+    pub expires_at: DateTime<Utc>,
+    pub revoked_at: Option<DateTime<Utc>>,
 }

@@ -12,7 +12,7 @@ use uuid::Uuid;
 
 use super::{
     AuditEntry, AuditFilter, Cluster, DesiredState, Endpoint, MigrationRecord, NewAuditEntry,
-    Store, StoreError, StoreResult,
+    Store, StoreError, StoreResult, TokenRecord,
 };
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../sql/metadata/postgres");
@@ -122,6 +122,21 @@ fn migration_from_row(row: &PgRow) -> StoreResult<MigrationRecord> {
         last_error: row.try_get("last_error")?,
         created_at: row.try_get::<DateTime<Utc>, _>("created_at")?,
         updated_at: row.try_get::<DateTime<Utc>, _>("updated_at")?,
+    })
+}
+
+fn token_from_row(row: &PgRow) -> StoreResult<TokenRecord> {
+    let role: String = row.try_get("role")?;
+    Ok(TokenRecord {
+        id: row.try_get("id")?,
+        subject: row.try_get("subject")?,
+        role: role
+            .parse()
+            .map_err(|_| StoreError::Corrupt(format!("token role {role:?}")))?,
+        created_by: row.try_get("created_by")?,
+        created_at: row.try_get("created_at")?,
+        expires_at: row.try_get("expires_at")?,
+        revoked_at: row.try_get("revoked_at")?,
     })
 }
 
@@ -332,6 +347,53 @@ impl Store for PostgresStore {
         .fetch_all(&self.pool)
         .await?;
         rows.iter().map(audit_from_row).collect()
+    }
+
+    async fn insert_token(&self, t: &TokenRecord) -> StoreResult<()> {
+        sqlx::query(
+            "INSERT INTO pgshift_meta.token
+                 (id, subject, role, created_by, created_at, expires_at, revoked_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        )
+        .bind(t.id)
+        .bind(&t.subject)
+        .bind(t.role.to_string())
+        .bind(&t.created_by)
+        .bind(t.created_at)
+        .bind(t.expires_at)
+        .bind(t.revoked_at)
+        .execute(&self.pool)
+        .await
+        .map_err(|e| map_unique(e, format!("token {}", t.id)))?;
+        Ok(())
+    }
+
+    async fn list_tokens(&self) -> StoreResult<Vec<TokenRecord>> {
+        let rows = sqlx::query("SELECT * FROM pgshift_meta.token ORDER BY created_at, id")
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(token_from_row).collect()
+    }
+
+    async fn revoke_token(&self, id: Uuid, at: DateTime<Utc>) -> StoreResult<bool> {
+        let done = sqlx::query(
+            "UPDATE pgshift_meta.token SET revoked_at = COALESCE(revoked_at, $1) WHERE id = $2",
+        )
+        .bind(at)
+        .bind(id)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    async fn token_revoked(&self, id: Uuid) -> StoreResult<bool> {
+        let revoked: Option<bool> = sqlx::query_scalar(
+            "SELECT revoked_at IS NOT NULL FROM pgshift_meta.token WHERE id = $1",
+        )
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(revoked.unwrap_or(false))
     }
 
     async fn ping(&self) -> StoreResult<()> {

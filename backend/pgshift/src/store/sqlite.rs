@@ -13,7 +13,7 @@ use uuid::Uuid;
 
 use super::{
     AuditEntry, AuditFilter, Cluster, DesiredState, Endpoint, MigrationRecord, NewAuditEntry,
-    Store, StoreError, StoreResult,
+    Store, StoreError, StoreResult, TokenRecord,
 };
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../sql/metadata/sqlite");
@@ -119,6 +119,26 @@ fn audit_from_row(row: &SqliteRow) -> StoreResult<AuditEntry> {
             error_code: row.try_get("error_code")?,
         },
     })
+}
+
+fn token_from_row(row: &SqliteRow) -> StoreResult<TokenRecord> {
+    let role: String = row.try_get("role")?;
+    let revoked: Option<String> = row.try_get("revoked_at")?;
+    Ok(TokenRecord {
+        id: parse_uuid(row.try_get("id")?)?,
+        subject: row.try_get("subject")?,
+        role: role
+            .parse()
+            .map_err(|_| StoreError::Corrupt(format!("token role {role:?}")))?,
+        created_by: row.try_get("created_by")?,
+        created_at: parse_time(row.try_get("created_at")?)?,
+        expires_at: parse_time(row.try_get("expires_at")?)?,
+        revoked_at: revoked.as_deref().map(parse_time).transpose()?,
+    })
+}
+
+fn micros(t: &DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(SecondsFormat::Micros, true)
 }
 
 fn now() -> String {
@@ -293,6 +313,50 @@ impl Store for SqliteStore {
         .fetch_all(&self.pool)
         .await?;
         rows.iter().map(audit_from_row).collect()
+    }
+
+    async fn insert_token(&self, t: &TokenRecord) -> StoreResult<()> {
+        sqlx::query(
+            "INSERT INTO token (id, subject, role, created_by, created_at, expires_at, revoked_at)
+             VALUES (?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(t.id.to_string())
+        .bind(&t.subject)
+        .bind(t.role.to_string())
+        .bind(&t.created_by)
+        .bind(micros(&t.created_at))
+        .bind(micros(&t.expires_at))
+        .bind(t.revoked_at.as_ref().map(micros))
+        .execute(&self.pool)
+        .await
+        .map_err(|e| map_unique(e, format!("token {}", t.id)))?;
+        Ok(())
+    }
+
+    async fn list_tokens(&self) -> StoreResult<Vec<TokenRecord>> {
+        let rows = sqlx::query("SELECT * FROM token ORDER BY created_at, id")
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(token_from_row).collect()
+    }
+
+    async fn revoke_token(&self, id: Uuid, at: DateTime<Utc>) -> StoreResult<bool> {
+        let done =
+            sqlx::query("UPDATE token SET revoked_at = COALESCE(revoked_at, ?) WHERE id = ?")
+                .bind(micros(&at))
+                .bind(id.to_string())
+                .execute(&self.pool)
+                .await?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    async fn token_revoked(&self, id: Uuid) -> StoreResult<bool> {
+        let revoked: Option<bool> =
+            sqlx::query_scalar("SELECT revoked_at IS NOT NULL FROM token WHERE id = ?")
+                .bind(id.to_string())
+                .fetch_optional(&self.pool)
+                .await?;
+        Ok(revoked.unwrap_or(false))
     }
 
     async fn ping(&self) -> StoreResult<()> {

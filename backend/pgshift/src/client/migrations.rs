@@ -1,0 +1,277 @@
+//! `pgshift migration create|list|show|start|pause|resume|remove|wait`.
+
+use std::io::Write;
+use std::time::Duration;
+
+use clap::Subcommand;
+use serde_json::{json, Value};
+
+use super::api::{Api, ClientError};
+use super::clusters::segment;
+use super::{duration, print, print_json, table, text, wait, Connection};
+
+#[derive(Subcommand, Debug)]
+pub enum MigrationCommand {
+    /// Check and store a migration (installs nothing until `start`).
+    Create {
+        name: String,
+        /// The source database, as CLUSTER:DATABASE.
+        #[arg(long, value_name = "CLUSTER:DATABASE")]
+        source: String,
+        /// The target database, as CLUSTER:DATABASE.
+        #[arg(long, value_name = "CLUSTER:DATABASE")]
+        target: String,
+        /// Only tables matching this `schema.table` pattern (`*` matches anything); repeat for
+        /// more [default: every table].
+        #[arg(long = "table", value_name = "PATTERN")]
+        tables: Vec<String>,
+    },
+    /// List migrations with their state and lag.
+    List,
+    /// One migration in detail, with per-table progress.
+    Show { name: String },
+    /// Install capture on the source and begin the copy.
+    Start { name: String },
+    /// Stop copying and applying; the source keeps capturing.
+    Pause { name: String },
+    /// Resume a paused migration.
+    Resume { name: String },
+    /// Stop the migration and drop what pgshift installed on both sides.
+    Remove { name: String },
+    /// Wait until the migration is synced and/or its lag is low enough; exits 5 on timeout.
+    Wait {
+        name: String,
+        /// Until every table is synced (state `synced`).
+        #[arg(long)]
+        synced: bool,
+        /// Until the lag is below this (e.g. 2s, 500ms).
+        #[arg(long, value_name = "DURATION", value_parser = duration::parse)]
+        lag_below: Option<Duration>,
+        /// Give up after this long (e.g. 30m).
+        #[arg(long, value_name = "DURATION", value_parser = duration::parse, default_value = "30m")]
+        timeout: Duration,
+        /// How often to ask the server.
+        #[arg(long, value_name = "DURATION", value_parser = duration::parse, default_value = "1s")]
+        interval: Duration,
+    },
+}
+
+pub async fn run(
+    connection: &Connection,
+    command: MigrationCommand,
+    out: &mut dyn Write,
+) -> Result<(), ClientError> {
+    let api = Api::new(&connection.url, connection.token.clone())?;
+    let json = connection.json;
+    match command {
+        MigrationCommand::Create {
+            name,
+            source,
+            target,
+            tables,
+        } => {
+            let mut body = json!({
+                "name": name,
+                "source": endpoint("--source", &source)?,
+                "target": endpoint("--target", &target)?,
+            });
+            if !tables.is_empty() {
+                body["tables"] = json!(tables);
+            }
+            let migration = api.post("/migrations", body).await?;
+            if json {
+                return print_json(out, &migration);
+            }
+            let count = migration["tables"].as_array().map_or(0, Vec::len);
+            print(
+                out,
+                &format!(
+                    "migration {} created: {count} table{} from {} to {} (start it with: pgshift migration start {})\n",
+                    text(&migration, "name"),
+                    if count == 1 { "" } else { "s" },
+                    side(&migration["source"]),
+                    side(&migration["target"]),
+                    text(&migration, "name"),
+                ),
+            )
+        }
+        MigrationCommand::List => {
+            let migrations = api.get("/migrations").await?;
+            if json {
+                return print_json(out, &migrations);
+            }
+            let rows: Vec<Vec<String>> = migrations
+                .as_array()
+                .map(Vec::as_slice)
+                .unwrap_or_default()
+                .iter()
+                .map(|m| {
+                    vec![
+                        text(m, "name"),
+                        text(m, "state"),
+                        lag(m),
+                        text(m, "pending_events"),
+                        tables_synced(m),
+                        side(&m["source"]),
+                        side(&m["target"]),
+                    ]
+                })
+                .collect();
+            print(
+                out,
+                &table::render(
+                    &[
+                        "NAME", "STATE", "LAG", "PENDING", "TABLES", "SOURCE", "TARGET",
+                    ],
+                    &rows,
+                ),
+            )
+        }
+        MigrationCommand::Show { name } => {
+            let migration = api.get(&path(&name)).await?;
+            if json {
+                return print_json(out, &migration);
+            }
+            print(out, &details(&migration))
+        }
+        MigrationCommand::Start { name } => act(&api, out, json, &name, "start").await,
+        MigrationCommand::Pause { name } => act(&api, out, json, &name, "pause").await,
+        MigrationCommand::Resume { name } => act(&api, out, json, &name, "resume").await,
+        MigrationCommand::Remove { name } => {
+            api.delete(&path(&name)).await?;
+            if json {
+                return print_json(out, &json!({"removed": "migration", "name": name}));
+            }
+            print(out, &format!("migration {name} removed\n"))
+        }
+        MigrationCommand::Wait {
+            name,
+            synced,
+            lag_below,
+            timeout,
+            interval,
+        } => {
+            let goal = wait::Goal::new(synced, lag_below)?;
+            let started = std::time::Instant::now();
+            let migration =
+                wait::until(&api, &path(&name), &name, &goal, timeout, interval).await?;
+            if json {
+                return print_json(out, &migration);
+            }
+            print(
+                out,
+                &format!(
+                    "migration {name} is {}: state {}, lag {} (waited {:.1}s)\n",
+                    goal,
+                    text(&migration, "state"),
+                    lag(&migration),
+                    started.elapsed().as_secs_f64()
+                ),
+            )
+        }
+    }
+}
+
+fn path(name: &str) -> String {
+    format!("/migrations/{}", segment(name))
+}
+
+async fn act(
+    api: &Api,
+    out: &mut dyn Write,
+    json: bool,
+    name: &str,
+    action: &str,
+) -> Result<(), ClientError> {
+    let migration = api
+        .post(&format!("{}/{action}", path(name)), json!({}))
+        .await?;
+    if json {
+        return print_json(out, &migration);
+    }
+    print(
+        out,
+        &format!("migration {name}: {}\n", text(&migration, "state")),
+    )
+}
+
+/// `CLUSTER:DATABASE` as the API's `{cluster, database}`.
+fn endpoint(flag: &str, value: &str) -> Result<Value, ClientError> {
+    match value.split_once(':') {
+        Some((cluster, database)) if !cluster.is_empty() && !database.is_empty() => {
+            Ok(json!({"cluster": cluster, "database": database}))
+        }
+        _ => Err(ClientError::Usage(format!(
+            "{flag} {value:?} must be CLUSTER:DATABASE, e.g. old:shop"
+        ))),
+    }
+}
+
+fn side(endpoint: &Value) -> String {
+    format!(
+        "{}:{}",
+        text(endpoint, "cluster"),
+        text(endpoint, "database")
+    )
+}
+
+/// Lag for people: `0.1s`, or `-` while unknown.
+pub(super) fn lag(migration: &Value) -> String {
+    migration["lag_seconds"]
+        .as_f64()
+        .map_or_else(|| "-".into(), |l| format!("{l:.1}s"))
+}
+
+/// `synced/total` tables.
+pub(super) fn tables_synced(migration: &Value) -> String {
+    let tables = migration["tables"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default();
+    let synced = tables.iter().filter(|t| t["state"] == "synced").count();
+    format!("{synced}/{}", tables.len())
+}
+
+fn details(m: &Value) -> String {
+    let fields = [
+        ("name", text(m, "name")),
+        ("state", text(m, "state")),
+        ("lag", lag(m)),
+        ("pending events", text(m, "pending_events")),
+        ("last tick", text(m, "last_tick")),
+        ("applied tick", text(m, "applied_tick")),
+        ("events applied", text(m, "events_applied")),
+        ("source", side(&m["source"])),
+        ("target", side(&m["target"])),
+        ("tables", tables_synced(m) + " synced"),
+        ("error", text(m, "error")),
+        ("created", text(m, "created_at")),
+        ("updated", text(m, "updated_at")),
+    ];
+    let width = fields.iter().map(|(k, _)| k.len()).max().unwrap_or(0) + 1;
+    let mut out = String::new();
+    for (key, value) in fields {
+        out.push_str(&format!("{:width$} {value}\n", format!("{key}:")));
+    }
+    let rows: Vec<Vec<String>> = m["tables"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default()
+        .iter()
+        .map(|t| {
+            vec![
+                text(t, "name"),
+                text(t, "state"),
+                text(t, "rows_copied"),
+                text(t, "rows_estimated"),
+                text(t, "error"),
+            ]
+        })
+        .collect();
+    out.push('\n');
+    out.push_str(&table::render(
+        &["TABLE", "STATE", "ROWS COPIED", "ROWS ESTIMATED", "ERROR"],
+        &rows,
+    ));
+    out
+}
