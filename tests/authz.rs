@@ -1,4 +1,4 @@
-//! Authorization matrix: every API route × every role, and missing, expired, forged and
+//! Authorization matrix: every API route × every role, and missing, expired, revoked, forged and
 //! unsigned tokens.
 
 use std::time::Duration;
@@ -22,6 +22,9 @@ const ROUTES: &[(&str, &str, Role)] = &[
     ("POST", "/migrations/m/start", Role::Operator),
     ("POST", "/migrations/m/pause", Role::Operator),
     ("POST", "/migrations/m/resume", Role::Operator),
+    ("GET", "/tokens", Role::Admin),
+    ("POST", "/tokens", Role::Admin),
+    ("DELETE", "/tokens/t", Role::Admin),
 ];
 
 fn secret(server: &TestServer) -> Vec<u8> {
@@ -38,6 +41,18 @@ fn token_with(secret: &[u8], claims: Value) -> String {
         &jsonwebtoken::EncodingKey::from_secret(secret),
     )
     .unwrap()
+}
+
+/// An admin token issued through the API, then revoked.
+async fn revoked_token(server: &TestServer) -> String {
+    let (status, issued) = server
+        .post("/tokens", json!({"role": "admin", "subject": "revoked"}))
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{issued}");
+    let id = issued["id"].as_str().unwrap();
+    let (status, body) = server.delete(&format!("/tokens/{id}")).await;
+    assert_eq!(status, StatusCode::NO_CONTENT, "{body}");
+    issued["token"].as_str().unwrap().to_string()
 }
 
 #[tokio::test]
@@ -65,6 +80,7 @@ async fn every_route_by_every_role_and_bad_token() {
             Some(foreign.issue("ci", Role::Admin, Duration::from_secs(60))),
         ),
         ("alg none", Some(unsigned)),
+        ("revoked", Some(revoked_token(&server).await)),
     ];
     let body = json!({"name": "c", "dsn": "not a dsn"});
     for (method, path, least) in ROUTES {

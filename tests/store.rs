@@ -11,7 +11,7 @@ use pgshift::auth::Role;
 use pgshift::config::ServeConfig;
 use pgshift::store::{
     self, AuditFilter, Cluster, ColumnSpec, DesiredState, Endpoint, MigrationRecord, NewAuditEntry,
-    PostgresStore, SqliteStore, Store, StoreError, TableSpec,
+    PostgresStore, SqliteStore, Store, StoreError, TableSpec, TokenRecord,
 };
 use pgshift_tests::server::test_settings;
 use pgshift_tests::{init_tracing, PgCluster};
@@ -409,7 +409,7 @@ async fn postgres_store_conforms() {
     let pool = pg.connect("meta").await;
     assert_eq!(
         names_in(&pool, "pgshift_meta").await,
-        ["_sqlx_migrations", "audit", "cluster", "migration"]
+        ["_sqlx_migrations", "audit", "cluster", "migration", "token"]
     );
     assert!(names_in(&pool, "public").await.is_empty());
     // Opening again applies nothing and sees the same data.
@@ -602,4 +602,71 @@ async fn server_runs_on_the_postgres_store_shared_by_two_instances() {
         .await
         .unwrap();
     assert_eq!(left, 0);
+}
+
+/// Token records: insert, list in creation order, revoke once (a second revocation keeps the
+/// first time), and the revocation check the bearer check relies on.
+async fn token_conformance(store: &dyn Store) {
+    let first = TokenRecord {
+        id: Uuid::new_v4(),
+        subject: "deploy-pipeline".into(),
+        role: Role::Operator,
+        created_by: "cli".into(),
+        created_at: now() - chrono::Duration::seconds(10),
+        expires_at: now() + chrono::Duration::hours(2),
+        revoked_at: None,
+    };
+    let second = TokenRecord {
+        id: Uuid::new_v4(),
+        subject: "Zoë".into(),
+        role: Role::Admin,
+        created_by: "admin-1".into(),
+        created_at: now(),
+        expires_at: now() + chrono::Duration::hours(1),
+        revoked_at: None,
+    };
+    assert!(store.list_tokens().await.unwrap().is_empty());
+    store.insert_token(&second).await.unwrap();
+    store.insert_token(&first).await.unwrap();
+    assert!(matches!(
+        store.insert_token(&first).await,
+        Err(StoreError::Duplicate(_))
+    ));
+    assert_eq!(
+        store.list_tokens().await.unwrap(),
+        [first.clone(), second.clone()]
+    );
+    assert!(!store.token_revoked(first.id).await.unwrap());
+    // Unknown ids are not revoked (tokens issued before tokens were recorded stay valid).
+    assert!(!store.token_revoked(Uuid::new_v4()).await.unwrap());
+
+    let at = now();
+    assert!(store.revoke_token(first.id, at).await.unwrap());
+    assert!(store.token_revoked(first.id).await.unwrap());
+    assert!(!store.token_revoked(second.id).await.unwrap());
+    assert!(store
+        .revoke_token(first.id, at + chrono::Duration::seconds(5))
+        .await
+        .unwrap());
+    assert!(!store.revoke_token(Uuid::new_v4(), at).await.unwrap());
+    let listed = store.list_tokens().await.unwrap();
+    assert_eq!(listed[0].revoked_at, Some(at));
+    assert_eq!(listed[1].revoked_at, None);
+}
+
+#[tokio::test]
+async fn sqlite_store_keeps_tokens() {
+    init_tracing();
+    let dir = TempDir::new();
+    let store = SqliteStore::open(&dir.0).await.expect("open SQLite");
+    token_conformance(&store).await;
+}
+
+#[tokio::test]
+async fn postgres_store_keeps_tokens() {
+    init_tracing();
+    let pg = PgCluster::start().await;
+    pg.create_database("meta").await;
+    let store = PostgresStore::open(&pg.dsn("meta")).await.expect("open");
+    token_conformance(&store).await;
 }
