@@ -1,5 +1,5 @@
-//! The `pgshift` binary as users run it: `serve` on its flags, `token create`, and a clean exit
-//! on SIGTERM. It lives beside the crate (not in the top-level tests/) because only a package's
+//! The `pgshift` binary as users run it: `serve` on its flags, `token create|list|revoke`, the
+//! client commands' exit codes, and a clean exit on SIGTERM. It lives beside the crate (not in the top-level tests/) because only a package's
 //! own integration tests get its binary built for them (`CARGO_BIN_EXE_pgshift`).
 
 use std::io::{BufRead, BufReader};
@@ -183,5 +183,194 @@ fn configuration_file_is_layered_under_env_and_flags() {
         .unwrap();
     assert!(out.status.success());
     assert!(from_env.join("server-key.json").exists());
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+/// Runs the binary with `args` and no PGSHIFT_* settings from the caller's environment.
+fn pgshift(args: &[&str]) -> std::process::Output {
+    let mut command = Command::new(pgshift_bin());
+    command.args(args);
+    for var in ["PGSHIFT_URL", "PGSHIFT_TOKEN", "PGSHIFT_CLUSTER_DSN"] {
+        command.env_remove(var);
+    }
+    command.output().unwrap()
+}
+
+/// A failure as scripts see it: the documented exit code and one line on stderr.
+#[track_caller]
+fn assert_fails(out: &std::process::Output, code: i32, reason: &str) {
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(code), "stderr: {err}");
+    assert_eq!(err.lines().count(), 1, "one reason line: {err:?}");
+    assert!(err.contains(reason), "{err}");
+}
+
+#[test]
+fn client_exit_codes() {
+    let dir = temp_dir();
+    let data = dir.join("data");
+    // Usage errors: 2.
+    assert_fails(&pgshift(&["migration", "frobnicate"]), 2, "frobnicate");
+    assert_fails(&pgshift(&["cluster", "list"]), 2, "PGSHIFT_TOKEN");
+    assert_fails(
+        &pgshift(&["migration", "wait", "shop", "--token", "t"]),
+        2,
+        "--synced",
+    );
+    assert_fails(
+        &pgshift(&[
+            "migration",
+            "wait",
+            "shop",
+            "--synced",
+            "--timeout",
+            "soon",
+            "--token",
+            "t",
+        ]),
+        2,
+        "soon",
+    );
+    // Nothing listening: 6.
+    assert_fails(
+        &pgshift(&[
+            "migration",
+            "list",
+            "--url",
+            "http://127.0.0.1:1",
+            "--token",
+            "t",
+        ]),
+        6,
+        "cannot reach",
+    );
+    let help = pgshift(&["migration", "wait", "--help"]);
+    assert!(help.status.success());
+    assert!(String::from_utf8_lossy(&help.stdout).contains("--lag-below"));
+
+    // Against a running server: 0, 4 (not found), 3 (refused).
+    let mut server = Command::new(pgshift_bin())
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .env("PGSHIFT_DATA_DIR", &data)
+        .env("PGSHIFT_LOG", "info")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = server.stderr.take().unwrap();
+    let (lines_tx, lines_rx) = std::sync::mpsc::channel::<String>();
+    let log = std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = lines_tx.send(line);
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let url = loop {
+        let line = lines_rx
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            .expect("the server logs its address within 30 s");
+        if let Some(rest) = line.split("pgshift listening addr=").nth(1) {
+            break format!("http://{}", rest.trim());
+        }
+    };
+    let data_arg = data.display().to_string();
+    let out = pgshift(&[
+        "token",
+        "create",
+        "--role",
+        "admin",
+        "--subject",
+        "ci",
+        "--data-dir",
+        &data_arg,
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let token = String::from_utf8(out.stdout).unwrap().trim().to_string();
+
+    let out = pgshift(&["cluster", "list", "--url", &url, "--token", &token]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("NAME"));
+    let out = pgshift(&[
+        "migration",
+        "list",
+        "--json",
+        "--url",
+        &url,
+        "--token",
+        &token,
+    ]);
+    assert!(out.status.success());
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "[]");
+    assert_fails(
+        &pgshift(&[
+            "migration",
+            "show",
+            "shop",
+            "--url",
+            &url,
+            "--token",
+            &token,
+        ]),
+        4,
+        "not found",
+    );
+    assert_fails(
+        &pgshift(&["cluster", "list", "--url", &url, "--token", "forged"]),
+        3,
+        "unauthorized",
+    );
+
+    // token list shows it; once revoked, the client is refused (3).
+    let out = pgshift(&["token", "list", "--data-dir", &data_arg]);
+    assert!(out.status.success());
+    let listing = String::from_utf8(out.stdout).unwrap();
+    let id = listing
+        .lines()
+        .find(|l| l.contains(" ci "))
+        .and_then(|l| l.split_whitespace().next())
+        .unwrap_or_else(|| panic!("{listing}"))
+        .to_string();
+    let out = pgshift(&["token", "revoke", &id, "--data-dir", &data_arg]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_fails(
+        &pgshift(&["cluster", "list", "--url", &url, "--token", &token]),
+        3,
+        "revoked",
+    );
+    assert_fails(
+        &pgshift(&["token", "revoke", "not-an-id", "--data-dir", &data_arg]),
+        4,
+        "not found",
+    );
+
+    let kill = Command::new("kill")
+        .args(["-TERM", &server.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    let stopping = Instant::now();
+    let status = loop {
+        if let Some(status) = server.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            stopping.elapsed() < Duration::from_secs(30),
+            "pgshift did not exit after SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.success(), "exit status after SIGTERM: {status}");
+    log.join().unwrap();
     std::fs::remove_dir_all(dir).unwrap();
 }
