@@ -1,6 +1,7 @@
 //! The `pgshift` binary as users run it: `serve` on its flags, `token create|list|revoke`, the
-//! client commands' exit codes, and a clean exit on SIGTERM. It lives beside the crate (not in the top-level tests/) because only a package's
-//! own integration tests get its binary built for them (`CARGO_BIN_EXE_pgshift`).
+//! client commands' exit codes, and a clean exit on SIGTERM. It lives beside the crate (not in
+//! the top-level tests/) because only a package's own integration tests get its binary built
+//! for them (`CARGO_BIN_EXE_pgshift`).
 
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
