@@ -20,8 +20,11 @@ pub fn render(headers: &[&str], rows: &[Vec<String>]) -> String {
                 line.push_str("  ");
             }
             line.push_str(cell);
-            let pad = widths.get(i).copied().unwrap_or(0) - cell.chars().count().min(widths[i]);
-            line.extend(std::iter::repeat_n(' ', pad));
+            let width = widths.get(i).copied().unwrap_or(0);
+            line.extend(std::iter::repeat_n(
+                ' ',
+                width.saturating_sub(cell.chars().count()),
+            ));
         }
         out.push_str(line.trim_end());
         out.push('\n');
