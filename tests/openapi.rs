@@ -169,10 +169,26 @@ async fn the_document_describes_every_route() {
         assert!(routes.contains(path), "{path} is documented but not served");
     }
 
-    // Every operation says who may call it and how it fails.
+    // Every operation has a unique id (client generators need one), says who may call it and
+    // how it fails, and describes every response.
+    let mut operation_ids = BTreeSet::new();
     for (path, item) in doc["paths"].as_object().unwrap() {
         for (method, op) in item.as_object().unwrap() {
+            let id = op["operationId"].as_str().unwrap_or_default().to_string();
+            assert!(
+                operation_ids.insert(id.clone()),
+                "{method} {path}: operationId {id:?} is missing or taken"
+            );
             let responses = op["responses"].as_object().unwrap();
+            for (status, response) in responses {
+                assert!(
+                    !response["description"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .is_empty(),
+                    "{method} {path}: response {status} has no description"
+                );
+            }
             assert!(
                 responses.keys().any(|s| s.starts_with('2')),
                 "{method} {path} has no success response"

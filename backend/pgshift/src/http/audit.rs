@@ -182,8 +182,8 @@ pub struct AuditQuery {
     limit: Option<u32>,
 }
 
-#[utoipa::path(get, path = "/api/v1/audit", tag = "audit", params(AuditQuery),
-    responses((status = 200, body = Vec<AuditEntry>),
+#[utoipa::path(get, path = "/api/v1/audit", operation_id = "list_audit", tag = "audit", params(AuditQuery),
+    responses((status = 200, body = Vec<AuditEntry>, description = "matching entries, newest first"),
         (status = 400, description = "`invalid_query`", body = super::openapi::ErrorBody),
         super::openapi::AuthErrors),
     security(("bearer" = [])))]

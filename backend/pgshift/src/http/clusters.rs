@@ -14,8 +14,8 @@ use crate::service::clusters::{self, ClusterView, NewCluster};
 
 /// Registers a cluster: pgshift connects before storing it. The DSN is stored encrypted and shown
 /// without its password.
-#[utoipa::path(post, path = "/api/v1/clusters", tag = "clusters", request_body = NewCluster,
-    responses((status = 201, body = ClusterView), AuthErrors, RoleErrors, BodyErrors, ConflictErrors, DatabaseErrors),
+#[utoipa::path(post, path = "/api/v1/clusters", operation_id = "add_cluster", tag = "clusters", request_body = NewCluster,
+    responses((status = 201, body = ClusterView, description = "the cluster, its DSN without the password"), AuthErrors, RoleErrors, BodyErrors, ConflictErrors, DatabaseErrors),
     security(("bearer" = [])))]
 pub async fn create(
     State(app): State<AppState>,
@@ -26,8 +26,8 @@ pub async fn create(
 }
 
 /// Every registered cluster, by name.
-#[utoipa::path(get, path = "/api/v1/clusters", tag = "clusters",
-    responses((status = 200, body = Vec<ClusterView>), AuthErrors), security(("bearer" = [])))]
+#[utoipa::path(get, path = "/api/v1/clusters", operation_id = "list_clusters", tag = "clusters",
+    responses((status = 200, body = Vec<ClusterView>, description = "every cluster, by name"), AuthErrors), security(("bearer" = [])))]
 pub async fn list(
     State(app): State<AppState>,
     _caller: Authorized<Viewer>,
@@ -36,8 +36,8 @@ pub async fn list(
 }
 
 /// One cluster.
-#[utoipa::path(get, path = "/api/v1/clusters/{name}", tag = "clusters", params(("name" = String, Path, description = "the cluster's name")),
-    responses((status = 200, body = ClusterView), AuthErrors, NotFoundErrors), security(("bearer" = [])))]
+#[utoipa::path(get, path = "/api/v1/clusters/{name}", operation_id = "get_cluster", tag = "clusters", params(("name" = String, Path, description = "the cluster's name")),
+    responses((status = 200, body = ClusterView, description = "the cluster"), AuthErrors, NotFoundErrors), security(("bearer" = [])))]
 pub async fn get(
     State(app): State<AppState>,
     _caller: Authorized<Viewer>,
@@ -47,7 +47,7 @@ pub async fn get(
 }
 
 /// Forgets a cluster; refused (409) while a migration uses it.
-#[utoipa::path(delete, path = "/api/v1/clusters/{name}", tag = "clusters", params(("name" = String, Path, description = "the cluster's name")),
+#[utoipa::path(delete, path = "/api/v1/clusters/{name}", operation_id = "remove_cluster", tag = "clusters", params(("name" = String, Path, description = "the cluster's name")),
     responses((status = 204, description = "removed"), AuthErrors, RoleErrors, NotFoundErrors, ConflictErrors),
     security(("bearer" = [])))]
 pub async fn remove(

@@ -108,13 +108,13 @@ pub async fn track(State(metrics): State<HttpMetrics>, request: Request, next: N
 }
 
 /// Answers while the process runs.
-#[utoipa::path(get, path = "/healthz", tag = "operations",
+#[utoipa::path(get, path = "/healthz", operation_id = "healthz", tag = "operations",
     responses((status = 200, description = "`ok`", content_type = "text/plain", body = String)))]
 pub async fn healthz() -> &'static str {
     "ok"
 }
 
-#[utoipa::path(get, path = "/readyz", tag = "operations",
+#[utoipa::path(get, path = "/readyz", operation_id = "readyz", tag = "operations",
     responses((status = 200, description = "`ready`", content_type = "text/plain", body = String),
         (status = 503, description = "`not_ready`: the metadata store does not answer", body = super::openapi::ErrorBody)))]
 /// Ready when the metadata store answers.
@@ -133,7 +133,7 @@ pub async fn readyz(State(state): State<MetricsState>) -> Result<&'static str, A
 const TABLE_STATES: [&str; 5] = ["pending", "copying", "catching_up", "synced", "error"];
 
 /// Per-migration and HTTP figures in the OpenMetrics text format (unauthenticated).
-#[utoipa::path(get, path = "/metrics", tag = "operations",
+#[utoipa::path(get, path = "/metrics", operation_id = "metrics", tag = "operations",
     responses((status = 200, description = "OpenMetrics text", content_type = "application/openmetrics-text", body = String),
         (status = 500, description = "`internal`", body = super::openapi::ErrorBody)))]
 pub async fn metrics(State(state): State<MetricsState>) -> Result<Response, ApiError> {

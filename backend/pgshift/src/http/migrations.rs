@@ -15,8 +15,8 @@ use crate::service::migrations::{self, MigrationView, NewMigration};
 type ViewResult = Result<Json<MigrationView>, ApiError>;
 
 /// Checks and stores a migration (both databases, tables, keys, privileges); installs nothing.
-#[utoipa::path(post, path = "/api/v1/migrations", tag = "migrations", request_body = NewMigration,
-    responses((status = 201, body = MigrationView), AuthErrors, RoleErrors, BodyErrors, ConflictErrors, DatabaseErrors),
+#[utoipa::path(post, path = "/api/v1/migrations", operation_id = "create_migration", tag = "migrations", request_body = NewMigration,
+    responses((status = 201, body = MigrationView, description = "the migration, checked and stored"), AuthErrors, RoleErrors, BodyErrors, ConflictErrors, DatabaseErrors),
     security(("bearer" = [])))]
 pub async fn create(
     State(app): State<AppState>,
@@ -30,8 +30,8 @@ pub async fn create(
 }
 
 /// Every migration with its live state.
-#[utoipa::path(get, path = "/api/v1/migrations", tag = "migrations",
-    responses((status = 200, body = Vec<MigrationView>), AuthErrors), security(("bearer" = [])))]
+#[utoipa::path(get, path = "/api/v1/migrations", operation_id = "list_migrations", tag = "migrations",
+    responses((status = 200, body = Vec<MigrationView>, description = "every migration, by name"), AuthErrors), security(("bearer" = [])))]
 pub async fn list(
     State(app): State<AppState>,
     _caller: Authorized<Viewer>,
@@ -40,8 +40,8 @@ pub async fn list(
 }
 
 /// One migration: state, lag, pending events and per-table progress.
-#[utoipa::path(get, path = "/api/v1/migrations/{name}", tag = "migrations", params(("name" = String, Path, description = "the migration's name")),
-    responses((status = 200, body = MigrationView), AuthErrors, NotFoundErrors), security(("bearer" = [])))]
+#[utoipa::path(get, path = "/api/v1/migrations/{name}", operation_id = "get_migration", tag = "migrations", params(("name" = String, Path, description = "the migration's name")),
+    responses((status = 200, body = MigrationView, description = "the migration"), AuthErrors, NotFoundErrors), security(("bearer" = [])))]
 pub async fn get(
     State(app): State<AppState>,
     _caller: Authorized<Viewer>,
@@ -51,8 +51,8 @@ pub async fn get(
 }
 
 /// Installs capture on the source and begins the copy.
-#[utoipa::path(post, path = "/api/v1/migrations/{name}/start", tag = "migrations", params(("name" = String, Path, description = "the migration's name")),
-    responses((status = 200, body = MigrationView), AuthErrors, RoleErrors, NotFoundErrors, ConflictErrors, DatabaseErrors),
+#[utoipa::path(post, path = "/api/v1/migrations/{name}/start", operation_id = "start_migration", tag = "migrations", params(("name" = String, Path, description = "the migration's name")),
+    responses((status = 200, body = MigrationView, description = "the migration, in its new state"), AuthErrors, RoleErrors, NotFoundErrors, ConflictErrors, DatabaseErrors),
     security(("bearer" = [])))]
 pub async fn start(
     State(app): State<AppState>,
@@ -63,8 +63,8 @@ pub async fn start(
 }
 
 /// Stops ticker, copy and apply; the source keeps capturing.
-#[utoipa::path(post, path = "/api/v1/migrations/{name}/pause", tag = "migrations", params(("name" = String, Path, description = "the migration's name")),
-    responses((status = 200, body = MigrationView), AuthErrors, RoleErrors, NotFoundErrors, ConflictErrors, DatabaseErrors),
+#[utoipa::path(post, path = "/api/v1/migrations/{name}/pause", operation_id = "pause_migration", tag = "migrations", params(("name" = String, Path, description = "the migration's name")),
+    responses((status = 200, body = MigrationView, description = "the migration, in its new state"), AuthErrors, RoleErrors, NotFoundErrors, ConflictErrors, DatabaseErrors),
     security(("bearer" = [])))]
 pub async fn pause(
     State(app): State<AppState>,
@@ -75,8 +75,8 @@ pub async fn pause(
 }
 
 /// Resumes a paused migration, applying what accumulated.
-#[utoipa::path(post, path = "/api/v1/migrations/{name}/resume", tag = "migrations", params(("name" = String, Path, description = "the migration's name")),
-    responses((status = 200, body = MigrationView), AuthErrors, RoleErrors, NotFoundErrors, ConflictErrors, DatabaseErrors),
+#[utoipa::path(post, path = "/api/v1/migrations/{name}/resume", operation_id = "resume_migration", tag = "migrations", params(("name" = String, Path, description = "the migration's name")),
+    responses((status = 200, body = MigrationView, description = "the migration, in its new state"), AuthErrors, RoleErrors, NotFoundErrors, ConflictErrors, DatabaseErrors),
     security(("bearer" = [])))]
 pub async fn resume(
     State(app): State<AppState>,
@@ -87,7 +87,7 @@ pub async fn resume(
 }
 
 /// Stops the migration and drops what pgshift installed on both sides; copied rows stay.
-#[utoipa::path(delete, path = "/api/v1/migrations/{name}", tag = "migrations", params(("name" = String, Path, description = "the migration's name")),
+#[utoipa::path(delete, path = "/api/v1/migrations/{name}", operation_id = "remove_migration", tag = "migrations", params(("name" = String, Path, description = "the migration's name")),
     responses((status = 204, description = "removed"), AuthErrors, RoleErrors, NotFoundErrors, DatabaseErrors),
     security(("bearer" = [])))]
 pub async fn remove(

@@ -49,7 +49,7 @@ use super::{audit, clusters, metrics, migrations, tokens};
 pub struct ApiDoc;
 
 /// `GET /api/v1/openapi.json`: this document. Needs no token: it holds no data.
-#[utoipa::path(get, path = "/api/v1/openapi.json", tag = "operations",
+#[utoipa::path(get, path = "/api/v1/openapi.json", operation_id = "openapi", tag = "operations",
     responses((status = 200, description = "the OpenAPI 3 document", content_type = "application/json")))]
 pub async fn document() -> Json<utoipa::openapi::OpenApi> {
     Json(ApiDoc::openapi())

@@ -11,8 +11,8 @@ use super::{ApiError, AppState, Caller};
 use crate::service::tokens::{self, IssuedToken, NewToken, TokenView};
 
 /// Issues a token. The response is the only place the token itself ever appears.
-#[utoipa::path(post, path = "/api/v1/tokens", tag = "tokens", request_body = NewToken,
-    responses((status = 201, body = IssuedToken), AuthErrors, RoleErrors, BodyErrors),
+#[utoipa::path(post, path = "/api/v1/tokens", operation_id = "issue_token", tag = "tokens", request_body = NewToken,
+    responses((status = 201, body = IssuedToken, description = "the token (shown only this once) and its record"), AuthErrors, RoleErrors, BodyErrors),
     security(("bearer" = [])))]
 pub async fn create(
     State(app): State<AppState>,
@@ -25,8 +25,8 @@ pub async fn create(
 }
 
 /// Every token issued through the API or `pgshift token create`, with its state.
-#[utoipa::path(get, path = "/api/v1/tokens", tag = "tokens",
-    responses((status = 200, body = Vec<TokenView>), AuthErrors, RoleErrors),
+#[utoipa::path(get, path = "/api/v1/tokens", operation_id = "list_tokens", tag = "tokens",
+    responses((status = 200, body = Vec<TokenView>, description = "every recorded token, oldest first"), AuthErrors, RoleErrors),
     security(("bearer" = [])))]
 pub async fn list(
     State(app): State<AppState>,
@@ -36,7 +36,7 @@ pub async fn list(
 }
 
 /// Revokes a token: every instance sharing the metadata store refuses it from the next request.
-#[utoipa::path(delete, path = "/api/v1/tokens/{id}", tag = "tokens",
+#[utoipa::path(delete, path = "/api/v1/tokens/{id}", operation_id = "revoke_token", tag = "tokens",
     params(("id" = String, Path, description = "the token's id (its `jti`)")),
     responses((status = 204, description = "revoked"), AuthErrors, RoleErrors, NotFoundErrors),
     security(("bearer" = [])))]
