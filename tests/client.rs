@@ -402,3 +402,30 @@ async fn every_subcommand_against_a_running_server() {
         list.out
     );
 }
+
+/// A wait keeps asking a server it cannot reach (it may be restarting) until its timeout, then
+/// says what the last request hit.
+#[tokio::test]
+async fn wait_outlasts_an_unreachable_server_then_times_out() {
+    let out = raw(&[
+        "pgshift",
+        "migration",
+        "wait",
+        "shop",
+        "--synced",
+        "--timeout",
+        "1s",
+        "--interval",
+        "100ms",
+        "--url",
+        "http://127.0.0.1:1",
+        "--token",
+        "t",
+    ])
+    .await;
+    let reason = out.failed(Exit::Timeout);
+    assert!(
+        reason.contains("timed out after 1s") && reason.contains("cannot reach"),
+        "{reason}"
+    );
+}

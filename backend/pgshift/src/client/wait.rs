@@ -118,3 +118,29 @@ fn reason(
     }
     text_out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn goals() {
+        assert!(Goal::new(false, None).is_err());
+        let synced = Goal::new(true, None).unwrap();
+        let lag = Goal::new(false, Some(Duration::from_secs(2))).unwrap();
+        let both = Goal::new(true, Some(Duration::from_secs(2))).unwrap();
+        let copying = json!({"state": "copying", "lag_seconds": 0.5});
+        let synced_lagging = json!({"state": "synced", "lag_seconds": 3.0});
+        let synced_unknown_lag = json!({"state": "synced", "lag_seconds": null});
+        let done = json!({"state": "synced", "lag_seconds": 0.1});
+        assert!(!synced.reached(&copying) && synced.reached(&synced_lagging));
+        assert!(lag.reached(&copying) && !lag.reached(&synced_lagging));
+        assert!(
+            !lag.reached(&synced_unknown_lag),
+            "an unknown lag is not a low one"
+        );
+        assert!(!both.reached(&copying) && !both.reached(&synced_lagging) && both.reached(&done));
+        assert_eq!(both.to_string(), "synced with lag below 2s");
+    }
+}
