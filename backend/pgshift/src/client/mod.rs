@@ -38,10 +38,16 @@ pub struct Connection {
     pub json: bool,
 }
 
+/// Shown under every client command's help.
+const EXIT_CODES: &str = "Exit codes: 0 done, 2 usage error, 3 refused or failed by the server, \
+4 not found, 5 timed out (migration wait), 6 server unreachable; \
+every failure prints one line on stderr saying why.";
+
 /// The client's subcommands, also part of the binary's own command line (see `cli.rs`).
 #[derive(Subcommand, Debug)]
 pub enum ClientCommand {
     /// Clusters on a pgshift server (PGSHIFT_URL, PGSHIFT_TOKEN).
+    #[command(after_help = EXIT_CODES)]
     Cluster {
         #[command(flatten)]
         connection: Connection,
@@ -49,6 +55,7 @@ pub enum ClientCommand {
         command: clusters::ClusterCommand,
     },
     /// Migrations on a pgshift server (PGSHIFT_URL, PGSHIFT_TOKEN).
+    #[command(after_help = EXIT_CODES)]
     Migration {
         #[command(flatten)]
         connection: Connection,
@@ -133,7 +140,8 @@ fn usage(e: clap::Error, out: &mut dyn Write, err: &mut dyn Write) -> Exit {
         ErrorKind::DisplayHelp
         | ErrorKind::DisplayVersion
         | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
-            let _ = write!(out, "{}", e.render());
+            let help = e.render().to_string();
+            let _ = writeln!(out, "{}", help.trim_end());
             if e.kind() == ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand {
                 let _ = writeln!(err, "pgshift: a subcommand is missing (see the help above)");
                 return Exit::Usage;
@@ -141,12 +149,17 @@ fn usage(e: clap::Error, out: &mut dyn Write, err: &mut dyn Write) -> Exit {
             Exit::Ok
         }
         _ => {
+            // clap's message is its first paragraph (the arguments a message names may be on
+            // the lines below its first); the usage and hints after it are left out.
             let text = e.render().to_string();
-            let line = text
+            let message: Vec<&str> = text
+                .trim_start()
                 .lines()
-                .find(|l| !l.trim().is_empty())
-                .unwrap_or("invalid arguments")
-                .trim_start_matches("error: ");
+                .take_while(|l| !l.trim().is_empty())
+                .map(str::trim)
+                .collect();
+            let line = message.join(" ");
+            let line = line.trim_start_matches("error: ");
             let _ = writeln!(err, "pgshift: {line} (see --help)");
             Exit::Usage
         }
