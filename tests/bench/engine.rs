@@ -34,6 +34,7 @@ mod args;
 mod bench;
 mod check;
 mod common;
+mod heartbeat;
 mod logcap;
 mod pgbench;
 mod phases;
