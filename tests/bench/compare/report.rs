@@ -47,6 +47,22 @@ fn one_line(s: &str) -> String {
     }
 }
 
+/// Which way a figure is better, to mark the best tool in the summary.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Better {
+    Lower,
+    Higher,
+}
+
+/// One number of one tool, for the summary table at the top.
+pub struct Figure {
+    pub name: String,
+    pub better: Better,
+    pub tool: &'static str,
+    pub value: f64,
+    pub shown: String,
+}
+
 #[derive(Default)]
 pub struct Report {
     pub command: String,
@@ -64,6 +80,8 @@ pub struct Report {
     pub baseline_tps: [Option<f64>; 2],
     /// How long `pg_dump -Fc | pg_restore` took, for the copy table's ratios.
     pub copy_baseline: Option<std::time::Duration>,
+    /// The headline figures, in the order measured.
+    pub figures: Vec<Figure>,
 }
 
 impl Report {
@@ -74,6 +92,68 @@ impl Report {
             .position(|t| t.heading == heading)
             .expect("scenario table declared before its rows");
         &mut self.tables[i]
+    }
+
+    /// Records a headline figure of `tool` (a label) for the summary.
+    pub fn figure(
+        &mut self,
+        name: &str,
+        better: Better,
+        tool: &'static str,
+        value: f64,
+        shown: String,
+    ) {
+        self.figures.push(Figure {
+            name: name.into(),
+            better,
+            tool,
+            value,
+            shown,
+        });
+    }
+
+    /// Figure by figure, a column per tool, the best one in bold.
+    fn summary(&self) -> String {
+        let mut tools: Vec<&str> = Vec::new();
+        let mut names: Vec<&str> = Vec::new();
+        for f in &self.figures {
+            if !tools.contains(&f.tool) {
+                tools.push(f.tool);
+            }
+            if !names.contains(&f.name.as_str()) {
+                names.push(&f.name);
+            }
+        }
+        let mut s = format!(
+            "| Figure | {} |\n|---|{}\n",
+            tools.join(" | "),
+            "---|".repeat(tools.len())
+        );
+        for name in names {
+            let of = |tool: &str| {
+                self.figures
+                    .iter()
+                    .find(|f| f.name == name && f.tool == tool)
+            };
+            let all: Vec<&Figure> = self.figures.iter().filter(|f| f.name == name).collect();
+            let best = all.iter().map(|f| f.value).fold(None, |b: Option<f64>, v| {
+                Some(match (b, all[0].better) {
+                    (None, _) => v,
+                    (Some(b), Better::Lower) => b.min(v),
+                    (Some(b), Better::Higher) => b.max(v),
+                })
+            });
+            let cells: Vec<String> = tools
+                .iter()
+                .map(|t| match of(t) {
+                    Some(f) if all.len() > 1 && Some(f.value) == best => format!("**{}**", f.shown),
+                    Some(f) => f.shown.clone(),
+                    None => "–".into(),
+                })
+                .collect();
+            let _ = writeln!(s, "| {name} | {} |", cells.join(" | "));
+        }
+        s
     }
 
     pub fn failed(&self) -> bool {
@@ -103,6 +183,15 @@ impl Report {
             let _ = writeln!(s, "- {l}");
         }
         s.push('\n');
+        if !self.figures.is_empty() {
+            let _ = writeln!(
+                s,
+                "## Summary\n\nThe headline figures of the sections below (best in bold; a tool that failed a \
+                 scenario has no figure for it, and a tool whose target differed from the source is listed \
+                 under *Failures and differences*).\n\n{}",
+                self.summary()
+            );
+        }
         for t in &self.tables {
             let _ = writeln!(s, "## {}\n\n{}\n", t.heading, t.intro);
             if t.rows.is_empty() {
@@ -137,5 +226,34 @@ impl Report {
             std::fs::create_dir_all(dir).ctx(|| format!("creating {}", dir.display()))?;
         }
         std::fs::write(path, self.render()).ctx(|| format!("writing {}", path.display()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn summary_marks_the_best_tool_each_way() {
+        let mut r = Report::default();
+        r.figure("lag", Better::Lower, "a", 10.0, "10".into());
+        r.figure("lag", Better::Lower, "b", 5.0, "5".into());
+        r.figure("tps", Better::Higher, "a", 0.9, "90%".into());
+        r.figure("tps", Better::Higher, "b", 0.8, "80%".into());
+        r.figure("only a", Better::Lower, "a", 1.0, "1".into());
+        let s = r.summary();
+        assert!(s.contains("| lag | 10 | **5** |"), "{s}");
+        assert!(s.contains("| tps | **90%** | 80% |"), "{s}");
+        assert!(s.contains("| only a | 1 | – |"), "{s}");
+    }
+
+    #[test]
+    fn a_failed_row_fills_every_column() {
+        let mut t = Table::new("x", String::new(), &["Tool", "a", "b", "c"]);
+        t.failed("tool", "line one\nline | two");
+        assert_eq!(
+            t.rows[0],
+            ["tool", "**failed**: line one line \\| two", "–", "–"]
+        );
     }
 }

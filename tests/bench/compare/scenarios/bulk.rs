@@ -10,7 +10,7 @@ use super::{record_check, BULK};
 use crate::args::Args;
 use crate::common::{mib, secs, Ctx, R};
 use crate::procs::{self, spawn_peak_sampler};
-use crate::report::{Report, Table};
+use crate::report::{Better, Report, Table};
 use crate::rig::Rig;
 use crate::say;
 use crate::tools::{Pair, Tool, ToolKind};
@@ -101,6 +101,20 @@ pub async fn measure(
             secs(total),
             secs(statement),
             mib(peak.anon)
+        );
+        report.figure(
+            &format!("Bulk {name} of {changed} rows: until the target has it"),
+            Better::Lower,
+            label,
+            total.as_secs_f64(),
+            secs(total),
+        );
+        report.figure(
+            &format!("Bulk {name}: peak memory (anon)"),
+            Better::Lower,
+            label,
+            peak.anon as f64,
+            mib(peak.anon),
         );
         rows.push(vec![
             label.to_string(),

@@ -10,7 +10,7 @@ use super::{record_check, CUTOVER};
 use crate::args::Args;
 use crate::check::TABLES;
 use crate::common::{secs, Ctx, R};
-use crate::report::{Report, Table};
+use crate::report::{Better, Report, Table};
 use crate::rig::Rig;
 use crate::say;
 use crate::tools::{Pair, Tool, ToolKind};
@@ -46,7 +46,7 @@ pub fn table(a: &Args) -> Table {
 
 /// How long pgbench writes before the cutover starts.
 fn warmup(a: &Args) -> Duration {
-    Duration::from_secs(u64::from(a.seconds / 2).clamp(3, 30))
+    Duration::from_secs(u64::from(a.seconds / 2).clamp(3, 15))
 }
 
 pub async fn measure(
@@ -118,6 +118,13 @@ pub async fn measure(
                 .iter()
                 .map(|(s, d)| format!("{s}: {}", secs(*d)))
                 .collect();
+            report.figure(
+                "Cutover: writes blocked",
+                Better::Lower,
+                label,
+                total.as_secs_f64(),
+                secs(total),
+            );
             report
                 .table(CUTOVER)
                 .notes

@@ -14,7 +14,7 @@ use super::{record_check, LOAD};
 use crate::args::Args;
 use crate::common::{secs, Ctx, Percentiles, R};
 use crate::heartbeat::{spawn_heartbeat, spawn_heartbeat_poller};
-use crate::report::{Report, Table};
+use crate::report::{Better, Report, Table};
 use crate::rig::{Rig, LOAD_TEMPLATE};
 use crate::say;
 use crate::tools::{Pair, Tool, ToolKind};
@@ -174,8 +174,47 @@ pub async fn measure(
     );
     let check = rig.verify(pair, &format!("{label}, load")).await?;
     record_check(report, kind, "after the load", &check);
-    let vs = report.baseline_tps[usize::from(rig.logical)]
-        .map_or("–".into(), |b| format!("{:.1}%", tps / b * 100.0));
+    let base = report.baseline_tps[usize::from(rig.logical)];
+    let vs = base.map_or("–".into(), |b| format!("{:.1}%", tps / b * 100.0));
+    if let Some(b) = base {
+        report.figure(
+            "Write overhead: tps vs. no tool",
+            Better::Higher,
+            label,
+            tps / b,
+            vs.clone(),
+        );
+    }
+    if let Some(p) = &p {
+        report.figure(
+            "Lag p50 (ms)",
+            Better::Lower,
+            label,
+            p.p50,
+            format!("{:.0}", p.p50),
+        );
+        report.figure(
+            "Lag p99 (ms)",
+            Better::Lower,
+            label,
+            p.p99,
+            format!("{:.0}", p.p99),
+        );
+        report.figure(
+            "Lag max (ms)",
+            Better::Lower,
+            label,
+            p.max,
+            format!("{:.0}", p.max),
+        );
+    }
+    report.figure(
+        "Drain: load stop → identical",
+        Better::Lower,
+        label,
+        drain.as_secs_f64(),
+        secs(drain),
+    );
     let ms =
         |f: fn(&Percentiles) -> f64| p.as_ref().map_or("–".into(), |p| format!("{:.0}", f(p)));
     report.table(LOAD).rows.push(vec![

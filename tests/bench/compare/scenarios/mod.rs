@@ -8,12 +8,17 @@ mod copy;
 mod cutover;
 mod load;
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
+
+use tokio_util::sync::CancellationToken;
 
 use crate::args::Scenario;
+use crate::common::{secs, Ctx, R};
+use crate::heartbeat::spawn_heartbeat;
 use crate::report::Report;
 use crate::rig::{Check, Rig, COPY_TEMPLATE, LOAD_TEMPLATE};
 use crate::say;
+use crate::tools::Pair;
 use crate::tools::{Tool, ToolKind};
 
 pub const LOAD: &str = "Write overhead, lag under load, drain";
@@ -89,15 +94,14 @@ async fn copy_session(rig: &Rig, report: &mut Report, kind: ToolKind) {
         }
     };
     let _ = rig.checkpoint().await;
-    let t0 = Instant::now();
-    let result = match Tool::start(kind, &pair).await {
-        Ok(tool) => {
-            let r = copy::measure(rig, report, kind, &tool, &pair, t0).await;
-            let stopped = tool.stop(&pair).await;
-            r.and(stopped)
-        }
+    let (tool, took) = start_and_copy(rig, kind, &pair).await;
+    let mut result = match took {
+        Ok(d) => copy::record(rig, report, kind, &pair, d).await,
         Err(e) => Err(e),
     };
+    if let Some(tool) = tool {
+        result = result.and(tool.stop(&pair).await);
+    }
     if let Err(e) = result {
         report.table(COPY).failed(label, &e);
         report.failures.push(format!("{label}, initial copy: {e}"));
@@ -134,17 +138,17 @@ async fn load_session(rig: &Rig, report: &mut Report, kind: ToolKind) {
         Ok(p) => p,
         Err(e) => return fail_all(report, 0, &e),
     };
-    let mut tool = match Tool::start(kind, &pair).await {
-        Ok(t) => t,
-        Err(e) => {
-            fail_all(report, 0, &e);
-            let _ = rig.drop_pair(pair).await;
-            return;
-        }
+    let (tool, copied) = start_and_copy(rig, kind, &pair).await;
+    let Some(mut tool) = tool else {
+        fail_all(report, 0, &copied.err().unwrap_or_default());
+        let _ = rig.drop_pair(pair).await;
+        return;
     };
-    let t0 = Instant::now();
-    match rig.wait_copied(&tool, &pair, t0).await {
-        Ok(d) => say!("{label}: initial copy of the load database done in {d:.1?}"),
+    match copied {
+        Ok(d) => say!(
+            "{label}: initial copy of the load database done in {}",
+            secs(d)
+        ),
         Err(e) => fail_all(report, 0, &format!("initial copy: {e}")),
     }
     for (i, heading) in steps.iter().enumerate() {
@@ -173,4 +177,48 @@ async fn load_session(rig: &Rig, report: &mut Report, kind: ToolKind) {
             .failures
             .push(format!("{label}: dropping the databases: {e}"));
     }
+}
+
+/// Starts `kind` replicating `pair` while a heartbeat row goes to the source every 100 ms (the
+/// database is live, as in a real migration; Londiste's ticker would otherwise tick the idle
+/// queue once a minute, its `ticker_idle_period`), waits until the tool says the copy is done,
+/// stops the heartbeat and waits until the target's aggregates equal the source's. Returns the
+/// tool if it started, and the time from the first setup command until identical.
+async fn start_and_copy(rig: &Rig, kind: ToolKind, pair: &Pair) -> (Option<Tool>, R<Duration>) {
+    let stop = CancellationToken::new();
+    let hb = spawn_heartbeat(rig.source.dsn(&pair.db), stop.clone());
+    let t0 = Instant::now();
+    let tool = Tool::start(kind, pair).await;
+    let copied = match &tool {
+        Ok(t) => rig.wait_copied(t, pair, t0).await,
+        Err(e) => Err(e.clone()),
+    };
+    stop.cancel();
+    let beats = hb.await.ctx(|| "heartbeat task".into());
+    let tool = match tool {
+        Ok(t) => t,
+        Err(e) => return (None, Err(e)),
+    };
+    let result = async {
+        let copied = copied?;
+        let beats = beats??;
+        if beats.errors > 0 {
+            return Err(format!(
+                "{} heartbeat insert(s) failed during the copy: {}",
+                beats.errors,
+                beats.last_error.unwrap_or_default()
+            ));
+        }
+        let identical = rig
+            .wait_identical(pair, t0, Duration::from_millis(100), &tool.log_hint())
+            .await?;
+        say!(
+            "  the tool said copied after {}, target identical after {}",
+            secs(copied),
+            secs(identical)
+        );
+        Ok(identical)
+    }
+    .await;
+    (Some(tool), result)
 }
