@@ -206,10 +206,16 @@ fn setup_lines() -> Vec<String> {
          (`ALTER SYSTEM`), a restart that pgshift and Londiste3 do not need. `CREATE PUBLICATION … FOR ALL \
          TABLES` and `CREATE SUBSCRIPTION` run as the superuser."
             .into(),
-        "pgshift: the `pgshift serve` binary (release build) in its own process with its default engine \
-         settings, a SQLite metadata store, driven through its REST API (clusters, then a migration of every \
-         table, then start)."
-            .into(),
+        format!(
+            "pgshift: the `pgshift serve` binary ({}) in its own process with its default engine settings, a \
+             SQLite metadata store, driven through its REST API (clusters, then a migration of every table, then \
+             start).",
+            if cfg!(debug_assertions) {
+                "**debug build** (`BENCH_PROFILE=dev`): not representative"
+            } else {
+                "release build"
+            }
+        ),
         "Londiste3 as its tutorial sets it up, from Debian's packages: `londiste root.ini create-root`, \
          `londiste -d root.ini worker`, `londiste leaf.ini create-leaf --provider=…`, `londiste -d leaf.ini \
          worker`, `pgqd -d pgqd.ini`, then `add-table --all` on the root and on the leaf. Default settings \

@@ -144,19 +144,22 @@ async fn load_session(rig: &Rig, report: &mut Report, kind: ToolKind) {
         let _ = rig.drop_pair(pair).await;
         return;
     };
-    match copied {
-        Ok(d) => say!(
-            "{label}: initial copy of the load database done in {}",
-            secs(d)
-        ),
-        Err(e) => fail_all(report, 0, &format!("initial copy: {e}")),
-    }
+    // A failed step leaves the pair in an unknown state: the tool's later steps are skipped.
+    let mut failed = match copied {
+        Ok(d) => {
+            say!(
+                "{label}: initial copy of the load database done in {}",
+                secs(d)
+            );
+            false
+        }
+        Err(e) => {
+            fail_all(report, 0, &format!("initial copy: {e}"));
+            true
+        }
+    };
     for (i, heading) in steps.iter().enumerate() {
-        if report
-            .failures
-            .iter()
-            .any(|f| f.starts_with(&format!("{label}:")))
-        {
+        if failed {
             break;
         }
         let r = match *heading {
@@ -167,6 +170,7 @@ async fn load_session(rig: &Rig, report: &mut Report, kind: ToolKind) {
         if let Err(e) = r {
             say!("{label}: {heading} failed: {e}");
             fail_all(report, i, &format!("{heading}: {e}"));
+            failed = true;
         }
     }
     if let Err(e) = tool.stop(&pair).await {
