@@ -16,8 +16,10 @@ pub struct Londiste {
     dir: PathBuf,
     root_ini: String,
     leaf_ini: String,
-    /// Pids of the root worker, the leaf worker and pgqd (read from their pid files).
+    /// Pids of the running daemons: root worker, leaf worker, pgqd (from their pid files).
     pids: Vec<u32>,
+    /// pgqd's pid (also in `pids`): it stops on SIGTERM, the workers through `londiste -s`.
+    pgqd: Option<u32>,
 }
 
 impl Londiste {
@@ -52,12 +54,17 @@ impl Londiste {
             leaf_ini: dir.join("leaf.ini").display().to_string(),
             dir,
             pids: Vec::new(),
+            pgqd: None,
         };
         let source = pair.source_conninfo();
         let provider = format!("--provider={source}");
         t.londiste(&[&t.root_ini.clone(), "create-root", "node1", &source])
             .await?;
+        // Each daemon's pid is recorded as soon as it runs, so that Drop stops it if a later
+        // step fails.
         t.londiste(&["-d", &t.root_ini.clone(), "worker"]).await?;
+        let pid = t.wait_pid("root_worker").await?;
+        t.pids.push(pid);
         t.londiste(&[
             &t.leaf_ini.clone(),
             "create-leaf",
@@ -67,11 +74,12 @@ impl Londiste {
         ])
         .await?;
         t.londiste(&["-d", &t.leaf_ini.clone(), "worker"]).await?;
+        let pid = t.wait_pid("leaf_worker").await?;
+        t.pids.push(pid);
         run("pgqd", &["-d", "pgqd.ini"], &t.dir).await?;
-        for job in ["root_worker", "leaf_worker", "pgqd"] {
-            let pid = t.wait_pid(job).await?;
-            t.pids.push(pid);
-        }
+        let pid = t.wait_pid("pgqd").await?;
+        t.pids.push(pid);
+        t.pgqd = Some(pid);
         t.londiste(&[&t.root_ini.clone(), "add-table", "--all"])
             .await?;
         t.londiste(&[&t.leaf_ini.clone(), "add-table", "--all"])
@@ -167,8 +175,8 @@ impl Londiste {
             // `-s` sends SIGINT through the pid file: the worker finishes its batch and exits.
             let _ = self.londiste(&["-s", &ini]).await;
         }
-        if let Some(pgqd) = self.pids.last() {
-            procs::signal(*pgqd, "TERM");
+        if let Some(pgqd) = self.pgqd.take() {
+            procs::signal(pgqd, "TERM");
         }
         let killed = procs::wait_gone(&self.pids, Duration::from_secs(30)).await;
         self.pids.clear();
