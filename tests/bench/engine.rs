@@ -27,13 +27,14 @@
 //!
 //! The files: `args` (command line), `bench` (state, phase order, checks shared by the phases),
 //! `setup`, `phases/*` (one per phase), `pgbench` (running it and reading its output), `samplers`
-//! (what runs beside a measurement), `check` (comparing source and target), `report`, `logcap`,
-//! `common`.
+//! (what runs beside a measurement), `heartbeat` (shared with `bench-compare`), `check`
+//! (comparing source and target), `report`, `logcap`, `common`.
 
 mod args;
 mod bench;
 mod check;
 mod common;
+mod heartbeat;
 mod logcap;
 mod pgbench;
 mod phases;

@@ -1,0 +1,246 @@
+//! pgshift as a user runs it: the `pgshift serve` binary in its own process (so its memory and
+//! CPU are its own), with its default engine settings, driven through the REST API with an
+//! admin token from `pgshift token create`.
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+
+use super::{Cutover, Pair};
+use crate::common::{Ctx, R};
+use crate::procs;
+
+const MIGRATION: &str = "bench";
+
+pub struct Pgshift {
+    child: Option<Child>,
+    base: String,
+    token: String,
+    client: reqwest::Client,
+    dir: PathBuf,
+}
+
+/// The pgshift binary: `PGSHIFT_BIN` (set by tests/bench/run), else next to this benchmark's.
+fn binary() -> PathBuf {
+    std::env::var_os("PGSHIFT_BIN")
+        .map(PathBuf::from)
+        .or_else(|| {
+            let exe = std::env::current_exe().ok()?;
+            Some(exe.parent()?.join("pgshift"))
+        })
+        .unwrap_or_else(|| PathBuf::from("pgshift"))
+}
+
+fn free_port() -> R<u16> {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").ctx(|| "finding a free port".into())?;
+    Ok(l.local_addr().ctx(|| "finding a free port".into())?.port())
+}
+
+impl Pgshift {
+    pub async fn start(pair: &Pair) -> R<Pgshift> {
+        let dir = pair.work.join("pgshift");
+        std::fs::create_dir_all(&dir).ctx(|| format!("creating {}", dir.display()))?;
+        let bin = binary();
+        if !bin.is_file() {
+            return Err(format!(
+                "no pgshift binary at {} (tests/bench/run builds it; or set PGSHIFT_BIN)",
+                bin.display()
+            ));
+        }
+        let port = free_port()?;
+        let log_path = dir.join("server.log");
+        let log =
+            std::fs::File::create(&log_path).ctx(|| format!("creating {}", log_path.display()))?;
+        let log2 = log.try_clone().ctx(|| "cloning a file handle".into())?;
+        let child = Command::new(&bin)
+            .args([
+                "serve",
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+                "--data-dir",
+            ])
+            .arg(dir.join("data"))
+            .env_remove("PGSHIFT_CONFIG")
+            .env_remove("PGSHIFT_METADATA")
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(log2)
+            .spawn()
+            .ctx(|| format!("starting {}", bin.display()))?;
+        let mut t = Pgshift {
+            child: Some(child),
+            base: format!("http://127.0.0.1:{port}"),
+            token: String::new(),
+            client: reqwest::Client::new(),
+            dir,
+        };
+        t.wait_healthy().await?;
+        let mut token = Command::new(&bin);
+        token
+            .args(["token", "create", "--role", "admin", "--data-dir"])
+            .arg(t.dir.join("data"));
+        t.token = crate::common::run(token).await?.trim().to_string();
+
+        for (name, port) in [("source", pair.source_port), ("target", pair.target_port)] {
+            let dsn = format!("postgresql://postgres@127.0.0.1:{port}/postgres");
+            t.call(
+                "POST",
+                "/clusters",
+                Some(json!({"name": name, "dsn": dsn})),
+                StatusCode::CREATED,
+            )
+            .await?;
+        }
+        t.call(
+            "POST",
+            "/migrations",
+            Some(json!({
+                "name": MIGRATION,
+                "source": {"cluster": "source", "database": pair.db},
+                "target": {"cluster": "target", "database": pair.db},
+            })),
+            StatusCode::CREATED,
+        )
+        .await?;
+        t.call(
+            "POST",
+            &format!("/migrations/{MIGRATION}/start"),
+            Some(json!({})),
+            StatusCode::OK,
+        )
+        .await?;
+        Ok(t)
+    }
+
+    async fn wait_healthy(&mut self) -> R<()> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let ok = self
+                .client
+                .get(format!("{}/healthz", self.base))
+                .send()
+                .await
+                .is_ok_and(|r| r.status().is_success());
+            if ok {
+                return Ok(());
+            }
+            if let Some(c) = self.child.as_mut() {
+                if let Ok(Some(status)) = c.try_wait() {
+                    return Err(format!(
+                        "pgshift serve exited ({status}); {}",
+                        self.log_hint()
+                    ));
+                }
+            }
+            if Instant::now() > deadline {
+                return Err(format!(
+                    "pgshift serve did not answer /healthz within 30 s; {}",
+                    self.log_hint()
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    async fn call(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<Value>,
+        want: StatusCode,
+    ) -> R<Value> {
+        let url = format!("{}/api/v1{path}", self.base);
+        let req = match method {
+            "POST" => self.client.post(&url),
+            "DELETE" => self.client.delete(&url),
+            _ => self.client.get(&url),
+        };
+        let req = match body {
+            Some(b) => req.json(&b),
+            None => req,
+        };
+        let resp = req
+            .bearer_auth(&self.token)
+            .send()
+            .await
+            .ctx(|| format!("{method} {path}"))?;
+        let status = resp.status();
+        let text = resp.text().await.unwrap_or_default();
+        if status != want {
+            return Err(format!("{method} {path} answered {status}: {text}"));
+        }
+        Ok(serde_json::from_str(&text).unwrap_or(Value::Null))
+    }
+
+    /// The migration is `synced`: every table copied and caught up. An `error` state is
+    /// retried by pgshift, so it is only reported when the wait times out.
+    pub async fn copy_done(&self) -> R<bool> {
+        let m = self
+            .call(
+                "GET",
+                &format!("/migrations/{MIGRATION}"),
+                None,
+                StatusCode::OK,
+            )
+            .await?;
+        Ok(m["state"] == "synced")
+    }
+
+    pub fn processes(&self) -> Vec<u32> {
+        self.child.as_ref().map(|c| c.id()).into_iter().collect()
+    }
+
+    /// HOOK for the cutover issue: pgshift's own cutover (writes blocked by pgshift, target
+    /// caught up, sequences, capture stopped) is measured here once it exists. Until then this
+    /// returns `None` and the report says "not measured". Called with writes already blocked
+    /// on the source by the scenario (`compare/scenarios/cutover.rs`); return the steps timed
+    /// from that moment, like the Londiste and native procedures do.
+    pub async fn cutover(&mut self, _pair: &Pair) -> R<Option<Cutover>> {
+        Ok(None)
+    }
+
+    /// DELETE the migration (drops pgshift's schemas on both sides), then SIGTERM the server.
+    pub async fn stop(mut self) -> R<()> {
+        let deleted = self
+            .call(
+                "DELETE",
+                &format!("/migrations/{MIGRATION}"),
+                None,
+                StatusCode::NO_CONTENT,
+            )
+            .await;
+        let stopped = self.stop_server().await;
+        deleted.map(|_| ()).and(stopped)
+    }
+
+    async fn stop_server(&mut self) -> R<()> {
+        let Some(mut child) = self.child.take() else {
+            return Ok(());
+        };
+        procs::signal(child.id(), "TERM");
+        let killed = procs::wait_gone(&[child.id()], Duration::from_secs(30)).await;
+        let _ = child.wait();
+        if killed.is_empty() {
+            Ok(())
+        } else {
+            Err("pgshift serve did not stop within 30 s of SIGTERM and was killed".into())
+        }
+    }
+
+    pub fn log_hint(&self) -> String {
+        format!("pgshift's log: {}", self.dir.join("server.log").display())
+    }
+}
+
+impl Drop for Pgshift {
+    /// An interrupted run leaves no server behind.
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
