@@ -29,6 +29,7 @@
     var rows = [data.t, data.lag, data.rate];
     var empty = document.getElementById("lag-empty");
     if (empty) empty.style.display = data.t.length ? "none" : "block";
+    el.setAttribute("data-points", String(data.t.length));
     if (!plot) {
       plot = new uPlot(options(el.clientWidth || 1100), rows, el);
     } else {
