@@ -92,6 +92,14 @@ impl UiClient {
         self.read(req).await
     }
 
+    pub async fn get_with(&mut self, path: &str, headers: &[(&str, &str)]) -> Page {
+        let mut req = self.client.get(format!("{}{path}", self.base));
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        self.read(req).await
+    }
+
     pub async fn post(&mut self, path: &str, form: &[(&str, &str)]) -> Page {
         let req = self.client.post(format!("{}{path}", self.base)).form(form);
         self.read(req).await

@@ -11,9 +11,12 @@ use crate::service::ServiceError;
 
 #[derive(Debug)]
 pub enum PageError {
-    /// No valid session: go to sign-in, then back to `next`.
+    /// No valid session: go to sign-in, then back to `next`. For an htmx request (a polled
+    /// fragment) a 401 whose `HX-Redirect` makes htmx load the sign-in page, rather than a
+    /// redirect it would follow silently and swap into the fragment.
     SignIn {
         next: Option<String>,
+        htmx: bool,
     },
     Page {
         status: StatusCode,
@@ -48,14 +51,16 @@ struct ErrorPage<'a> {
 impl IntoResponse for PageError {
     fn into_response(self) -> Response {
         match self {
-            PageError::SignIn { next } => {
+            PageError::SignIn { next, htmx } => {
                 let target =
                     match next.filter(|n| n.starts_with("/ui") && !n.starts_with("/ui/sign-in")) {
                         Some(n) => format!("/ui/sign-in?next={}", encode_query(&n)),
                         None => "/ui/sign-in".to_string(),
                     };
-                let mut response = Redirect::to(&target).into_response();
-                // htmx polls follow redirects silently; tell it to load the sign-in page instead.
+                if !htmx {
+                    return Redirect::to(&target).into_response();
+                }
+                let mut response = StatusCode::UNAUTHORIZED.into_response();
                 response.headers_mut().insert(
                     "HX-Redirect",
                     HeaderValue::from_str(&target)

@@ -163,12 +163,24 @@ impl FromRequestParts<AppState> for SignedIn {
             .path_and_query()
             .map(|p| p.as_str().to_string())
             .filter(|_| parts.method == Method::GET);
+        // htmx's polled fragments: the page they sit in is the one to come back to.
+        let htmx = parts.headers.contains_key("hx-request");
+        let next = if htmx {
+            parts
+                .headers
+                .get("hx-current-url")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|url| url.split_once("://"))
+                .and_then(|(_, rest)| rest.find('/').map(|i| rest[i..].to_string()))
+        } else {
+            next
+        };
         let Some(cookie) = cookie_value(&parts.headers) else {
-            return Err(PageError::SignIn { next });
+            return Err(PageError::SignIn { next, htmx });
         };
         match users::session(state.store.as_ref(), &cookie).await? {
             Some((user, session)) => Ok(SignedIn { user, session }),
-            None => Err(PageError::SignIn { next }),
+            None => Err(PageError::SignIn { next, htmx }),
         }
     }
 }
