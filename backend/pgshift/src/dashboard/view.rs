@@ -44,14 +44,19 @@ impl Progress {
         } else {
             0.0
         };
-        Progress {
-            percent: format!("{:.1}", ratio * 100.0),
-            text: format!(
+        let text = if estimated == 0 && !done {
+            format!("{} rows copied (no estimate yet)", thousands(copied))
+        } else {
+            format!(
                 "{} / {} rows ({:.0} %)",
                 thousands(copied),
                 thousands(estimated),
                 ratio * 100.0
-            ),
+            )
+        };
+        Progress {
+            percent: format!("{:.1}", ratio * 100.0),
+            text,
             done,
         }
     }
