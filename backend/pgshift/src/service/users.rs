@@ -114,6 +114,9 @@ pub async fn create(
 /// On a store without users, creates `admin` with the password from [`ADMIN_PASSWORD_ENV`], or
 /// with a generated one that is logged once (it is never stored in clear).
 pub async fn ensure_first_admin(store: &dyn Store, password: Option<String>) -> ServiceResult<()> {
+    // Computed now rather than on the first sign-in for an unknown name, which would otherwise
+    // take twice as long as any other and tell that the name does not exist.
+    let _ = tokio::task::spawn_blocking(decoy_hash).await;
     if store.count_users().await? > 0 {
         return Ok(());
     }
