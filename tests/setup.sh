@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Prepares a Debian 12 machine for the test suite; idempotent and quiet.
-#  - installs PostgreSQL 15 (server, client, pgbench) and Chromium when missing
+#  - installs PostgreSQL 15 (server, client, pgbench), Chromium and chromedriver when missing
 #    (apt-get, as root; `apt-get update` only when something is missing)
 #  - checks that the Rust toolchain is there
 #  - stops and removes throwaway clusters left by earlier, dead test runs
@@ -16,6 +16,8 @@ missing=()
     || missing+=(postgresql-15)
 [ -x /usr/lib/postgresql/15/bin/psql ] || missing+=(postgresql-client-15)
 command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+# The dashboard's browser test drives Chromium through chromedriver.
+command -v chromedriver >/dev/null 2>&1 || missing+=(chromium-driver)
 
 if [ ${#missing[@]} -gt 0 ]; then
     if [ "$(id -u)" -ne 0 ]; then

@@ -409,7 +409,15 @@ async fn postgres_store_conforms() {
     let pool = pg.connect("meta").await;
     assert_eq!(
         names_in(&pool, "pgshift_meta").await,
-        ["_sqlx_migrations", "audit", "cluster", "migration", "token"]
+        [
+            "_sqlx_migrations",
+            "app_user",
+            "audit",
+            "cluster",
+            "migration",
+            "token",
+            "user_session"
+        ]
     );
     assert!(names_in(&pool, "public").await.is_empty());
     // Opening again applies nothing and sees the same data.
@@ -669,4 +677,104 @@ async fn postgres_store_keeps_tokens() {
     pg.create_database("meta").await;
     let store = PostgresStore::open(&pg.dsn("meta")).await.expect("open");
     token_conformance(&store).await;
+}
+
+/// Users and sessions: unique names, lookups, expiry and cascade, identical on both backends.
+async fn users_conformance(store: &dyn store::Store) {
+    use pgshift::store::{StoreError, User, UserSession};
+    let at = |secs: i64| DateTime::from_timestamp(secs, 0).unwrap();
+    assert_eq!(store.count_users().await.unwrap(), 0);
+    let user = User {
+        id: Uuid::new_v4(),
+        name: "alice".into(),
+        password_hash: "$argon2id$v=19$m=19456,t=2,p=1$c2FsdA$aGFzaA".into(),
+        role: Role::Operator,
+        created_at: at(1_800_000_000),
+    };
+    store.insert_user(&user).await.unwrap();
+    let twin = User {
+        id: Uuid::new_v4(),
+        ..user.clone()
+    };
+    assert!(matches!(
+        store.insert_user(&twin).await,
+        Err(StoreError::Duplicate(_))
+    ));
+    assert_eq!(store.count_users().await.unwrap(), 1);
+    for found in [
+        store.user_by_name("alice").await.unwrap().unwrap(),
+        store.user_by_id(user.id).await.unwrap().unwrap(),
+    ] {
+        assert_eq!(
+            (
+                found.id,
+                &found.name,
+                &found.password_hash,
+                found.role,
+                found.created_at
+            ),
+            (
+                user.id,
+                &user.name,
+                &user.password_hash,
+                user.role,
+                user.created_at
+            )
+        );
+    }
+    assert!(store.user_by_name("Alice").await.unwrap().is_none());
+    assert!(store.user_by_id(Uuid::new_v4()).await.unwrap().is_none());
+
+    let session = |hash: &str, expires: i64| UserSession {
+        token_hash: hash.into(),
+        user_id: user.id,
+        csrf_token: format!("csrf-{hash}"),
+        created_at: at(1_800_000_000),
+        expires_at: at(expires),
+    };
+    store
+        .insert_session(&session("live", 1_900_000_000))
+        .await
+        .unwrap();
+    store
+        .insert_session(&session("old", 1_800_000_100))
+        .await
+        .unwrap();
+    assert_eq!(
+        store.session_by_hash("live").await.unwrap(),
+        Some(session("live", 1_900_000_000))
+    );
+    assert!(store.session_by_hash("nope").await.unwrap().is_none());
+    assert_eq!(
+        store
+            .delete_expired_sessions(at(1_850_000_000))
+            .await
+            .unwrap(),
+        1
+    );
+    assert!(store.session_by_hash("old").await.unwrap().is_none());
+    store.delete_session("live").await.unwrap();
+    assert!(store.session_by_hash("live").await.unwrap().is_none());
+    // Deleting an unknown session is no error.
+    store.delete_session("live").await.unwrap();
+}
+
+#[tokio::test]
+async fn sqlite_store_keeps_users_and_sessions() {
+    init_tracing();
+    let dir = TempDir::new();
+    let store = SqliteStore::open(&dir.0).await.expect("open SQLite");
+    users_conformance(&store).await;
+}
+
+#[tokio::test]
+async fn postgres_store_keeps_users_and_sessions() {
+    init_tracing();
+    let pg = PgCluster::start().await;
+    pg.create_database("meta").await;
+    let dir = TempDir::new();
+    let store = store::open(Some(&pg.dsn("meta")), &dir.0)
+        .await
+        .expect("open PostgreSQL store");
+    users_conformance(&*store).await;
 }

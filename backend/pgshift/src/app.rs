@@ -28,6 +28,8 @@ pub enum StartError {
     Secrets(#[from] SecretError),
     #[error("cannot open the metadata store: {0}")]
     Store(#[from] StoreError),
+    #[error("cannot create the first dashboard admin: {0}")]
+    FirstAdmin(crate::service::ServiceError),
     #[error("cannot listen on {addr}: {source}")]
     Listen {
         addr: SocketAddr,
@@ -49,6 +51,12 @@ impl Application {
         let keys = Keys::load_or_create(&config.data_dir)?;
         let store = crate::store::open(config.metadata.as_deref(), &config.data_dir).await?;
         let secrets = Arc::new(Secrets::load(&config.data_dir)?);
+        crate::service::users::ensure_first_admin(
+            store.as_ref(),
+            std::env::var(crate::service::users::ADMIN_PASSWORD_ENV).ok(),
+        )
+        .await
+        .map_err(StartError::FirstAdmin)?;
         let supervisor = Supervisor::new(store.clone(), secrets.clone(), config.engine.clone());
         let listener =
             TcpListener::bind(config.listen)
@@ -64,6 +72,8 @@ impl Application {
                 supervisor,
                 keys,
                 secrets,
+                sign_in_throttle: Default::default(),
+                lag_history: Default::default(),
             }),
         })
     }
@@ -98,10 +108,15 @@ impl Application {
             tracing::error!(error = %err, "cannot resume migrations");
         }
         tracing::info!(addr = %self.local_addr(), "pgshift listening");
+        let sampler_cancel = tokio_util::sync::CancellationToken::new();
+        let sampler =
+            crate::service::lag_history::spawn_sampler(self.app.clone(), sampler_cancel.clone());
         let router = crate::http::router(self.app.clone());
         let result = axum::serve(self.listener, router)
             .with_graceful_shutdown(shutdown)
             .await;
+        sampler_cancel.cancel();
+        let _ = sampler.await;
         self.app.supervisor.shutdown(Duration::from_secs(30)).await;
         tracing::info!("pgshift stopped");
         result

@@ -1,5 +1,5 @@
-//! The command line: `pgshift serve`, `pgshift token create|list|revoke`, and the client commands
-//! (`pgshift cluster …`, `pgshift migration …`, see [`crate::client`]).
+//! The command line: `pgshift serve`, `pgshift token create|list|revoke`, `pgshift user create`,
+//! and the client commands (`pgshift cluster …`, `pgshift migration …`, see [`crate::client`]).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use clap::{Parser, Subcommand};
 
 use crate::app::Application;
+use crate::auth::Role;
 use crate::cli_tokens::TokenCommand;
 use crate::client::ClientCommand;
 use crate::config::{self, ServeConfig};
@@ -64,6 +65,36 @@ enum Command {
     },
     #[command(flatten)]
     Client(ClientCommand),
+    /// Manage dashboard users.
+    User {
+        #[command(subcommand)]
+        command: UserCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum UserCommand {
+    /// Add a dashboard user. Without --password-stdin a password is generated and printed once.
+    Create {
+        /// The user's sign-in name.
+        name: String,
+        /// viewer, operator or admin.
+        #[arg(long, default_value = "viewer")]
+        role: Role,
+        /// Read the password from the first line of standard input (at least 12 characters).
+        #[arg(long)]
+        password_stdin: bool,
+        #[command(flatten)]
+        data: DataDir,
+        /// Metadata database, as for `serve` [default: SQLite in the data directory].
+        #[arg(
+            long,
+            env = "PGSHIFT_METADATA",
+            value_name = "URL",
+            hide_env_values = true
+        )]
+        metadata: Option<String>,
+    },
 }
 
 fn init_tracing() {
@@ -135,8 +166,78 @@ pub fn main() {
             ));
             i32::from(exit.code())
         }
+        Command::User {
+            command:
+                UserCommand::Create {
+                    name,
+                    role,
+                    password_stdin,
+                    data,
+                    metadata,
+                },
+        } => user_create(&name, role, password_stdin, data, metadata),
     };
     std::process::exit(code);
+}
+
+/// `pgshift user create`: writes the user straight into the metadata store the server uses.
+fn user_create(
+    name: &str,
+    role: Role,
+    password_stdin: bool,
+    data: DataDir,
+    metadata: Option<String>,
+) -> i32 {
+    use crate::service::users;
+    let (password, generated) = if password_stdin {
+        let mut line = String::new();
+        if let Err(e) = std::io::stdin().read_line(&mut line) {
+            eprintln!("pgshift: cannot read the password from standard input: {e}");
+            return 1;
+        }
+        (line.trim_end_matches(['\r', '\n']).to_string(), false)
+    } else {
+        (users::generate_password(), true)
+    };
+    let (file, _) = match config::load_file(data.config.as_deref()) {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("pgshift: {e}");
+            return 2;
+        }
+    };
+    let metadata = metadata.or_else(|| file.metadata.clone());
+    let dir = config::data_dir(&file, data.data_dir);
+    let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
+    let result = runtime.block_on(async {
+        if metadata.is_none() {
+            config::ensure_data_dir(&dir).map_err(|e| e.to_string())?;
+        }
+        let store = crate::store::open(metadata.as_deref(), &dir)
+            .await
+            .map_err(|e| e.to_string())?;
+        users::create(store.as_ref(), name, role, &password)
+            .await
+            .map_err(|e| e.to_string())
+    });
+    match result {
+        Ok(user) => {
+            if generated {
+                println!("{password}");
+                eprintln!(
+                    "pgshift: created {} user {:?}; the password above is shown only once",
+                    user.role, user.name
+                );
+            } else {
+                eprintln!("pgshift: created {} user {:?}", user.role, user.name);
+            }
+            0
+        }
+        Err(e) => {
+            eprintln!("pgshift: {e}");
+            1
+        }
+    }
 }
 
 async fn serve(config: ServeConfig) -> i32 {

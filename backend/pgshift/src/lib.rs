@@ -12,6 +12,7 @@ pub mod cli;
 pub mod cli_tokens;
 pub mod client;
 pub mod config;
+pub mod dashboard;
 pub mod engine;
 pub mod http;
 pub mod secrets;

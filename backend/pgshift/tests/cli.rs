@@ -375,3 +375,128 @@ fn client_exit_codes() {
     log.join().unwrap();
     std::fs::remove_dir_all(dir).unwrap();
 }
+
+/// `pgshift user create` and the first admin: the generated password is logged once on the first
+/// start and works; created users can sign in to the dashboard; weak or duplicate users are refused.
+#[test]
+fn user_create_and_first_admin() {
+    use std::io::Write;
+    let bin = pgshift_bin();
+    let data = temp_dir().join("data");
+    let create = |name: &str, stdin: Option<&str>| {
+        let mut cmd = Command::new(&bin);
+        cmd.args(["user", "create", name, "--role", "operator", "--data-dir"])
+            .arg(&data)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        if stdin.is_some() {
+            cmd.arg("--password-stdin");
+        }
+        let mut child = cmd.spawn().unwrap();
+        if let Some(text) = stdin {
+            child
+                .stdin
+                .take()
+                .unwrap()
+                .write_all(text.as_bytes())
+                .unwrap();
+        }
+        child.wait_with_output().unwrap()
+    };
+
+    let mut server = Command::new(&bin)
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .env("PGSHIFT_DATA_DIR", &data)
+        .env("PGSHIFT_LOG", "info")
+        .env_remove("PGSHIFT_ADMIN_PASSWORD")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = server.stderr.take().unwrap();
+    // Stopped even when an assertion fails, so no server outlives the test.
+    struct Stop(u32);
+    impl Drop for Stop {
+        fn drop(&mut self) {
+            let _ = Command::new("kill")
+                .args(["-TERM", &self.0.to_string()])
+                .status();
+        }
+    }
+    let stop = Stop(server.id());
+    let (lines_tx, lines_rx) = std::sync::mpsc::channel::<String>();
+    let log = std::thread::spawn(move || {
+        let mut all = Vec::new();
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = lines_tx.send(line.clone());
+            all.push(line);
+        }
+        all
+    });
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let (mut admin_password, mut addr) = (None, None);
+    while addr.is_none() {
+        let line = lines_rx
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            .expect("the server logs its address within 30 s");
+        if line.contains("one-time password") {
+            let pw = line.split(" password=").nth(1).expect("password field");
+            admin_password = pw.split_whitespace().next().map(str::to_string);
+        }
+        if let Some(rest) = line.split("pgshift listening addr=").nth(1) {
+            addr = Some(rest.trim().to_string());
+        }
+    }
+    let admin_password = admin_password.expect("the first admin's password is logged");
+    let addr = addr.unwrap();
+
+    let out = create("bob", Some("too-short\n"));
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("at least 12"));
+    let out = create("bob", Some("bob-password-long\n"));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.stdout.is_empty(), "a given password is never printed");
+    let out = create("bob", Some("bob-password-long\n"));
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("already exists"));
+    let out = create("carl", None);
+    assert!(out.status.success());
+    let carl_password = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    assert_eq!(carl_password.len(), 20);
+
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let client = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .unwrap();
+        for (name, password, expected) in [
+            ("admin", admin_password.as_str(), 303),
+            ("bob", "bob-password-long", 303),
+            ("carl", carl_password.as_str(), 303),
+            ("carl", "bob-password-long", 401),
+        ] {
+            let resp = client
+                .post(format!("http://{addr}/ui/sign-in"))
+                .form(&[("name", name), ("password", password)])
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(resp.status().as_u16(), expected, "signing in {name}");
+        }
+    });
+
+    drop(stop);
+    assert!(server.wait().unwrap().success());
+    let all = log.join().unwrap().join("\n");
+    assert_eq!(
+        all.matches(admin_password.as_str()).count(),
+        1,
+        "logged once"
+    );
+    let _ = std::fs::remove_dir_all(data.parent().unwrap());
+}

@@ -66,6 +66,7 @@ pub fn router(app: AppState) -> Router {
     Router::new()
         .nest("/api/v1", api)
         .route("/healthz", get(metrics::healthz))
+        .merge(crate::dashboard::router())
         .with_state(app)
         .merge(ops)
         .layer(axum::middleware::from_fn_with_state(

@@ -1,9 +1,13 @@
 //! The operations behind the API: validation, store and engine calls. HTTP handlers (and later
 //! the dashboard) call these; no SQL lives above this layer.
 
+pub mod cluster_probe;
 pub mod clusters;
+pub mod lag_history;
+pub mod migration_preview;
 pub mod migrations;
 pub mod tokens;
+pub mod users;
 
 use std::sync::Arc;
 
@@ -19,6 +23,10 @@ pub struct App {
     pub keys: Keys,
     /// Encrypts cluster DSNs before they are stored, decrypts them to connect.
     pub secrets: Arc<Secrets>,
+    /// Failed dashboard sign-ins, to slow down password guessing.
+    pub sign_in_throttle: users::SignInThrottle,
+    /// Recent lag and throughput of each migration, for the dashboard's charts.
+    pub lag_history: lag_history::LagHistory,
 }
 
 /// Why an operation failed.

@@ -4,11 +4,13 @@
 mod model;
 mod postgres;
 mod sqlite;
+mod users_sql;
 
 pub use model::{
     AuditEntry, AuditFilter, Cluster, ColumnSpec, DesiredState, Endpoint, MigrationRecord,
     NewAuditEntry, TableSpec, TokenRecord,
 };
+pub use model::{User, UserSession};
 pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;
 
@@ -175,6 +177,19 @@ pub trait Store: Send + Sync + 'static {
     async fn token_revoked(&self, id: Uuid) -> StoreResult<bool>;
     /// Cheap round trip used by readiness checks.
     async fn ping(&self) -> StoreResult<()>;
+
+    /// Adds a dashboard user; Duplicate when the name is taken.
+    async fn insert_user(&self, user: &User) -> StoreResult<()>;
+    async fn user_by_name(&self, name: &str) -> StoreResult<Option<User>>;
+    async fn user_by_id(&self, id: Uuid) -> StoreResult<Option<User>>;
+    async fn count_users(&self) -> StoreResult<i64>;
+    async fn insert_session(&self, session: &UserSession) -> StoreResult<()>;
+    /// The session with this token hash, expired or not (the caller checks `expires_at`).
+    async fn session_by_hash(&self, token_hash: &str) -> StoreResult<Option<UserSession>>;
+    async fn delete_session(&self, token_hash: &str) -> StoreResult<()>;
+    /// Deletes sessions that expired before `now`; returns how many.
+    async fn delete_expired_sessions(&self, now: chrono::DateTime<chrono::Utc>)
+        -> StoreResult<u64>;
 }
 
 #[cfg(test)]

@@ -187,3 +187,35 @@ pub struct TokenRecord {
     pub expires_at: DateTime<Utc>,
     pub revoked_at: Option<DateTime<Utc>>,
 }
+
+/// A dashboard user. `password_hash` is an argon2id PHC string and never leaves the process.
+#[derive(Clone)]
+pub struct User {
+    pub id: Uuid,
+    pub name: String,
+    pub password_hash: String,
+    pub role: crate::auth::Role,
+    pub created_at: DateTime<Utc>,
+}
+
+impl std::fmt::Debug for User {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("User")
+            .field("id", &self.id)
+            .field("name", &self.name)
+            .field("role", &self.role)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A signed-in dashboard session, stored by the SHA-256 of its cookie value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UserSession {
+    /// Hex SHA-256 of the cookie value.
+    pub token_hash: String,
+    pub user_id: Uuid,
+    /// The token every state-changing form must carry.
+    pub csrf_token: String,
+    pub created_at: DateTime<Utc>,
+    pub expires_at: DateTime<Utc>,
+}

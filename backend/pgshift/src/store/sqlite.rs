@@ -16,6 +16,8 @@ use super::{
     Store, StoreError, StoreResult, TokenRecord,
 };
 
+use super::users_sql::sqlite as users;
+
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../sql/metadata/sqlite");
 
 pub struct SqliteStore {
@@ -362,5 +364,36 @@ impl Store for SqliteStore {
     async fn ping(&self) -> StoreResult<()> {
         sqlx::query("SELECT 1").execute(&self.pool).await?;
         Ok(())
+    }
+    async fn insert_user(&self, user: &super::User) -> StoreResult<()> {
+        users::insert_user(&self.pool, user).await
+    }
+
+    async fn user_by_name(&self, name: &str) -> StoreResult<Option<super::User>> {
+        users::user_by(&self.pool, "name", name).await
+    }
+
+    async fn user_by_id(&self, id: Uuid) -> StoreResult<Option<super::User>> {
+        users::user_by(&self.pool, "id", &id.to_string()).await
+    }
+
+    async fn count_users(&self) -> StoreResult<i64> {
+        users::count_users(&self.pool).await
+    }
+
+    async fn insert_session(&self, session: &super::UserSession) -> StoreResult<()> {
+        users::insert_session(&self.pool, session).await
+    }
+
+    async fn session_by_hash(&self, token_hash: &str) -> StoreResult<Option<super::UserSession>> {
+        users::session_by_hash(&self.pool, token_hash).await
+    }
+
+    async fn delete_session(&self, token_hash: &str) -> StoreResult<()> {
+        users::delete_session(&self.pool, token_hash).await
+    }
+
+    async fn delete_expired_sessions(&self, now: DateTime<Utc>) -> StoreResult<u64> {
+        users::delete_expired(&self.pool, now).await
     }
 }

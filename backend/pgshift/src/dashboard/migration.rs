@@ -1,0 +1,244 @@
+//! A migration's page: live figures and tables (a fragment polled every 2 s), the lag chart,
+//! the actions the user's role allows, and this migration's audit trail.
+
+use std::time::Duration;
+
+use askama::Template;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Redirect, Response};
+use axum::{Form, Json};
+use serde::Deserialize;
+
+use super::audit::{self, Action};
+use super::error::{render, PageError};
+use super::session::SignedIn;
+use super::view::{self, MigrationRow, Nav, Progress};
+use crate::auth::Role;
+use crate::http::AppState;
+use crate::service::lag_history::LagSeries;
+use crate::service::migrations::{self, MigrationView};
+use crate::store::{AuditEntry, AuditFilter};
+
+/// One table's row on the page.
+pub struct TableRow {
+    pub name: String,
+    pub state: String,
+    pub state_words: &'static str,
+    pub progress: Progress,
+    /// While copying: the time left at the last minute's rate.
+    pub eta: Option<String>,
+    pub error: Option<String>,
+}
+
+/// The live part: figures, error and tables.
+pub struct Live {
+    pub row: MigrationRow,
+    pub events_applied: String,
+    pub throughput: String,
+    pub last_tick: String,
+    pub applied_tick: String,
+    pub tables: Vec<TableRow>,
+}
+
+#[derive(Template)]
+#[template(path = "migration.html")]
+struct MigrationPage {
+    nav: Nav,
+    live: Live,
+    desired: &'static str,
+    patterns: String,
+    audit: Vec<AuditEntry>,
+}
+
+#[derive(Template)]
+#[template(path = "migration_live.html")]
+struct LivePartial {
+    live: Live,
+}
+
+fn live(app: &AppState, m: &MigrationView, id: Option<uuid::Uuid>) -> Live {
+    let series = id.map(|id| app.lag_history.series(id, Duration::from_secs(60), 1));
+    let rate = series
+        .as_ref()
+        .and_then(|s| s.rate.last().copied())
+        .filter(|_| m.state != "paused" && m.state != "created");
+    let tables = m
+        .tables
+        .iter()
+        .map(|t| {
+            let done = t.state == "synced" || t.state == "catching_up";
+            let eta = (t.state == "copying")
+                .then(|| id.and_then(|id| app.lag_history.copy_rate(id, &t.name)))
+                .flatten()
+                .and_then(|rate| {
+                    let left = t.rows_estimated? - t.rows_copied;
+                    Some(if left <= 0 {
+                        "finishing".to_string()
+                    } else {
+                        format!("about {} left", view::duration_text(left as f64 / rate))
+                    })
+                });
+            TableRow {
+                name: t.name.clone(),
+                state: t.state.clone(),
+                state_words: view::state_words(&t.state),
+                progress: Progress::new(t.rows_copied, t.rows_estimated, done),
+                eta,
+                error: t.error.clone(),
+            }
+        })
+        .collect();
+    Live {
+        row: MigrationRow::new(m),
+        events_applied: view::count_text(m.events_applied),
+        throughput: rate.map_or_else(
+            || "–".into(),
+            |r| format!("{} /s", view::thousands(r.round() as i64)),
+        ),
+        last_tick: view::count_text(m.last_tick),
+        applied_tick: view::count_text(m.applied_tick),
+        tables,
+    }
+}
+
+/// `GET /ui/migrations/{name}`.
+pub async fn page(
+    State(app): State<AppState>,
+    who: SignedIn,
+    Path(name): Path<String>,
+) -> Result<Response, PageError> {
+    let record = migrations::find(&app, &name).await?;
+    let m = migrations::get(&app, &name).await?;
+    let audit = app
+        .store
+        .list_audit(&AuditFilter {
+            migration: Some(name.clone()),
+            cluster: None,
+            limit: 50,
+        })
+        .await
+        .map_err(crate::service::ServiceError::from)?;
+    render(&MigrationPage {
+        nav: Nav::new("overview", &who),
+        live: live(&app, &m, Some(record.id)),
+        desired: record.desired_state.as_str(),
+        patterns: record
+            .table_patterns
+            .map_or_else(|| "every table".into(), |p| p.join(", ")),
+        audit,
+    })
+}
+
+/// `GET /ui/migrations/{name}/live`: the fragment the page polls.
+pub async fn live_fragment(
+    State(app): State<AppState>,
+    _who: SignedIn,
+    Path(name): Path<String>,
+) -> Result<Response, PageError> {
+    let record = migrations::find(&app, &name).await?;
+    let m = migrations::get(&app, &name).await?;
+    render(&LivePartial {
+        live: live(&app, &m, Some(record.id)),
+    })
+}
+
+#[derive(Deserialize)]
+pub struct RangeQuery {
+    #[serde(default)]
+    range: String,
+}
+
+/// `GET /ui/migrations/{name}/lag.json?range=1h|6h|24h`: the chart's points (at most 720).
+pub async fn lag_series(
+    State(app): State<AppState>,
+    _who: SignedIn,
+    Path(name): Path<String>,
+    Query(q): Query<RangeQuery>,
+) -> Result<Json<LagSeries>, PageError> {
+    let hours = match q.range.as_str() {
+        "" | "1h" => 1,
+        "6h" => 6,
+        "24h" => 24,
+        other => {
+            return Err(PageError::new(
+                StatusCode::BAD_REQUEST,
+                format!("unknown range {other:?}: use 1h, 6h or 24h"),
+            ))
+        }
+    };
+    let record = migrations::find(&app, &name).await?;
+    Ok(Json(app.lag_history.series(
+        record.id,
+        Duration::from_secs(hours * 3600),
+        720,
+    )))
+}
+
+#[derive(Deserialize)]
+pub struct ActionForm {
+    #[serde(default)]
+    csrf: String,
+    /// For remove: the migration's name, typed again.
+    #[serde(default)]
+    confirm: String,
+}
+
+/// `POST /ui/migrations/{name}/{start|pause|resume|remove}`: operators start, pause and
+/// resume; removing needs an admin, as in the API.
+pub async fn action(
+    State(app): State<AppState>,
+    who: SignedIn,
+    headers: HeaderMap,
+    Path((name, action)): Path<(String, String)>,
+    Form(f): Form<ActionForm>,
+) -> Result<Response, PageError> {
+    let (role, route) = match action.as_str() {
+        "start" => (Role::Operator, "/ui/migrations/{name}/start"),
+        "pause" => (Role::Operator, "/ui/migrations/{name}/pause"),
+        "resume" => (Role::Operator, "/ui/migrations/{name}/resume"),
+        "remove" => (Role::Admin, "/ui/migrations/{name}/remove"),
+        _ => {
+            return Err(PageError::new(
+                StatusCode::NOT_FOUND,
+                "There is no such action.",
+            ))
+        }
+    };
+    who.require(role)?;
+    who.check_csrf(&f.csrf)?;
+    if action == "remove" && f.confirm.trim() != name {
+        return Err(PageError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            format!("To remove the migration, type its name ({name}) in the confirmation field."),
+        ));
+    }
+    let result = match action.as_str() {
+        "start" => migrations::start(&app, &name).await.map(|_| ()),
+        "pause" => migrations::pause(&app, &name).await.map(|_| ()),
+        "resume" => migrations::resume(&app, &name).await.map(|_| ()),
+        _ => migrations::remove(&app, &name).await,
+    }
+    .map_err(PageError::from);
+    let audit_action = format!(
+        "migration.{}",
+        if action == "remove" {
+            "delete"
+        } else {
+            action.as_str()
+        }
+    );
+    let what = Action {
+        action: &audit_action,
+        route,
+        kind: "migration",
+        name: &name,
+    };
+    audit::record(&app, &who, &headers, what, result).await?;
+    let to = if action == "remove" {
+        "/ui".to_string()
+    } else {
+        format!("/ui/migrations/{name}")
+    };
+    Ok(Redirect::to(&to).into_response())
+}

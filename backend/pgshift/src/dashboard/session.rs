@@ -1,0 +1,186 @@
+//! Dashboard sessions: the cookie, the signed-in user as an extractor, role and CSRF checks.
+//!
+//! The cookie is `HttpOnly; SameSite=Strict; Path=/ui` (and `Secure` behind HTTPS), holding a
+//! random value whose SHA-256 names the stored session, so sign-out and expiry take effect at
+//! once. Every state-changing form carries the session's CSRF token; POSTs whose `Origin` names
+//! another host are refused as well (this also covers the sign-in form, which has no session).
+
+use std::net::IpAddr;
+
+use axum::extract::FromRequestParts;
+use axum::http::request::Parts;
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
+
+use super::error::PageError;
+use crate::auth::Role;
+use crate::http::AppState;
+use crate::service::users;
+use crate::store::{User, UserSession};
+
+pub const COOKIE: &str = "pgshift_session";
+
+/// The cookie value from the request, if any.
+pub fn cookie_value(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(name, _)| *name == COOKIE)
+        .map(|(_, value)| value.to_string())
+}
+
+fn secure(headers: &HeaderMap) -> &'static str {
+    let https = headers
+        .get("x-forwarded-proto")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case("https"));
+    if https {
+        "; Secure"
+    } else {
+        ""
+    }
+}
+
+/// `Set-Cookie` for a new session.
+pub fn set_cookie(headers: &HeaderMap, value: &str) -> HeaderValue {
+    let max_age = users::SESSION_TTL.as_secs();
+    HeaderValue::from_str(&format!(
+        "{COOKIE}={value}; Path=/ui; HttpOnly; SameSite=Strict; Max-Age={max_age}{}",
+        secure(headers)
+    ))
+    .expect("cookie value is base64url")
+}
+
+/// `Set-Cookie` that removes the session cookie.
+pub fn clear_cookie(headers: &HeaderMap) -> HeaderValue {
+    HeaderValue::from_str(&format!(
+        "{COOKIE}=; Path=/ui; HttpOnly; SameSite=Strict; Max-Age=0{}",
+        secure(headers)
+    ))
+    .expect("static cookie")
+}
+
+/// The client's address as far as the server can tell (the first `X-Forwarded-For` address).
+pub fn client_ip(headers: &HeaderMap) -> Option<IpAddr> {
+    headers
+        .get("x-forwarded-for")?
+        .to_str()
+        .ok()?
+        .split(',')
+        .next()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// Refuses a state-changing request whose `Origin` is another site's. Browsers send `Origin` on
+/// every POST; its absence (curl, old clients) is left to the CSRF token and SameSite.
+pub fn check_origin(method: &Method, headers: &HeaderMap) -> Result<(), PageError> {
+    if method == Method::GET || method == Method::HEAD {
+        return Ok(());
+    }
+    let Some(origin) = headers.get(header::ORIGIN) else {
+        return Ok(());
+    };
+    let host = headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or("");
+    let origin_host = origin
+        .to_str()
+        .ok()
+        .and_then(|o| o.split_once("://"))
+        .map(|(_, rest)| rest);
+    if origin_host == Some(host) {
+        Ok(())
+    } else {
+        Err(PageError::new(
+            StatusCode::FORBIDDEN,
+            "This request came from another site and was refused.",
+        ))
+    }
+}
+
+/// A signed-in dashboard user. Pages that extract it redirect to sign-in without a session.
+pub struct SignedIn {
+    pub user: User,
+    pub session: UserSession,
+}
+
+impl SignedIn {
+    /// Refuses with the 403 page unless the user's role is at least `role`.
+    pub fn require(&self, role: Role) -> Result<(), PageError> {
+        if self.user.role >= role {
+            Ok(())
+        } else {
+            Err(PageError::new(
+                StatusCode::FORBIDDEN,
+                format!(
+                    "This needs the {role} role; you are signed in as {} with the {} role.",
+                    self.user.name, self.user.role
+                ),
+            ))
+        }
+    }
+
+    /// Refuses a form whose CSRF token is not this session's.
+    pub fn check_csrf(&self, submitted: &str) -> Result<(), PageError> {
+        if users::constant_time_eq(submitted, &self.session.csrf_token) {
+            Ok(())
+        } else {
+            Err(PageError::new(
+                StatusCode::FORBIDDEN,
+                "This form has expired or did not come from this dashboard. Reload the page and try again.",
+            ))
+        }
+    }
+
+    pub fn can_operate(&self) -> bool {
+        self.user.role >= Role::Operator
+    }
+
+    pub fn is_admin(&self) -> bool {
+        self.user.role >= Role::Admin
+    }
+}
+
+impl FromRequestParts<AppState> for SignedIn {
+    type Rejection = PageError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        check_origin(&parts.method, &parts.headers)?;
+        // Handlers under `/ui` see the path without it; the original one is what to return to.
+        let next = parts
+            .extensions
+            .get::<axum::extract::OriginalUri>()
+            .map(|u| &u.0)
+            .unwrap_or(&parts.uri)
+            .path_and_query()
+            .map(|p| p.as_str().to_string())
+            .filter(|_| parts.method == Method::GET);
+        // htmx's polled fragments: the page they sit in is the one to come back to.
+        let htmx = parts.headers.contains_key("hx-request");
+        let next = if htmx {
+            parts
+                .headers
+                .get("hx-current-url")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|url| url.split_once("://"))
+                .and_then(|(_, rest)| rest.find('/').map(|i| rest[i..].to_string()))
+        } else {
+            next
+        };
+        let Some(cookie) = cookie_value(&parts.headers) else {
+            return Err(PageError::SignIn { next, htmx });
+        };
+        match users::session(state.store.as_ref(), &cookie).await? {
+            Some((user, session)) => Ok(SignedIn { user, session }),
+            None => Err(PageError::SignIn { next, htmx }),
+        }
+    }
+}

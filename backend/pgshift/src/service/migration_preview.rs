@@ -1,0 +1,121 @@
+//! The new-migration form's preview: which source tables the patterns select, and for each one
+//! whether the engine will accept it or why not, using the same checks as `create`.
+
+use serde::Serialize;
+
+use super::migrations::EndpointRef;
+use super::{clusters, App, ServiceError, ServiceResult};
+use crate::engine::{catalog, pg, EngineError};
+
+/// At most this many tables are checked one by one (each check is a few round trips).
+pub const MAX_CHECKED: usize = 200;
+
+#[derive(Debug, Serialize)]
+pub struct PreviewTable {
+    pub name: String,
+    /// Why the engine will refuse this table; None when it is fine.
+    pub problem: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Preview {
+    pub tables: Vec<PreviewTable>,
+    /// Patterns that select nothing.
+    pub unmatched_patterns: Vec<String>,
+    /// Source tables the patterns leave out.
+    pub not_selected: usize,
+    /// More tables matched than were checked.
+    pub truncated: bool,
+}
+
+impl Preview {
+    pub fn refused(&self) -> usize {
+        self.tables.iter().filter(|t| t.problem.is_some()).count()
+    }
+}
+
+/// Reads both catalogs and checks each selected table as `create` would. `patterns` empty means
+/// every table.
+pub async fn preview(
+    app: &App,
+    source: &EndpointRef,
+    target: &EndpointRef,
+    patterns: &[String],
+) -> ServiceResult<Preview> {
+    let connect = |side: &'static str, e: EndpointRef| async move {
+        let cluster = clusters::find(app, &e.cluster)
+            .await
+            .map_err(|err| match err {
+                ServiceError::NotFound(_) => ServiceError::invalid(
+                    "unknown_cluster",
+                    format!("{side} cluster {:?} is not registered", e.cluster),
+                ),
+                other => other,
+            })?;
+        if e.database.is_empty() {
+            return Err(ServiceError::invalid(
+                "invalid_database",
+                format!("{side}.database is empty"),
+            ));
+        }
+        let options = pg::options(&app.secrets.decrypt(&cluster.dsn)?, Some(&e.database))?;
+        Ok::<_, ServiceError>(pg::connect(side, &options).await?)
+    };
+    let mut src = connect("source", source.clone()).await?;
+    let mut dst = connect("target", target.clone()).await?;
+    let all = catalog::user_tables(&mut src).await?;
+    let patterns: Vec<String> = patterns
+        .iter()
+        .map(|p| p.trim().to_string())
+        .filter(|p| !p.is_empty())
+        .collect();
+    let selected = |name: &str| {
+        patterns.is_empty() || patterns.iter().any(|p| catalog::pattern_matches(p, name))
+    };
+    let unmatched_patterns = patterns
+        .iter()
+        .filter(|p| {
+            !all.iter()
+                .any(|t| catalog::pattern_matches(p, &t.display_name()))
+        })
+        .cloned()
+        .collect();
+    let matched: Vec<&catalog::CatalogTable> =
+        all.iter().filter(|t| selected(&t.display_name())).collect();
+    let not_selected = all.len() - matched.len();
+    let truncated = matched.len() > MAX_CHECKED;
+    let mut tables = Vec::new();
+    for t in matched.into_iter().take(MAX_CHECKED) {
+        let problem = if t.key.is_empty() {
+            Some("no primary key: pgshift identifies rows by primary key; add one or leave the table out".to_string())
+        } else {
+            let spec = catalog::specs(std::slice::from_ref(t));
+            match catalog::check_source(&mut src, &spec).await {
+                Err(e) => Some(problem_text(e)?),
+                Ok(()) => match catalog::check_target(&mut dst, &spec).await {
+                    Err(e) => Some(problem_text(e)?),
+                    Ok(()) => None,
+                },
+            }
+        };
+        tables.push(PreviewTable {
+            name: t.display_name(),
+            problem,
+        });
+    }
+    Ok(Preview {
+        tables,
+        unmatched_patterns,
+        not_selected,
+        truncated,
+    })
+}
+
+/// A refusal the operator can act on becomes the table's problem; a failing server fails the
+/// whole preview.
+fn problem_text(err: EngineError) -> ServiceResult<String> {
+    match err {
+        EngineError::Invalid { .. } | EngineError::MissingPrivilege(_) => Ok(err.to_string()),
+        other => Err(other.into()),
+    }
+}

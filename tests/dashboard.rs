@@ -1,0 +1,418 @@
+//! The dashboard over HTTP: sign-in and sessions, CSRF and Origin refusal, roles on every page
+//! and action, and a migration driven from its pages against real PostgreSQL servers.
+
+use std::time::Duration;
+
+use pgshift::auth::Role;
+use pgshift_tests::dashboard::{create_user, UiClient};
+use pgshift_tests::server::TestServer;
+use pgshift_tests::{init_tracing, wait_for, PgCluster};
+use reqwest::StatusCode;
+
+const ADMIN_PW: &str = "admin-password-1";
+const OPERATOR_PW: &str = "operator-password-1";
+const VIEWER_PW: &str = "viewer-password-1";
+
+async fn server_with_users() -> TestServer {
+    let server = TestServer::start().await;
+    create_user(&server.data_dir, "adam", Role::Admin, ADMIN_PW).await;
+    create_user(&server.data_dir, "olga", Role::Operator, OPERATOR_PW).await;
+    create_user(&server.data_dir, "vera", Role::Viewer, VIEWER_PW).await;
+    server
+}
+
+#[tokio::test]
+async fn sign_in_sessions_and_sign_out() {
+    init_tracing();
+    let server = server_with_users().await;
+    let mut ui = UiClient::new(&server.base);
+
+    let page = ui.get("/ui/clusters").await;
+    assert_eq!(page.status, StatusCode::SEE_OTHER);
+    assert_eq!(page.location(), "/ui/sign-in?next=/ui/clusters");
+    assert_eq!(ui.get("/").await.location(), "/ui");
+
+    // A wrong password and an unknown user get the same answer.
+    let wrong = ui
+        .post(
+            "/ui/sign-in",
+            &[("name", "adam"), ("password", "nope-nope-nope")],
+        )
+        .await;
+    let unknown = ui
+        .post(
+            "/ui/sign-in",
+            &[("name", "nobody"), ("password", "nope-nope-nope")],
+        )
+        .await;
+    assert_eq!(wrong.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(unknown.status, StatusCode::UNAUTHORIZED);
+    let message = |body: &str| {
+        let start = body.find("id=\"sign-in-error\">").expect("error shown");
+        body[start..start + 60].to_string()
+    };
+    assert_eq!(message(&wrong.body), message(&unknown.body));
+    assert!(ui.cookie.is_none());
+
+    let page = ui
+        .post(
+            "/ui/sign-in",
+            &[
+                ("name", "adam"),
+                ("password", ADMIN_PW),
+                ("next", "/ui/clusters"),
+            ],
+        )
+        .await;
+    assert_eq!(page.status, StatusCode::SEE_OTHER, "{}", page.body);
+    assert_eq!(page.location(), "/ui/clusters");
+    let set_cookie = page.headers["set-cookie"].to_str().unwrap();
+    for attribute in ["HttpOnly", "SameSite=Strict", "Path=/ui"] {
+        assert!(set_cookie.contains(attribute), "{set_cookie}");
+    }
+    // `next` never leads off the dashboard.
+    let mut other = UiClient::new(&server.base);
+    let page = other
+        .post(
+            "/ui/sign-in",
+            &[
+                ("name", "adam"),
+                ("password", ADMIN_PW),
+                ("next", "//evil.example/"),
+            ],
+        )
+        .await;
+    assert_eq!(page.location(), "/ui");
+
+    let page = ui.get("/ui").await;
+    assert_eq!(page.status, StatusCode::OK);
+    assert!(page.body.contains("adam · admin"), "{}", page.body);
+    let cookie = ui.cookie.clone().unwrap();
+
+    // Signing out needs the CSRF token, and ends the session on the server.
+    let page = ui.post("/ui/sign-out", &[("csrf", "forged")]).await;
+    assert_eq!(page.status, StatusCode::FORBIDDEN);
+    let csrf = ui.csrf().await;
+    let page = ui.post("/ui/sign-out", &[("csrf", &csrf)]).await;
+    assert_eq!(page.status, StatusCode::SEE_OTHER);
+    assert!(ui.cookie.is_none());
+    ui.cookie = Some(cookie);
+    let page = ui.get("/ui").await;
+    assert_eq!(
+        page.status,
+        StatusCode::SEE_OTHER,
+        "the old cookie still works"
+    );
+    assert!(page.location().starts_with("/ui/sign-in"));
+}
+
+#[tokio::test]
+async fn repeated_failures_are_throttled_even_with_the_right_password() {
+    init_tracing();
+    let server = server_with_users().await;
+    let mut ui = UiClient::new(&server.base);
+    for _ in 0..5 {
+        let page = ui
+            .post(
+                "/ui/sign-in",
+                &[("name", "olga"), ("password", "guess-guess-guess")],
+            )
+            .await;
+        assert_eq!(page.status, StatusCode::UNAUTHORIZED);
+    }
+    let page = ui
+        .post(
+            "/ui/sign-in",
+            &[("name", "olga"), ("password", OPERATOR_PW)],
+        )
+        .await;
+    assert_eq!(page.status, StatusCode::TOO_MANY_REQUESTS, "{}", page.body);
+    assert!(page.body.contains("too many failed sign-ins"));
+    // Other users are not locked out by it.
+    ui.sign_in("vera", VIEWER_PW).await;
+}
+
+#[tokio::test]
+async fn an_expired_session_is_refused() {
+    init_tracing();
+    let server = server_with_users().await;
+    let mut ui = UiClient::new(&server.base);
+    ui.sign_in("vera", VIEWER_PW).await;
+    let store = pgshift::store::open(None, &server.data_dir).await.unwrap();
+    let deleted = store
+        .delete_expired_sessions(chrono::Utc::now() + chrono::Duration::hours(13))
+        .await
+        .unwrap();
+    assert_eq!(deleted, 1, "a session lasts 12 hours");
+    let page = ui.get("/ui").await;
+    assert_eq!(page.status, StatusCode::SEE_OTHER);
+}
+
+#[tokio::test]
+async fn forms_without_the_csrf_token_or_from_another_site_are_refused() {
+    init_tracing();
+    let server = server_with_users().await;
+    let mut ui = UiClient::new(&server.base);
+    ui.sign_in("adam", ADMIN_PW).await;
+    let csrf = ui.csrf().await;
+    for form in [
+        vec![
+            ("name", "c1"),
+            ("dsn", "postgresql://u@127.0.0.1:1/postgres"),
+        ],
+        vec![
+            ("csrf", "forged"),
+            ("name", "c1"),
+            ("dsn", "postgresql://u@127.0.0.1:1/postgres"),
+        ],
+    ] {
+        let page = ui.post("/ui/clusters", &form).await;
+        assert_eq!(page.status, StatusCode::FORBIDDEN, "{}", page.body);
+        assert!(page.body.contains("Reload the page"), "{}", page.body);
+    }
+    let page = ui
+        .post_with(
+            "/ui/clusters",
+            &[
+                ("csrf", &csrf),
+                ("name", "c1"),
+                ("dsn", "postgresql://u@127.0.0.1:1/postgres"),
+            ],
+            &[("origin", "http://evil.example")],
+        )
+        .await;
+    assert_eq!(page.status, StatusCode::FORBIDDEN);
+    assert!(page.body.contains("another site"), "{}", page.body);
+    // With the token and no foreign origin, the form reaches the service (which cannot connect).
+    let page = ui
+        .post(
+            "/ui/clusters",
+            &[
+                ("csrf", &csrf),
+                ("name", "c1"),
+                ("dsn", "postgresql://u@127.0.0.1:1/postgres"),
+            ],
+        )
+        .await;
+    assert_eq!(
+        page.status,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "{}",
+        page.body
+    );
+    assert!(page.body.contains("id=\"form-error\""), "{}", page.body);
+    let (_, clusters) = server.get("/clusters").await;
+    assert_eq!(clusters.as_array().unwrap().len(), 0, "{clusters}");
+}
+
+const SOURCE_SCHEMA: &str =
+    "CREATE TABLE accounts (id bigint PRIMARY KEY, owner text NOT NULL, balance numeric);
+    CREATE TABLE notes (id bigint PRIMARY KEY, body text);
+    CREATE TABLE keyless (x int);
+    INSERT INTO accounts SELECT g, 'owner ' || g, g * 1.5 FROM generate_series(1, 5000) g;
+    INSERT INTO notes SELECT g, 'note ' || g FROM generate_series(1, 300) g;";
+const TARGET_SCHEMA: &str =
+    "CREATE TABLE accounts (id bigint PRIMARY KEY, owner text NOT NULL, balance numeric);
+    CREATE TABLE notes (id bigint PRIMARY KEY, body text);";
+
+/// Roles on every page and action, and a migration created, started and watched from its pages.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn roles_on_pages_and_a_migration_driven_from_the_dashboard() {
+    init_tracing();
+    let (source, target) = tokio::join!(PgCluster::start(), PgCluster::start());
+    source.create_database("shop").await;
+    target.create_database("shop").await;
+    source.psql("shop", SOURCE_SCHEMA).await;
+    target.psql("shop", TARGET_SCHEMA).await;
+    let server = server_with_users().await;
+    let mut admin = UiClient::new(&server.base);
+    let mut operator = UiClient::new(&server.base);
+    let mut viewer = UiClient::new(&server.base);
+    admin.sign_in("adam", ADMIN_PW).await;
+    operator.sign_in("olga", OPERATOR_PW).await;
+    viewer.sign_in("vera", VIEWER_PW).await;
+    let csrf = admin.csrf().await;
+
+    // Test connection reports the version, and never echoes the password.
+    let dsn = source.admin_dsn();
+    let page = admin
+        .post("/ui/clusters/test", &[("csrf", &csrf), ("dsn", &dsn)])
+        .await;
+    assert_eq!(page.status, StatusCode::OK);
+    assert!(page.body.contains("PostgreSQL 15"), "{}", page.body);
+    let page = admin
+        .post(
+            "/ui/clusters/test",
+            &[
+                ("csrf", &csrf),
+                ("dsn", "postgresql://nobody:pw@127.0.0.1:1/postgres"),
+            ],
+        )
+        .await;
+    assert!(page.body.contains("Cannot connect"), "{}", page.body);
+    // The servers trust local connections; the password is there to be kept out of every page.
+    let with_password = |c: &PgCluster| c.admin_dsn().replace("postgres@", "postgres:Sekr1t-pw@");
+    for (name, cluster) in [("old", &source), ("new", &target)] {
+        let page = admin
+            .post(
+                "/ui/clusters",
+                &[
+                    ("csrf", &csrf),
+                    ("name", name),
+                    ("dsn", &with_password(cluster)),
+                ],
+            )
+            .await;
+        assert_eq!(page.status, StatusCode::SEE_OTHER, "{}", page.body);
+    }
+
+    // A viewer sees the clusters but no form or button, and is refused the actions.
+    let page = viewer.get("/ui/clusters").await;
+    assert!(page.body.contains("data-cluster=\"old\""));
+    assert!(
+        !page.body.contains("Add a cluster") && !page.body.contains(">Remove<"),
+        "{}",
+        page.body
+    );
+    let viewer_csrf = page.csrf();
+    let page = viewer
+        .post("/ui/clusters/old/remove", &[("csrf", &viewer_csrf)])
+        .await;
+    assert_eq!(page.status, StatusCode::FORBIDDEN);
+    assert!(page.body.contains("needs the admin role"), "{}", page.body);
+    assert_eq!(
+        viewer.get("/ui/migrations/new").await.status,
+        StatusCode::FORBIDDEN
+    );
+    assert_eq!(
+        operator.get("/ui/migrations/new").await.status,
+        StatusCode::FORBIDDEN
+    );
+    let page = admin.get("/ui/clusters").await;
+    assert!(page.body.contains("Add a cluster") && page.body.contains(">Remove<"));
+
+    // The preview lists what the patterns select and why the engine refuses a table.
+    let preview = "/ui/migrations/preview?source_cluster=old&source_database=shop&target_cluster=new&target_database=shop&tables=public.*";
+    let page = admin.get(preview).await;
+    assert_eq!(page.status, StatusCode::OK);
+    assert!(page.body.contains("3 table(s) match"), "{}", page.body);
+    assert!(page.body.contains("1 will be refused"), "{}", page.body);
+    assert!(page.body.contains("no primary key"), "{}", page.body);
+    let page = admin
+        .get(&preview.replace("public.*", "public.accounts%0Apublic.nope"))
+        .await;
+    assert!(page.body.contains("matches no table"), "{}", page.body);
+
+    // Creating with the keyless table is refused inline; without it, it works.
+    let base_form = |tables: &'static str| {
+        vec![
+            ("name", "shop"),
+            ("source_cluster", "old"),
+            ("source_database", "shop"),
+            ("target_cluster", "new"),
+            ("target_database", "shop"),
+            ("tables", tables),
+        ]
+    };
+    let mut form = base_form("public.*");
+    form.push(("csrf", &csrf));
+    let page = admin.post("/ui/migrations", &form).await;
+    assert_eq!(page.status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(page.body.contains("without a primary key"), "{}", page.body);
+    let mut form = base_form("public.accounts\npublic.notes");
+    form.push(("csrf", &csrf));
+    let page = admin.post("/ui/migrations", &form).await;
+    assert_eq!(page.status, StatusCode::SEE_OTHER, "{}", page.body);
+    assert_eq!(page.location(), "/ui/migrations/shop");
+
+    // Buttons follow the role.
+    let page = viewer.get("/ui/migrations/shop").await;
+    assert_eq!(page.status, StatusCode::OK);
+    assert!(!page.body.contains("action-start") && !page.body.contains("action-remove"));
+    let page = operator.get("/ui/migrations/shop").await;
+    assert!(page.body.contains("action-start") && !page.body.contains("action-remove"));
+    let operator_csrf = page.csrf();
+    let page = viewer
+        .post("/ui/migrations/shop/start", &[("csrf", &viewer_csrf)])
+        .await;
+    assert_eq!(page.status, StatusCode::FORBIDDEN);
+    let page = operator
+        .post(
+            "/ui/migrations/shop/remove",
+            &[("csrf", &operator_csrf), ("confirm", "shop")],
+        )
+        .await;
+    assert_eq!(page.status, StatusCode::FORBIDDEN);
+
+    let page = operator
+        .post("/ui/migrations/shop/start", &[("csrf", &operator_csrf)])
+        .await;
+    assert_eq!(page.status, StatusCode::SEE_OTHER, "{}", page.body);
+    wait_for(
+        "the live fragment to show every table synced",
+        Duration::from_secs(120),
+        || {
+            let mut viewer = UiClient::new(&server.base);
+            viewer.cookie.clone_from(&operator.cookie);
+            async move {
+                let page = viewer.get("/ui/migrations/shop/live").await;
+                (page.body.matches("data-state=\"synced\"").count() == 3).then_some(())
+            }
+        },
+    )
+    .await;
+    let page = viewer.get("/ui").await;
+    assert!(page.body.contains("data-migration=\"shop\"") && page.body.contains("Synced"));
+    let page = viewer.get("/ui/migrations/shop/lag.json?range=6h").await;
+    assert_eq!(page.status, StatusCode::OK);
+    let series: serde_json::Value = serde_json::from_str(&page.body).unwrap();
+    assert!(
+        series["t"].is_array() && series["lag"].is_array(),
+        "{series}"
+    );
+    assert_eq!(
+        viewer
+            .get("/ui/migrations/shop/lag.json?range=1y")
+            .await
+            .status,
+        StatusCode::BAD_REQUEST
+    );
+
+    // The page's audit trail names who did what from the dashboard.
+    let page = viewer.get("/ui/migrations/shop").await;
+    assert!(
+        page.body.contains("migration.start") && page.body.contains("olga"),
+        "{}",
+        page.body
+    );
+    assert!(page.body.contains("migration.create") && page.body.contains("adam"));
+
+    // Removing needs the name typed again.
+    let page = admin
+        .post(
+            "/ui/migrations/shop/remove",
+            &[("csrf", &csrf), ("confirm", "")],
+        )
+        .await;
+    assert_eq!(page.status, StatusCode::UNPROCESSABLE_ENTITY);
+    let page = admin
+        .post(
+            "/ui/migrations/shop/remove",
+            &[("csrf", &csrf), ("confirm", "shop")],
+        )
+        .await;
+    assert_eq!(page.status, StatusCode::SEE_OTHER, "{}", page.body);
+    assert_eq!(
+        admin.get("/ui/migrations/shop").await.status,
+        StatusCode::NOT_FOUND
+    );
+
+    // The clusters page shows the DSN without its password.
+    let page = admin.get("/ui/clusters").await;
+    assert!(
+        page.body.contains("postgresql://postgres@127.0.0.1:"),
+        "{}",
+        page.body
+    );
+    assert!(!page.body.contains("Sekr1t-pw"), "{}", page.body);
+}
