@@ -64,6 +64,7 @@ impl Application {
                 supervisor,
                 keys,
                 secrets,
+                operations: Default::default(),
             }),
         })
     }
@@ -89,6 +90,9 @@ impl Application {
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
+        if let Err(err) = crate::service::operations::recover(&self.app).await {
+            tracing::error!(error = %err, "cannot finish operations left running by a crash");
+        }
         if let Err(err) = self.app.supervisor.resume_all().await {
             tracing::error!(error = %err, "cannot resume migrations");
         }
@@ -97,6 +101,7 @@ impl Application {
         let result = axum::serve(self.listener, router)
             .with_graceful_shutdown(shutdown)
             .await;
+        self.app.operations.shutdown(Duration::from_secs(30)).await;
         self.app.supervisor.shutdown(Duration::from_secs(30)).await;
         tracing::info!("pgshift stopped");
         result

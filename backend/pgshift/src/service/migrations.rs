@@ -50,6 +50,7 @@ fn overall_state(record: &MigrationRecord, status: &MigrationStatus) -> &'static
     match record.desired_state {
         DesiredState::Created => "created",
         DesiredState::Paused => "paused",
+        DesiredState::CutOver => "cut_over",
         DesiredState::Running => {
             if status.runtime == RuntimeState::Retrying {
                 "error"
@@ -230,6 +231,7 @@ pub async fn start(app: &App, name: &str) -> ServiceResult<MigrationView> {
             "paused",
             format!("migration {name:?} is paused; resume it"),
         )),
+        DesiredState::CutOver => Err(cut_over(name)),
     }
 }
 
@@ -241,6 +243,7 @@ pub async fn pause(app: &App, name: &str) -> ServiceResult<MigrationView> {
             "not_started",
             format!("migration {name:?} has not been started"),
         )),
+        DesiredState::CutOver => Err(cut_over(name)),
         DesiredState::Paused | DesiredState::Running => {
             app.store
                 .set_desired_state(record.id, DesiredState::Paused)
@@ -260,8 +263,17 @@ pub async fn resume(app: &App, name: &str) -> ServiceResult<MigrationView> {
             "not_started",
             format!("migration {name:?} has not been started; start it"),
         )),
+        DesiredState::CutOver => Err(cut_over(name)),
         DesiredState::Paused | DesiredState::Running => run(app, record).await,
     }
+}
+
+/// A cut-over migration is finished: the application writes to the target now.
+fn cut_over(name: &str) -> ServiceError {
+    ServiceError::conflict(
+        "cut_over",
+        format!("migration {name:?} has been cut over; nothing runs any more (remove it, or cut back with its reverse migration)"),
+    )
 }
 
 /// Removes everything pgshift installed on both sides, then forgets the migration.

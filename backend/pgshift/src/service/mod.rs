@@ -2,7 +2,9 @@
 //! the dashboard) call these; no SQL lives above this layer.
 
 pub mod clusters;
+pub mod cutover;
 pub mod migrations;
+pub mod operations;
 
 use std::sync::Arc;
 
@@ -18,6 +20,8 @@ pub struct App {
     pub keys: Keys,
     /// Encrypts cluster DSNs before they are stored, decrypts them to connect.
     pub secrets: Arc<Secrets>,
+    /// Cutovers and verifications running in this process.
+    pub operations: operations::Operations,
 }
 
 /// Why an operation failed.

@@ -2,6 +2,7 @@
 //! PostgreSQL backend can sit beside the embedded SQLite one.
 
 mod model;
+mod operation;
 mod postgres;
 mod sqlite;
 
@@ -9,6 +10,7 @@ pub use model::{
     AuditEntry, AuditFilter, Cluster, ColumnSpec, DesiredState, Endpoint, MigrationRecord,
     NewAuditEntry, TableSpec,
 };
+pub use operation::{Operation, OperationState, OperationStep, StepOutcome};
 pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;
 
@@ -162,6 +164,15 @@ pub trait Store: Send + Sync + 'static {
     async fn insert_audit(&self, entry: &NewAuditEntry) -> StoreResult<()>;
     /// Audit entries matching `filter`, newest first.
     async fn list_audit(&self, filter: &AuditFilter) -> StoreResult<Vec<AuditEntry>>;
+    /// Stores a new operation.
+    async fn insert_operation(&self, op: &Operation) -> StoreResult<()>;
+    /// Saves an operation's state, steps, result, error and times (by id).
+    async fn update_operation(&self, op: &Operation) -> StoreResult<()>;
+    async fn operation_by_id(&self, id: Uuid) -> StoreResult<Option<Operation>>;
+    /// Operations on the migration with this name, newest first, at most `limit`.
+    async fn list_operations(&self, migration_name: &str, limit: u32) -> StoreResult<Vec<Operation>>;
+    /// Operations still marked running (at start: left so by a crash).
+    async fn running_operations(&self) -> StoreResult<Vec<Operation>>;
     /// Cheap round trip used by readiness checks.
     async fn ping(&self) -> StoreResult<()>;
 }
