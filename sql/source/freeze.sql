@@ -1,5 +1,5 @@
 -- The cutover's freeze on the source (@schema@: the migration's schema, quoted; @message@: a
--- quoted literal naming the new server). Run in one transaction: each CREATE TRIGGER takes a
+-- quoted literal naming the new server). Each CREATE TRIGGER (freeze_table.sql) takes a
 -- SHARE ROW EXCLUSIVE lock, which waits for the table's writers to finish and holds new ones
 -- back (reads go on) until commit; from then on every write fails with the message. Only the
 -- TRIGGER privilege is needed, no superuser and no ownership of the tables. The function lives

@@ -2,6 +2,7 @@
 //! small helpers that tests use to wait and to compare data.
 
 pub mod cluster;
+pub mod cutover;
 pub mod migrate;
 pub mod server;
 pub mod workload;

@@ -10,12 +10,25 @@ use tokio_util::sync::CancellationToken;
 use crate::engine::error::Context;
 use crate::engine::{quote_ident, EngineError, EngineResult};
 
-/// Takes a tick now and returns its id.
+/// Takes a tick now and returns its id. The ticker may take one at the same moment (tick ids are
+/// `max + 1`): the loser of that race gets a unique violation and simply tries again.
 pub async fn final_tick(src: &mut PgConnection, schema: &str) -> EngineResult<i64> {
-    sqlx::query_scalar(&format!("SELECT {}.tick()", quote_ident(schema)))
-        .fetch_one(src)
-        .await
-        .context(|| "taking the final tick on the source".into())
+    let sql = format!("SELECT {}.tick()", quote_ident(schema));
+    let mut attempts = 0;
+    loop {
+        match sqlx::query_scalar(&sql).fetch_one(&mut *src).await {
+            Ok(id) => return Ok(id),
+            Err(sqlx::Error::Database(db)) if db.code().as_deref() == Some("23505") && attempts < 20 => {
+                attempts += 1;
+            }
+            Err(e) => {
+                return Err(EngineError::Database {
+                    context: "taking a tick on the source".into(),
+                    source: e,
+                })
+            }
+        }
+    }
 }
 
 /// The tick the target has applied.

@@ -1,7 +1,7 @@
 //! Freezing writes on the source without superuser: a statement-level BEFORE trigger per migrated
-//! table (and partition) that raises an error naming the new server. Creating the triggers in one
-//! transaction takes each table's SHARE ROW EXCLUSIVE lock, so the freeze waits for the writers
-//! in flight and holds new ones back (reads go on); once it commits, every write fails.
+//! table (and partition) that raises an error naming the new server. Creating a trigger takes the
+//! table's SHARE ROW EXCLUSIVE lock, so the freeze waits for the writers in flight and holds new
+//! ones back (reads go on); once it commits, every write fails.
 
 use std::time::Duration;
 
@@ -48,9 +48,60 @@ async fn relations(conn: &mut PgConnection, tables: &[TableSpec]) -> EngineResul
     Ok(out)
 }
 
+async fn set_lock_timeout(conn: &mut PgConnection, lock_timeout: Duration) -> EngineResult<()> {
+    sqlx::query(&format!(
+        "SET LOCAL lock_timeout = '{}ms'",
+        lock_timeout.as_millis().max(1)
+    ))
+    .execute(conn)
+    .await
+    .context(|| "setting lock_timeout".into())?;
+    Ok(())
+}
+
+async fn create_function(conn: &mut PgConnection, schema: &str, message: &str) -> EngineResult<()> {
+    pg::run_script(
+        conn,
+        &FREEZE_SQL
+            .replace("@schema@", &quote_ident(schema))
+            .replace("@message@", &quote_literal(message)),
+    )
+    .await
+    .context(|| "creating the freeze function on the source".into())
+}
+
+async fn create_trigger(
+    conn: &mut PgConnection,
+    schema: &str,
+    no: usize,
+    relation: &str,
+    lock_timeout: Duration,
+) -> EngineResult<()> {
+    let sql = FREEZE_TABLE_SQL
+        .replace("@trigger@", &quote_ident(&format!("{schema}_freeze_{no}")))
+        .replace("@relation@", relation)
+        .replace("@schema@", &quote_ident(schema));
+    pg::run_script(conn, &sql).await.map_err(|e| {
+        if matches!(&e, sqlx::Error::Database(db) if db.code().as_deref() == Some("55P03")) {
+            EngineError::invalid(
+                "lock_timeout",
+                format!(
+                    "could not lock {relation} within {} ms: a transaction holds it (see pg_stat_activity on the source)",
+                    lock_timeout.as_millis()
+                ),
+            )
+        } else {
+            EngineError::Database {
+                context: format!("freezing writes on {relation}"),
+                source: e,
+            }
+        }
+    })
+}
+
 /// Creates the freeze function and triggers inside `tx`: on return the tables are locked against
-/// writes until `tx` ends. Committing freezes them; rolling back lets writes go on (the brief
-/// lock verification uses).
+/// writes until `tx` ends. Rolling back lets writes go on: the brief lock verification uses (for
+/// one table at a time: several tables locked in one transaction can deadlock with writers).
 pub async fn lock_in(
     tx: &mut Transaction<'_, Postgres>,
     schema: &str,
@@ -58,48 +109,21 @@ pub async fn lock_in(
     message: &str,
     lock_timeout: Duration,
 ) -> EngineResult<()> {
-    sqlx::query(&format!(
-        "SET LOCAL lock_timeout = '{}ms'",
-        lock_timeout.as_millis().max(1)
-    ))
-    .execute(&mut **tx)
-    .await
-    .context(|| "setting lock_timeout".into())?;
-    let quoted = quote_ident(schema);
-    pg::run_script(
-        tx,
-        &FREEZE_SQL
-            .replace("@schema@", &quoted)
-            .replace("@message@", &quote_literal(message)),
-    )
-    .await
-    .context(|| "creating the freeze function on the source".into())?;
+    set_lock_timeout(tx, lock_timeout).await?;
+    create_function(tx, schema, message).await?;
     for (i, relation) in relations(tx, tables).await?.iter().enumerate() {
-        let sql = FREEZE_TABLE_SQL
-            .replace("@trigger@", &quote_ident(&format!("{schema}_freeze_{i}")))
-            .replace("@relation@", relation)
-            .replace("@schema@", &quoted);
-        pg::run_script(tx, &sql).await.map_err(|e| {
-            if matches!(&e, sqlx::Error::Database(db) if db.code().as_deref() == Some("55P03")) {
-                EngineError::invalid(
-                    "lock_timeout",
-                    format!(
-                        "could not lock {relation} within {} ms: a transaction holds it (see pg_stat_activity on the source)",
-                        lock_timeout.as_millis()
-                    ),
-                )
-            } else {
-                EngineError::Database {
-                    context: format!("freezing writes on {relation}"),
-                    source: e,
-                }
-            }
-        })?;
+        create_trigger(tx, schema, i, relation, lock_timeout).await?;
     }
     Ok(())
 }
 
-/// Freezes writes to the migrated tables, waiting at most `lock_timeout` for writers in flight.
+/// Freezes writes to the migrated tables, waiting at most `lock_timeout` for each table's writers
+/// in flight. Each table is frozen in its own short transaction, so the freeze never holds one
+/// table's lock while waiting for another's (which would deadlock with an application
+/// transaction writing both in the other order). The result is the same as one atomic freeze:
+/// a transaction that wrote a table before its freeze was waited for, and one that writes it
+/// after fails, so once the last table is frozen no transaction that wrote a migrated table is
+/// still open. On error, call [`unfreeze`].
 pub async fn freeze(
     conn: &mut PgConnection,
     schema: &str,
@@ -107,14 +131,19 @@ pub async fn freeze(
     message: &str,
     lock_timeout: Duration,
 ) -> EngineResult<()> {
-    let mut tx = conn
-        .begin()
-        .await
-        .context(|| "opening the freeze transaction".into())?;
-    lock_in(&mut tx, schema, tables, message, lock_timeout).await?;
-    tx.commit()
-        .await
-        .context(|| "committing the freeze".into())
+    create_function(conn, schema, message).await?;
+    for (i, relation) in relations(conn, tables).await?.iter().enumerate() {
+        let mut tx = conn
+            .begin()
+            .await
+            .context(|| "opening a freeze transaction".into())?;
+        set_lock_timeout(&mut tx, lock_timeout).await?;
+        create_trigger(&mut tx, schema, i, relation, lock_timeout).await?;
+        tx.commit()
+            .await
+            .context(|| format!("committing the freeze of {relation}"))?;
+    }
+    Ok(())
 }
 
 /// Lifts the freeze: dropping the function takes every freeze trigger with it (no table

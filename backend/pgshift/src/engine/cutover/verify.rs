@@ -200,13 +200,14 @@ pub async fn copy_range(
         .map(|c| quote_ident(&c.name))
         .collect();
     let select: Vec<String> = cols.iter().map(|c| format!("t.{c}")).collect();
-    // Rows travel as JSON: one query, typed on arrival by the target's own column types.
+    // Rows travel as JSON text (never parsed here: floats must not pass through f64 parsing),
+    // typed on arrival by the target's own column types.
     let read = format!(
-        "SELECT coalesce(jsonb_agg(to_jsonb(r)), '[]') FROM (SELECT {} FROM {} t WHERE {clause}) r",
+        "SELECT coalesce(jsonb_agg(to_jsonb(r)), '[]')::text FROM (SELECT {} FROM {} t WHERE {clause}) r",
         select.join(", "),
         t.sql_name()
     );
-    let mut q = sqlx::query_scalar::<_, Value>(&read);
+    let mut q = sqlx::query_scalar::<_, String>(&read);
     for v in lo.into_iter().chain(hi).flatten() {
         q = q.bind(v);
     }
@@ -214,14 +215,18 @@ pub async fn copy_range(
         .fetch_one(&mut *src)
         .await
         .context(|| format!("reading a key range of {} on the source", t.display_name()))?;
-    let count = rows.as_array().map_or(0, |a| a.len()) as u64;
+    let count: i64 = sqlx::query_scalar("SELECT jsonb_array_length($1::jsonb)::bigint")
+        .bind(&rows)
+        .fetch_one(&mut *dst)
+        .await
+        .context(|| "counting copied rows".into())?;
     let overriding = if t.columns.iter().any(|c| c.identity_always) {
         "OVERRIDING SYSTEM VALUE"
     } else {
         ""
     };
     sqlx::query(&format!(
-        "INSERT INTO {} ({cols}) {overriding} SELECT {cols} FROM jsonb_populate_recordset(NULL::{}, $1)",
+        "INSERT INTO {} ({cols}) {overriding} SELECT {cols} FROM jsonb_populate_recordset(NULL::{}, $1::jsonb)",
         t.sql_name(),
         t.sql_name(),
         cols = cols.join(", ")
@@ -230,5 +235,5 @@ pub async fn copy_range(
     .execute(&mut *dst)
     .await
     .context(|| format!("writing a key range of {} on the target", t.display_name()))?;
-    Ok(count)
+    Ok(count as u64)
 }

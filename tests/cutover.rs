@@ -1,0 +1,350 @@
+//! The cutover against real PostgreSQL servers: under load with an exact comparison, gate
+//! failures, aborts at each step, sequences, the freeze message, the way back, and pgshift dying
+//! while the source is frozen.
+
+use std::time::Duration;
+
+use pgshift_tests::cutover::{
+    cutover, freeze_installed, pair, relaxed, start_synced, step, step_names, try_write,
+    wait_operation, wait_synced, assert_same, Writers,
+};
+use pgshift_tests::server::{test_settings, TestServer};
+use pgshift_tests::{init_tracing, wait_for};
+use serde_json::json;
+
+/// Writers commit on the source right up to the cutover; afterwards every committed
+/// transaction is on the target, none landed on the source after the freeze, the tables are
+/// identical, sequences moved forward, and writes to the old server fail naming the new one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn cutover_under_load_loses_nothing() {
+    init_tracing();
+    let pair = pair(2_000).await;
+    let server = TestServer::start().await;
+    start_synced(&server, &pair, "shop").await;
+
+    let mut writers = Writers::spawn(pair.source.dsn("app"), 4);
+    wait_for("writers to commit", Duration::from_secs(30), || async {
+        (writers.committed() > 200).then_some(())
+    })
+    .await;
+    let op = cutover(&server, "shop", relaxed(json!({"checksums": true}))).await;
+    assert_eq!(op["state"], "succeeded", "{op}");
+    assert_eq!(
+        step_names(&op),
+        ["preflight", "freeze", "drain", "sequences", "verify", "finish"]
+    );
+    assert!(op["steps"].as_array().unwrap().iter().all(|s| s["outcome"] == "succeeded"));
+    let blocked = op["result"]["writes_blocked_seconds"].as_f64().unwrap();
+    assert!(blocked > 0.0, "{op}");
+    for t in step(&op, "verify")["detail"]["tables"].as_array().unwrap() {
+        assert_eq!(t["matches"], true, "{t}");
+        assert!(t["source"]["checksum"].is_string(), "{t}");
+    }
+
+    // Every writer ends on the freeze error, which names the new server.
+    writers.join().await;
+    let frozen = writers.frozen.lock().unwrap().clone();
+    assert_eq!(frozen.len(), 4, "{frozen:?} / {:?}", writers.errors.lock().unwrap());
+    let port = pair.target.port().to_string();
+    for e in &frozen {
+        assert!(e.contains("moved this database to cluster \"target\""), "{e}");
+        assert!(e.contains(&port), "{e}");
+    }
+    // Zero lost: every committed item is on the target; zero after the freeze: the source
+    // holds no item the target lacks (the tables are identical).
+    let committed = writers.items.lock().unwrap().clone();
+    let on_target: i64 = sqlx::query_scalar("SELECT count(*) FROM item WHERE id = ANY($1)")
+        .bind(&committed)
+        .fetch_one(&pair.dst)
+        .await
+        .unwrap();
+    assert_eq!(on_target as usize, committed.len());
+    assert_same(&pair.src, &pair.dst).await;
+
+    // Reads still work on the old server; writes of every kind fail.
+    let n: i64 = sqlx::query_scalar("SELECT count(*) FROM item")
+        .fetch_one(&pair.src)
+        .await
+        .unwrap();
+    assert!(n >= 2_000);
+    for sql in [
+        "INSERT INTO item (writer, n) VALUES (9, 9)",
+        "UPDATE ledger SET amount = 0",
+        "DELETE FROM \"Odd Pair\"",
+        "TRUNCATE item",
+    ] {
+        let err = sqlx::query(sql).execute(&pair.src).await.unwrap_err().to_string();
+        assert!(err.contains("is frozen") && err.contains("\"target\""), "{sql}: {err}");
+    }
+
+    // Sequences: the target hands out values after the source's.
+    for (seq, column_max) in [
+        ("item_id_seq", "SELECT max(id) FROM item"),
+        ("ledger_id_seq", "SELECT max(id) FROM ledger"),
+        ("invoice_no", "SELECT 42::bigint"),
+    ] {
+        let max: i64 = sqlx::query_scalar(column_max).fetch_one(&pair.src).await.unwrap();
+        let next: i64 = sqlx::query_scalar(&format!("SELECT nextval('{seq}')"))
+            .fetch_one(&pair.dst)
+            .await
+            .unwrap();
+        assert!(next > max, "{seq}: next {next} on the target, {max} used on the source");
+    }
+    let m = server.migration("shop").await;
+    assert_eq!(m["state"], "cut_over", "{m}");
+    let (status, body) = server.post("/migrations/shop/start", json!({})).await;
+    assert_eq!(status, 409, "{body}");
+    let (status, ops) = server.get("/migrations/shop/operations").await;
+    assert_eq!(status, 200);
+    assert_eq!(ops[0]["id"], op["id"]);
+}
+
+/// A failed gate stops the cutover before anything changes; dry_run runs the gates only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn gate_failure_changes_nothing() {
+    init_tracing();
+    let pair = pair(500).await;
+    let server = TestServer::start().await;
+    start_synced(&server, &pair, "shop").await;
+
+    let op = cutover(&server, "shop", relaxed(json!({"dry_run": true}))).await;
+    assert_eq!(op["state"], "succeeded", "{op}");
+    assert_eq!(step_names(&op), ["preflight"]);
+
+    // A disabled trigger on the target fails target_ready.
+    pair.target
+        .psql(
+            "app",
+            "CREATE FUNCTION touch() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RETURN NEW; END $$;
+             CREATE TRIGGER touch BEFORE UPDATE ON item FOR EACH ROW EXECUTE FUNCTION touch();
+             ALTER TABLE item DISABLE TRIGGER touch;",
+        )
+        .await;
+    let op = cutover(&server, "shop", relaxed(json!({}))).await;
+    assert_eq!(op["state"], "failed", "{op}");
+    assert_eq!(step_names(&op), ["preflight"]);
+    let gates = step(&op, "preflight")["detail"]["gates"].as_array().unwrap().clone();
+    let failed: Vec<_> = gates.iter().filter(|g| g["passed"] == false).collect();
+    assert_eq!(failed.len(), 1, "{gates:?}");
+    assert_eq!(failed[0]["name"], "target_ready");
+    assert!(failed[0]["reason"].as_str().unwrap().contains("touch"), "{gates:?}");
+    assert!(op["error"].as_str().unwrap().contains("target_ready"), "{op}");
+    // Lag over the threshold fails the lag gate: the target's apply is held up meanwhile.
+    pair.target.psql("app", "ALTER TABLE item ENABLE TRIGGER touch").await;
+    let stall = stall_apply(&pair).await;
+    wait_for("lag to build up", Duration::from_secs(30), || async {
+        let m = server.migration("shop").await;
+        (m["lag_seconds"].as_f64().unwrap_or(0.0) > 0.2).then_some(())
+    })
+    .await;
+    let op = cutover(&server, "shop", json!({"max_lag_seconds": 0.2})).await;
+    assert_eq!(op["state"], "failed", "{op}");
+    let gates = step(&op, "preflight")["detail"]["gates"].as_array().unwrap().clone();
+    let failed: Vec<_> = gates.iter().filter(|g| g["passed"] == false).collect();
+    assert_eq!(failed.len(), 1, "{gates:?}");
+    assert_eq!(failed[0]["name"], "lag", "{gates:?}");
+    stall.rollback().await.unwrap();
+
+    // Nothing changed: no freeze, the source takes writes, the migration runs on.
+    assert!(!freeze_installed(&pair.src).await);
+    try_write(&pair.src).await.unwrap();
+    let m = wait_synced(&server, "shop").await;
+    assert_eq!(m["state"], "synced");
+    let (status, body) = server
+        .post("/migrations/shop/cutover", json!({"max_lag_seconds": -1}))
+        .await;
+    assert_eq!(status, 422, "{body}");
+    let (status, body) = server
+        .post("/migrations/shop/cutover", json!({"webhook_url": "ftp://x"}))
+        .await;
+    assert_eq!(status, 422, "{body}");
+    let (status, body) = server.post("/migrations/nope/cutover", json!({})).await;
+    assert_eq!(status, 404, "{body}");
+}
+
+/// Stalls the apply of `item` on the target with a lock held by the returned transaction.
+async fn stall_apply(pair: &pgshift_tests::cutover::Pair) -> sqlx::Transaction<'static, sqlx::Postgres> {
+    let mut tx = pair.dst.begin().await.unwrap();
+    sqlx::query("LOCK TABLE item IN ACCESS EXCLUSIVE MODE")
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    // A change the worker must apply to item, so it waits behind the lock.
+    sqlx::query("INSERT INTO item (writer, n) VALUES (2, 2)")
+        .execute(&pair.src)
+        .await
+        .unwrap();
+    tx
+}
+
+/// After a cutover that stopped, the source takes writes, nothing is frozen and the migration
+/// still replicates.
+async fn assert_restored(server: &TestServer, pair: &pgshift_tests::cutover::Pair, op: &serde_json::Value) {
+    assert!(!freeze_installed(&pair.src).await, "{op}");
+    try_write(&pair.src).await.unwrap_or_else(|e| panic!("source not writable after {op}: {e}"));
+    if step_names(op).contains(&"freeze".to_string()) {
+        assert_eq!(step(op, "restore")["outcome"], "succeeded", "{op}");
+    }
+    wait_synced(server, "shop").await;
+}
+
+/// Each step's failure (and an operator's abort) restores source writes and leaves the
+/// migration running; after all of them the target still equals the source.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn abort_at_each_step_leaves_the_source_writable() {
+    init_tracing();
+    let pair = pair(500).await;
+    let server = TestServer::start().await;
+    start_synced(&server, &pair, "shop").await;
+
+    // Freeze: a writer's open transaction holds item past the lock timeout.
+    let mut open = pair.src.begin().await.unwrap();
+    sqlx::query("INSERT INTO item (writer, n) VALUES (3, 3)").execute(&mut *open).await.unwrap();
+    let op = cutover(&server, "shop", relaxed(json!({"timeout_seconds": 1}))).await;
+    assert_eq!(op["state"], "failed", "{op}");
+    assert_eq!(step(&op, "freeze")["outcome"], "failed", "{op}");
+    assert!(op["error"].as_str().unwrap().contains("could not lock"), "{op}");
+    open.commit().await.unwrap();
+    assert_restored(&server, &pair, &op).await;
+
+    // Drain: the target cannot apply within the timeout.
+    let stall = stall_apply(&pair).await;
+    let op = cutover(&server, "shop", relaxed(json!({"timeout_seconds": 1}))).await;
+    assert_eq!(op["state"], "failed", "{op}");
+    assert_eq!(step(&op, "drain")["outcome"], "failed", "{op}");
+    assert!(op["error"].as_str().unwrap().contains("had not applied"), "{op}");
+    stall.rollback().await.unwrap();
+    assert_restored(&server, &pair, &op).await;
+
+    // Operator abort while draining.
+    let stall = stall_apply(&pair).await;
+    let (status, started) = server
+        .post("/migrations/shop/cutover", relaxed(json!({"timeout_seconds": 600})))
+        .await;
+    assert_eq!(status, 202, "{started}");
+    let id = started["id"].as_str().unwrap().to_string();
+    wait_for("the drain step", Duration::from_secs(30), || async {
+        let (_, op) = server.get(&format!("/operations/{id}")).await;
+        (op["steps"].as_array().unwrap().iter().any(|s| s["name"] == "drain")).then_some(())
+    })
+    .await;
+    // While frozen, writes fail with the message.
+    let err = try_write(&pair.src).await.unwrap_err();
+    assert!(err.contains("is frozen"), "{err}");
+    let (status, body) = server.post("/migrations/shop/cutover/abort", json!({})).await;
+    assert_eq!(status, 202, "{body}");
+    let op = wait_operation(&server, &id, Duration::from_secs(60)).await;
+    assert_eq!(op["state"], "aborted", "{op}");
+    stall.rollback().await.unwrap();
+    assert_restored(&server, &pair, &op).await;
+    let (status, body) = server.post(&format!("/operations/{id}/abort"), json!({})).await;
+    assert_eq!(status, 409, "{body}");
+
+    // Sequences: one of the migrated schema's sequences is missing on the target.
+    pair.source.psql("app", "CREATE SEQUENCE extra_seq; SELECT nextval('extra_seq');").await;
+    let op = cutover(&server, "shop", relaxed(json!({}))).await;
+    assert_eq!(op["state"], "failed", "{op}");
+    assert_eq!(step(&op, "sequences")["outcome"], "failed", "{op}");
+    assert!(op["error"].as_str().unwrap().contains("extra_seq"), "{op}");
+    assert_restored(&server, &pair, &op).await;
+    pair.source.psql("app", "DROP SEQUENCE extra_seq").await;
+
+    // Verify: a row written on the target behind pgshift's back.
+    pair.target
+        .psql("app", "INSERT INTO \"Odd Pair\" VALUES (-1, 'rogue', '{}')")
+        .await;
+    let op = cutover(&server, "shop", relaxed(json!({}))).await;
+    assert_eq!(op["state"], "failed", "{op}");
+    assert_eq!(step(&op, "verify")["outcome"], "failed", "{op}");
+    assert!(op["error"].as_str().unwrap().contains("Odd Pair"), "{op}");
+    assert_restored(&server, &pair, &op).await;
+    pair.target.psql("app", "DELETE FROM \"Odd Pair\" WHERE k1 = -1").await;
+
+    // Still healthy: it drains and equals the source; a cutover now succeeds.
+    let op = cutover(&server, "shop", relaxed(json!({}))).await;
+    assert_eq!(op["state"], "succeeded", "{op}");
+    assert_same(&pair.src, &pair.dst).await;
+}
+
+/// Cut over with `reverse: true`, write on the new side, cut back: the old server has it all,
+/// takes writes again, and the new one is frozen.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn reverse_replication_round_trip() {
+    init_tracing();
+    let pair = pair(1_000).await;
+    let server = TestServer::start().await;
+    start_synced(&server, &pair, "shop").await;
+
+    let op = cutover(&server, "shop", relaxed(json!({"reverse": true}))).await;
+    assert_eq!(op["state"], "succeeded", "{op}");
+    assert_eq!(op["result"]["reverse_migration"], "shop-reverse", "{op}");
+    let back = wait_synced(&server, "shop-reverse").await;
+    assert_eq!(back["source"]["cluster"], "target", "{back}");
+
+    // The application now writes on the new side.
+    let mut writers = Writers::spawn(pair.target.dsn("app"), 3);
+    wait_for("writes on the new server", Duration::from_secs(30), || async {
+        (writers.committed() > 150).then_some(())
+    })
+    .await;
+    sqlx::query("DELETE FROM \"Odd Pair\" WHERE k1 < 10").execute(&pair.dst).await.unwrap();
+    let op = cutover(&server, "shop-reverse", relaxed(json!({"checksums": true}))).await;
+    assert_eq!(op["state"], "succeeded", "{op}");
+    writers.join().await;
+    assert_eq!(writers.frozen.lock().unwrap().len(), 3, "{:?}", writers.errors.lock().unwrap());
+    let err = try_write(&pair.dst).await.unwrap_err();
+    assert!(err.contains("moved this database to cluster \"source\""), "{err}");
+    assert_same(&pair.src, &pair.dst).await;
+    // The old server takes writes again, with sequences past everything the new one used.
+    try_write(&pair.src).await.unwrap();
+    assert!(!freeze_installed(&pair.src).await);
+    let max: i64 = sqlx::query_scalar("SELECT max(id) FROM item WHERE writer <> -1")
+        .fetch_one(&pair.dst)
+        .await
+        .unwrap();
+    let next: i64 = sqlx::query_scalar("SELECT nextval('item_id_seq')")
+        .fetch_one(&pair.src)
+        .await
+        .unwrap();
+    assert!(next > max, "{next} <= {max}");
+    assert_eq!(server.migration("shop-reverse").await["state"], "cut_over");
+}
+
+/// pgshift dies while the source is frozen: at restart the operation is finished as failed, the
+/// freeze is lifted and the migration replicates again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn crash_during_freeze_leaves_the_source_writable_after_restart() {
+    init_tracing();
+    let pair = pair(500).await;
+    let server = TestServer::start().await;
+    start_synced(&server, &pair, "shop").await;
+
+    let stall = stall_apply(&pair).await;
+    let (status, started) = server
+        .post("/migrations/shop/cutover", relaxed(json!({"timeout_seconds": 600})))
+        .await;
+    assert_eq!(status, 202, "{started}");
+    let id = started["id"].as_str().unwrap().to_string();
+    wait_for("the freeze to take hold", Duration::from_secs(30), || async {
+        try_write(&pair.src).await.is_err().then_some(())
+    })
+    .await;
+    let dir = server.crash();
+    assert!(freeze_installed(&pair.src).await);
+    assert!(try_write(&pair.src).await.is_err());
+    stall.rollback().await.unwrap();
+
+    let server = TestServer::start_in(&dir, test_settings()).await;
+    let (status, op) = server.get(&format!("/operations/{id}")).await;
+    assert_eq!(status, 200, "{op}");
+    assert_eq!(op["state"], "failed", "{op}");
+    assert!(op["error"].as_str().unwrap().contains("freeze was lifted"), "{op}");
+    assert!(!freeze_installed(&pair.src).await);
+    try_write(&pair.src).await.unwrap();
+    wait_synced(&server, "shop").await;
+    let op = cutover(&server, "shop", relaxed(json!({}))).await;
+    assert_eq!(op["state"], "succeeded", "{op}");
+    assert_same(&pair.src, &pair.dst).await;
+    drop(server);
+    let _ = std::fs::remove_dir_all(&dir);
+}
