@@ -10,7 +10,9 @@ use pgshift_tests::cutover::{
 };
 use pgshift_tests::server::{test_settings, TestServer};
 use pgshift_tests::{init_tracing, wait_for};
-use serde_json::json;
+use serde_json::{json, Value};
+use std::sync::{Arc, Mutex};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// Writers commit on the source right up to the cutover; afterwards every committed
 /// transaction is on the target, none landed on the source after the freeze, the tables are
@@ -21,6 +23,15 @@ async fn cutover_under_load_loses_nothing() {
     let pair = pair(2_000).await;
     let server = TestServer::start().await;
     start_synced(&server, &pair, "shop").await;
+
+    // Before the cutover the status shows each sequence's drift.
+    let m = server.migration("shop").await;
+    let drift = m["sequences"].as_array().unwrap_or_else(|| panic!("{m}"));
+    let item_seq = drift.iter().find(|s| s["name"] == "public.item_id_seq").unwrap();
+    assert_eq!(item_seq["source"], 2000, "{m}");
+    assert_eq!(item_seq["target"], serde_json::Value::Null, "{m}");
+    assert_eq!(item_seq["behind"], true, "{m}");
+    assert!(drift.iter().any(|s| s["name"] == "public.invoice_no" && s["source"] == 42), "{m}");
 
     let mut writers = Writers::spawn(pair.source.dsn("app"), 4);
     wait_for("writers to commit", Duration::from_secs(30), || async {
@@ -92,6 +103,7 @@ async fn cutover_under_load_loses_nothing() {
     }
     let m = server.migration("shop").await;
     assert_eq!(m["state"], "cut_over", "{m}");
+    assert!(m["sequences"].as_array().unwrap().iter().all(|s| s["behind"] == false), "{m}");
     let (status, body) = server.post("/migrations/shop/start", json!({})).await;
     assert_eq!(status, 409, "{body}");
     let (status, ops) = server.get("/migrations/shop/operations").await;
@@ -347,4 +359,86 @@ async fn crash_during_freeze_leaves_the_source_writable_after_restart() {
     assert_same(&pair.src, &pair.dst).await;
     drop(server);
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A webhook receiver: records each POSTed JSON body and answers 200.
+async fn webhook_receiver() -> (String, Arc<Mutex<Vec<Value>>>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let record = seen.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut sock, _)) = listener.accept().await else { return };
+            let record = record.clone();
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                loop {
+                    let n = sock.read(&mut chunk).await.unwrap_or(0);
+                    if n == 0 {
+                        return;
+                    }
+                    buf.extend_from_slice(&chunk[..n]);
+                    let text = String::from_utf8_lossy(&buf).to_string();
+                    let Some(end) = text.find("\r\n\r\n") else { continue };
+                    let length: usize = text[..end]
+                        .lines()
+                        .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().parse().unwrap()))
+                        .unwrap_or(0);
+                    if buf.len() < end + 4 + length {
+                        continue;
+                    }
+                    let body: Value = serde_json::from_slice(&buf[end + 4..end + 4 + length]).unwrap();
+                    record.lock().unwrap().push(body);
+                    buf.drain(..end + 4 + length);
+                    let _ = sock
+                        .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
+                        .await;
+                }
+            });
+        }
+    });
+    (url, seen)
+}
+
+/// The webhook receives every step, in order, without secrets; an unreachable webhook is shown
+/// in the result and does not stop the cutover.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn webhook_receives_each_step() {
+    init_tracing();
+    let pair = pair(200).await;
+    let server = TestServer::start().await;
+    start_synced(&server, &pair, "shop").await;
+    // Unreachable: the cutover goes on and says so.
+    let dead = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        format!("http://{}/hook", l.local_addr().unwrap())
+    };
+    let op = cutover(&server, "shop", relaxed(json!({"webhook_url": dead, "dry_run": true}))).await;
+    assert_eq!(op["state"], "succeeded", "{op}");
+    assert!(!op["result"]["webhook"]["failures"].as_array().unwrap().is_empty(), "{op}");
+
+    let (url, seen) = webhook_receiver().await;
+    let op = cutover(&server, "shop", relaxed(json!({"webhook_url": url}))).await;
+    assert_eq!(op["state"], "succeeded", "{op}");
+    assert_eq!(op["result"]["webhook"]["failures"], json!([]), "{op}");
+    let seen = seen.lock().unwrap().clone();
+    let events: Vec<(String, String)> = seen
+        .iter()
+        .map(|e| (e["event"].as_str().unwrap().into(), e["step"].as_str().unwrap_or("").into()))
+        .collect();
+    let mut expected = Vec::new();
+    for step in ["preflight", "freeze", "drain", "sequences", "verify", "finish"] {
+        expected.push(("step_started".to_string(), step.to_string()));
+        expected.push(("step_finished".to_string(), step.to_string()));
+    }
+    expected.push(("finished".into(), String::new()));
+    assert_eq!(events, expected);
+    let finish = &seen[seen.len() - 2];
+    assert!(finish["detail"]["writes_blocked_seconds"].is_number(), "{finish}");
+    assert_eq!(seen.last().unwrap()["state"], "succeeded");
+    for e in &seen {
+        assert!(!e.to_string().contains("postgresql://"), "{e}");
+    }
 }

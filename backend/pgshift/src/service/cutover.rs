@@ -610,3 +610,21 @@ async fn run_verify(
     result["differs"] = still.into();
     Ok(())
 }
+
+/// Sequence drift (source value vs target value) for the migration's status; `None` when a side
+/// cannot be read (the status says why elsewhere).
+pub async fn sequence_drift(app: &App, record: &MigrationRecord) -> Option<Vec<sequences::SequenceDrift>> {
+    let read = async {
+        let (source, target) = app.supervisor.endpoints(record).await?;
+        let mut src = pg::connect("the source", &source).await?;
+        let mut dst = pg::connect("the target", &target).await?;
+        sequences::drift(&mut src, &mut dst, &record.tables).await
+    };
+    match read.await {
+        Ok(d) => Some(d),
+        Err(e) => {
+            tracing::debug!(migration = %record.name, error = %e, "cannot read sequence drift");
+            None
+        }
+    }
+}

@@ -6,6 +6,7 @@ use uuid::Uuid;
 
 use super::clusters;
 use super::{check_name, App, ServiceError, ServiceResult};
+use crate::engine::cutover::sequences::SequenceDrift;
 use crate::engine::{catalog, pg, MigrationStatus, RuntimeState, TableStatus};
 use crate::store::{DesiredState, Endpoint, MigrationRecord};
 
@@ -44,6 +45,9 @@ pub struct MigrationView {
     pub error: Option<String>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+    /// Each sequence's value on the source and the target (single-migration reads only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sequences: Option<Vec<SequenceDrift>>,
 }
 
 fn overall_state(record: &MigrationRecord, status: &MigrationStatus) -> &'static str {
@@ -110,6 +114,7 @@ async fn view(app: &App, record: &MigrationRecord) -> ServiceResult<MigrationVie
         tables: status.tables,
         created_at: record.created_at,
         updated_at: record.updated_at,
+        sequences: None,
     })
 }
 
@@ -201,7 +206,10 @@ pub async fn find(app: &App, name: &str) -> ServiceResult<MigrationRecord> {
 }
 
 pub async fn get(app: &App, name: &str) -> ServiceResult<MigrationView> {
-    view(app, &find(app, name).await?).await
+    let record = find(app, name).await?;
+    let mut v = view(app, &record).await?;
+    v.sequences = super::cutover::sequence_drift(app, &record).await;
+    Ok(v)
 }
 
 pub async fn list(app: &App) -> ServiceResult<Vec<MigrationView>> {
