@@ -4,21 +4,34 @@
 
 use std::time::{Duration, Instant};
 
-use sqlx::PgConnection;
+use sqlx::{Connection, PgConnection};
 use tokio_util::sync::CancellationToken;
 
 use crate::engine::error::Context;
 use crate::engine::{quote_ident, EngineError, EngineResult};
 
-/// Takes a tick now and returns its id. The ticker may take one at the same moment (tick ids are
-/// `max + 1`): the loser of that race gets a unique violation and simply tries again.
+/// Takes a tick now and returns its id. Tick ids are `max + 1`, so a tick taken beside the
+/// ticker's could collide and fail one of the two: the tick table is locked for the moment of
+/// the insert (the ticker's next insert waits, then sees this tick), and a collision that
+/// happens anyway is simply tried again.
 pub async fn final_tick(src: &mut PgConnection, schema: &str) -> EngineResult<i64> {
-    let sql = format!("SELECT {}.tick()", quote_ident(schema));
+    let schema = quote_ident(schema);
+    let lock = format!("LOCK TABLE {schema}.tick IN SHARE ROW EXCLUSIVE MODE");
+    let tick = format!("SELECT {schema}.tick()");
     let mut attempts = 0;
     loop {
-        match sqlx::query_scalar(&sql).fetch_one(&mut *src).await {
+        let attempt = async {
+            let mut tx = src.begin().await?;
+            sqlx::query(&lock).execute(&mut *tx).await?;
+            let id: i64 = sqlx::query_scalar(&tick).fetch_one(&mut *tx).await?;
+            tx.commit().await?;
+            Ok::<i64, sqlx::Error>(id)
+        };
+        match attempt.await {
             Ok(id) => return Ok(id),
-            Err(sqlx::Error::Database(db)) if db.code().as_deref() == Some("23505") && attempts < 20 => {
+            Err(sqlx::Error::Database(db))
+                if db.code().as_deref() == Some("23505") && attempts < 20 =>
+            {
                 attempts += 1;
             }
             Err(e) => {
