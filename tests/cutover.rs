@@ -5,8 +5,8 @@
 use std::time::Duration;
 
 use pgshift_tests::cutover::{
-    cutover, freeze_installed, pair, relaxed, start_synced, step, step_names, try_write,
-    wait_operation, wait_synced, assert_same, Writers,
+    assert_same, cutover, freeze_installed, pair, relaxed, start_synced, step, step_names,
+    try_write, wait_operation, wait_synced, Writers,
 };
 use pgshift_tests::server::{test_settings, TestServer};
 use pgshift_tests::{init_tracing, wait_for};
@@ -27,11 +27,19 @@ async fn cutover_under_load_loses_nothing() {
     // Before the cutover the status shows each sequence's drift.
     let m = server.migration("shop").await;
     let drift = m["sequences"].as_array().unwrap_or_else(|| panic!("{m}"));
-    let item_seq = drift.iter().find(|s| s["name"] == "public.item_id_seq").unwrap();
+    let item_seq = drift
+        .iter()
+        .find(|s| s["name"] == "public.item_id_seq")
+        .unwrap();
     assert_eq!(item_seq["source"], 2000, "{m}");
     assert_eq!(item_seq["target"], serde_json::Value::Null, "{m}");
     assert_eq!(item_seq["behind"], true, "{m}");
-    assert!(drift.iter().any(|s| s["name"] == "public.invoice_no" && s["source"] == 42), "{m}");
+    assert!(
+        drift
+            .iter()
+            .any(|s| s["name"] == "public.invoice_no" && s["source"] == 42),
+        "{m}"
+    );
 
     let mut writers = Writers::spawn(pair.source.dsn("app"), 4);
     wait_for("writers to commit", Duration::from_secs(30), || async {
@@ -42,9 +50,20 @@ async fn cutover_under_load_loses_nothing() {
     assert_eq!(op["state"], "succeeded", "{op}");
     assert_eq!(
         step_names(&op),
-        ["preflight", "freeze", "drain", "sequences", "verify", "finish"]
+        [
+            "preflight",
+            "freeze",
+            "drain",
+            "sequences",
+            "verify",
+            "finish"
+        ]
     );
-    assert!(op["steps"].as_array().unwrap().iter().all(|s| s["outcome"] == "succeeded"));
+    assert!(op["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|s| s["outcome"] == "succeeded"));
     let blocked = op["result"]["writes_blocked_seconds"].as_f64().unwrap();
     assert!(blocked > 0.0, "{op}");
     for t in step(&op, "verify")["detail"]["tables"].as_array().unwrap() {
@@ -55,10 +74,18 @@ async fn cutover_under_load_loses_nothing() {
     // Every writer ends on the freeze error, which names the new server.
     writers.join().await;
     let frozen = writers.frozen.lock().unwrap().clone();
-    assert_eq!(frozen.len(), 4, "{frozen:?} / {:?}", writers.errors.lock().unwrap());
+    assert_eq!(
+        frozen.len(),
+        4,
+        "{frozen:?} / {:?}",
+        writers.errors.lock().unwrap()
+    );
     let port = pair.target.port().to_string();
     for e in &frozen {
-        assert!(e.contains("moved this database to cluster \"target\""), "{e}");
+        assert!(
+            e.contains("moved this database to cluster \"target\""),
+            "{e}"
+        );
         assert!(e.contains(&port), "{e}");
     }
     // Zero lost: every committed item is on the target; zero after the freeze: the source
@@ -84,8 +111,15 @@ async fn cutover_under_load_loses_nothing() {
         "DELETE FROM \"Odd Pair\"",
         "TRUNCATE item",
     ] {
-        let err = sqlx::query(sql).execute(&pair.src).await.unwrap_err().to_string();
-        assert!(err.contains("is frozen") && err.contains("\"target\""), "{sql}: {err}");
+        let err = sqlx::query(sql)
+            .execute(&pair.src)
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("is frozen") && err.contains("\"target\""),
+            "{sql}: {err}"
+        );
     }
 
     // Sequences: the target hands out values after the source's.
@@ -94,16 +128,29 @@ async fn cutover_under_load_loses_nothing() {
         ("ledger_id_seq", "SELECT max(id) FROM ledger"),
         ("invoice_no", "SELECT 42::bigint"),
     ] {
-        let max: i64 = sqlx::query_scalar(column_max).fetch_one(&pair.src).await.unwrap();
+        let max: i64 = sqlx::query_scalar(column_max)
+            .fetch_one(&pair.src)
+            .await
+            .unwrap();
         let next: i64 = sqlx::query_scalar(&format!("SELECT nextval('{seq}')"))
             .fetch_one(&pair.dst)
             .await
             .unwrap();
-        assert!(next > max, "{seq}: next {next} on the target, {max} used on the source");
+        assert!(
+            next > max,
+            "{seq}: next {next} on the target, {max} used on the source"
+        );
     }
     let m = server.migration("shop").await;
     assert_eq!(m["state"], "cut_over", "{m}");
-    assert!(m["sequences"].as_array().unwrap().iter().all(|s| s["behind"] == false), "{m}");
+    assert!(
+        m["sequences"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|s| s["behind"] == false),
+        "{m}"
+    );
     let (status, body) = server.post("/migrations/shop/start", json!({})).await;
     assert_eq!(status, 409, "{body}");
     let (status, ops) = server.get("/migrations/shop/operations").await;
@@ -135,14 +182,25 @@ async fn gate_failure_changes_nothing() {
     let op = cutover(&server, "shop", relaxed(json!({}))).await;
     assert_eq!(op["state"], "failed", "{op}");
     assert_eq!(step_names(&op), ["preflight"]);
-    let gates = step(&op, "preflight")["detail"]["gates"].as_array().unwrap().clone();
+    let gates = step(&op, "preflight")["detail"]["gates"]
+        .as_array()
+        .unwrap()
+        .clone();
     let failed: Vec<_> = gates.iter().filter(|g| g["passed"] == false).collect();
     assert_eq!(failed.len(), 1, "{gates:?}");
     assert_eq!(failed[0]["name"], "target_ready");
-    assert!(failed[0]["reason"].as_str().unwrap().contains("touch"), "{gates:?}");
-    assert!(op["error"].as_str().unwrap().contains("target_ready"), "{op}");
+    assert!(
+        failed[0]["reason"].as_str().unwrap().contains("touch"),
+        "{gates:?}"
+    );
+    assert!(
+        op["error"].as_str().unwrap().contains("target_ready"),
+        "{op}"
+    );
     // Lag over the threshold fails the lag gate: the target's apply is held up meanwhile.
-    pair.target.psql("app", "ALTER TABLE item ENABLE TRIGGER touch").await;
+    pair.target
+        .psql("app", "ALTER TABLE item ENABLE TRIGGER touch")
+        .await;
     let stall = stall_apply(&pair).await;
     wait_for("lag to build up", Duration::from_secs(30), || async {
         let m = server.migration("shop").await;
@@ -151,7 +209,10 @@ async fn gate_failure_changes_nothing() {
     .await;
     let op = cutover(&server, "shop", json!({"max_lag_seconds": 0.2})).await;
     assert_eq!(op["state"], "failed", "{op}");
-    let gates = step(&op, "preflight")["detail"]["gates"].as_array().unwrap().clone();
+    let gates = step(&op, "preflight")["detail"]["gates"]
+        .as_array()
+        .unwrap()
+        .clone();
     let failed: Vec<_> = gates.iter().filter(|g| g["passed"] == false).collect();
     assert_eq!(failed.len(), 1, "{gates:?}");
     assert_eq!(failed[0]["name"], "lag", "{gates:?}");
@@ -167,7 +228,10 @@ async fn gate_failure_changes_nothing() {
         .await;
     assert_eq!(status, 422, "{body}");
     let (status, body) = server
-        .post("/migrations/shop/cutover", json!({"webhook_url": "ftp://x"}))
+        .post(
+            "/migrations/shop/cutover",
+            json!({"webhook_url": "ftp://x"}),
+        )
         .await;
     assert_eq!(status, 422, "{body}");
     let (status, body) = server.post("/migrations/nope/cutover", json!({})).await;
@@ -175,7 +239,9 @@ async fn gate_failure_changes_nothing() {
 }
 
 /// Stalls the apply of `item` on the target with a lock held by the returned transaction.
-async fn stall_apply(pair: &pgshift_tests::cutover::Pair) -> sqlx::Transaction<'static, sqlx::Postgres> {
+async fn stall_apply(
+    pair: &pgshift_tests::cutover::Pair,
+) -> sqlx::Transaction<'static, sqlx::Postgres> {
     let mut tx = pair.dst.begin().await.unwrap();
     sqlx::query("LOCK TABLE item IN ACCESS EXCLUSIVE MODE")
         .execute(&mut *tx)
@@ -191,9 +257,15 @@ async fn stall_apply(pair: &pgshift_tests::cutover::Pair) -> sqlx::Transaction<'
 
 /// After a cutover that stopped, the source takes writes, nothing is frozen and the migration
 /// still replicates.
-async fn assert_restored(server: &TestServer, pair: &pgshift_tests::cutover::Pair, op: &serde_json::Value) {
+async fn assert_restored(
+    server: &TestServer,
+    pair: &pgshift_tests::cutover::Pair,
+    op: &serde_json::Value,
+) {
     assert!(!freeze_installed(&pair.src).await, "{op}");
-    try_write(&pair.src).await.unwrap_or_else(|e| panic!("source not writable after {op}: {e}"));
+    try_write(&pair.src)
+        .await
+        .unwrap_or_else(|e| panic!("source not writable after {op}: {e}"));
     if step_names(op).contains(&"freeze".to_string()) {
         assert_eq!(step(op, "restore")["outcome"], "succeeded", "{op}");
     }
@@ -211,11 +283,17 @@ async fn abort_at_each_step_leaves_the_source_writable() {
 
     // Freeze: a writer's open transaction holds item past the lock timeout.
     let mut open = pair.src.begin().await.unwrap();
-    sqlx::query("INSERT INTO item (writer, n) VALUES (3, 3)").execute(&mut *open).await.unwrap();
+    sqlx::query("INSERT INTO item (writer, n) VALUES (3, 3)")
+        .execute(&mut *open)
+        .await
+        .unwrap();
     let op = cutover(&server, "shop", relaxed(json!({"timeout_seconds": 1}))).await;
     assert_eq!(op["state"], "failed", "{op}");
     assert_eq!(step(&op, "freeze")["outcome"], "failed", "{op}");
-    assert!(op["error"].as_str().unwrap().contains("could not lock"), "{op}");
+    assert!(
+        op["error"].as_str().unwrap().contains("could not lock"),
+        "{op}"
+    );
     open.commit().await.unwrap();
     assert_restored(&server, &pair, &op).await;
 
@@ -224,36 +302,56 @@ async fn abort_at_each_step_leaves_the_source_writable() {
     let op = cutover(&server, "shop", relaxed(json!({"timeout_seconds": 1}))).await;
     assert_eq!(op["state"], "failed", "{op}");
     assert_eq!(step(&op, "drain")["outcome"], "failed", "{op}");
-    assert!(op["error"].as_str().unwrap().contains("had not applied"), "{op}");
+    assert!(
+        op["error"].as_str().unwrap().contains("had not applied"),
+        "{op}"
+    );
     stall.rollback().await.unwrap();
     assert_restored(&server, &pair, &op).await;
 
     // Operator abort while draining.
     let stall = stall_apply(&pair).await;
     let (status, started) = server
-        .post("/migrations/shop/cutover", relaxed(json!({"timeout_seconds": 600})))
+        .post(
+            "/migrations/shop/cutover",
+            relaxed(json!({"timeout_seconds": 600})),
+        )
         .await;
     assert_eq!(status, 202, "{started}");
     let id = started["id"].as_str().unwrap().to_string();
     wait_for("the drain step", Duration::from_secs(30), || async {
         let (_, op) = server.get(&format!("/operations/{id}")).await;
-        (op["steps"].as_array().unwrap().iter().any(|s| s["name"] == "drain")).then_some(())
+        (op["steps"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|s| s["name"] == "drain"))
+        .then_some(())
     })
     .await;
     // While frozen, writes fail with the message.
     let err = try_write(&pair.src).await.unwrap_err();
     assert!(err.contains("is frozen"), "{err}");
-    let (status, body) = server.post("/migrations/shop/cutover/abort", json!({})).await;
+    let (status, body) = server
+        .post("/migrations/shop/cutover/abort", json!({}))
+        .await;
     assert_eq!(status, 202, "{body}");
     let op = wait_operation(&server, &id, Duration::from_secs(60)).await;
     assert_eq!(op["state"], "aborted", "{op}");
     stall.rollback().await.unwrap();
     assert_restored(&server, &pair, &op).await;
-    let (status, body) = server.post(&format!("/operations/{id}/abort"), json!({})).await;
+    let (status, body) = server
+        .post(&format!("/operations/{id}/abort"), json!({}))
+        .await;
     assert_eq!(status, 409, "{body}");
 
     // Sequences: one of the migrated schema's sequences is missing on the target.
-    pair.source.psql("app", "CREATE SEQUENCE extra_seq; SELECT nextval('extra_seq');").await;
+    pair.source
+        .psql(
+            "app",
+            "CREATE SEQUENCE extra_seq; SELECT nextval('extra_seq');",
+        )
+        .await;
     let op = cutover(&server, "shop", relaxed(json!({}))).await;
     assert_eq!(op["state"], "failed", "{op}");
     assert_eq!(step(&op, "sequences")["outcome"], "failed", "{op}");
@@ -270,7 +368,9 @@ async fn abort_at_each_step_leaves_the_source_writable() {
     assert_eq!(step(&op, "verify")["outcome"], "failed", "{op}");
     assert!(op["error"].as_str().unwrap().contains("Odd Pair"), "{op}");
     assert_restored(&server, &pair, &op).await;
-    pair.target.psql("app", "DELETE FROM \"Odd Pair\" WHERE k1 = -1").await;
+    pair.target
+        .psql("app", "DELETE FROM \"Odd Pair\" WHERE k1 = -1")
+        .await;
 
     // Still healthy: it drains and equals the source; a cutover now succeeds.
     let op = cutover(&server, "shop", relaxed(json!({}))).await;
@@ -295,17 +395,30 @@ async fn reverse_replication_round_trip() {
 
     // The application now writes on the new side.
     let mut writers = Writers::spawn(pair.target.dsn("app"), 3);
-    wait_for("writes on the new server", Duration::from_secs(30), || async {
-        (writers.committed() > 150).then_some(())
-    })
+    wait_for(
+        "writes on the new server",
+        Duration::from_secs(30),
+        || async { (writers.committed() > 150).then_some(()) },
+    )
     .await;
-    sqlx::query("DELETE FROM \"Odd Pair\" WHERE k1 < 10").execute(&pair.dst).await.unwrap();
+    sqlx::query("DELETE FROM \"Odd Pair\" WHERE k1 < 10")
+        .execute(&pair.dst)
+        .await
+        .unwrap();
     let op = cutover(&server, "shop-reverse", relaxed(json!({"checksums": true}))).await;
     assert_eq!(op["state"], "succeeded", "{op}");
     writers.join().await;
-    assert_eq!(writers.frozen.lock().unwrap().len(), 3, "{:?}", writers.errors.lock().unwrap());
+    assert_eq!(
+        writers.frozen.lock().unwrap().len(),
+        3,
+        "{:?}",
+        writers.errors.lock().unwrap()
+    );
     let err = try_write(&pair.dst).await.unwrap_err();
-    assert!(err.contains("moved this database to cluster \"source\""), "{err}");
+    assert!(
+        err.contains("moved this database to cluster \"source\""),
+        "{err}"
+    );
     assert_same(&pair.src, &pair.dst).await;
     // The old server takes writes again, with sequences past everything the new one used.
     try_write(&pair.src).await.unwrap();
@@ -333,13 +446,18 @@ async fn crash_during_freeze_leaves_the_source_writable_after_restart() {
 
     let stall = stall_apply(&pair).await;
     let (status, started) = server
-        .post("/migrations/shop/cutover", relaxed(json!({"timeout_seconds": 600})))
+        .post(
+            "/migrations/shop/cutover",
+            relaxed(json!({"timeout_seconds": 600})),
+        )
         .await;
     assert_eq!(status, 202, "{started}");
     let id = started["id"].as_str().unwrap().to_string();
-    wait_for("the freeze to take hold", Duration::from_secs(30), || async {
-        try_write(&pair.src).await.is_err().then_some(())
-    })
+    wait_for(
+        "the freeze to take hold",
+        Duration::from_secs(30),
+        || async { try_write(&pair.src).await.is_err().then_some(()) },
+    )
     .await;
     let dir = server.crash();
     assert!(freeze_installed(&pair.src).await);
@@ -350,7 +468,10 @@ async fn crash_during_freeze_leaves_the_source_writable_after_restart() {
     let (status, op) = server.get(&format!("/operations/{id}")).await;
     assert_eq!(status, 200, "{op}");
     assert_eq!(op["state"], "failed", "{op}");
-    assert!(op["error"].as_str().unwrap().contains("freeze was lifted"), "{op}");
+    assert!(
+        op["error"].as_str().unwrap().contains("freeze was lifted"),
+        "{op}"
+    );
     assert!(!freeze_installed(&pair.src).await);
     try_write(&pair.src).await.unwrap();
     wait_synced(&server, "shop").await;
@@ -369,7 +490,9 @@ async fn webhook_receiver() -> (String, Arc<Mutex<Vec<Value>>>) {
     let record = seen.clone();
     tokio::spawn(async move {
         loop {
-            let Ok((mut sock, _)) = listener.accept().await else { return };
+            let Ok((mut sock, _)) = listener.accept().await else {
+                return;
+            };
             let record = record.clone();
             tokio::spawn(async move {
                 let mut buf = Vec::new();
@@ -381,15 +504,22 @@ async fn webhook_receiver() -> (String, Arc<Mutex<Vec<Value>>>) {
                     }
                     buf.extend_from_slice(&chunk[..n]);
                     let text = String::from_utf8_lossy(&buf).to_string();
-                    let Some(end) = text.find("\r\n\r\n") else { continue };
+                    let Some(end) = text.find("\r\n\r\n") else {
+                        continue;
+                    };
                     let length: usize = text[..end]
                         .lines()
-                        .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().parse().unwrap()))
+                        .find_map(|l| {
+                            l.to_ascii_lowercase()
+                                .strip_prefix("content-length:")
+                                .map(|v| v.trim().parse().unwrap())
+                        })
                         .unwrap_or(0);
                     if buf.len() < end + 4 + length {
                         continue;
                     }
-                    let body: Value = serde_json::from_slice(&buf[end + 4..end + 4 + length]).unwrap();
+                    let body: Value =
+                        serde_json::from_slice(&buf[end + 4..end + 4 + length]).unwrap();
                     record.lock().unwrap().push(body);
                     buf.drain(..end + 4 + length);
                     let _ = sock
@@ -415,9 +545,20 @@ async fn webhook_receives_each_step() {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         format!("http://{}/hook", l.local_addr().unwrap())
     };
-    let op = cutover(&server, "shop", relaxed(json!({"webhook_url": dead, "dry_run": true}))).await;
+    let op = cutover(
+        &server,
+        "shop",
+        relaxed(json!({"webhook_url": dead, "dry_run": true})),
+    )
+    .await;
     assert_eq!(op["state"], "succeeded", "{op}");
-    assert!(!op["result"]["webhook"]["failures"].as_array().unwrap().is_empty(), "{op}");
+    assert!(
+        !op["result"]["webhook"]["failures"]
+            .as_array()
+            .unwrap()
+            .is_empty(),
+        "{op}"
+    );
 
     let (url, seen) = webhook_receiver().await;
     let op = cutover(&server, "shop", relaxed(json!({"webhook_url": url}))).await;
@@ -426,19 +567,98 @@ async fn webhook_receives_each_step() {
     let seen = seen.lock().unwrap().clone();
     let events: Vec<(String, String)> = seen
         .iter()
-        .map(|e| (e["event"].as_str().unwrap().into(), e["step"].as_str().unwrap_or("").into()))
+        .map(|e| {
+            (
+                e["event"].as_str().unwrap().into(),
+                e["step"].as_str().unwrap_or("").into(),
+            )
+        })
         .collect();
     let mut expected = Vec::new();
-    for step in ["preflight", "freeze", "drain", "sequences", "verify", "finish"] {
+    for step in [
+        "preflight",
+        "freeze",
+        "drain",
+        "sequences",
+        "verify",
+        "finish",
+    ] {
         expected.push(("step_started".to_string(), step.to_string()));
         expected.push(("step_finished".to_string(), step.to_string()));
     }
     expected.push(("finished".into(), String::new()));
     assert_eq!(events, expected);
     let finish = &seen[seen.len() - 2];
-    assert!(finish["detail"]["writes_blocked_seconds"].is_number(), "{finish}");
+    assert!(
+        finish["detail"]["writes_blocked_seconds"].is_number(),
+        "{finish}"
+    );
     assert_eq!(seen.last().unwrap()["state"], "succeeded");
     for e in &seen {
         assert!(!e.to_string().contains("postgresql://"), "{e}");
     }
+}
+
+/// Cutover, verify and abort need the operator role; reading operations needs viewer. Roles are
+/// checked before anything else (an unknown migration is a 404 only for a role allowed to ask).
+#[tokio::test]
+async fn operation_routes_check_roles() {
+    init_tracing();
+    let server = TestServer::start().await;
+    let keys = pgshift::auth::Keys::load_or_create(&server.data_dir).unwrap();
+    let token = |role| keys.issue("ops", role, Duration::from_secs(600));
+    let id = uuid::Uuid::new_v4();
+    let routes: [(&str, String, pgshift::auth::Role); 6] = [
+        (
+            "POST",
+            "/migrations/m/cutover".into(),
+            pgshift::auth::Role::Operator,
+        ),
+        (
+            "POST",
+            "/migrations/m/cutover/abort".into(),
+            pgshift::auth::Role::Operator,
+        ),
+        (
+            "POST",
+            "/migrations/m/verify".into(),
+            pgshift::auth::Role::Operator,
+        ),
+        (
+            "POST",
+            format!("/operations/{id}/abort"),
+            pgshift::auth::Role::Operator,
+        ),
+        (
+            "GET",
+            format!("/operations/{id}"),
+            pgshift::auth::Role::Viewer,
+        ),
+        (
+            "GET",
+            "/migrations/m/operations".into(),
+            pgshift::auth::Role::Viewer,
+        ),
+    ];
+    for (method, path, least) in &routes {
+        for role in [
+            pgshift::auth::Role::Viewer,
+            pgshift::auth::Role::Operator,
+            pgshift::auth::Role::Admin,
+        ] {
+            let req = match *method {
+                "GET" => server.client.get(server.url(path)),
+                _ => server.client.post(server.url(path)).json(&json!({})),
+            };
+            let resp = req.bearer_auth(token(role)).send().await.unwrap();
+            let expected = if role >= *least { 404 } else { 403 };
+            assert_eq!(
+                resp.status().as_u16(),
+                expected,
+                "{method} {path} as {role}"
+            );
+        }
+    }
+    let (status, body) = server.get("/operations/not-a-uuid").await;
+    assert_eq!(status, 404, "{body}");
 }

@@ -661,7 +661,10 @@ async fn operation_conformance(store: &dyn Store) {
         Some(&first)
     );
     let running = store.running_operations().await.unwrap();
-    assert_eq!(running.iter().map(|o| o.id).collect::<Vec<_>>(), [second.id]);
+    assert_eq!(
+        running.iter().map(|o| o.id).collect::<Vec<_>>(),
+        [second.id]
+    );
 
     let listed = store.list_operations("op-shop", 10).await.unwrap();
     assert_eq!(
@@ -670,7 +673,11 @@ async fn operation_conformance(store: &dyn Store) {
     );
     assert_eq!(store.list_operations("op-shop", 1).await.unwrap().len(), 1);
     assert!(store.list_operations("other", 10).await.unwrap().is_empty());
-    assert!(store.operation_by_id(Uuid::new_v4()).await.unwrap().is_none());
+    assert!(store
+        .operation_by_id(Uuid::new_v4())
+        .await
+        .unwrap()
+        .is_none());
 
     store.delete_migration(m.id).await.unwrap();
     assert_eq!(store.list_operations("op-shop", 10).await.unwrap().len(), 2);

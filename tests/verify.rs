@@ -66,12 +66,17 @@ async fn verify_finds_a_changed_row_and_repair_fixes_it() {
     // The range holds key 1234 and is about range_rows wide, not the whole table.
     let after: i64 = ranges[0]["after"][0].as_str().unwrap().parse().unwrap();
     let up_to: i64 = ranges[0]["up_to"][0].as_str().unwrap().parse().unwrap();
-    assert!(after < 1234 && 1234 <= up_to && up_to - after <= 500, "{item}");
+    assert!(
+        after < 1234 && 1234 <= up_to && up_to - after <= 500,
+        "{item}"
+    );
     assert_eq!(table(result, "public.ledger")["state"], "differs");
     let odd = table(result, "public.Odd Pair");
     assert_eq!(odd["state"], "differs", "{odd}");
     assert_eq!(odd["differing_ranges"][0]["after"], Value::Null, "{odd}");
-    let (status, body) = server.post("/migrations/shop/verify", json!({"bogus": 1})).await;
+    let (status, body) = server
+        .post("/migrations/shop/verify", json!({"bogus": 1}))
+        .await;
     assert_eq!(status, 422, "{body}");
 
     let op = verify(&server, json!({"range_rows": 500, "repair": true})).await;
@@ -82,9 +87,15 @@ async fn verify_finds_a_changed_row_and_repair_fixes_it() {
         assert_eq!(t["state"], "match", "{t}");
     }
 
-    writers.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    writers
+        .stop
+        .store(true, std::sync::atomic::Ordering::Relaxed);
     writers.join().await;
-    assert!(writers.errors.lock().unwrap().is_empty(), "{:?}", writers.errors.lock().unwrap());
+    assert!(
+        writers.errors.lock().unwrap().is_empty(),
+        "{:?}",
+        writers.errors.lock().unwrap()
+    );
     wait_drained(&server, "shop", &pair.src, Duration::from_secs(60)).await;
     assert_same(&pair.src, &pair.dst).await;
     let (status, ops) = server.get("/migrations/shop/operations").await;

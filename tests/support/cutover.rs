@@ -40,11 +40,8 @@ CREATE SEQUENCE invoice_no;
 "#;
 
 /// Tables of [`SCHEMA`] with the order that makes row lists comparable.
-pub const TABLES: [(&str, &str); 3] = [
-    ("item", "id"),
-    ("ledger", "id"),
-    ("\"Odd Pair\"", "k1, k2"),
-];
+pub const TABLES: [(&str, &str); 3] =
+    [("item", "id"), ("ledger", "id"), ("\"Odd Pair\"", "k1, k2")];
 
 pub struct Pair {
     pub source: PgCluster,
@@ -236,7 +233,11 @@ impl Writers {
     }
 }
 
-async fn write_once(pool: &PgPool, writer: i32, rng: &mut rand::rngs::StdRng) -> Result<i64, String> {
+async fn write_once(
+    pool: &PgPool,
+    writer: i32,
+    rng: &mut rand::rngs::StdRng,
+) -> Result<i64, String> {
     let k: i32 = rng.gen_range(1..500);
     let pick: i64 = rng.gen_range(1..200);
     let mut tx = pool.begin().await.map_err(|e| e.to_string())?;

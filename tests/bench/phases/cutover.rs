@@ -84,7 +84,10 @@ impl Bench {
 
     /// Ten cutovers under pgbench load, alternating direction through reverse migrations.
     pub async fn cutovers(&self) -> R<()> {
-        let (c, j) = (self.args.clients.to_string(), self.args.threads().to_string());
+        let (c, j) = (
+            self.args.clients.to_string(),
+            self.args.threads().to_string(),
+        );
         let mut migration = MIGRATION.to_string();
         let mut rounds = Vec::new();
         for round in 1..=CUTOVERS {
@@ -117,9 +120,13 @@ impl Bench {
             if code != StatusCode::ACCEPTED {
                 return Err(format!("cutover of {migration} answered {code}: {op}"));
             }
-            let op = self.operation(op["id"].as_str().unwrap_or_default()).await?;
+            let op = self
+                .operation(op["id"].as_str().unwrap_or_default())
+                .await?;
             if op["state"] != "succeeded" {
-                return Err(format!("cutover {round} of {migration} did not succeed: {op}"));
+                return Err(format!(
+                    "cutover {round} of {migration} did not succeed: {op}"
+                ));
             }
             let new_added = history_rows(new).await? - new_before;
             let out = tokio::time::timeout(Duration::from_secs(330), child.wait_with_output())
@@ -136,7 +143,9 @@ impl Bench {
             }
             let old_added = history_rows(old).await? - old_before;
             let diffs = check::compare(&self.src, &self.dst).await?;
-            let blocked = op["result"]["writes_blocked_seconds"].as_f64().unwrap_or(f64::NAN);
+            let blocked = op["result"]["writes_blocked_seconds"]
+                .as_f64()
+                .unwrap_or(f64::NAN);
             say!(
                 "cutover {round}: writes blocked {blocked:.3} s; {old_added} transactions on the old side, {new_added} on the new"
             );
@@ -161,9 +170,18 @@ impl Bench {
     fn report_cutovers(&self, rounds: &[Round]) {
         let blocked: Vec<f64> = rounds.iter().map(|r| r.blocked).collect();
         let p = Percentiles::of(&blocked);
-        let lost: i64 = rounds.iter().map(|r| (r.old_added - r.new_added).max(0)).sum();
-        let extra: i64 = rounds.iter().map(|r| (r.new_added - r.old_added).max(0)).sum();
-        let unacknowledged: i64 = rounds.iter().map(|r| (r.pgbench_done - r.old_added).max(0)).sum();
+        let lost: i64 = rounds
+            .iter()
+            .map(|r| (r.old_added - r.new_added).max(0))
+            .sum();
+        let extra: i64 = rounds
+            .iter()
+            .map(|r| (r.new_added - r.old_added).max(0))
+            .sum();
+        let unacknowledged: i64 = rounds
+            .iter()
+            .map(|r| (r.pgbench_done - r.old_added).max(0))
+            .sum();
         let identical = rounds.iter().all(|r| r.identical);
         let mut r = self.rep();
         if let Some(p) = &p {
@@ -177,13 +195,19 @@ impl Bench {
         }
         r.figure(
             "6. Committed pgbench transactions lost / applied on the old server after the freeze",
-            format!("{lost} / {extra}; pgbench-acknowledged transactions missing: {unacknowledged}"),
+            format!(
+                "{lost} / {extra}; pgbench-acknowledged transactions missing: {unacknowledged}"
+            ),
             "0 / 0",
             Status::of(lost == 0 && extra == 0 && unacknowledged == 0),
         );
         r.figure(
             "6. Target identical to the source at the freeze point",
-            if identical { "yes, all 10".into() } else { "**no**".into() },
+            if identical {
+                "yes, all 10".into()
+            } else {
+                "**no**".into()
+            },
             "yes",
             Status::of(identical),
         );

@@ -49,7 +49,7 @@ pub async fn record(State(app): State<AppState>, request: Request, next: Next) -
     let path_name = match RawPathParams::from_request_parts(&mut parts, &()).await {
         Ok(params) => params
             .iter()
-            .find(|(key, _)| *key == "name")
+            .find(|(key, _)| *key == "name" || *key == "id")
             .map(|(_, value)| value.to_string()),
         Err(_) => None,
     };
@@ -122,6 +122,7 @@ fn object_kind(route: &str) -> Option<&'static str> {
     match rest.split('/').next()? {
         "clusters" => Some("cluster"),
         "migrations" => Some("migration"),
+        "operations" => Some("operation"),
         _ => None,
     }
 }

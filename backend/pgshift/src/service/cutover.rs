@@ -83,7 +83,10 @@ fn require_running(record: &MigrationRecord) -> ServiceResult<()> {
         )),
         _ => Err(ServiceError::conflict(
             "not_running",
-            format!("migration {:?} is not running; start or resume it first", record.name),
+            format!(
+                "migration {:?} is not running; start or resume it first",
+                record.name
+            ),
         )),
     }
 }
@@ -129,10 +132,11 @@ pub async fn start_cutover(
     });
     let op = new_operation(&record, "cutover", requested_by, shown);
     let cancel = app.operations.claim(record.id, op.id)?;
-    let mut recorder = match Recorder::create(app.store.clone(), op, req.webhook_url.clone()).await {
+    let mut recorder = match Recorder::create(app.store.clone(), op, req.webhook_url.clone()).await
+    {
         Ok(r) => r,
         Err(e) => {
-            app.operations.abort(record.id);
+            app.operations.release(record.id);
             return Err(e);
         }
     };
@@ -204,7 +208,10 @@ impl Cutover<'_> {
         let mut result = json!({});
         let outcome = self.steps(rec, &mut frozen, &mut result).await;
         match outcome {
-            Ok(()) => rec.finish(OperationState::Succeeded, Some(result), None).await,
+            Ok(()) => {
+                rec.finish(OperationState::Succeeded, Some(result), None)
+                    .await
+            }
             Err(stop) => {
                 let (state, error) = match stop {
                     Stop::Gates(reason) => (OperationState::Failed, reason),
@@ -214,7 +221,12 @@ impl Cutover<'_> {
                     ),
                     Stop::Failed(e) => (OperationState::Failed, e.to_string()),
                 };
-                if rec.op.steps.last().is_some_and(|s| s.outcome == StepOutcome::Running) {
+                if rec
+                    .op
+                    .steps
+                    .last()
+                    .is_some_and(|s| s.outcome == StepOutcome::Running)
+                {
                     rec.end(StepOutcome::Failed, json!({"error": error})).await;
                 }
                 if frozen {
@@ -278,7 +290,12 @@ impl Cutover<'_> {
         ))
     }
 
-    async fn steps(&mut self, rec: &mut Recorder, frozen: &mut bool, result: &mut Value) -> Result<(), Stop> {
+    async fn steps(
+        &mut self,
+        rec: &mut Recorder,
+        frozen: &mut bool,
+        result: &mut Value,
+    ) -> Result<(), Stop> {
         let schema = self.record.schema_name();
         let tables = self.record.tables.clone();
 
@@ -304,10 +321,15 @@ impl Cutover<'_> {
             .collect();
         result["gates"] = json!(checked);
         if !failed.is_empty() {
-            rec.end(StepOutcome::Failed, json!({"gates": checked})).await;
-            return Err(Stop::Gates(format!("preflight gate failed: {}", failed.join("; "))));
+            rec.end(StepOutcome::Failed, json!({"gates": checked}))
+                .await;
+            return Err(Stop::Gates(format!(
+                "preflight gate failed: {}",
+                failed.join("; ")
+            )));
         }
-        rec.end(StepOutcome::Succeeded, json!({"gates": checked})).await;
+        rec.end(StepOutcome::Succeeded, json!({"gates": checked}))
+            .await;
         if self.settings.dry_run {
             result["dry_run"] = true.into();
             return Ok(());
@@ -345,7 +367,8 @@ impl Cutover<'_> {
 
         rec.begin("sequences").await;
         let moved = sequences::move_forward(&mut src, &mut dst, &tables).await?;
-        rec.end(StepOutcome::Succeeded, json!({"moved": moved})).await;
+        rec.end(StepOutcome::Succeeded, json!({"moved": moved}))
+            .await;
         self.check_cancel()?;
 
         rec.begin("verify").await;
@@ -353,8 +376,12 @@ impl Cutover<'_> {
         crate::engine::cutover::comparable_session(&mut dst).await?;
         let mut compared = Vec::new();
         for t in &tables {
-            let a = verify::table_digest(&mut src, t, self.settings.checksums).await?;
-            let b = verify::table_digest(&mut dst, t, self.settings.checksums).await?;
+            // Both sides at once: this step counts toward the time writes are blocked.
+            let (a, b) = tokio::join!(
+                verify::table_digest(&mut src, t, self.settings.checksums),
+                verify::table_digest(&mut dst, t, self.settings.checksums)
+            );
+            let (a, b) = (a?, b?);
             compared.push(verify::TableComparison {
                 table: t.display_name(),
                 matches: a == b,
@@ -372,7 +399,8 @@ impl Cutover<'_> {
                 "verification failed: {} differ between source and target",
                 differing.join(", ")
             );
-            rec.end(StepOutcome::Failed, json!({"tables": compared})).await;
+            rec.end(StepOutcome::Failed, json!({"tables": compared}))
+                .await;
             return Err(Stop::Failed(EngineError::invalid("verify_failed", error)));
         }
         rec.end(
@@ -507,7 +535,9 @@ pub async fn start_verify(
     if !synced {
         return Err(ServiceError::conflict(
             "not_synced",
-            format!("migration {name:?} must be running here with every table synced to be verified"),
+            format!(
+                "migration {name:?} must be running here with every table synced to be verified"
+            ),
         ));
     }
     let repair = req.repair.unwrap_or(false);
@@ -521,7 +551,7 @@ pub async fn start_verify(
     let mut rec = match Recorder::create(app.store.clone(), op, None).await {
         Ok(r) => r,
         Err(e) => {
-            app.operations.abort(record.id);
+            app.operations.release(record.id);
             return Err(e);
         }
     };
@@ -530,13 +560,33 @@ pub async fn start_verify(
     let id = record.id;
     let join = tokio::spawn(async move {
         let mut result = json!({});
-        match run_verify(&task_app, &record, repair, range_rows, &cancel, &mut rec, &mut result).await {
-            Ok(()) => rec.finish(OperationState::Succeeded, Some(result), None).await,
-            Err(EngineError::Cancelled) => {
-                rec.finish(OperationState::Aborted, Some(result), Some("aborted on request".into()))
+        match run_verify(
+            &task_app,
+            &record,
+            repair,
+            range_rows,
+            &cancel,
+            &mut rec,
+            &mut result,
+        )
+        .await
+        {
+            Ok(()) => {
+                rec.finish(OperationState::Succeeded, Some(result), None)
                     .await
             }
-            Err(e) => rec.finish(OperationState::Failed, Some(result), Some(e.to_string())).await,
+            Err(EngineError::Cancelled) => {
+                rec.finish(
+                    OperationState::Aborted,
+                    Some(result),
+                    Some("aborted on request".into()),
+                )
+                .await
+            }
+            Err(e) => {
+                rec.finish(OperationState::Failed, Some(result), Some(e.to_string()))
+                    .await
+            }
         }
     });
     app.operations.attach(id, join);
@@ -560,7 +610,10 @@ async fn run_verify(
         target: pg::connect("the target", &target).await?,
     };
     let schema = record.schema_name();
-    let message = format!("pgshift migration {:?} is verifying this table; retry in a moment", record.name);
+    let message = format!(
+        "pgshift migration {:?} is verifying this table; retry in a moment",
+        record.name
+    );
     let plan = compare::Plan {
         schema: &schema,
         message: &message,
@@ -576,7 +629,8 @@ async fn run_verify(
         verdicts.push(compare::verify_table(&mut conns, &plan, t, cancel).await?);
     }
     let differs = verdicts.iter().any(|v| v.differs());
-    rec.end(StepOutcome::Succeeded, json!({"tables": verdicts})).await;
+    rec.end(StepOutcome::Succeeded, json!({"tables": verdicts}))
+        .await;
     result["tables"] = json!(verdicts);
     result["differs"] = differs.into();
     if !(repair && differs) {
@@ -589,9 +643,12 @@ async fn run_verify(
             continue;
         }
         let rows = compare::repair_table(&mut conns, &plan, t, v, cancel).await?;
-        repaired.push(json!({"table": v.table, "ranges": v.differing_ranges.len(), "rows_written": rows}));
+        repaired.push(
+            json!({"table": v.table, "ranges": v.differing_ranges.len(), "rows_written": rows}),
+        );
     }
-    rec.end(StepOutcome::Succeeded, json!({"tables": repaired})).await;
+    rec.end(StepOutcome::Succeeded, json!({"tables": repaired}))
+        .await;
     rec.begin("reverify").await;
     let mut after = Vec::new();
     for (t, v) in record.tables.iter().zip(&verdicts) {
@@ -601,7 +658,11 @@ async fn run_verify(
     }
     let still = after.iter().any(|v| v.differs());
     rec.end(
-        if still { StepOutcome::Failed } else { StepOutcome::Succeeded },
+        if still {
+            StepOutcome::Failed
+        } else {
+            StepOutcome::Succeeded
+        },
         json!({"tables": after}),
     )
     .await;
@@ -613,7 +674,10 @@ async fn run_verify(
 
 /// Sequence drift (source value vs target value) for the migration's status; `None` when a side
 /// cannot be read (the status says why elsewhere).
-pub async fn sequence_drift(app: &App, record: &MigrationRecord) -> Option<Vec<sequences::SequenceDrift>> {
+pub async fn sequence_drift(
+    app: &App,
+    record: &MigrationRecord,
+) -> Option<Vec<sequences::SequenceDrift>> {
     let read = async {
         let (source, target) = app.supervisor.endpoints(record).await?;
         let mut src = pg::connect("the source", &source).await?;

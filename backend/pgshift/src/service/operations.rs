@@ -16,9 +16,7 @@ use uuid::Uuid;
 
 use super::{App, ServiceError, ServiceResult};
 use crate::engine::{cutover, pg};
-use crate::store::{
-    DesiredState, Operation, OperationState, OperationStep, StepOutcome, Store,
-};
+use crate::store::{DesiredState, Operation, OperationState, OperationStep, StepOutcome, Store};
 
 struct Running {
     operation: Uuid,
@@ -35,13 +33,20 @@ pub struct Operations {
 
 impl Operations {
     /// Reserves the migration for a new operation, or refuses while another one runs.
-    pub(crate) fn claim(&self, migration: Uuid, operation: Uuid) -> ServiceResult<CancellationToken> {
+    pub(crate) fn claim(
+        &self,
+        migration: Uuid,
+        operation: Uuid,
+    ) -> ServiceResult<CancellationToken> {
         let mut running = self.running.lock().expect("operations lock");
         if let Some(r) = running.get(&migration) {
             if r.join.as_ref().is_none_or(|j| !j.is_finished()) {
                 return Err(ServiceError::conflict(
                     "operation_running",
-                    format!("operation {} is still running on this migration; wait for it or abort it", r.operation),
+                    format!(
+                        "operation {} is still running on this migration; wait for it or abort it",
+                        r.operation
+                    ),
                 ));
             }
         }
@@ -58,9 +63,22 @@ impl Operations {
     }
 
     pub(crate) fn attach(&self, migration: Uuid, join: JoinHandle<()>) {
-        if let Some(r) = self.running.lock().expect("operations lock").get_mut(&migration) {
+        if let Some(r) = self
+            .running
+            .lock()
+            .expect("operations lock")
+            .get_mut(&migration)
+        {
             r.join = Some(join);
         }
+    }
+
+    /// Gives the migration back when its operation could not start.
+    pub(crate) fn release(&self, migration: Uuid) {
+        self.running
+            .lock()
+            .expect("operations lock")
+            .remove(&migration);
     }
 
     /// Asks the migration's running operation to abort; returns its id.
@@ -139,7 +157,11 @@ impl Webhook {
                     None => delivered += 1,
                     Some(f) => {
                         tracing::warn!(webhook = %label, event = %event["event"], error = %f, "webhook delivery failed");
-                        failures.push(format!("{} {}: {f}", event["event"].as_str().unwrap_or(""), event["step"].as_str().unwrap_or("")));
+                        failures.push(format!(
+                            "{} {}: {f}",
+                            event["event"].as_str().unwrap_or(""),
+                            event["step"].as_str().unwrap_or("")
+                        ));
                     }
                 }
             }
@@ -229,7 +251,12 @@ impl Recorder {
     }
 
     /// Finishes the operation; a still-running step ends as failed.
-    pub async fn finish(&mut self, state: OperationState, result: Option<Value>, error: Option<String>) {
+    pub async fn finish(
+        &mut self,
+        state: OperationState,
+        result: Option<Value>,
+        error: Option<String>,
+    ) {
         if let Some(step) = self.op.steps.last_mut() {
             if step.outcome == StepOutcome::Running {
                 step.outcome = StepOutcome::Failed;
@@ -278,7 +305,8 @@ pub(crate) fn new_operation(
 }
 
 pub async fn get(app: &App, id: &str) -> ServiceResult<Operation> {
-    let id = Uuid::parse_str(id).map_err(|_| ServiceError::NotFound(format!("operation {id:?}")))?;
+    let id =
+        Uuid::parse_str(id).map_err(|_| ServiceError::NotFound(format!("operation {id:?}")))?;
     app.store
         .operation_by_id(id)
         .await?
@@ -297,7 +325,11 @@ pub async fn abort_by_id(app: &App, id: &str) -> ServiceResult<Operation> {
     if op.state != OperationState::Running || app.operations.abort(op.migration_id) != Some(op.id) {
         return Err(ServiceError::conflict(
             "operation_not_running",
-            format!("operation {} is {} and cannot be aborted", op.id, op.state.as_str()),
+            format!(
+                "operation {} is {} and cannot be aborted",
+                op.id,
+                op.state.as_str()
+            ),
         ));
     }
     Ok(op)
@@ -325,7 +357,11 @@ pub async fn recover(app: &App) -> ServiceResult<()> {
         }
         tracing::warn!(operation = %op.id, migration = %op.migration_name, "finishing an operation left running by a crash");
         let now = Utc::now();
-        for step in op.steps.iter_mut().filter(|s| s.outcome == StepOutcome::Running) {
+        for step in op
+            .steps
+            .iter_mut()
+            .filter(|s| s.outcome == StepOutcome::Running)
+        {
             step.outcome = StepOutcome::Failed;
             step.finished_at = Some(now);
         }
@@ -338,7 +374,10 @@ pub async fn recover(app: &App) -> ServiceResult<()> {
     Ok(())
 }
 
-async fn unfreeze_source(app: &App, record: &crate::store::MigrationRecord) -> crate::engine::EngineResult<bool> {
+async fn unfreeze_source(
+    app: &App,
+    record: &crate::store::MigrationRecord,
+) -> crate::engine::EngineResult<bool> {
     let (source, _) = app.supervisor.endpoints(record).await?;
     let mut src = pg::connect("the source", &source).await?;
     cutover::freeze::unfreeze(&mut src, &record.schema_name()).await

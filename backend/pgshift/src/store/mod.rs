@@ -170,7 +170,11 @@ pub trait Store: Send + Sync + 'static {
     async fn update_operation(&self, op: &Operation) -> StoreResult<()>;
     async fn operation_by_id(&self, id: Uuid) -> StoreResult<Option<Operation>>;
     /// Operations on the migration with this name, newest first, at most `limit`.
-    async fn list_operations(&self, migration_name: &str, limit: u32) -> StoreResult<Vec<Operation>>;
+    async fn list_operations(
+        &self,
+        migration_name: &str,
+        limit: u32,
+    ) -> StoreResult<Vec<Operation>>;
     /// Operations still marked running (at start: left so by a crash).
     async fn running_operations(&self) -> StoreResult<Vec<Operation>>;
     /// Cheap round trip used by readiness checks.

@@ -149,7 +149,8 @@ fn audit_from_row(row: &PgRow) -> StoreResult<AuditEntry> {
 
 fn operation_from_row(row: &PgRow) -> StoreResult<Operation> {
     let state: String = row.try_get("state")?;
-    let corrupt = |what: &str, e: serde_json::Error| StoreError::Corrupt(format!("operation {what}: {e}"));
+    let corrupt =
+        |what: &str, e: serde_json::Error| StoreError::Corrupt(format!("operation {what}: {e}"));
     let result: Option<serde_json::Value> = row.try_get("result")?;
     Ok(Operation {
         id: row.try_get("id")?,
@@ -411,7 +412,11 @@ impl Store for PostgresStore {
         row.as_ref().map(operation_from_row).transpose()
     }
 
-    async fn list_operations(&self, migration_name: &str, limit: u32) -> StoreResult<Vec<Operation>> {
+    async fn list_operations(
+        &self,
+        migration_name: &str,
+        limit: u32,
+    ) -> StoreResult<Vec<Operation>> {
         let rows = sqlx::query(
             "SELECT * FROM pgshift_meta.operation WHERE migration_name = $1
               ORDER BY created_at DESC, id DESC LIMIT $2",

@@ -379,7 +379,11 @@ impl Store for SqliteStore {
         row.as_ref().map(operation_from_row).transpose()
     }
 
-    async fn list_operations(&self, migration_name: &str, limit: u32) -> StoreResult<Vec<Operation>> {
+    async fn list_operations(
+        &self,
+        migration_name: &str,
+        limit: u32,
+    ) -> StoreResult<Vec<Operation>> {
         let rows = sqlx::query(
             "SELECT * FROM operation WHERE migration_name = ? ORDER BY created_at DESC, id DESC LIMIT ?",
         )
@@ -391,9 +395,10 @@ impl Store for SqliteStore {
     }
 
     async fn running_operations(&self) -> StoreResult<Vec<Operation>> {
-        let rows = sqlx::query("SELECT * FROM operation WHERE state = 'running' ORDER BY created_at")
-            .fetch_all(&self.pool)
-            .await?;
+        let rows =
+            sqlx::query("SELECT * FROM operation WHERE state = 'running' ORDER BY created_at")
+                .fetch_all(&self.pool)
+                .await?;
         rows.iter().map(operation_from_row).collect()
     }
 

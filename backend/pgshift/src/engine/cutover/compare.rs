@@ -75,7 +75,9 @@ where
     F: for<'c> FnOnce(
         &'c mut PgConnection,
         &'c mut PgConnection,
-    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = EngineResult<T>> + Send + 'c>>,
+    ) -> std::pin::Pin<
+        Box<dyn std::future::Future<Output = EngineResult<T>> + Send + 'c>,
+    >,
 {
     let held_from = Instant::now();
     let mut lock = conns
@@ -93,8 +95,14 @@ where
     .await?;
     let result = async {
         let tick = drain::final_tick(&mut conns.source_tick, plan.schema).await?;
-        drain::wait_applied(&mut conns.target, plan.schema, tick, plan.drain_timeout, cancel)
-            .await?;
+        drain::wait_applied(
+            &mut conns.target,
+            plan.schema,
+            tick,
+            plan.drain_timeout,
+            cancel,
+        )
+        .await?;
         inside(&mut conns.source, &mut conns.target).await
     }
     .await;
@@ -105,9 +113,12 @@ where
 }
 
 async fn begin_snapshot(conn: &mut PgConnection, what: &str) -> EngineResult<()> {
-    crate::engine::pg::run_script(conn, "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SELECT 1")
-        .await
-        .context(|| format!("opening a snapshot on the {what}"))
+    crate::engine::pg::run_script(
+        conn,
+        "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SELECT 1",
+    )
+    .await
+    .context(|| format!("opening a snapshot on the {what}"))
 }
 
 async fn end_snapshot(conn: &mut PgConnection, what: &str) -> EngineResult<()> {

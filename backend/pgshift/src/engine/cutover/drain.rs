@@ -46,10 +46,13 @@ pub async fn final_tick(src: &mut PgConnection, schema: &str) -> EngineResult<i6
 
 /// The tick the target has applied.
 pub async fn applied_tick(dst: &mut PgConnection, schema: &str) -> EngineResult<i64> {
-    sqlx::query_scalar(&format!("SELECT tick_id FROM {}.applied", quote_ident(schema)))
-        .fetch_one(dst)
-        .await
-        .context(|| "reading the applied tick on the target".into())
+    sqlx::query_scalar(&format!(
+        "SELECT tick_id FROM {}.applied",
+        quote_ident(schema)
+    ))
+    .fetch_one(dst)
+    .await
+    .context(|| "reading the applied tick on the target".into())
 }
 
 /// Waits until the target has applied `tick`, polling every few milliseconds, for at most

@@ -59,9 +59,17 @@ pub async fn check(
                 .map(|t| format!("{} ({})", t.name, t.state))
                 .collect();
             gates.push(if waiting.is_empty() {
-                Gate::new("tables_synced", true, format!("{} tables synced", status.tables.len()))
+                Gate::new(
+                    "tables_synced",
+                    true,
+                    format!("{} tables synced", status.tables.len()),
+                )
             } else {
-                Gate::new("tables_synced", false, format!("not synced yet: {}", waiting.join(", ")))
+                Gate::new(
+                    "tables_synced",
+                    false,
+                    format!("not synced yet: {}", waiting.join(", ")),
+                )
             });
             gates.push(match status.lag_seconds {
                 Some(lag) if lag <= input.max_lag_seconds => {
@@ -70,9 +78,16 @@ pub async fn check(
                 Some(lag) => Gate::new(
                     "lag",
                     false,
-                    format!("lag {lag:.3} s is over the threshold of {} s", input.max_lag_seconds),
+                    format!(
+                        "lag {lag:.3} s is over the threshold of {} s",
+                        input.max_lag_seconds
+                    ),
                 ),
-                None => Gate::new("lag", false, "no lag measured yet; wait for the first ticks"),
+                None => Gate::new(
+                    "lag",
+                    false,
+                    "no lag measured yet; wait for the first ticks",
+                ),
             });
             let failing = status.runtime == RuntimeState::Retrying || status.error.is_some();
             gates.push(if failing {
@@ -104,7 +119,11 @@ pub async fn check(
                 if missing.is_empty() {
                     format!("{} sequences readable", all.len())
                 } else {
-                    format!("{} sequences readable; never used on the target yet: {}", all.len(), missing.join(", "))
+                    format!(
+                        "{} sequences readable; never used on the target yet: {}",
+                        all.len(),
+                        missing.join(", ")
+                    )
                 },
             )
         }
@@ -178,7 +197,11 @@ async fn target_ready(dst: &mut PgConnection, tables: &[TableSpec]) -> EngineRes
     .await
     .context(|| "checking triggers and foreign keys on the target".into())?;
     Ok(if problems.is_empty() {
-        Gate::new("target_ready", true, "triggers enabled, foreign keys validated")
+        Gate::new(
+            "target_ready",
+            true,
+            "triggers enabled, foreign keys validated",
+        )
     } else {
         Gate::new("target_ready", false, problems.join("; "))
     })
@@ -192,7 +215,9 @@ async fn reverse_ready(
 ) -> EngineResult<Gate> {
     let mut problems = Vec::new();
     if let Err(e) = catalog::check_source(dst, tables).await {
-        problems.push(format!("on the target (the reverse migration's source): {e}"));
+        problems.push(format!(
+            "on the target (the reverse migration's source): {e}"
+        ));
     }
     let names: Vec<String> = tables.iter().map(|t| t.sql_name()).collect();
     let missing: Vec<String> = sqlx::query_scalar(
@@ -211,7 +236,11 @@ async fn reverse_ready(
         problems.push("the source role may not set session_replication_role".into());
     }
     Ok(if problems.is_empty() {
-        Gate::new("reverse_ready", true, "both roles can run the reverse migration")
+        Gate::new(
+            "reverse_ready",
+            true,
+            "both roles can run the reverse migration",
+        )
     } else {
         Gate::new("reverse_ready", false, problems.join("; "))
     })

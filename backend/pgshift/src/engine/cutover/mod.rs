@@ -3,8 +3,8 @@
 //! reverse migration that makes a rollback a second cutover. The service layer sequences the
 //! steps and records them; everything here works on connections it is given.
 
-pub mod drain;
 pub mod compare;
+pub mod drain;
 pub mod freeze;
 pub mod gates;
 pub mod reverse;

@@ -148,7 +148,10 @@ pub async fn move_forward(
         if !exists {
             return Err(EngineError::invalid(
                 "sequence_missing",
-                format!("sequence {} exists on the source but not on the target; create it there", s.name),
+                format!(
+                    "sequence {} exists on the source but not on the target; create it there",
+                    s.name
+                ),
             ));
         }
         sqlx::query("SELECT setval($1::regclass, $2, true)")

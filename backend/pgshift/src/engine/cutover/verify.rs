@@ -195,10 +195,7 @@ pub async fn copy_range(
     q.execute(&mut *dst)
         .await
         .context(|| format!("clearing a key range of {} on the target", t.display_name()))?;
-    let cols: Vec<String> = t
-        .writable_columns()
-        .map(|c| quote_ident(&c.name))
-        .collect();
+    let cols: Vec<String> = t.writable_columns().map(|c| quote_ident(&c.name)).collect();
     let select: Vec<String> = cols.iter().map(|c| format!("t.{c}")).collect();
     // Rows travel as JSON text (never parsed here: floats must not pass through f64 parsing),
     // typed on arrival by the target's own column types.
