@@ -423,6 +423,15 @@ async fn reverse_replication_round_trip() {
     // The old server takes writes again, with sequences past everything the new one used.
     try_write(&pair.src).await.unwrap();
     assert!(!freeze_installed(&pair.src).await);
+    // The first migration's capture left the old server with its freeze: nothing queues there.
+    let queues: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+          WHERE n.nspname LIKE 'pgshift\\_%' AND c.relname = 'event'",
+    )
+    .fetch_one(&pair.src)
+    .await
+    .unwrap();
+    assert_eq!(queues, 0);
     let max: i64 = sqlx::query_scalar("SELECT max(id) FROM item WHERE writer <> -1")
         .fetch_one(&pair.dst)
         .await

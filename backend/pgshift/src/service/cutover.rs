@@ -488,7 +488,7 @@ impl Cutover<'_> {
     }
 
     /// A cut-over migration whose source is this cutover's target (the old server of an earlier
-    /// cutover, now taking writes back) keeps its capture and freeze there: remove them.
+    /// cutover, now taking writes back) keeps its capture and freeze there: remove both.
     async fn lift_earlier_freezes(&self, dst: &mut PgConnection) -> Vec<String> {
         let mut lifted = Vec::new();
         let Ok(all) = self.app.store.list_migrations().await else {
@@ -500,7 +500,7 @@ impl Cutover<'_> {
                 && m.source.cluster_id == self.record.target.cluster_id
                 && m.source.database == self.record.target.database
         }) {
-            match crate::engine::cutover::freeze::unfreeze(dst, &m.schema_name()).await {
+            match reverse::retire_source(dst, &m.schema_name()).await {
                 Ok(true) => lifted.push(m.name.clone()),
                 Ok(false) => {}
                 Err(e) => {

@@ -70,3 +70,14 @@ pub async fn disarm(
     source::uninstall(new_side, &schema).await?;
     crate::engine::target::uninstall(old_side, &schema).await
 }
+
+/// Removes a cut-over migration's capture and freeze from its old source, once a cutover in the
+/// other direction makes that server take writes again: its capture would otherwise queue every
+/// write there with nobody to consume it. Returns whether anything was installed.
+pub async fn retire_source(conn: &mut PgConnection, schema: &str) -> EngineResult<bool> {
+    let installed = source::is_installed(conn, schema).await?;
+    if installed {
+        source::uninstall(conn, schema).await?;
+    }
+    Ok(installed)
+}
