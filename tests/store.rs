@@ -410,7 +410,13 @@ async fn postgres_store_conforms() {
     let pool = pg.connect("meta").await;
     assert_eq!(
         names_in(&pool, "pgshift_meta").await,
-        ["_sqlx_migrations", "audit", "cluster", "migration"]
+        [
+            "_sqlx_migrations",
+            "audit",
+            "cluster",
+            "migration",
+            "operation"
+        ]
     );
     assert!(names_in(&pool, "public").await.is_empty());
     // Opening again applies nothing and sees the same data.
