@@ -363,11 +363,23 @@ async fn abort_at_each_step_leaves_the_source_writable() {
     pair.target
         .psql("app", "INSERT INTO \"Odd Pair\" VALUES (-1, 'rogue', '{}')")
         .await;
-    let op = cutover(&server, "shop", relaxed(json!({}))).await;
+    // With reverse: true, so the reverse migration armed before the freeze is removed again.
+    let op = cutover(&server, "shop", relaxed(json!({"reverse": true}))).await;
     assert_eq!(op["state"], "failed", "{op}");
+    assert_eq!(step(&op, "arm_reverse")["outcome"], "succeeded", "{op}");
     assert_eq!(step(&op, "verify")["outcome"], "failed", "{op}");
     assert!(op["error"].as_str().unwrap().contains("Odd Pair"), "{op}");
     assert_restored(&server, &pair, &op).await;
+    let (status, body) = server.get("/migrations/shop-reverse").await;
+    assert_eq!(status, 404, "{body}");
+    let queues: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+          WHERE n.nspname LIKE 'pgshift\\_%' AND c.relname = 'event'",
+    )
+    .fetch_one(&pair.dst)
+    .await
+    .unwrap();
+    assert_eq!(queues, 0, "the reverse capture stayed on the target");
     pair.target
         .psql("app", "DELETE FROM \"Odd Pair\" WHERE k1 = -1")
         .await;

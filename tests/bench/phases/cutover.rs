@@ -32,6 +32,31 @@ struct Round {
     /// The same on the new side once the cutover finished.
     new_added: i64,
     identical: bool,
+    /// Seconds spent in each step inside the blocked window, in [`BLOCKED_STEPS`] order.
+    steps: Vec<f64>,
+}
+
+/// The steps between the freeze's first lock request and the end of the cutover.
+const BLOCKED_STEPS: [&str; 5] = ["freeze", "drain", "sequences", "verify", "finish"];
+
+/// How long each of [`BLOCKED_STEPS`] took, from the operation's recorded start and end times.
+fn step_seconds(op: &Value) -> Vec<f64> {
+    let time = |v: &Value| {
+        v.as_str()
+            .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+    };
+    BLOCKED_STEPS
+        .iter()
+        .map(|name| {
+            op["steps"]
+                .as_array()
+                .and_then(|steps| steps.iter().find(|s| s["name"] == *name))
+                .and_then(|s| Some((time(&s["started_at"])?, time(&s["finished_at"])?)))
+                .map_or(f64::NAN, |(a, b)| {
+                    (b - a).num_microseconds().unwrap_or(0) as f64 / 1e6
+                })
+        })
+        .collect()
 }
 
 async fn history_rows(pool: &PgPool) -> R<i64> {
@@ -160,6 +185,7 @@ impl Bench {
                 old_added,
                 new_added,
                 identical: diffs.is_empty(),
+                steps: step_seconds(&op),
             });
             migration = next;
         }
@@ -212,14 +238,16 @@ impl Bench {
             Status::of(identical),
         );
         let mut table = String::from(
-            "| # | from | writes blocked | pgbench transactions (its count) | on the old side | on the new side | identical |\n|---|---|---|---|---|---|---|\n",
+            "| # | from | writes blocked | freeze | drain | sequences | verify | finish | pgbench transactions (its count) | on the old side | on the new side | identical |\n|---|---|---|---|---|---|---|---|---|---|---|---|\n",
         );
         for (i, x) in rounds.iter().enumerate() {
+            let steps: Vec<String> = x.steps.iter().map(|s| format!("{s:.3} s")).collect();
             table.push_str(&format!(
-                "| {} | {} | {} | {} | {} | {} | {} |\n",
+                "| {} | {} | {} | {} | {} | {} | {} | {} |\n",
                 i + 1,
                 x.from,
                 secs(Duration::from_secs_f64(x.blocked.max(0.0))),
+                steps.join(" | "),
                 x.pgbench_done,
                 x.old_added,
                 x.new_added,

@@ -156,6 +156,7 @@ pub async fn start_cutover(
             record,
             settings,
             cancel,
+            reverse: None,
         };
         cutover.run(&mut recorder).await;
     });
@@ -188,6 +189,8 @@ struct Cutover<'a> {
     record: MigrationRecord,
     settings: CutoverSettings,
     cancel: CancellationToken,
+    /// The reverse migration once armed (before the freeze); removed again if the cutover stops.
+    reverse: Option<MigrationRecord>,
 }
 
 /// Why the cutover stopped before its finish.
@@ -241,6 +244,11 @@ impl Cutover<'_> {
                             rec.end(StepOutcome::Failed, json!({"error": e.to_string()}))
                                 .await
                         }
+                    }
+                }
+                if let Some(r) = self.reverse.take() {
+                    if let Err(e) = self.remove_reverse(&r).await {
+                        tracing::error!(migration = %r.name, error = %e, "cannot remove the reverse migration of a stopped cutover");
                     }
                 }
                 tracing::warn!(migration = %self.record.name, %error, "cutover stopped");
@@ -336,6 +344,22 @@ impl Cutover<'_> {
         }
         self.check_cancel()?;
 
+        // The reverse migration is installed while writes still go on: its capture on the new
+        // server sees no replicated change (the apply runs with session_replication_role =
+        // replica) and the application writes there only after the finish, so its tables are in
+        // sync from the freeze point on, and the freeze window does not pay for the DDL.
+        if let Some(name) = self.settings.reverse_name.clone() {
+            rec.begin("arm_reverse").await;
+            let armed = self.arm_reverse(&name, &mut src, &mut dst).await?;
+            rec.end(
+                StepOutcome::Succeeded,
+                json!({"reverse_migration": armed.name}),
+            )
+            .await;
+            self.reverse = Some(armed);
+            self.check_cancel()?;
+        }
+
         // Writes are blocked from the moment the freeze asks for its locks.
         rec.begin("freeze").await;
         let message = self.message().await?;
@@ -411,10 +435,7 @@ impl Cutover<'_> {
         self.check_cancel()?;
 
         rec.begin("finish").await;
-        let reverse = match self.settings.reverse_name.clone() {
-            Some(name) => Some(self.arm_reverse(&name, &mut src, &mut dst).await?),
-            None => None,
-        };
+        let reverse = self.reverse.clone();
         // From here on the cutover completes: an abort request no longer applies.
         self.app.supervisor.stop(self.record.id).await;
         if let Err(e) = self
@@ -425,13 +446,10 @@ impl Cutover<'_> {
         {
             // The run is stopped but the record says running: restart it and give writes back.
             let _ = self.app.supervisor.start(&self.record).await;
-            if let Some(r) = &reverse {
-                let _ = reverse::disarm(&mut dst, &mut src, r).await;
-                let _ = self.app.store.delete_migration(r.id).await;
-            }
             return Err(Stop::Failed(EngineError::invalid("store", e.to_string())));
         }
         *frozen = false;
+        self.reverse = None;
         let lifted = self.lift_earlier_freezes(&mut dst).await;
         if let Some(r) = &reverse {
             if let Err(e) = self.app.supervisor.start(r).await {
@@ -452,6 +470,17 @@ impl Cutover<'_> {
         result["reverse_migration"] = json!(reverse.map(|r| r.name));
         tracing::info!(migration = %self.record.name, blocked_s = blocked.as_secs_f64(), "cutover finished");
         Ok(())
+    }
+
+    /// Undoes an armed reverse migration: its capture, its bookkeeping and its record.
+    async fn remove_reverse(&self, r: &MigrationRecord) -> EngineResult<()> {
+        let (mut src, mut dst) = self.connect().await?;
+        reverse::disarm(&mut dst, &mut src, r).await?;
+        self.app
+            .store
+            .delete_migration(r.id)
+            .await
+            .map_err(|e| EngineError::invalid("store", e.to_string()))
     }
 
     /// Stores and installs the reverse migration (new → old), its tables synced as of now.
