@@ -1,7 +1,8 @@
 //! Figure 6: cutovers under load. pgbench writes to the current source right up to each cutover;
 //! every cutover arms the reverse migration, so the next one moves the database back, and ten
 //! of them alternate between the two servers. Per cutover: how long writes were blocked (from
-//! the freeze's first lock request to the finish, as pgshift records it), pgbench's committed
+//! the freeze's first lock request to the finish, as pgshift records it, and each step's share),
+//! pgbench's committed
 //! transactions against `pgbench_history` on both sides, and an exact comparison of the two
 //! databases with the old one frozen and the new one not yet written.
 
@@ -262,7 +263,8 @@ impl Bench {
                  reverse migration, so the next cutover moves the database back: {CUTOVERS} cutovers alternate \
                  between the two servers. *Writes blocked* is pgshift's own figure: from the freeze's first lock \
                  request to the end of the finish step (freeze, final tick and drain, sequences, row-count \
-                 verification, arming the reverse migration; the gates run before). The freeze errors pgbench's \
+                 verification, stopping the migration and starting the reverse one; the gates and the arming of \
+                 the reverse migration run before). The freeze errors pgbench's \
                  clients get are expected and left out of the server-log problems below. Transactions are counted as `pgbench_history` rows \
                  (one per committed pgbench transaction) added on each side during the round, after pgbench \
                  stopped; the comparison covers every table, row by row.\n\n{table}",
