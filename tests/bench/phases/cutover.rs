@@ -2,9 +2,8 @@
 //! every cutover arms the reverse migration, so the next one moves the database back, and ten
 //! of them alternate between the two servers. Per cutover: how long writes were blocked (from
 //! the freeze's first lock request to the finish, as pgshift records it, and each step's share),
-//! pgbench's committed
-//! transactions against `pgbench_history` on both sides, and an exact comparison of the two
-//! databases with the old one frozen and the new one not yet written.
+//! pgbench's committed transactions against `pgbench_history` on both sides, and an exact
+//! comparison of the two databases with the old one frozen and the new one not yet written.
 
 use std::time::{Duration, Instant};
 
