@@ -13,6 +13,7 @@ use pgshift::store::{
     self, AuditFilter, Cluster, ColumnSpec, DesiredState, Endpoint, MigrationRecord, NewAuditEntry,
     PostgresStore, SqliteStore, Store, StoreError, TableSpec, TokenRecord,
 };
+use pgshift::store::{Operation, OperationState, OperationStep, StepOutcome};
 use pgshift_tests::server::test_settings;
 use pgshift_tests::{init_tracing, PgCluster};
 use serde_json::{json, Value};
@@ -415,6 +416,7 @@ async fn postgres_store_conforms() {
             "audit",
             "cluster",
             "migration",
+            "operation",
             "token",
             "user_session"
         ]
@@ -777,4 +779,124 @@ async fn postgres_store_keeps_users_and_sessions() {
         .await
         .expect("open PostgreSQL store");
     users_conformance(&*store).await;
+}
+
+fn operation(migration: &MigrationRecord) -> Operation {
+    Operation {
+        id: Uuid::new_v4(),
+        migration_id: migration.id,
+        migration_name: migration.name.clone(),
+        kind: "cutover".into(),
+        state: OperationState::Running,
+        requested_by: "ops".into(),
+        request: json!({"dry_run": false}),
+        steps: Vec::new(),
+        result: None,
+        error: None,
+        created_at: now(),
+        updated_at: now(),
+        finished_at: None,
+    }
+}
+
+/// Operations: stored, updated step by step, listed newest first per migration, found while
+/// running, and kept after their migration is removed.
+async fn operation_conformance(store: &dyn Store) {
+    let (a, b) = (cluster("op-a"), cluster("op-b"));
+    store.insert_cluster(&a).await.unwrap();
+    store.insert_cluster(&b).await.unwrap();
+    let m = migration("op-shop", &a, &b, false);
+    store.insert_migration(&m).await.unwrap();
+    let mut first = operation(&m);
+    store.insert_operation(&first).await.unwrap();
+    assert_eq!(
+        store.operation_by_id(first.id).await.unwrap().as_ref(),
+        Some(&first)
+    );
+    let mut second = operation(&m);
+    second.kind = "verify".into();
+    second.created_at = first.created_at + chrono::Duration::seconds(1);
+    store.insert_operation(&second).await.unwrap();
+    assert_eq!(store.running_operations().await.unwrap().len(), 2);
+
+    first.steps.push(OperationStep {
+        name: "preflight".into(),
+        outcome: StepOutcome::Succeeded,
+        started_at: now(),
+        finished_at: Some(now()),
+        detail: json!({"gates": [{"name": "lag", "passed": true}]}),
+    });
+    first.state = OperationState::Failed;
+    first.error = Some("gate failed".into());
+    first.result = Some(json!({"writes_blocked_seconds": 0.25}));
+    first.updated_at = now();
+    first.finished_at = Some(now());
+    store.update_operation(&first).await.unwrap();
+    assert_eq!(
+        store.operation_by_id(first.id).await.unwrap().as_ref(),
+        Some(&first)
+    );
+    let running = store.running_operations().await.unwrap();
+    assert_eq!(
+        running.iter().map(|o| o.id).collect::<Vec<_>>(),
+        [second.id]
+    );
+
+    let listed = store.list_operations("op-shop", 10).await.unwrap();
+    assert_eq!(
+        listed.iter().map(|o| o.id).collect::<Vec<_>>(),
+        [second.id, first.id]
+    );
+    assert_eq!(store.list_operations("op-shop", 1).await.unwrap().len(), 1);
+    assert!(store.list_operations("other", 10).await.unwrap().is_empty());
+    assert!(store
+        .operation_by_id(Uuid::new_v4())
+        .await
+        .unwrap()
+        .is_none());
+
+    store.delete_migration(m.id).await.unwrap();
+    assert_eq!(store.list_operations("op-shop", 10).await.unwrap().len(), 2);
+}
+
+#[tokio::test]
+async fn sqlite_store_keeps_operations() {
+    init_tracing();
+    let dir = TempDir::new();
+    let store = SqliteStore::open(&dir.0).await.expect("open SQLite");
+    operation_conformance(&store).await;
+}
+
+#[tokio::test]
+async fn postgres_store_keeps_operations() {
+    init_tracing();
+    let pg = PgCluster::start().await;
+    pg.create_database("meta").await;
+    let dir = TempDir::new();
+    let store = store::open(Some(&pg.dsn("meta")), &dir.0)
+        .await
+        .expect("open PostgreSQL store");
+    operation_conformance(&*store).await;
+}
+
+/// A migration cut over is stored and read back as such by both backends.
+async fn cut_over_state_conformance(store: &dyn Store) {
+    let (a, b) = (cluster("co-a"), cluster("co-b"));
+    store.insert_cluster(&a).await.unwrap();
+    store.insert_cluster(&b).await.unwrap();
+    let m = migration("co-shop", &a, &b, false);
+    store.insert_migration(&m).await.unwrap();
+    store
+        .set_desired_state(m.id, DesiredState::CutOver)
+        .await
+        .unwrap();
+    let got = store.migration_by_name("co-shop").await.unwrap().unwrap();
+    assert_eq!(got.desired_state, DesiredState::CutOver);
+}
+
+#[tokio::test]
+async fn sqlite_store_keeps_cut_over_state() {
+    let dir = TempDir::new();
+    let store = SqliteStore::open(&dir.0).await.expect("open SQLite");
+    cut_over_state_conformance(&store).await;
 }

@@ -16,6 +16,8 @@ usage: bench-engine [--scale N] [--clients N] [--seconds N] [--out PATH] [--only
                   copy      1. initial copy, against pg_dump | pg_restore
                   overhead  2-4. write overhead, lag under load, drain (and diagnostic 2b)
                   bulk      5. bulk UPDATE and bulk DELETE
+                  cutover   6. ten cutovers under pgbench load (only when named:
+                            it ends the migration, so it runs after the others)
                 Setup always runs; without `copy`, pgshift still copies the tables
                 (unmeasured) since the other phases need a synced migration.
 
@@ -27,10 +29,13 @@ pub enum Phase {
     Copy,
     Overhead,
     Bulk,
+    Cutover,
 }
 
 impl Phase {
     pub const ALL: [Phase; 3] = [Phase::Copy, Phase::Overhead, Phase::Bulk];
+    /// Phases run only when `--only` names them, after the others.
+    pub const OPTIONAL: [Phase; 1] = [Phase::Cutover];
 
     /// The name `--only` takes.
     pub fn name(self) -> &'static str {
@@ -38,6 +43,7 @@ impl Phase {
             Phase::Copy => "copy",
             Phase::Overhead => "overhead",
             Phase::Bulk => "bulk",
+            Phase::Cutover => "cutover",
         }
     }
 
@@ -47,6 +53,7 @@ impl Phase {
             Phase::Copy => "1",
             Phase::Overhead => "2, 2b, 3 and 4",
             Phase::Bulk => "5",
+            Phase::Cutover => "6",
         }
     }
 }
@@ -186,12 +193,17 @@ fn parse_phases(list: &str) -> R<Vec<Phase>> {
     let valid = || {
         Phase::ALL
             .iter()
+            .chain(&Phase::OPTIONAL)
             .map(|p| p.name())
             .collect::<Vec<_>>()
             .join(", ")
     };
     for n in &names {
-        if !Phase::ALL.iter().any(|p| p.name() == *n) {
+        if !Phase::ALL
+            .iter()
+            .chain(&Phase::OPTIONAL)
+            .any(|p| p.name() == *n)
+        {
             return Err(format!(
                 "--only: unknown phase {n:?} (phases: {})\n\n{USAGE}",
                 valid()
@@ -200,6 +212,7 @@ fn parse_phases(list: &str) -> R<Vec<Phase>> {
     }
     Ok(Phase::ALL
         .into_iter()
+        .chain(Phase::OPTIONAL)
         .filter(|p| names.contains(&p.name()))
         .collect())
 }

@@ -54,6 +54,9 @@ impl Bench {
         if self.args.runs(Phase::Bulk) {
             self.bulk_changes().await?;
         }
+        if self.args.runs(Phase::Cutover) {
+            self.cutovers().await?;
+        }
         if self.args.partial() {
             say!("phases done: {}", self.args.phase_list());
         } else {
@@ -139,6 +142,8 @@ impl Bench {
             for line in text.lines() {
                 let is_error =
                     line.contains("ERROR:") || line.contains("FATAL:") || line.contains("PANIC:");
+                // A cutover's freeze refusing writes is the freeze working, not a problem.
+                let is_error = is_error && !line.contains("is frozen: pgshift migration");
                 if is_error || (after_error && line.contains("STATEMENT:")) {
                     lines.push(line.chars().take(500).collect());
                 }

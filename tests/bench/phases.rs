@@ -4,5 +4,6 @@
 
 mod bulk;
 mod copy;
+mod cutover;
 mod overhead;
 mod paused;

@@ -3,6 +3,7 @@
 
 pub mod cluster;
 pub mod dashboard;
+pub mod cutover;
 pub mod migrate;
 pub mod server;
 pub mod workload;

@@ -74,6 +74,7 @@ impl Application {
                 secrets,
                 sign_in_throttle: Default::default(),
                 lag_history: Default::default(),
+                operations: Default::default(),
             }),
         })
     }
@@ -104,6 +105,9 @@ impl Application {
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
+        if let Err(err) = crate::service::operations::recover(&self.app).await {
+            tracing::error!(error = %err, "cannot finish operations left running by a crash");
+        }
         if let Err(err) = self.app.supervisor.resume_all().await {
             tracing::error!(error = %err, "cannot resume migrations");
         }
@@ -117,6 +121,7 @@ impl Application {
             .await;
         sampler_cancel.cancel();
         let _ = sampler.await;
+        self.app.operations.shutdown(Duration::from_secs(30)).await;
         self.app.supervisor.shutdown(Duration::from_secs(30)).await;
         tracing::info!("pgshift stopped");
         result

@@ -5,6 +5,7 @@ mod apply;
 mod batch;
 pub mod catalog;
 mod copy;
+pub mod cutover;
 mod error;
 pub mod pg;
 mod runner;

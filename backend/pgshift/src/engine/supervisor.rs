@@ -98,6 +98,21 @@ impl Supervisor {
         pg::options(&dsn, Some(database))
     }
 
+    /// Connection options for the migration's source and target (the cutover and verification
+    /// connect to both sides themselves).
+    pub async fn endpoints(
+        &self,
+        record: &MigrationRecord,
+    ) -> EngineResult<(PgConnectOptions, PgConnectOptions)> {
+        let source = self
+            .options(record.source.cluster_id, &record.source.database)
+            .await?;
+        let target = self
+            .options(record.target.cluster_id, &record.target.database)
+            .await?;
+        Ok((source, target))
+    }
+
     /// Starts the migration's run unless it is already running.
     pub async fn start(&self, record: &MigrationRecord) -> EngineResult<()> {
         let source = self

@@ -123,6 +123,7 @@ fn object_kind(route: &str) -> Option<&'static str> {
         "clusters" => Some("cluster"),
         "migrations" => Some("migration"),
         "tokens" => Some("token"),
+        "operations" => Some("operation"),
         _ => None,
     }
 }

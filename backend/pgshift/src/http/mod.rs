@@ -3,12 +3,14 @@
 mod audit;
 mod auth;
 mod clusters;
+mod cutover;
 mod error;
 mod json;
 mod metrics;
 mod migrations;
 mod openapi;
 mod tokens;
+mod operations;
 
 use std::sync::Arc;
 
@@ -44,6 +46,12 @@ pub fn router(app: AppState) -> Router {
         .route("/migrations/{name}/start", post(migrations::start))
         .route("/migrations/{name}/pause", post(migrations::pause))
         .route("/migrations/{name}/resume", post(migrations::resume))
+        .route("/migrations/{name}/cutover", post(cutover::start))
+        .route("/migrations/{name}/cutover/abort", post(cutover::abort))
+        .route("/migrations/{name}/verify", post(cutover::verify))
+        .route("/migrations/{name}/operations", get(operations::list))
+        .route("/operations/{id}", get(operations::get))
+        .route("/operations/{id}/abort", post(operations::abort))
         .route("/audit", get(audit::list))
         .route("/tokens", post(tokens::create).get(tokens::list))
         .route("/tokens/{id}", axum::routing::delete(tokens::revoke))

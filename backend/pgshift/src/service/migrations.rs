@@ -6,6 +6,7 @@ use uuid::Uuid;
 
 use super::clusters;
 use super::{check_name, App, ServiceError, ServiceResult};
+use crate::engine::cutover::sequences::SequenceDrift;
 use crate::engine::{catalog, pg, MigrationStatus, RuntimeState, TableStatus};
 use crate::store::{DesiredState, Endpoint, MigrationRecord};
 
@@ -44,12 +45,16 @@ pub struct MigrationView {
     pub error: Option<String>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+    /// Each sequence's value on the source and the target (single-migration reads only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sequences: Option<Vec<SequenceDrift>>,
 }
 
 fn overall_state(record: &MigrationRecord, status: &MigrationStatus) -> &'static str {
     match record.desired_state {
         DesiredState::Created => "created",
         DesiredState::Paused => "paused",
+        DesiredState::CutOver => "cut_over",
         DesiredState::Running => {
             if status.runtime == RuntimeState::Retrying {
                 "error"
@@ -109,6 +114,7 @@ async fn view(app: &App, record: &MigrationRecord) -> ServiceResult<MigrationVie
         tables: status.tables,
         created_at: record.created_at,
         updated_at: record.updated_at,
+        sequences: None,
     })
 }
 
@@ -200,7 +206,10 @@ pub async fn find(app: &App, name: &str) -> ServiceResult<MigrationRecord> {
 }
 
 pub async fn get(app: &App, name: &str) -> ServiceResult<MigrationView> {
-    view(app, &find(app, name).await?).await
+    let record = find(app, name).await?;
+    let mut v = view(app, &record).await?;
+    v.sequences = super::cutover::sequence_drift(app, &record).await;
+    Ok(v)
 }
 
 pub async fn list(app: &App) -> ServiceResult<Vec<MigrationView>> {
@@ -230,6 +239,7 @@ pub async fn start(app: &App, name: &str) -> ServiceResult<MigrationView> {
             "paused",
             format!("migration {name:?} is paused; resume it"),
         )),
+        DesiredState::CutOver => Err(cut_over(name)),
     }
 }
 
@@ -241,6 +251,7 @@ pub async fn pause(app: &App, name: &str) -> ServiceResult<MigrationView> {
             "not_started",
             format!("migration {name:?} has not been started"),
         )),
+        DesiredState::CutOver => Err(cut_over(name)),
         DesiredState::Paused | DesiredState::Running => {
             app.store
                 .set_desired_state(record.id, DesiredState::Paused)
@@ -260,8 +271,17 @@ pub async fn resume(app: &App, name: &str) -> ServiceResult<MigrationView> {
             "not_started",
             format!("migration {name:?} has not been started; start it"),
         )),
+        DesiredState::CutOver => Err(cut_over(name)),
         DesiredState::Paused | DesiredState::Running => run(app, record).await,
     }
+}
+
+/// A cut-over migration is finished: the application writes to the target now.
+fn cut_over(name: &str) -> ServiceError {
+    ServiceError::conflict(
+        "cut_over",
+        format!("migration {name:?} has been cut over; nothing runs any more (remove it, or cut back with its reverse migration)"),
+    )
 }
 
 /// Removes everything pgshift installed on both sides, then forgets the migration.

@@ -8,6 +8,8 @@ pub mod migration_preview;
 pub mod migrations;
 pub mod tokens;
 pub mod users;
+pub mod cutover;
+pub mod operations;
 
 use std::sync::Arc;
 
@@ -27,6 +29,8 @@ pub struct App {
     pub sign_in_throttle: users::SignInThrottle,
     /// Recent lag and throughput of each migration, for the dashboard's charts.
     pub lag_history: lag_history::LagHistory,
+    /// Cutovers and verifications running in this process.
+    pub operations: operations::Operations,
 }
 
 /// Why an operation failed.

@@ -2,6 +2,7 @@
 //! PostgreSQL backend can sit beside the embedded SQLite one.
 
 mod model;
+mod operation;
 mod postgres;
 mod sqlite;
 mod users_sql;
@@ -11,6 +12,7 @@ pub use model::{
     NewAuditEntry, TableSpec, TokenRecord,
 };
 pub use model::{User, UserSession};
+pub use operation::{Operation, OperationState, OperationStep, StepOutcome};
 pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;
 
@@ -175,6 +177,19 @@ pub trait Store: Send + Sync + 'static {
     /// Whether the token with this id was revoked; read on every authenticated request, so that
     /// a revocation holds at once on every instance sharing the store.
     async fn token_revoked(&self, id: Uuid) -> StoreResult<bool>;
+    /// Stores a new operation.
+    async fn insert_operation(&self, op: &Operation) -> StoreResult<()>;
+    /// Saves an operation's state, steps, result, error and times (by id).
+    async fn update_operation(&self, op: &Operation) -> StoreResult<()>;
+    async fn operation_by_id(&self, id: Uuid) -> StoreResult<Option<Operation>>;
+    /// Operations on the migration with this name, newest first, at most `limit`.
+    async fn list_operations(
+        &self,
+        migration_name: &str,
+        limit: u32,
+    ) -> StoreResult<Vec<Operation>>;
+    /// Operations still marked running (at start: left so by a crash).
+    async fn running_operations(&self) -> StoreResult<Vec<Operation>>;
     /// Cheap round trip used by readiness checks.
     async fn ping(&self) -> StoreResult<()>;
 

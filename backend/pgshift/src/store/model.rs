@@ -39,6 +39,8 @@ pub enum DesiredState {
     Created,
     Running,
     Paused,
+    /// The cutover finished: the application writes to the target; nothing runs.
+    CutOver,
 }
 
 impl DesiredState {
@@ -47,6 +49,7 @@ impl DesiredState {
             DesiredState::Created => "created",
             DesiredState::Running => "running",
             DesiredState::Paused => "paused",
+            DesiredState::CutOver => "cut_over",
         }
     }
 
@@ -55,6 +58,7 @@ impl DesiredState {
             "created" => Some(DesiredState::Created),
             "running" => Some(DesiredState::Running),
             "paused" => Some(DesiredState::Paused),
+            "cut_over" => Some(DesiredState::CutOver),
             _ => None,
         }
     }

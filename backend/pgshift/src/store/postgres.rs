@@ -12,7 +12,7 @@ use uuid::Uuid;
 
 use super::{
     AuditEntry, AuditFilter, Cluster, DesiredState, Endpoint, MigrationRecord, NewAuditEntry,
-    Store, StoreError, StoreResult, TokenRecord,
+    Operation, OperationState, Store, StoreError, StoreResult, TokenRecord,
 };
 
 use super::users_sql::postgres as users;
@@ -162,6 +162,33 @@ fn audit_from_row(row: &PgRow) -> StoreResult<AuditEntry> {
             error_code: row.try_get("error_code")?,
         },
     })
+}
+
+fn operation_from_row(row: &PgRow) -> StoreResult<Operation> {
+    let state: String = row.try_get("state")?;
+    let corrupt =
+        |what: &str, e: serde_json::Error| StoreError::Corrupt(format!("operation {what}: {e}"));
+    let result: Option<serde_json::Value> = row.try_get("result")?;
+    Ok(Operation {
+        id: row.try_get("id")?,
+        migration_id: row.try_get("migration_id")?,
+        migration_name: row.try_get("migration_name")?,
+        kind: row.try_get("kind")?,
+        state: OperationState::parse(&state)
+            .ok_or_else(|| StoreError::Corrupt(format!("operation state {state:?}")))?,
+        requested_by: row.try_get("requested_by")?,
+        request: row.try_get("request")?,
+        steps: serde_json::from_value(row.try_get("steps")?).map_err(|e| corrupt("steps", e))?,
+        result,
+        error: row.try_get("error")?,
+        created_at: row.try_get("created_at")?,
+        updated_at: row.try_get("updated_at")?,
+        finished_at: row.try_get("finished_at")?,
+    })
+}
+
+fn steps_json(op: &Operation) -> serde_json::Value {
+    serde_json::to_value(&op.steps).expect("operation steps serialize")
 }
 
 #[async_trait]
@@ -396,6 +423,82 @@ impl Store for PostgresStore {
         .fetch_optional(&self.pool)
         .await?;
         Ok(revoked.unwrap_or(false))
+    }
+
+    async fn insert_operation(&self, op: &Operation) -> StoreResult<()> {
+        sqlx::query(
+            "INSERT INTO pgshift_meta.operation (id, migration_id, migration_name, kind, state, requested_by,
+                                                 request, steps, result, error, created_at, updated_at, finished_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
+        )
+        .bind(op.id)
+        .bind(op.migration_id)
+        .bind(&op.migration_name)
+        .bind(&op.kind)
+        .bind(op.state.as_str())
+        .bind(&op.requested_by)
+        .bind(&op.request)
+        .bind(steps_json(op))
+        .bind(&op.result)
+        .bind(&op.error)
+        .bind(op.created_at)
+        .bind(op.updated_at)
+        .bind(op.finished_at)
+        .execute(&self.pool)
+        .await
+        .map_err(|e| map_unique(e, format!("operation {}", op.id)))?;
+        Ok(())
+    }
+
+    async fn update_operation(&self, op: &Operation) -> StoreResult<()> {
+        sqlx::query(
+            "UPDATE pgshift_meta.operation
+                SET state = $1, steps = $2, result = $3, error = $4, updated_at = $5, finished_at = $6
+              WHERE id = $7",
+        )
+        .bind(op.state.as_str())
+        .bind(steps_json(op))
+        .bind(&op.result)
+        .bind(&op.error)
+        .bind(op.updated_at)
+        .bind(op.finished_at)
+        .bind(op.id)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn operation_by_id(&self, id: Uuid) -> StoreResult<Option<Operation>> {
+        let row = sqlx::query("SELECT * FROM pgshift_meta.operation WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(operation_from_row).transpose()
+    }
+
+    async fn list_operations(
+        &self,
+        migration_name: &str,
+        limit: u32,
+    ) -> StoreResult<Vec<Operation>> {
+        let rows = sqlx::query(
+            "SELECT * FROM pgshift_meta.operation WHERE migration_name = $1
+              ORDER BY created_at DESC, id DESC LIMIT $2",
+        )
+        .bind(migration_name)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(operation_from_row).collect()
+    }
+
+    async fn running_operations(&self) -> StoreResult<Vec<Operation>> {
+        let rows = sqlx::query(
+            "SELECT * FROM pgshift_meta.operation WHERE state = 'running' ORDER BY created_at",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(operation_from_row).collect()
     }
 
     async fn ping(&self) -> StoreResult<()> {

@@ -13,7 +13,7 @@ use uuid::Uuid;
 
 use super::{
     AuditEntry, AuditFilter, Cluster, DesiredState, Endpoint, MigrationRecord, NewAuditEntry,
-    Store, StoreError, StoreResult, TokenRecord,
+    Operation, OperationState, Store, StoreError, StoreResult, TokenRecord,
 };
 
 use super::users_sql::sqlite as users;
@@ -141,6 +141,36 @@ fn token_from_row(row: &SqliteRow) -> StoreResult<TokenRecord> {
 
 fn micros(t: &DateTime<Utc>) -> String {
     t.to_rfc3339_opts(SecondsFormat::Micros, true)
+}
+
+fn json_text(v: &impl serde::Serialize) -> String {
+    serde_json::to_string(v).expect("operation JSON serializes")
+}
+
+fn json_column<T: serde::de::DeserializeOwned>(what: &str, s: &str) -> StoreResult<T> {
+    serde_json::from_str(s).map_err(|e| StoreError::Corrupt(format!("operation {what}: {e}")))
+}
+
+fn operation_from_row(row: &SqliteRow) -> StoreResult<Operation> {
+    let state: String = row.try_get("state")?;
+    let result: Option<String> = row.try_get("result")?;
+    let finished: Option<String> = row.try_get("finished_at")?;
+    Ok(Operation {
+        id: parse_uuid(row.try_get("id")?)?,
+        migration_id: parse_uuid(row.try_get("migration_id")?)?,
+        migration_name: row.try_get("migration_name")?,
+        kind: row.try_get("kind")?,
+        state: OperationState::parse(&state)
+            .ok_or_else(|| StoreError::Corrupt(format!("operation state {state:?}")))?,
+        requested_by: row.try_get("requested_by")?,
+        request: json_column("request", row.try_get("request")?)?,
+        steps: json_column("steps", row.try_get("steps")?)?,
+        result: result.map(|r| json_column("result", &r)).transpose()?,
+        error: row.try_get("error")?,
+        created_at: parse_time(row.try_get("created_at")?)?,
+        updated_at: parse_time(row.try_get("updated_at")?)?,
+        finished_at: finished.map(|f| parse_time(&f)).transpose()?,
+    })
 }
 
 fn now() -> String {
@@ -359,6 +389,79 @@ impl Store for SqliteStore {
                 .fetch_optional(&self.pool)
                 .await?;
         Ok(revoked.unwrap_or(false))
+    }
+
+    async fn insert_operation(&self, op: &Operation) -> StoreResult<()> {
+        sqlx::query(
+            "INSERT INTO operation (id, migration_id, migration_name, kind, state, requested_by, request,
+                                    steps, result, error, created_at, updated_at, finished_at)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(op.id.to_string())
+        .bind(op.migration_id.to_string())
+        .bind(&op.migration_name)
+        .bind(&op.kind)
+        .bind(op.state.as_str())
+        .bind(&op.requested_by)
+        .bind(json_text(&op.request))
+        .bind(json_text(&op.steps))
+        .bind(op.result.as_ref().map(json_text))
+        .bind(&op.error)
+        .bind(micros(&op.created_at))
+        .bind(micros(&op.updated_at))
+        .bind(op.finished_at.as_ref().map(micros))
+        .execute(&self.pool)
+        .await
+        .map_err(|e| map_unique(e, format!("operation {}", op.id)))?;
+        Ok(())
+    }
+
+    async fn update_operation(&self, op: &Operation) -> StoreResult<()> {
+        sqlx::query(
+            "UPDATE operation SET state = ?, steps = ?, result = ?, error = ?, updated_at = ?, finished_at = ?
+              WHERE id = ?",
+        )
+        .bind(op.state.as_str())
+        .bind(json_text(&op.steps))
+        .bind(op.result.as_ref().map(json_text))
+        .bind(&op.error)
+        .bind(micros(&op.updated_at))
+        .bind(op.finished_at.as_ref().map(micros))
+        .bind(op.id.to_string())
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn operation_by_id(&self, id: Uuid) -> StoreResult<Option<Operation>> {
+        let row = sqlx::query("SELECT * FROM operation WHERE id = ?")
+            .bind(id.to_string())
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(operation_from_row).transpose()
+    }
+
+    async fn list_operations(
+        &self,
+        migration_name: &str,
+        limit: u32,
+    ) -> StoreResult<Vec<Operation>> {
+        let rows = sqlx::query(
+            "SELECT * FROM operation WHERE migration_name = ? ORDER BY created_at DESC, id DESC LIMIT ?",
+        )
+        .bind(migration_name)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(operation_from_row).collect()
+    }
+
+    async fn running_operations(&self) -> StoreResult<Vec<Operation>> {
+        let rows =
+            sqlx::query("SELECT * FROM operation WHERE state = 'running' ORDER BY created_at")
+                .fetch_all(&self.pool)
+                .await?;
+        rows.iter().map(operation_from_row).collect()
     }
 
     async fn ping(&self) -> StoreResult<()> {

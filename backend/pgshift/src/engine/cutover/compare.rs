@@ -1,0 +1,228 @@
+//! Verification on demand, while replication runs. For each table pgshift holds the table still
+//! on the source for a moment (the freeze's lock, rolled back instead of committed), takes a
+//! tick, waits until the target has applied it, and opens a snapshot on both sides: the two
+//! snapshots then hold the same rows for that table, whatever writes follow. The lock is
+//! released before anything is compared, so source writes wait only for the target to catch up
+//! with one tick. Tables that differ are compared again in primary-key ranges; `repair` rewrites
+//! only the ranges that differ, under the same brief lock.
+
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use serde_json::Value;
+use sqlx::{Connection, PgConnection};
+use tokio_util::sync::CancellationToken;
+
+use super::verify::{self, KeyBound};
+use super::{comparable_session, drain, freeze};
+use crate::engine::error::Context;
+use crate::engine::EngineResult;
+use crate::store::TableSpec;
+
+/// The connections a verification works with: three on the source, one on the target.
+pub struct Connections {
+    /// Holds the brief lock.
+    pub source_lock: PgConnection,
+    /// Takes ticks while the lock is held.
+    pub source_tick: PgConnection,
+    pub source: PgConnection,
+    pub target: PgConnection,
+}
+
+/// What to verify and how.
+pub struct Plan<'a> {
+    pub schema: &'a str,
+    /// The freeze message, shown to a writer that hits the brief lock's trigger (none should:
+    /// the lock is rolled back, never committed).
+    pub message: &'a str,
+    /// Longest wait for the target to apply the tick taken under the lock.
+    pub drain_timeout: Duration,
+    /// Rows per compared key range.
+    pub range_rows: i64,
+}
+
+/// One table's verdict.
+#[derive(Debug, Clone, Serialize)]
+pub struct TableVerdict {
+    pub table: String,
+    /// `match` or `differs`.
+    pub state: &'static str,
+    pub source_rows: i64,
+    pub target_rows: i64,
+    pub differing_ranges: Vec<Value>,
+    /// How long source writes to this table were held back, in seconds.
+    pub writes_held_seconds: f64,
+    #[serde(skip)]
+    ranges: Vec<(Option<KeyBound>, Option<KeyBound>)>,
+}
+
+impl TableVerdict {
+    pub fn differs(&self) -> bool {
+        self.state == "differs"
+    }
+}
+
+/// Holds `table` still on the source, takes a tick and waits until the target applied it, then
+/// runs `inside` (while the lock holds) and releases the lock. Returns how long it was held.
+async fn with_table_held<F, T>(
+    conns: &mut Connections,
+    plan: &Plan<'_>,
+    table: &TableSpec,
+    cancel: &CancellationToken,
+    inside: F,
+) -> EngineResult<(T, Duration)>
+where
+    F: for<'c> FnOnce(
+        &'c mut PgConnection,
+        &'c mut PgConnection,
+    ) -> std::pin::Pin<
+        Box<dyn std::future::Future<Output = EngineResult<T>> + Send + 'c>,
+    >,
+{
+    let held_from = Instant::now();
+    let mut lock = conns
+        .source_lock
+        .begin()
+        .await
+        .context(|| "opening the lock transaction on the source".into())?;
+    freeze::lock_in(
+        &mut lock,
+        plan.schema,
+        std::slice::from_ref(table),
+        plan.message,
+        Duration::from_secs(2),
+    )
+    .await?;
+    let result = async {
+        let tick = drain::final_tick(&mut conns.source_tick, plan.schema).await?;
+        drain::wait_applied(
+            &mut conns.target,
+            plan.schema,
+            tick,
+            plan.drain_timeout,
+            cancel,
+        )
+        .await?;
+        inside(&mut conns.source, &mut conns.target).await
+    }
+    .await;
+    lock.rollback()
+        .await
+        .context(|| "releasing the lock on the source".into())?;
+    Ok((result?, held_from.elapsed()))
+}
+
+async fn begin_snapshot(conn: &mut PgConnection, what: &str) -> EngineResult<()> {
+    crate::engine::pg::run_script(
+        conn,
+        "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SELECT 1",
+    )
+    .await
+    .context(|| format!("opening a snapshot on the {what}"))
+}
+
+async fn end_snapshot(conn: &mut PgConnection, what: &str) -> EngineResult<()> {
+    crate::engine::pg::run_script(conn, "COMMIT")
+        .await
+        .context(|| format!("closing the snapshot on the {what}"))
+}
+
+/// Compares one table at a common point.
+pub async fn verify_table(
+    conns: &mut Connections,
+    plan: &Plan<'_>,
+    table: &TableSpec,
+    cancel: &CancellationToken,
+) -> EngineResult<TableVerdict> {
+    comparable_session(&mut conns.source).await?;
+    comparable_session(&mut conns.target).await?;
+    let ((), held) = with_table_held(conns, plan, table, cancel, |src, dst| {
+        Box::pin(async move {
+            begin_snapshot(src, "source").await?;
+            begin_snapshot(dst, "target").await
+        })
+    })
+    .await?;
+    let outcome = compare_in_snapshots(conns, plan, table).await;
+    // Close both snapshots whatever happened.
+    let closed_src = end_snapshot(&mut conns.source, "source").await;
+    let closed_dst = end_snapshot(&mut conns.target, "target").await;
+    let mut verdict = outcome?;
+    closed_src?;
+    closed_dst?;
+    verdict.writes_held_seconds = held.as_secs_f64();
+    Ok(verdict)
+}
+
+async fn compare_in_snapshots(
+    conns: &mut Connections,
+    plan: &Plan<'_>,
+    table: &TableSpec,
+) -> EngineResult<TableVerdict> {
+    let src_all = verify::table_digest(&mut conns.source, table, true).await?;
+    let dst_all = verify::table_digest(&mut conns.target, table, true).await?;
+    let mut verdict = TableVerdict {
+        table: table.display_name(),
+        state: "match",
+        source_rows: src_all.rows,
+        target_rows: dst_all.rows,
+        differing_ranges: Vec::new(),
+        writes_held_seconds: 0.0,
+        ranges: Vec::new(),
+    };
+    if src_all == dst_all {
+        return Ok(verdict);
+    }
+    verdict.state = "differs";
+    let bounds = verify::range_bounds(&mut conns.source, table, plan.range_rows).await?;
+    let mut lo: Option<KeyBound> = None;
+    for i in 0..=bounds.len() {
+        let hi = bounds.get(i).cloned();
+        let a = verify::range_digest(&mut conns.source, table, lo.as_ref(), hi.as_ref()).await?;
+        let b = verify::range_digest(&mut conns.target, table, lo.as_ref(), hi.as_ref()).await?;
+        if a != b {
+            let mut range = verify::range_json(lo.as_ref(), hi.as_ref());
+            range["source_rows"] = a.rows.into();
+            range["target_rows"] = b.rows.into();
+            verdict.differing_ranges.push(range);
+            verdict.ranges.push((lo.clone(), hi.clone()));
+        }
+        lo = hi;
+    }
+    Ok(verdict)
+}
+
+/// Rewrites the differing ranges of `verdict` on the target from the source, under the brief
+/// lock; returns the rows written.
+pub async fn repair_table(
+    conns: &mut Connections,
+    plan: &Plan<'_>,
+    table: &TableSpec,
+    verdict: &TableVerdict,
+    cancel: &CancellationToken,
+) -> EngineResult<u64> {
+    let ranges = verdict.ranges.clone();
+    let t = table.clone();
+    let (rows, _) = with_table_held(conns, plan, table, cancel, move |src, dst| {
+        Box::pin(async move {
+            let mut tx = dst
+                .begin()
+                .await
+                .context(|| "opening the repair transaction on the target".into())?;
+            sqlx::query("SET LOCAL session_replication_role = replica")
+                .execute(&mut *tx)
+                .await
+                .context(|| "setting session_replication_role on the target".into())?;
+            let mut rows = 0;
+            for (lo, hi) in &ranges {
+                rows += verify::copy_range(src, &mut tx, &t, lo.as_ref(), hi.as_ref()).await?;
+            }
+            tx.commit()
+                .await
+                .context(|| "committing the repair on the target".into())?;
+            Ok(rows)
+        })
+    })
+    .await?;
+    Ok(rows)
+}

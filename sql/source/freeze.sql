@@ -1,0 +1,17 @@
+-- The cutover's freeze on the source (@schema@: the migration's schema, quoted; @message@: a
+-- quoted literal naming the new server). Each CREATE TRIGGER (freeze_table.sql) takes a
+-- SHARE ROW EXCLUSIVE lock, which waits for the table's writers to finish and holds new ones
+-- back (reads go on) until commit; from then on every write fails with the message. Only the
+-- TRIGGER privilege is needed, no superuser and no ownership of the tables. The function lives
+-- in pgshift's schema: dropping it with CASCADE (or removing the migration) lifts the freeze.
+-- Not SECURITY DEFINER: it only raises. Sessions with session_replication_role = replica (a
+-- reverse migration applying changes here) do not fire it.
+
+CREATE OR REPLACE FUNCTION @schema@.cutover_freeze() RETURNS trigger LANGUAGE plpgsql AS $f$
+BEGIN
+    RAISE EXCEPTION USING
+        ERRCODE = 'read_only_sql_transaction',
+        MESSAGE = format('%I.%I is frozen: %s', TG_TABLE_SCHEMA, TG_TABLE_NAME, @message@),
+        HINT = 'point the application at the new server';
+END
+$f$;

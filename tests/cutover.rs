@@ -1,0 +1,685 @@
+//! The cutover against real PostgreSQL servers: under load with an exact comparison, gate
+//! failures, aborts at each step, sequences, the freeze message, the way back, and pgshift dying
+//! while the source is frozen.
+
+use std::time::Duration;
+
+use pgshift_tests::cutover::{
+    assert_same, cutover, freeze_installed, pair, relaxed, start_synced, step, step_names,
+    try_write, wait_operation, wait_synced, Writers,
+};
+use pgshift_tests::server::{test_settings, TestServer};
+use pgshift_tests::{init_tracing, wait_for};
+use serde_json::{json, Value};
+use std::sync::{Arc, Mutex};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// Writers commit on the source right up to the cutover; afterwards every committed
+/// transaction is on the target, none landed on the source after the freeze, the tables are
+/// identical, sequences moved forward, and writes to the old server fail naming the new one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn cutover_under_load_loses_nothing() {
+    init_tracing();
+    let pair = pair(2_000).await;
+    let server = TestServer::start().await;
+    start_synced(&server, &pair, "shop").await;
+
+    // Before the cutover the status shows each sequence's drift.
+    let m = server.migration("shop").await;
+    let drift = m["sequences"].as_array().unwrap_or_else(|| panic!("{m}"));
+    let item_seq = drift
+        .iter()
+        .find(|s| s["name"] == "public.item_id_seq")
+        .unwrap();
+    assert_eq!(item_seq["source"], 2000, "{m}");
+    assert_eq!(item_seq["target"], serde_json::Value::Null, "{m}");
+    assert_eq!(item_seq["behind"], true, "{m}");
+    assert!(
+        drift
+            .iter()
+            .any(|s| s["name"] == "public.invoice_no" && s["source"] == 42),
+        "{m}"
+    );
+
+    let mut writers = Writers::spawn(pair.source.dsn("app"), 4);
+    wait_for("writers to commit", Duration::from_secs(30), || async {
+        (writers.committed() > 200).then_some(())
+    })
+    .await;
+    let op = cutover(&server, "shop", relaxed(json!({"checksums": true}))).await;
+    assert_eq!(op["state"], "succeeded", "{op}");
+    assert_eq!(
+        step_names(&op),
+        [
+            "preflight",
+            "freeze",
+            "drain",
+            "sequences",
+            "verify",
+            "finish"
+        ]
+    );
+    assert!(op["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|s| s["outcome"] == "succeeded"));
+    let blocked = op["result"]["writes_blocked_seconds"].as_f64().unwrap();
+    assert!(blocked > 0.0, "{op}");
+    for t in step(&op, "verify")["detail"]["tables"].as_array().unwrap() {
+        assert_eq!(t["matches"], true, "{t}");
+        assert!(t["source"]["checksum"].is_string(), "{t}");
+    }
+
+    // Every writer ends on the freeze error, which names the new server.
+    writers.join().await;
+    let frozen = writers.frozen.lock().unwrap().clone();
+    assert_eq!(
+        frozen.len(),
+        4,
+        "{frozen:?} / {:?}",
+        writers.errors.lock().unwrap()
+    );
+    let port = pair.target.port().to_string();
+    for e in &frozen {
+        assert!(
+            e.contains("moved this database to cluster \"target\""),
+            "{e}"
+        );
+        assert!(e.contains(&port), "{e}");
+    }
+    // Zero lost: every committed item is on the target; zero after the freeze: the source
+    // holds no item the target lacks (the tables are identical).
+    let committed = writers.items.lock().unwrap().clone();
+    let on_target: i64 = sqlx::query_scalar("SELECT count(*) FROM item WHERE id = ANY($1)")
+        .bind(&committed)
+        .fetch_one(&pair.dst)
+        .await
+        .unwrap();
+    assert_eq!(on_target as usize, committed.len());
+    assert_same(&pair.src, &pair.dst).await;
+
+    // Reads still work on the old server; writes of every kind fail.
+    let n: i64 = sqlx::query_scalar("SELECT count(*) FROM item")
+        .fetch_one(&pair.src)
+        .await
+        .unwrap();
+    assert!(n >= 2_000);
+    for sql in [
+        "INSERT INTO item (writer, n) VALUES (9, 9)",
+        "UPDATE ledger SET amount = 0",
+        "DELETE FROM \"Odd Pair\"",
+        "TRUNCATE item",
+    ] {
+        let err = sqlx::query(sql)
+            .execute(&pair.src)
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("is frozen") && err.contains("\"target\""),
+            "{sql}: {err}"
+        );
+    }
+
+    // Sequences: the target hands out values after the source's.
+    for (seq, column_max) in [
+        ("item_id_seq", "SELECT max(id) FROM item"),
+        ("ledger_id_seq", "SELECT max(id) FROM ledger"),
+        ("invoice_no", "SELECT 42::bigint"),
+    ] {
+        let max: i64 = sqlx::query_scalar(column_max)
+            .fetch_one(&pair.src)
+            .await
+            .unwrap();
+        let next: i64 = sqlx::query_scalar(&format!("SELECT nextval('{seq}')"))
+            .fetch_one(&pair.dst)
+            .await
+            .unwrap();
+        assert!(
+            next > max,
+            "{seq}: next {next} on the target, {max} used on the source"
+        );
+    }
+    let m = server.migration("shop").await;
+    assert_eq!(m["state"], "cut_over", "{m}");
+    assert!(
+        m["sequences"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|s| s["behind"] == false),
+        "{m}"
+    );
+    let (status, body) = server.post("/migrations/shop/start", json!({})).await;
+    assert_eq!(status, 409, "{body}");
+    let (status, ops) = server.get("/migrations/shop/operations").await;
+    assert_eq!(status, 200);
+    assert_eq!(ops[0]["id"], op["id"]);
+}
+
+/// A failed gate stops the cutover before anything changes; dry_run runs the gates only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn gate_failure_changes_nothing() {
+    init_tracing();
+    let pair = pair(500).await;
+    let server = TestServer::start().await;
+    start_synced(&server, &pair, "shop").await;
+
+    let op = cutover(&server, "shop", relaxed(json!({"dry_run": true}))).await;
+    assert_eq!(op["state"], "succeeded", "{op}");
+    assert_eq!(step_names(&op), ["preflight"]);
+
+    // A disabled trigger on the target fails target_ready.
+    pair.target
+        .psql(
+            "app",
+            "CREATE FUNCTION touch() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RETURN NEW; END $$;
+             CREATE TRIGGER touch BEFORE UPDATE ON item FOR EACH ROW EXECUTE FUNCTION touch();
+             ALTER TABLE item DISABLE TRIGGER touch;",
+        )
+        .await;
+    let op = cutover(&server, "shop", relaxed(json!({}))).await;
+    assert_eq!(op["state"], "failed", "{op}");
+    assert_eq!(step_names(&op), ["preflight"]);
+    let gates = step(&op, "preflight")["detail"]["gates"]
+        .as_array()
+        .unwrap()
+        .clone();
+    let failed: Vec<_> = gates.iter().filter(|g| g["passed"] == false).collect();
+    assert_eq!(failed.len(), 1, "{gates:?}");
+    assert_eq!(failed[0]["name"], "target_ready");
+    assert!(
+        failed[0]["reason"].as_str().unwrap().contains("touch"),
+        "{gates:?}"
+    );
+    assert!(
+        op["error"].as_str().unwrap().contains("target_ready"),
+        "{op}"
+    );
+    // Lag over the threshold fails the lag gate: the target's apply is held up meanwhile.
+    pair.target
+        .psql("app", "ALTER TABLE item ENABLE TRIGGER touch")
+        .await;
+    let stall = stall_apply(&pair).await;
+    wait_for("lag to build up", Duration::from_secs(30), || async {
+        let m = server.migration("shop").await;
+        (m["lag_seconds"].as_f64().unwrap_or(0.0) > 0.2).then_some(())
+    })
+    .await;
+    let op = cutover(&server, "shop", json!({"max_lag_seconds": 0.2})).await;
+    assert_eq!(op["state"], "failed", "{op}");
+    let gates = step(&op, "preflight")["detail"]["gates"]
+        .as_array()
+        .unwrap()
+        .clone();
+    let failed: Vec<_> = gates.iter().filter(|g| g["passed"] == false).collect();
+    assert_eq!(failed.len(), 1, "{gates:?}");
+    assert_eq!(failed[0]["name"], "lag", "{gates:?}");
+    stall.rollback().await.unwrap();
+
+    // Nothing changed: no freeze, the source takes writes, the migration runs on.
+    assert!(!freeze_installed(&pair.src).await);
+    try_write(&pair.src).await.unwrap();
+    let m = wait_synced(&server, "shop").await;
+    assert_eq!(m["state"], "synced");
+    let (status, body) = server
+        .post("/migrations/shop/cutover", json!({"max_lag_seconds": -1}))
+        .await;
+    assert_eq!(status, 422, "{body}");
+    let (status, body) = server
+        .post(
+            "/migrations/shop/cutover",
+            json!({"webhook_url": "ftp://x"}),
+        )
+        .await;
+    assert_eq!(status, 422, "{body}");
+    let (status, body) = server.post("/migrations/nope/cutover", json!({})).await;
+    assert_eq!(status, 404, "{body}");
+}
+
+/// Stalls the apply of `item` on the target with a lock held by the returned transaction.
+async fn stall_apply(
+    pair: &pgshift_tests::cutover::Pair,
+) -> sqlx::Transaction<'static, sqlx::Postgres> {
+    let mut tx = pair.dst.begin().await.unwrap();
+    sqlx::query("LOCK TABLE item IN ACCESS EXCLUSIVE MODE")
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    // A change the worker must apply to item, so it waits behind the lock.
+    sqlx::query("INSERT INTO item (writer, n) VALUES (2, 2)")
+        .execute(&pair.src)
+        .await
+        .unwrap();
+    tx
+}
+
+/// After a cutover that stopped, the source takes writes, nothing is frozen and the migration
+/// still replicates.
+async fn assert_restored(
+    server: &TestServer,
+    pair: &pgshift_tests::cutover::Pair,
+    op: &serde_json::Value,
+) {
+    assert!(!freeze_installed(&pair.src).await, "{op}");
+    try_write(&pair.src)
+        .await
+        .unwrap_or_else(|e| panic!("source not writable after {op}: {e}"));
+    if step_names(op).contains(&"freeze".to_string()) {
+        assert_eq!(step(op, "restore")["outcome"], "succeeded", "{op}");
+    }
+    wait_synced(server, "shop").await;
+}
+
+/// Each step's failure (and an operator's abort) restores source writes and leaves the
+/// migration running; after all of them the target still equals the source.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn abort_at_each_step_leaves_the_source_writable() {
+    init_tracing();
+    let pair = pair(500).await;
+    let server = TestServer::start().await;
+    start_synced(&server, &pair, "shop").await;
+
+    // Freeze: a writer's open transaction holds item past the lock timeout.
+    let mut open = pair.src.begin().await.unwrap();
+    sqlx::query("INSERT INTO item (writer, n) VALUES (3, 3)")
+        .execute(&mut *open)
+        .await
+        .unwrap();
+    let op = cutover(&server, "shop", relaxed(json!({"timeout_seconds": 1}))).await;
+    assert_eq!(op["state"], "failed", "{op}");
+    assert_eq!(step(&op, "freeze")["outcome"], "failed", "{op}");
+    assert!(
+        op["error"].as_str().unwrap().contains("could not lock"),
+        "{op}"
+    );
+    open.commit().await.unwrap();
+    assert_restored(&server, &pair, &op).await;
+
+    // Drain: the target cannot apply within the timeout.
+    let stall = stall_apply(&pair).await;
+    let op = cutover(&server, "shop", relaxed(json!({"timeout_seconds": 1}))).await;
+    assert_eq!(op["state"], "failed", "{op}");
+    assert_eq!(step(&op, "drain")["outcome"], "failed", "{op}");
+    assert!(
+        op["error"].as_str().unwrap().contains("had not applied"),
+        "{op}"
+    );
+    stall.rollback().await.unwrap();
+    assert_restored(&server, &pair, &op).await;
+
+    // Operator abort while draining.
+    let stall = stall_apply(&pair).await;
+    let (status, started) = server
+        .post(
+            "/migrations/shop/cutover",
+            relaxed(json!({"timeout_seconds": 600})),
+        )
+        .await;
+    assert_eq!(status, 202, "{started}");
+    let id = started["id"].as_str().unwrap().to_string();
+    wait_for("the drain step", Duration::from_secs(30), || async {
+        let (_, op) = server.get(&format!("/operations/{id}")).await;
+        (op["steps"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|s| s["name"] == "drain"))
+        .then_some(())
+    })
+    .await;
+    // While frozen, writes fail with the message.
+    let err = try_write(&pair.src).await.unwrap_err();
+    assert!(err.contains("is frozen"), "{err}");
+    let (status, body) = server
+        .post("/migrations/shop/cutover/abort", json!({}))
+        .await;
+    assert_eq!(status, 202, "{body}");
+    let op = wait_operation(&server, &id, Duration::from_secs(60)).await;
+    assert_eq!(op["state"], "aborted", "{op}");
+    stall.rollback().await.unwrap();
+    assert_restored(&server, &pair, &op).await;
+    let (status, body) = server
+        .post(&format!("/operations/{id}/abort"), json!({}))
+        .await;
+    assert_eq!(status, 409, "{body}");
+
+    // Sequences: one of the migrated schema's sequences is missing on the target.
+    pair.source
+        .psql(
+            "app",
+            "CREATE SEQUENCE extra_seq; SELECT nextval('extra_seq');",
+        )
+        .await;
+    let op = cutover(&server, "shop", relaxed(json!({}))).await;
+    assert_eq!(op["state"], "failed", "{op}");
+    assert_eq!(step(&op, "sequences")["outcome"], "failed", "{op}");
+    assert!(op["error"].as_str().unwrap().contains("extra_seq"), "{op}");
+    assert_restored(&server, &pair, &op).await;
+    pair.source.psql("app", "DROP SEQUENCE extra_seq").await;
+
+    // Verify: a row written on the target behind pgshift's back.
+    pair.target
+        .psql("app", "INSERT INTO \"Odd Pair\" VALUES (-1, 'rogue', '{}')")
+        .await;
+    // With reverse: true, so the reverse migration armed before the freeze is removed again.
+    let op = cutover(&server, "shop", relaxed(json!({"reverse": true}))).await;
+    assert_eq!(op["state"], "failed", "{op}");
+    assert_eq!(step(&op, "arm_reverse")["outcome"], "succeeded", "{op}");
+    assert_eq!(step(&op, "verify")["outcome"], "failed", "{op}");
+    assert!(op["error"].as_str().unwrap().contains("Odd Pair"), "{op}");
+    assert_restored(&server, &pair, &op).await;
+    let (status, body) = server.get("/migrations/shop-reverse").await;
+    assert_eq!(status, 404, "{body}");
+    let queues: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+          WHERE n.nspname LIKE 'pgshift\\_%' AND c.relname = 'event'",
+    )
+    .fetch_one(&pair.dst)
+    .await
+    .unwrap();
+    assert_eq!(queues, 0, "the reverse capture stayed on the target");
+    pair.target
+        .psql("app", "DELETE FROM \"Odd Pair\" WHERE k1 = -1")
+        .await;
+
+    // Still healthy: it drains and equals the source; a cutover now succeeds.
+    let op = cutover(&server, "shop", relaxed(json!({}))).await;
+    assert_eq!(op["state"], "succeeded", "{op}");
+    assert_same(&pair.src, &pair.dst).await;
+}
+
+/// Cut over with `reverse: true`, write on the new side, cut back: the old server has it all,
+/// takes writes again, and the new one is frozen.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn reverse_replication_round_trip() {
+    init_tracing();
+    let pair = pair(1_000).await;
+    let server = TestServer::start().await;
+    start_synced(&server, &pair, "shop").await;
+
+    let op = cutover(&server, "shop", relaxed(json!({"reverse": true}))).await;
+    assert_eq!(op["state"], "succeeded", "{op}");
+    assert_eq!(op["result"]["reverse_migration"], "shop-reverse", "{op}");
+    let back = wait_synced(&server, "shop-reverse").await;
+    assert_eq!(back["source"]["cluster"], "target", "{back}");
+
+    // The application now writes on the new side.
+    let mut writers = Writers::spawn(pair.target.dsn("app"), 3);
+    wait_for(
+        "writes on the new server",
+        Duration::from_secs(30),
+        || async { (writers.committed() > 150).then_some(()) },
+    )
+    .await;
+    sqlx::query("DELETE FROM \"Odd Pair\" WHERE k1 < 10")
+        .execute(&pair.dst)
+        .await
+        .unwrap();
+    let op = cutover(&server, "shop-reverse", relaxed(json!({"checksums": true}))).await;
+    assert_eq!(op["state"], "succeeded", "{op}");
+    writers.join().await;
+    assert_eq!(
+        writers.frozen.lock().unwrap().len(),
+        3,
+        "{:?}",
+        writers.errors.lock().unwrap()
+    );
+    let err = try_write(&pair.dst).await.unwrap_err();
+    assert!(
+        err.contains("moved this database to cluster \"source\""),
+        "{err}"
+    );
+    assert_same(&pair.src, &pair.dst).await;
+    // The old server takes writes again, with sequences past everything the new one used.
+    try_write(&pair.src).await.unwrap();
+    assert!(!freeze_installed(&pair.src).await);
+    // The first migration's capture left the old server with its freeze: nothing queues there.
+    let queues: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+          WHERE n.nspname LIKE 'pgshift\\_%' AND c.relname = 'event'",
+    )
+    .fetch_one(&pair.src)
+    .await
+    .unwrap();
+    assert_eq!(queues, 0);
+    let max: i64 = sqlx::query_scalar("SELECT max(id) FROM item WHERE writer <> -1")
+        .fetch_one(&pair.dst)
+        .await
+        .unwrap();
+    let next: i64 = sqlx::query_scalar("SELECT nextval('item_id_seq')")
+        .fetch_one(&pair.src)
+        .await
+        .unwrap();
+    assert!(next > max, "{next} <= {max}");
+    assert_eq!(server.migration("shop-reverse").await["state"], "cut_over");
+}
+
+/// pgshift dies while the source is frozen: at restart the operation is finished as failed, the
+/// freeze is lifted and the migration replicates again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn crash_during_freeze_leaves_the_source_writable_after_restart() {
+    init_tracing();
+    let pair = pair(500).await;
+    let server = TestServer::start().await;
+    start_synced(&server, &pair, "shop").await;
+
+    let stall = stall_apply(&pair).await;
+    let (status, started) = server
+        .post(
+            "/migrations/shop/cutover",
+            relaxed(json!({"timeout_seconds": 600})),
+        )
+        .await;
+    assert_eq!(status, 202, "{started}");
+    let id = started["id"].as_str().unwrap().to_string();
+    wait_for(
+        "the freeze to take hold",
+        Duration::from_secs(30),
+        || async { try_write(&pair.src).await.is_err().then_some(()) },
+    )
+    .await;
+    let dir = server.crash();
+    assert!(freeze_installed(&pair.src).await);
+    assert!(try_write(&pair.src).await.is_err());
+    stall.rollback().await.unwrap();
+
+    let server = TestServer::start_in(&dir, test_settings()).await;
+    let (status, op) = server.get(&format!("/operations/{id}")).await;
+    assert_eq!(status, 200, "{op}");
+    assert_eq!(op["state"], "failed", "{op}");
+    assert!(
+        op["error"].as_str().unwrap().contains("freeze was lifted"),
+        "{op}"
+    );
+    assert!(!freeze_installed(&pair.src).await);
+    try_write(&pair.src).await.unwrap();
+    wait_synced(&server, "shop").await;
+    let op = cutover(&server, "shop", relaxed(json!({}))).await;
+    assert_eq!(op["state"], "succeeded", "{op}");
+    assert_same(&pair.src, &pair.dst).await;
+    drop(server);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A webhook receiver: records each POSTed JSON body and answers 200.
+async fn webhook_receiver() -> (String, Arc<Mutex<Vec<Value>>>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let record = seen.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut sock, _)) = listener.accept().await else {
+                return;
+            };
+            let record = record.clone();
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                loop {
+                    let n = sock.read(&mut chunk).await.unwrap_or(0);
+                    if n == 0 {
+                        return;
+                    }
+                    buf.extend_from_slice(&chunk[..n]);
+                    let text = String::from_utf8_lossy(&buf).to_string();
+                    let Some(end) = text.find("\r\n\r\n") else {
+                        continue;
+                    };
+                    let length: usize = text[..end]
+                        .lines()
+                        .find_map(|l| {
+                            l.to_ascii_lowercase()
+                                .strip_prefix("content-length:")
+                                .map(|v| v.trim().parse().unwrap())
+                        })
+                        .unwrap_or(0);
+                    if buf.len() < end + 4 + length {
+                        continue;
+                    }
+                    let body: Value =
+                        serde_json::from_slice(&buf[end + 4..end + 4 + length]).unwrap();
+                    record.lock().unwrap().push(body);
+                    buf.drain(..end + 4 + length);
+                    let _ = sock
+                        .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
+                        .await;
+                }
+            });
+        }
+    });
+    (url, seen)
+}
+
+/// The webhook receives every step, in order, without secrets; an unreachable webhook is shown
+/// in the result and does not stop the cutover.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn webhook_receives_each_step() {
+    init_tracing();
+    let pair = pair(200).await;
+    let server = TestServer::start().await;
+    start_synced(&server, &pair, "shop").await;
+    // Unreachable: the cutover goes on and says so.
+    let dead = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        format!("http://{}/hook", l.local_addr().unwrap())
+    };
+    let op = cutover(
+        &server,
+        "shop",
+        relaxed(json!({"webhook_url": dead, "dry_run": true})),
+    )
+    .await;
+    assert_eq!(op["state"], "succeeded", "{op}");
+    assert!(
+        !op["result"]["webhook"]["failures"]
+            .as_array()
+            .unwrap()
+            .is_empty(),
+        "{op}"
+    );
+
+    let (url, seen) = webhook_receiver().await;
+    let op = cutover(&server, "shop", relaxed(json!({"webhook_url": url}))).await;
+    assert_eq!(op["state"], "succeeded", "{op}");
+    assert_eq!(op["result"]["webhook"]["failures"], json!([]), "{op}");
+    let seen = seen.lock().unwrap().clone();
+    let events: Vec<(String, String)> = seen
+        .iter()
+        .map(|e| {
+            (
+                e["event"].as_str().unwrap().into(),
+                e["step"].as_str().unwrap_or("").into(),
+            )
+        })
+        .collect();
+    let mut expected = Vec::new();
+    for step in [
+        "preflight",
+        "freeze",
+        "drain",
+        "sequences",
+        "verify",
+        "finish",
+    ] {
+        expected.push(("step_started".to_string(), step.to_string()));
+        expected.push(("step_finished".to_string(), step.to_string()));
+    }
+    expected.push(("finished".into(), String::new()));
+    assert_eq!(events, expected);
+    let finish = &seen[seen.len() - 2];
+    assert!(
+        finish["detail"]["writes_blocked_seconds"].is_number(),
+        "{finish}"
+    );
+    assert_eq!(seen.last().unwrap()["state"], "succeeded");
+    for e in &seen {
+        assert!(!e.to_string().contains("postgresql://"), "{e}");
+    }
+}
+
+/// Cutover, verify and abort need the operator role; reading operations needs viewer. Roles are
+/// checked before anything else (an unknown migration is a 404 only for a role allowed to ask).
+#[tokio::test]
+async fn operation_routes_check_roles() {
+    init_tracing();
+    let server = TestServer::start().await;
+    let keys = pgshift::auth::Keys::load_or_create(&server.data_dir).unwrap();
+    let token = |role| keys.issue("ops", role, Duration::from_secs(600));
+    let id = uuid::Uuid::new_v4();
+    let routes: [(&str, String, pgshift::auth::Role); 6] = [
+        (
+            "POST",
+            "/migrations/m/cutover".into(),
+            pgshift::auth::Role::Operator,
+        ),
+        (
+            "POST",
+            "/migrations/m/cutover/abort".into(),
+            pgshift::auth::Role::Operator,
+        ),
+        (
+            "POST",
+            "/migrations/m/verify".into(),
+            pgshift::auth::Role::Operator,
+        ),
+        (
+            "POST",
+            format!("/operations/{id}/abort"),
+            pgshift::auth::Role::Operator,
+        ),
+        (
+            "GET",
+            format!("/operations/{id}"),
+            pgshift::auth::Role::Viewer,
+        ),
+        (
+            "GET",
+            "/migrations/m/operations".into(),
+            pgshift::auth::Role::Viewer,
+        ),
+    ];
+    for (method, path, least) in &routes {
+        for role in [
+            pgshift::auth::Role::Viewer,
+            pgshift::auth::Role::Operator,
+            pgshift::auth::Role::Admin,
+        ] {
+            let req = match *method {
+                "GET" => server.client.get(server.url(path)),
+                _ => server.client.post(server.url(path)).json(&json!({})),
+            };
+            let resp = req.bearer_auth(token(role)).send().await.unwrap();
+            let expected = if role >= *least { 404 } else { 403 };
+            assert_eq!(
+                resp.status().as_u16(),
+                expected,
+                "{method} {path} as {role}"
+            );
+        }
+    }
+    let (status, body) = server.get("/operations/not-a-uuid").await;
+    assert_eq!(status, 404, "{body}");
+}
