@@ -164,6 +164,7 @@ impl Londiste {
                         (the leaf has applied the root's latest tick; pgqd ticks every second), copy sequence \
                         values, stop the workers and pgqd."
                 .into(),
+            writes_blocked: None,
         })
     }
 

@@ -82,6 +82,9 @@ pub struct Cutover {
     pub steps: Vec<(String, Duration)>,
     /// How the tool's documentation says to do it, for the report.
     pub procedure: String,
+    /// Set when the tool blocks writes itself and measures the window (pgshift); otherwise the
+    /// scenario's own lock-to-done time is the figure.
+    pub writes_blocked: Option<Duration>,
 }
 
 impl Tool {
@@ -122,6 +125,11 @@ impl Tool {
             Tool::Londiste(t) => t.cutover(pair).await.map(Some),
             Tool::Native(t) => t.cutover(pair).await.map(Some),
         }
+    }
+
+    /// Whether the tool's cutover blocks source writes itself (the scenario must not lock first).
+    pub fn freezes_itself(&self) -> bool {
+        matches!(self, Tool::Pgshift(_))
     }
 
     /// Stops replicating and removes what the tool installed (as far as the tool can).

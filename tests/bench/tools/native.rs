@@ -114,6 +114,7 @@ impl Native {
                         position (`pg_stat_replication.replay_lsn`), copy sequence values (logical \
                         replication does not replicate sequences), `DROP SUBSCRIPTION`."
                     .into(),
+            writes_blocked: None,
         })
     }
 

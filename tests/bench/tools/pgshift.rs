@@ -193,13 +193,70 @@ impl Pgshift {
         self.child.as_ref().map(|c| c.id()).into_iter().collect()
     }
 
-    /// HOOK for the cutover issue: pgshift's own cutover (writes blocked by pgshift, target
-    /// caught up, sequences, capture stopped) is measured here once it exists. Until then this
-    /// returns `None` and the report says "not measured". Called with writes already blocked
-    /// on the source by the scenario (`compare/scenarios/cutover.rs`); return the steps timed
-    /// from that moment, like the Londiste and native procedures do.
+    /// pgshift's own cutover: `POST /migrations/bench/cutover`, then the operation is polled
+    /// until it ends. pgshift freezes the source itself (the scenario does not lock for it), so
+    /// the writes-blocked figure is the one pgshift measures from its freeze to its finish; the
+    /// steps are the operation's own, as recorded by the server.
     pub async fn cutover(&mut self, _pair: &Pair) -> R<Option<Cutover>> {
-        Ok(None)
+        let op = self
+            .call(
+                "POST",
+                &format!("/migrations/{MIGRATION}/cutover"),
+                Some(json!({"max_lag_seconds": 5})),
+                StatusCode::ACCEPTED,
+            )
+            .await?;
+        let id = op["id"]
+            .as_str()
+            .ok_or_else(|| format!("the cutover answered without an operation id: {op}"))?
+            .to_string();
+        let deadline = Instant::now() + Duration::from_secs(300);
+        let op = loop {
+            let op = self
+                .call("GET", &format!("/operations/{id}"), None, StatusCode::OK)
+                .await?;
+            if op["state"] != "running" {
+                break op;
+            }
+            if Instant::now() > deadline {
+                return Err(format!("the cutover still runs after 300 s: {op}"));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        if op["state"] != "succeeded" {
+            return Err(format!(
+                "the cutover ended {}: {}",
+                op["state"],
+                op["error"].as_str().unwrap_or("no error recorded")
+            ));
+        }
+        let blocked = op["result"]["writes_blocked_seconds"]
+            .as_f64()
+            .ok_or_else(|| format!("the cutover's result has no writes_blocked_seconds: {op}"))?;
+        let time = |v: &Value| {
+            v.as_str()
+                .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+        };
+        let steps = op["steps"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|s| {
+                let took = time(&s["finished_at"])? - time(&s["started_at"])?;
+                Some((
+                    s["name"].as_str()?.to_string(),
+                    took.to_std().unwrap_or_default(),
+                ))
+            })
+            .collect();
+        Ok(Some(Cutover {
+            steps,
+            procedure: "`POST /api/v1/migrations/{name}/cutover`: preflight gates, freeze (locks and a \
+                        blocking trigger per table), drain the last tick, sequences, verify counts, finish; \
+                        writes blocked = pgshift's own figure, freeze start to finish"
+                .into(),
+            writes_blocked: Some(Duration::from_secs_f64(blocked)),
+        }))
     }
 
     /// DELETE the migration (drops pgshift's schemas on both sides), then SIGTERM the server.
