@@ -1,18 +1,59 @@
 //! Cluster passwords at rest: a migration between two password-protected clusters runs to
 //! synced, and the password appears in no API response and in no file of the data directory
 //! (the SQLite metadata and its WAL, the token key, the secret keyring). After a restart on the
-//! same data directory the stored DSNs still decrypt.
+//! same data directory the stored DSNs still decrypt. Every log line the process writes during
+//! the test, at debug level, is captured and searched for the password too, including for the
+//! refusals (a wrong password, an unreachable host) whose messages quote the DSN's other parts.
 
 use std::path::Path;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use pgshift_tests::migrate::wait_drained;
 use pgshift_tests::server::{test_settings, TestServer};
-use pgshift_tests::{init_tracing, PgCluster};
+use pgshift_tests::PgCluster;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 use sqlx::sqlite::SqliteConnectOptions;
 use sqlx::ConnectOptions;
+
+/// Everything the process logs, kept in memory to be searched.
+#[derive(Clone, Default)]
+struct CapturedLog(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for CapturedLog {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for CapturedLog {
+    type Writer = CapturedLog;
+    fn make_writer(&'a self) -> Self::Writer {
+        self.clone()
+    }
+}
+
+impl CapturedLog {
+    /// Installs the capture as the process's subscriber, at debug level for every crate.
+    fn install() -> CapturedLog {
+        let log = CapturedLog::default();
+        tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new("debug"))
+            .with_ansi(false)
+            .with_writer(log.clone())
+            .init();
+        log
+    }
+
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+    }
+}
 
 /// Gives `migrator` a password on `cluster` and requires it (scram) over TCP.
 async fn password_role(cluster: &PgCluster, password: &str) {
@@ -99,8 +140,9 @@ fn record(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cluster_passwords_are_encrypted_at_rest() {
-    init_tracing();
+    let log = CapturedLog::install();
     let password = format!("pw-{}", uuid::Uuid::new_v4().simple());
+    let wrong_password = format!("wrong-{}", uuid::Uuid::new_v4().simple());
     let (source, target) = tokio::join!(PgCluster::start(), PgCluster::start());
     tokio::join!(
         password_role(&source, &password),
@@ -145,6 +187,30 @@ async fn cluster_passwords_are_encrypted_at_rest() {
             )
         );
     }
+    // Refusals quote the DSN back without its password.
+    let wrong = format!(
+        "postgresql://migrator:{wrong_password}@127.0.0.1:{}/postgres",
+        source.port()
+    );
+    let body = record(
+        &mut responses,
+        "a wrong password",
+        server
+            .post("/clusters", json!({"name": "wrong", "dsn": wrong}))
+            .await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+    );
+    assert_eq!(body["error"]["code"], "authentication_failed", "{body}");
+    let nobody = format!("postgresql://migrator:{password}@127.0.0.1:1/postgres");
+    let body = record(
+        &mut responses,
+        "an unreachable host",
+        server
+            .post("/clusters", json!({"name": "nobody", "dsn": nobody}))
+            .await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+    );
+    assert_eq!(body["error"]["code"], "unreachable", "{body}");
     record(
         &mut responses,
         "creating the migration",
@@ -189,10 +255,12 @@ async fn cluster_passwords_are_encrypted_at_rest() {
         record(&mut responses, path, server.get(path).await, StatusCode::OK);
     }
     for body in &responses {
-        assert!(
-            !body.to_string().contains(&password),
-            "the password is in a response: {body}"
-        );
+        for secret in [&password, &wrong_password] {
+            assert!(
+                !body.to_string().contains(secret.as_str()),
+                "a password is in a response: {body}"
+            );
+        }
     }
 
     // Stored as ciphertext, under the key the server created.
@@ -233,4 +301,18 @@ async fn cluster_passwords_are_encrypted_at_rest() {
     let dir = server.stop().await;
     assert_not_in_files(&dir, &password);
     let _ = std::fs::remove_dir_all(&dir);
+
+    // The log holds the run (the capture works) and neither password.
+    let text = log.text();
+    assert!(
+        text.contains("/api/v1/clusters"),
+        "the requests are not in the captured log ({} bytes)",
+        text.len()
+    );
+    for secret in [&password, &wrong_password] {
+        if let Some(at) = text.find(secret.as_str()) {
+            let line = text[..at].rsplit('\n').next().unwrap_or_default();
+            panic!("a password is in the log, in a line starting: {line:.200}");
+        }
+    }
 }

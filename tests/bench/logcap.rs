@@ -45,7 +45,10 @@ struct Fields {
 
 impl Visit for Fields {
     fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
-        if field.name() == "message" {
+        if field.name() == "password" {
+            // The report is published: a logged password (the first admin's) stays out of it.
+            let _ = write!(self.rest, " password=[redacted]");
+        } else if field.name() == "message" {
             let _ = write!(self.message, "{value:?}");
         } else {
             let _ = write!(self.rest, " {}={value:?}", field.name());
@@ -53,7 +56,9 @@ impl Visit for Fields {
     }
 
     fn record_str(&mut self, field: &Field, value: &str) {
-        if field.name() == "message" {
+        if field.name() == "password" {
+            let _ = write!(self.rest, " password=[redacted]");
+        } else if field.name() == "message" {
             self.message.push_str(value);
         } else {
             let _ = write!(self.rest, " {}={value}", field.name());

@@ -116,8 +116,12 @@ impl Application {
         let sampler =
             crate::service::lag_history::spawn_sampler(self.app.clone(), sampler_cancel.clone());
         let router = crate::http::router(self.app.clone());
-        let result = axum::serve(self.listener, router)
-            .with_graceful_shutdown(shutdown)
+        // The peer address goes into the audit trail and the sign-in throttle.
+        let result = axum::serve(
+            self.listener,
+            router.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+        )
+        .with_graceful_shutdown(shutdown)
             .await;
         sampler_cancel.cancel();
         let _ = sampler.await;

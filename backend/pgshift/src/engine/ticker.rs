@@ -194,8 +194,9 @@ impl Ticker {
             .await
             .context(|| "opening a transaction".into())?;
         // The worker's open batch cursor holds a lock on the table; try again next round rather
-        // than queueing writers behind us.
-        sqlx::query("SET LOCAL lock_timeout = '2s'")
+        // than queueing behind it: while TRUNCATE waits for its lock, the worker's next batch
+        // read waits behind TRUNCATE and this ticker does not tick, so the wait stays short.
+        sqlx::query("SET LOCAL lock_timeout = '200ms'")
             .execute(&mut *tx)
             .await
             .context(|| "lock_timeout".into())?;

@@ -105,15 +105,29 @@ pub async fn record(State(app): State<AppState>, request: Request, next: Next) -
     response
 }
 
-/// The peer address when the server provides it, else the first `X-Forwarded-For` address
-/// (only if it parses as an IP address), else none.
+/// Where a request came from, for the audit trail.
 fn client_ip(parts: &axum::http::request::Parts) -> Option<String> {
-    if let Some(ConnectInfo(addr)) = parts.extensions.get::<ConnectInfo<SocketAddr>>() {
-        return Some(addr.ip().to_string());
+    let peer = parts
+        .extensions
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|ConnectInfo(addr)| *addr);
+    client_addr(peer, &parts.headers).map(|ip| ip.to_string())
+}
+
+/// The client's address: the peer's, except that a peer on this machine (a local reverse proxy)
+/// may name the client in `X-Forwarded-For`. A remote peer's header is ignored, so a client
+/// cannot pose as another address.
+pub fn client_addr(peer: Option<SocketAddr>, headers: &axum::http::HeaderMap) -> Option<IpAddr> {
+    let forwarded = || -> Option<IpAddr> {
+        let header = headers.get("x-forwarded-for")?.to_str().ok()?;
+        header.split(',').next()?.trim().parse().ok()
+    };
+    match peer {
+        Some(addr) if !addr.ip().is_loopback() => Some(addr.ip()),
+        Some(addr) => forwarded().or(Some(addr.ip())),
+        // No peer address (requests handed to the router directly): the header is all there is.
+        None => forwarded(),
     }
-    let header = parts.headers.get("x-forwarded-for")?.to_str().ok()?;
-    let first = header.split(',').next()?.trim();
-    first.parse::<IpAddr>().ok().map(|ip| ip.to_string())
 }
 
 /// `cluster` or `migration` for routes under `/api/v1/clusters` or `/api/v1/migrations`.
@@ -233,5 +247,26 @@ mod tests {
         }
         assert_eq!(object_kind("/api/v1/audit"), None);
         assert_eq!(action("POST", None, None), "api.unknown");
+    }
+
+    #[test]
+    fn a_remote_peer_cannot_pose_as_another_address() {
+        let mut headers = axum::http::HeaderMap::new();
+        headers.insert("x-forwarded-for", "203.0.113.9, 10.0.0.1".parse().unwrap());
+        let remote: SocketAddr = "198.51.100.7:4000".parse().unwrap();
+        let local: SocketAddr = "127.0.0.1:4000".parse().unwrap();
+        assert_eq!(
+            client_addr(Some(remote), &headers),
+            Some(remote.ip()),
+            "a remote peer's header is ignored"
+        );
+        assert_eq!(
+            client_addr(Some(local), &headers),
+            "203.0.113.9".parse().ok(),
+            "a local proxy names the client"
+        );
+        let empty = axum::http::HeaderMap::new();
+        assert_eq!(client_addr(Some(local), &empty), Some(local.ip()));
+        assert_eq!(client_addr(None, &empty), None);
     }
 }

@@ -19,6 +19,7 @@ use axum::Router;
 use tower_http::limit::RequestBodyLimitLayer;
 use tower_http::trace::TraceLayer;
 
+pub use audit::client_addr;
 pub use auth::Caller;
 pub use error::ApiError;
 pub use openapi::ApiDoc;
