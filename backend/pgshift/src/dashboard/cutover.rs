@@ -1,0 +1,468 @@
+//! The cutover panel of a migration's page: the preflight checklist with each gate's live
+//! verdict, the cutover form (operators), the steps of a running cutover with its Abort button,
+//! and the result. Everything goes through `service::cutover` and `service::operations`, as the
+//! JSON API does.
+//!
+//! How often the gates are checked: each check opens a connection to both servers and runs a few
+//! catalog queries, so the checklist is loaded once with the page and then refreshed every 5 s
+//! only for operators (who may press the button), only while the browser tab is visible (app.js
+//! holds the poll back otherwise), and only while the migration runs with no cutover under way.
+//! Viewers get a "Re-check" button instead, so a wall of read-only screens does not multiply the
+//! load on the servers being migrated.
+
+use askama::Template;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Redirect, Response};
+use axum::Form;
+use serde::Deserialize;
+use serde_json::Value;
+
+use super::audit::{self, Action};
+use super::error::{render, PageError};
+use super::session::SignedIn;
+use crate::auth::Role;
+use crate::engine::cutover::gates::Gate;
+use crate::http::AppState;
+use crate::service::cutover::{self, CutoverRequest};
+use crate::service::operations;
+use crate::store::{DesiredState, MigrationRecord, Operation, OperationState, StepOutcome};
+
+/// One gate of the checklist.
+pub struct GateRow {
+    pub name: &'static str,
+    pub words: &'static str,
+    pub passed: bool,
+    pub reason: String,
+}
+
+/// The checklist: each gate, or why it could not be checked.
+pub struct Gates {
+    pub migration: String,
+    pub rows: Vec<GateRow>,
+    pub all_passed: bool,
+    /// Why the gates could not be checked (a server unreachable, the migration not running).
+    pub problem: Option<String>,
+    /// Refresh every 5 s (operators while the migration runs), else on request.
+    pub poll: bool,
+    pub checked_at: String,
+}
+
+/// One step of a cutover.
+pub struct StepRow {
+    pub name: String,
+    pub words: &'static str,
+    pub outcome: &'static str,
+    pub started: String,
+    pub took: String,
+    pub detail: String,
+}
+
+/// A cutover operation as the panel shows it.
+pub struct OperationView {
+    pub state: &'static str,
+    pub state_words: &'static str,
+    pub running: bool,
+    pub requested_by: String,
+    pub started: String,
+    pub steps: Vec<StepRow>,
+    pub error: Option<String>,
+    /// How long writes were blocked (a finished cutover).
+    pub blocked: Option<String>,
+    pub reverse_migration: Option<String>,
+}
+
+/// What the panel holds for this migration and this user.
+pub struct Panel {
+    pub migration: String,
+    pub desired: &'static str,
+    /// The running cutover, the one that finished it (when cut over), or the last attempt.
+    pub operation: Option<OperationView>,
+    /// Whether the checklist is shown (the migration runs and no cutover is under way).
+    pub show_gates: bool,
+    /// Whether this user sees the form (operator or above, the checklist shown).
+    pub can_start: bool,
+    pub can_abort: bool,
+}
+
+#[derive(Template)]
+#[template(path = "cutover_gates.html")]
+struct GatesPartial {
+    gates: Gates,
+}
+
+#[derive(Template)]
+#[template(path = "cutover_progress.html")]
+struct ProgressPartial {
+    cutover: Panel,
+    nav_csrf: String,
+}
+
+fn gate_words(name: &str) -> &'static str {
+    match name {
+        "running" => "The migration runs in this server",
+        "tables_synced" => "Every table is synced",
+        "lag" => "Lag is under the threshold",
+        "apply_errors" => "No apply errors",
+        "long_transactions" => "No long transaction on the source",
+        "target_ready" => "Target triggers and foreign keys ready",
+        "sequences" => "Sequences readable on both sides",
+        "reverse_ready" => "Reverse replication can be armed",
+        _ => "Other check",
+    }
+}
+
+fn step_words(name: &str) -> &'static str {
+    match name {
+        "preflight" => "Preflight gates",
+        "arm_reverse" => "Arm reverse replication",
+        "freeze" => "Freeze source writes",
+        "drain" => "Drain the last changes",
+        "sequences" => "Move sequences",
+        "verify" => "Verify row counts",
+        "finish" => "Finish",
+        "restore" => "Restore source writes",
+        _ => "Step",
+    }
+}
+
+fn outcome_str(o: StepOutcome) -> &'static str {
+    match o {
+        StepOutcome::Running => "running",
+        StepOutcome::Succeeded => "succeeded",
+        StepOutcome::Failed => "failed",
+        StepOutcome::Skipped => "skipped",
+    }
+}
+
+fn op_words(s: OperationState) -> &'static str {
+    match s {
+        OperationState::Running => "Cutting over",
+        OperationState::Succeeded => "Cut over",
+        OperationState::Failed => "Cutover failed",
+        OperationState::Aborted => "Cutover aborted",
+    }
+}
+
+fn secs(v: &Value) -> Option<String> {
+    v.as_f64().map(|s| format!("{s:.2} s"))
+}
+
+/// A step's detail in a line: what it found or did.
+fn step_detail(name: &str, d: &Value) -> String {
+    if let Some(e) = d["error"].as_str() {
+        return e.to_string();
+    }
+    match name {
+        "preflight" => {
+            let gates = d["gates"].as_array().map(Vec::as_slice).unwrap_or(&[]);
+            let failed: Vec<&str> = gates
+                .iter()
+                .filter(|g| g["passed"] == false)
+                .filter_map(|g| g["name"].as_str())
+                .collect();
+            if failed.is_empty() {
+                format!("{} gates passed", gates.len())
+            } else {
+                format!("failed: {}", failed.join(", "))
+            }
+        }
+        "arm_reverse" => format!(
+            "reverse migration {}",
+            d["reverse_migration"].as_str().unwrap_or("")
+        ),
+        "freeze" => format!(
+            "{} tables locked in {}",
+            d["tables"],
+            secs(&d["seconds"]).unwrap_or_default()
+        ),
+        "drain" => format!(
+            "final tick {} applied after {}",
+            d["final_tick"],
+            secs(&d["seconds"]).unwrap_or_default()
+        ),
+        "sequences" => format!(
+            "{} sequences moved",
+            d["moved"].as_array().map_or(0, Vec::len)
+        ),
+        "verify" => {
+            let tables = d["tables"].as_array().map(Vec::as_slice).unwrap_or(&[]);
+            let differ: Vec<&str> = tables
+                .iter()
+                .filter(|t| t["matches"] == false)
+                .filter_map(|t| t["table"].as_str())
+                .collect();
+            if differ.is_empty() {
+                format!("{} tables match", tables.len())
+            } else {
+                format!("differ: {}", differ.join(", "))
+            }
+        }
+        "finish" => secs(&d["writes_blocked_seconds"])
+            .map(|s| format!("writes were blocked for {s}"))
+            .unwrap_or_default(),
+        "restore" => "the source takes writes again".into(),
+        _ => String::new(),
+    }
+}
+
+fn operation_view(op: &Operation) -> OperationView {
+    let steps = op
+        .steps
+        .iter()
+        .map(|s| StepRow {
+            name: s.name.clone(),
+            words: step_words(&s.name),
+            outcome: outcome_str(s.outcome),
+            started: s.started_at.format("%H:%M:%S%.3f").to_string(),
+            took: s.finished_at.map_or_else(
+                || "…".into(),
+                |f| format!("{:.2} s", (f - s.started_at).num_milliseconds() as f64 / 1000.0),
+            ),
+            detail: step_detail(&s.name, &s.detail),
+        })
+        .collect();
+    let result = op.result.as_ref();
+    OperationView {
+        state: op.state.as_str(),
+        state_words: op_words(op.state),
+        running: op.state == OperationState::Running,
+        requested_by: op.requested_by.clone(),
+        started: op.created_at.format("%Y-%m-%d %H:%M:%S UTC").to_string(),
+        steps,
+        error: op.error.clone(),
+        blocked: result.and_then(|r| secs(&r["writes_blocked_seconds"])),
+        reverse_migration: result
+            .and_then(|r| r["reverse_migration"].as_str())
+            .map(String::from),
+    }
+}
+
+/// The cutover to show: a running one, else the latest real (not dry-run) one.
+async fn current_operation(app: &AppState, name: &str) -> Result<Option<Operation>, PageError> {
+    let ops = operations::list(app, name).await?;
+    let mut cutovers = ops.into_iter().filter(|o| o.kind == "cutover");
+    Ok(cutovers.find(|o| o.state == OperationState::Running || o.request["dry_run"] != true))
+}
+
+/// The panel for the migration's page.
+pub async fn panel(
+    app: &AppState,
+    who: &SignedIn,
+    record: &MigrationRecord,
+) -> Result<Panel, PageError> {
+    let op = current_operation(app, &record.name).await?;
+    let running = op.as_ref().is_some_and(|o| o.state == OperationState::Running);
+    let show_gates = record.desired_state == DesiredState::Running && !running;
+    Ok(Panel {
+        migration: record.name.clone(),
+        desired: record.desired_state.as_str(),
+        operation: op.as_ref().map(operation_view),
+        show_gates,
+        can_start: show_gates && who.can_operate(),
+        can_abort: running && who.can_operate(),
+    })
+}
+
+#[derive(Deserialize)]
+pub struct GatesQuery {
+    /// The form's fields, so the checklist judges what the button would send.
+    #[serde(default)]
+    max_lag_seconds: String,
+    #[serde(default)]
+    reverse: String,
+}
+
+fn parse_max_lag(s: &str) -> Result<Option<f64>, PageError> {
+    let s = s.trim();
+    if s.is_empty() {
+        return Ok(None);
+    }
+    s.parse::<f64>().map(Some).map_err(|_| {
+        PageError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            format!("The maximum lag must be a number of seconds, not {s:?}."),
+        )
+    })
+}
+
+/// `GET /ui/migrations/{name}/cutover/gates`: the checklist, checked now.
+pub async fn gates(
+    State(app): State<AppState>,
+    who: SignedIn,
+    Path(name): Path<String>,
+    Query(q): Query<GatesQuery>,
+) -> Result<Response, PageError> {
+    let record = crate::service::migrations::find(&app, &name).await?;
+    let checked = match parse_max_lag(&q.max_lag_seconds) {
+        Ok(max_lag) => cutover::preflight(&app, &name, max_lag, !q.reverse.is_empty())
+            .await
+            .map_err(PageError::from),
+        Err(e) => Err(e),
+    };
+    let (rows, problem): (Vec<Gate>, _) = match checked {
+        Ok(g) => (g, None),
+        Err(PageError::Page { message, .. }) => (Vec::new(), Some(message)),
+        Err(e) => return Err(e),
+    };
+    let rows: Vec<GateRow> = rows
+        .into_iter()
+        .map(|g| GateRow {
+            name: g.name,
+            words: gate_words(g.name),
+            passed: g.passed,
+            reason: g.reason,
+        })
+        .collect();
+    let running = current_operation(&app, &name)
+        .await?
+        .is_some_and(|o| o.state == OperationState::Running);
+    render(&GatesPartial {
+        gates: Gates {
+            migration: name,
+            all_passed: problem.is_none() && !rows.is_empty() && rows.iter().all(|g| g.passed),
+            rows,
+            problem,
+            poll: who.can_operate() && record.desired_state == DesiredState::Running && !running,
+            checked_at: chrono::Utc::now().format("%H:%M:%S UTC").to_string(),
+        },
+    })
+}
+
+#[derive(Deserialize)]
+pub struct ProgressQuery {
+    /// `running` when polled by the steps of a running cutover.
+    #[serde(default)]
+    was: String,
+}
+
+/// `GET /ui/migrations/{name}/cutover/progress`: the steps, polled every second while the
+/// cutover runs. When it has just ended, htmx reloads the whole page (`HX-Refresh`), so the
+/// state, the actions and the checklist all follow.
+pub async fn progress(
+    State(app): State<AppState>,
+    who: SignedIn,
+    Path(name): Path<String>,
+    Query(q): Query<ProgressQuery>,
+) -> Result<Response, PageError> {
+    let record = crate::service::migrations::find(&app, &name).await?;
+    let panel = panel(&app, &who, &record).await?;
+    let ended = q.was == "running" && !panel.operation.as_ref().is_some_and(|o| o.running);
+    let mut response = render(&ProgressPartial {
+        cutover: panel,
+        nav_csrf: who.session.csrf_token.clone(),
+    })?;
+    if ended {
+        response
+            .headers_mut()
+            .insert("HX-Refresh", HeaderValue::from_static("true"));
+    }
+    Ok(response)
+}
+
+#[derive(Deserialize)]
+pub struct StartForm {
+    #[serde(default)]
+    csrf: String,
+    /// The migration's name, typed again.
+    #[serde(default)]
+    confirm: String,
+    #[serde(default)]
+    max_lag_seconds: String,
+    /// A checkbox: present when ticked.
+    #[serde(default)]
+    reverse: String,
+}
+
+/// `POST /ui/migrations/{name}/cutover`: starts the cutover (operators), after the name typed
+/// again matches; the operation's first step runs the gates again.
+pub async fn start(
+    State(app): State<AppState>,
+    who: SignedIn,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+    Form(f): Form<StartForm>,
+) -> Result<Response, PageError> {
+    who.require(Role::Operator)?;
+    who.check_csrf(&f.csrf)?;
+    let result = async {
+        if f.confirm.trim() != name {
+            return Err(PageError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                format!("To cut over, type the migration's name ({name}) in the confirmation field."),
+            ));
+        }
+        let req = CutoverRequest {
+            max_lag_seconds: parse_max_lag(&f.max_lag_seconds)?,
+            reverse: Some(!f.reverse.is_empty()),
+            ..CutoverRequest::default()
+        };
+        cutover::start_cutover(&app, &name, req, &who.user.name)
+            .await
+            .map_err(PageError::from)
+    }
+    .await;
+    let what = Action {
+        action: "migration.cutover",
+        route: "/ui/migrations/{name}/cutover",
+        kind: "migration",
+        name: &name,
+    };
+    audit::record(&app, &who, &headers, what, result).await?;
+    Ok(Redirect::to(&format!("/ui/migrations/{name}#cutover")).into_response())
+}
+
+#[derive(Deserialize)]
+pub struct AbortForm {
+    #[serde(default)]
+    csrf: String,
+}
+
+/// `POST /ui/migrations/{name}/cutover/abort`: stops the running cutover; the source takes
+/// writes again and the migration runs on.
+pub async fn abort(
+    State(app): State<AppState>,
+    who: SignedIn,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+    Form(f): Form<AbortForm>,
+) -> Result<Response, PageError> {
+    who.require(Role::Operator)?;
+    who.check_csrf(&f.csrf)?;
+    let result = cutover::abort(&app, &name).await.map_err(PageError::from);
+    let what = Action {
+        action: "migration.abort",
+        route: "/ui/migrations/{name}/cutover/abort",
+        kind: "migration",
+        name: &name,
+    };
+    audit::record(&app, &who, &headers, what, result).await?;
+    Ok(Redirect::to(&format!("/ui/migrations/{name}#cutover")).into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::view;
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn step_details_read_well() {
+        assert_eq!(
+            step_detail(
+                "preflight",
+                &json!({"gates": [{"name": "lag", "passed": false}, {"name": "x", "passed": true}]})
+            ),
+            "failed: lag"
+        );
+        assert_eq!(
+            step_detail("finish", &json!({"writes_blocked_seconds": 0.4567})),
+            "writes were blocked for 0.46 s"
+        );
+        assert_eq!(
+            step_detail("drain", &json!({"error": "timed out"})),
+            "timed out"
+        );
+        assert_eq!(view::state_words("cut_over"), "Cut over");
+    }
+}
