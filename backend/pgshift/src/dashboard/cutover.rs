@@ -217,7 +217,12 @@ fn operation_view(op: &Operation) -> OperationView {
             started: s.started_at.format("%H:%M:%S%.3f").to_string(),
             took: s.finished_at.map_or_else(
                 || "…".into(),
-                |f| format!("{:.2} s", (f - s.started_at).num_milliseconds() as f64 / 1000.0),
+                |f| {
+                    format!(
+                        "{:.2} s",
+                        (f - s.started_at).num_milliseconds() as f64 / 1000.0
+                    )
+                },
             ),
             detail: step_detail(&s.name, &s.detail),
         })
@@ -252,7 +257,9 @@ pub async fn panel(
     record: &MigrationRecord,
 ) -> Result<Panel, PageError> {
     let op = current_operation(app, &record.name).await?;
-    let running = op.as_ref().is_some_and(|o| o.state == OperationState::Running);
+    let running = op
+        .as_ref()
+        .is_some_and(|o| o.state == OperationState::Running);
     let show_gates = record.desired_state == DesiredState::Running && !running;
     Ok(Panel {
         migration: record.name.clone(),
@@ -389,7 +396,9 @@ pub async fn start(
         if f.confirm.trim() != name {
             return Err(PageError::new(
                 StatusCode::UNPROCESSABLE_ENTITY,
-                format!("To cut over, type the migration's name ({name}) in the confirmation field."),
+                format!(
+                    "To cut over, type the migration's name ({name}) in the confirmation field."
+                ),
             ));
         }
         let req = CutoverRequest {

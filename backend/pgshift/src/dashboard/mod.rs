@@ -46,7 +46,10 @@ pub fn router() -> Router<AppState> {
         .route("/migrations/{name}/cutover", post(cutover::start))
         .route("/migrations/{name}/cutover/abort", post(cutover::abort))
         .route("/migrations/{name}/cutover/gates", get(cutover::gates))
-        .route("/migrations/{name}/cutover/progress", get(cutover::progress))
+        .route(
+            "/migrations/{name}/cutover/progress",
+            get(cutover::progress),
+        )
         .route("/static/{*path}", get(assets::serve))
         .fallback(not_found)
         .layer(axum::middleware::map_response(security_headers));
