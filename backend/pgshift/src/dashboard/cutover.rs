@@ -83,6 +83,9 @@ pub struct Panel {
     /// Whether this user sees the form (operator or above, the checklist shown).
     pub can_start: bool,
     pub can_abort: bool,
+    /// The latest verification on demand, and whether this user may start one now.
+    pub verify: Option<super::verify::VerifyView>,
+    pub can_verify: bool,
 }
 
 #[derive(Template)]
@@ -257,6 +260,8 @@ pub async fn panel(
     record: &MigrationRecord,
 ) -> Result<Panel, PageError> {
     let op = current_operation(app, &record.name).await?;
+    let verify = super::verify::latest(app, &record.name).await?;
+    let verifying = verify.as_ref().is_some_and(|v| v.running);
     let running = op
         .as_ref()
         .is_some_and(|o| o.state == OperationState::Running);
@@ -268,6 +273,8 @@ pub async fn panel(
         show_gates,
         can_start: show_gates && who.can_operate(),
         can_abort: running && who.can_operate(),
+        can_verify: show_gates && !verifying && who.can_operate(),
+        verify,
     })
 }
 

@@ -11,6 +11,7 @@ mod migration;
 mod new_migration;
 mod session;
 mod sign_in;
+mod verify;
 mod view;
 
 use askama::Template;
@@ -49,6 +50,10 @@ pub fn router() -> Router<AppState> {
         .route(
             "/migrations/{name}/cutover/progress",
             get(cutover::progress),
+        )
+        .route(
+            "/migrations/{name}/verify",
+            get(verify::fragment).post(verify::start),
         )
         .route("/static/{*path}", get(assets::serve))
         .fallback(not_found)
