@@ -653,6 +653,23 @@ async fn cutover_panel_roles_gates_and_a_cutover() {
         )
         .await;
     assert_eq!(page.status, StatusCode::CONFLICT, "{}", page.body);
+    // Abort: operators only, and only while a cutover runs.
+    let page = viewer
+        .post(
+            "/ui/migrations/shop/cutover/abort",
+            &[("csrf", &viewer_csrf)],
+        )
+        .await;
+    assert_eq!(page.status, StatusCode::FORBIDDEN);
+    let page = operator
+        .post("/ui/migrations/shop/cutover/abort", &[("csrf", &csrf)])
+        .await;
+    assert_eq!(page.status, StatusCode::CONFLICT, "{}", page.body);
+    assert!(
+        page.body.contains("no operation is running"),
+        "{}",
+        page.body
+    );
     let page = viewer.get("/ui/migrations/shop").await;
     assert!(
         page.body.contains("migration.cutover") && page.body.contains("olga"),
