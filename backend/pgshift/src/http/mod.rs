@@ -9,8 +9,8 @@ mod json;
 mod metrics;
 mod migrations;
 mod openapi;
-mod operations;
 mod tokens;
+mod operations;
 
 use std::sync::Arc;
 
