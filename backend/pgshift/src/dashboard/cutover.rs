@@ -16,9 +16,9 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::Form;
 use serde::Deserialize;
-use serde_json::Value;
 
 use super::audit::{self, Action};
+use super::cutover_steps::{operation_view, OperationView};
 use super::error::{render, PageError};
 use super::session::SignedIn;
 use crate::auth::Role;
@@ -26,7 +26,7 @@ use crate::engine::cutover::gates::Gate;
 use crate::http::AppState;
 use crate::service::cutover::{self, CutoverRequest};
 use crate::service::operations;
-use crate::store::{DesiredState, MigrationRecord, Operation, OperationState, StepOutcome};
+use crate::store::{DesiredState, MigrationRecord, Operation, OperationState};
 
 /// One gate of the checklist.
 pub struct GateRow {
@@ -46,30 +46,6 @@ pub struct Gates {
     /// Refresh every 5 s (operators while the migration runs), else on request.
     pub poll: bool,
     pub checked_at: String,
-}
-
-/// One step of a cutover.
-pub struct StepRow {
-    pub name: String,
-    pub words: &'static str,
-    pub outcome: &'static str,
-    pub started: String,
-    pub took: String,
-    pub detail: String,
-}
-
-/// A cutover operation as the panel shows it.
-pub struct OperationView {
-    pub state: &'static str,
-    pub state_words: &'static str,
-    pub running: bool,
-    pub requested_by: String,
-    pub started: String,
-    pub steps: Vec<StepRow>,
-    pub error: Option<String>,
-    /// How long writes were blocked (a finished cutover).
-    pub blocked: Option<String>,
-    pub reverse_migration: Option<String>,
 }
 
 /// What the panel holds for this migration and this user.
@@ -112,137 +88,6 @@ fn gate_words(name: &str) -> &'static str {
         "sequences" => "Sequences readable on both sides",
         "reverse_ready" => "Reverse replication can be armed",
         _ => "Other check",
-    }
-}
-
-fn step_words(name: &str) -> &'static str {
-    match name {
-        "preflight" => "Preflight gates",
-        "arm_reverse" => "Arm reverse replication",
-        "freeze" => "Freeze source writes",
-        "drain" => "Drain the last changes",
-        "sequences" => "Move sequences",
-        "verify" => "Verify row counts",
-        "finish" => "Finish",
-        "restore" => "Restore source writes",
-        _ => "Step",
-    }
-}
-
-fn outcome_str(o: StepOutcome) -> &'static str {
-    match o {
-        StepOutcome::Running => "running",
-        StepOutcome::Succeeded => "succeeded",
-        StepOutcome::Failed => "failed",
-        StepOutcome::Skipped => "skipped",
-    }
-}
-
-fn op_words(s: OperationState) -> &'static str {
-    match s {
-        OperationState::Running => "Cutting over",
-        OperationState::Succeeded => "Cut over",
-        OperationState::Failed => "Cutover failed",
-        OperationState::Aborted => "Cutover aborted",
-    }
-}
-
-fn secs(v: &Value) -> Option<String> {
-    v.as_f64().map(|s| format!("{s:.2} s"))
-}
-
-/// A step's detail in a line: what it found or did.
-fn step_detail(name: &str, d: &Value) -> String {
-    if let Some(e) = d["error"].as_str() {
-        return e.to_string();
-    }
-    match name {
-        "preflight" => {
-            let gates = d["gates"].as_array().map(Vec::as_slice).unwrap_or(&[]);
-            let failed: Vec<&str> = gates
-                .iter()
-                .filter(|g| g["passed"] == false)
-                .filter_map(|g| g["name"].as_str())
-                .collect();
-            if failed.is_empty() {
-                format!("{} gates passed", gates.len())
-            } else {
-                format!("failed: {}", failed.join(", "))
-            }
-        }
-        "arm_reverse" => format!(
-            "reverse migration {}",
-            d["reverse_migration"].as_str().unwrap_or("")
-        ),
-        "freeze" => format!(
-            "{} tables locked in {}",
-            d["tables"],
-            secs(&d["seconds"]).unwrap_or_default()
-        ),
-        "drain" => format!(
-            "final tick {} applied after {}",
-            d["final_tick"],
-            secs(&d["seconds"]).unwrap_or_default()
-        ),
-        "sequences" => format!(
-            "{} sequences moved",
-            d["moved"].as_array().map_or(0, Vec::len)
-        ),
-        "verify" => {
-            let tables = d["tables"].as_array().map(Vec::as_slice).unwrap_or(&[]);
-            let differ: Vec<&str> = tables
-                .iter()
-                .filter(|t| t["matches"] == false)
-                .filter_map(|t| t["table"].as_str())
-                .collect();
-            if differ.is_empty() {
-                format!("{} tables match", tables.len())
-            } else {
-                format!("differ: {}", differ.join(", "))
-            }
-        }
-        "finish" => secs(&d["writes_blocked_seconds"])
-            .map(|s| format!("writes were blocked for {s}"))
-            .unwrap_or_default(),
-        "restore" => "the source takes writes again".into(),
-        _ => String::new(),
-    }
-}
-
-fn operation_view(op: &Operation) -> OperationView {
-    let steps = op
-        .steps
-        .iter()
-        .map(|s| StepRow {
-            name: s.name.clone(),
-            words: step_words(&s.name),
-            outcome: outcome_str(s.outcome),
-            started: s.started_at.format("%H:%M:%S%.3f").to_string(),
-            took: s.finished_at.map_or_else(
-                || "…".into(),
-                |f| {
-                    format!(
-                        "{:.2} s",
-                        (f - s.started_at).num_milliseconds() as f64 / 1000.0
-                    )
-                },
-            ),
-            detail: step_detail(&s.name, &s.detail),
-        })
-        .collect();
-    let result = op.result.as_ref();
-    OperationView {
-        state: op.state.as_str(),
-        state_words: op_words(op.state),
-        running: op.state == OperationState::Running,
-        requested_by: op.requested_by.clone(),
-        started: op.created_at.format("%Y-%m-%d %H:%M:%S UTC").to_string(),
-        steps,
-        error: op.error.clone(),
-        blocked: result.and_then(|r| secs(&r["writes_blocked_seconds"])),
-        reverse_migration: result
-            .and_then(|r| r["reverse_migration"].as_str())
-            .map(String::from),
     }
 }
 
@@ -454,31 +299,4 @@ pub async fn abort(
     };
     audit::record(&app, &who, &headers, what, result).await?;
     Ok(Redirect::to(&format!("/ui/migrations/{name}#cutover")).into_response())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::super::view;
-    use super::*;
-    use serde_json::json;
-
-    #[test]
-    fn step_details_read_well() {
-        assert_eq!(
-            step_detail(
-                "preflight",
-                &json!({"gates": [{"name": "lag", "passed": false}, {"name": "x", "passed": true}]})
-            ),
-            "failed: lag"
-        );
-        assert_eq!(
-            step_detail("finish", &json!({"writes_blocked_seconds": 0.4567})),
-            "writes were blocked for 0.46 s"
-        );
-        assert_eq!(
-            step_detail("drain", &json!({"error": "timed out"})),
-            "timed out"
-        );
-        assert_eq!(view::state_words("cut_over"), "Cut over");
-    }
 }

@@ -6,6 +6,7 @@ mod assets;
 mod audit;
 mod clusters;
 mod cutover;
+mod cutover_steps;
 mod error;
 mod migration;
 mod new_migration;
