@@ -1,8 +1,9 @@
 //! End to end in a real browser: headless Chromium (Debian's `chromium`) driven through
 //! `chromedriver` with fantoccini. Signs in, adds two clusters (testing the connection first),
 //! creates a migration with the table preview, starts it while a workload writes to the source,
-//! and watches every table reach `synced` on the live page. Saves a screenshot of each page to
-//! tests/artifacts/.
+//! watches every table reach `synced` on the live page, then waits for every preflight gate to
+//! pass, stops the workload and cuts over from the panel, and compares both sides. Saves a
+//! screenshot of each page to tests/artifacts/.
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -13,7 +14,7 @@ use std::time::Duration;
 use fantoccini::{Client, ClientBuilder, Locator};
 use pgshift::auth::Role;
 use pgshift_tests::dashboard::create_user;
-use pgshift_tests::migrate::{assert_same_rows, wait_drained};
+use pgshift_tests::migrate::assert_same_rows;
 use pgshift_tests::server::TestServer;
 use pgshift_tests::workload::{self, SCHEMA, TABLES};
 use pgshift_tests::{init_tracing, wait_for, PgCluster};
@@ -125,6 +126,16 @@ async fn wait_attr(c: &Client, what: &str, css: &str, attr: &str, ok: impl Fn(&s
         ok(&value).then_some(())
     })
     .await
+}
+
+/// Scrolls the element with this id to the top of the window (for the screenshot).
+async fn scroll_to(c: &Client, id: &str) {
+    c.execute(
+        "document.getElementById(arguments[0]).scrollIntoView()",
+        vec![json!(id)],
+    )
+    .await
+    .unwrap_or_else(|e| panic!("scrolling to #{id}: {e}"));
 }
 
 async fn wait_element(c: &Client, what: &str, css: &str) {
@@ -263,6 +274,28 @@ async fn sign_in_add_clusters_create_start_and_watch_a_migration_sync() {
     .await;
     screenshot(&c, "07-overview").await;
 
+    // The cutover panel: wait for every gate to pass (the lag gate's threshold raised, for a
+    // busy test machine), stop the workload (its writes would fail at the freeze, by design),
+    // type the name, press cutover and wait for the result.
+    c.goto(&format!("{base}/ui/migrations/shop")).await.unwrap();
+    wait_element(&c, "the cutover form", "#cutover-start").await;
+    fill(&c, "#cutover-max-lag", "30").await;
+    wait_attr(
+        &c,
+        "every preflight gate to pass",
+        "#gates",
+        "data-all-passed",
+        |v| v == "true",
+    )
+    .await;
+    let start = c.find(Locator::Css("#cutover-start")).await.unwrap();
+    assert!(
+        !start.is_enabled().await.unwrap(),
+        "the button waits for the name"
+    );
+    scroll_to(&c, "cutover").await;
+    screenshot(&c, "08-cutover-ready").await;
+
     stop.store(true, Ordering::Relaxed);
     for w in writers {
         w.await.unwrap();
@@ -271,9 +304,50 @@ async fn sign_in_add_clusters_create_start_and_watch_a_migration_sync() {
         stats.committed.load(Ordering::Relaxed) > 0,
         "the workload wrote nothing"
     );
-    wait_drained(&server, "shop", &src, WAIT).await;
+    fill(&c, "#cutover-confirm", "shop").await;
+    wait_for("the cutover button to be enabled", WAIT, || async {
+        let b = c.find(Locator::Css("#cutover-start")).await.ok()?;
+        b.is_enabled().await.ok()?.then_some(())
+    })
+    .await;
+    click(&c, "#cutover-start").await;
+    wait_attr(
+        &c,
+        "the cutover's result",
+        "#cutover-result",
+        "data-state",
+        |s| s != "running",
+    )
+    .await;
+    let outcome = c
+        .find(Locator::Css("#cutover-result"))
+        .await
+        .unwrap()
+        .attr("data-state")
+        .await
+        .unwrap();
+    assert_eq!(outcome.as_deref(), Some("succeeded"));
+    wait_attr(
+        &c,
+        "the migration to show as cut over",
+        "#migration-state",
+        "data-state",
+        |s| s == "cut_over",
+    )
+    .await;
+    scroll_to(&c, "cutover").await;
+    screenshot(&c, "09-cutover-done").await;
     for (table, order) in TABLES {
         assert_same_rows(&src, &dst, table, order).await;
     }
+
+    c.goto(&format!("{base}/ui")).await.unwrap();
+    wait_element(
+        &c,
+        "the cut-over migration on the overview",
+        "tr[data-migration='shop'] .s-cut_over",
+    )
+    .await;
+    screenshot(&c, "10-overview-cut-over").await;
     c.close().await.unwrap();
 }

@@ -416,3 +416,264 @@ async fn roles_on_pages_and_a_migration_driven_from_the_dashboard() {
     );
     assert!(!page.body.contains("Sekr1t-pw"), "{}", page.body);
 }
+
+/// The cutover panel: a viewer sees the checklist but no button and is refused the action; the
+/// checklist shows a failed gate; the typed name and the CSRF token are checked on the server;
+/// an operator's cutover runs to its result, and the migration then shows as cut over.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cutover_panel_roles_gates_and_a_cutover() {
+    use pgshift_tests::cutover::{assert_same, pair, start_synced};
+    init_tracing();
+    let pair = pair(300).await;
+    let server = server_with_users().await;
+    start_synced(&server, &pair, "shop").await;
+    let mut operator = UiClient::new(&server.base);
+    let mut viewer = UiClient::new(&server.base);
+    operator.sign_in("olga", OPERATOR_PW).await;
+    viewer.sign_in("vera", VIEWER_PW).await;
+    // A generous lag threshold: a busy test machine must not trip the lag gate.
+    let gates_url = "/ui/migrations/shop/cutover/gates?max_lag_seconds=60";
+
+    // The viewer: the checklist, no button; the action is refused.
+    let page = viewer.get("/ui/migrations/shop").await;
+    assert_eq!(page.status, StatusCode::OK);
+    assert!(page.body.contains("id=\"cutover\""), "{}", page.body);
+    assert!(!page.body.contains("cutover-start"), "{}", page.body);
+    let viewer_csrf = page.csrf();
+    let gates = viewer.get(gates_url).await;
+    assert_eq!(gates.status, StatusCode::OK, "{}", gates.body);
+    assert!(
+        gates
+            .body
+            .contains("data-gate=\"tables_synced\" data-passed=\"true\""),
+        "{}",
+        gates.body
+    );
+    assert!(
+        !gates.body.contains("hx-trigger=\"every 5s\""),
+        "viewers do not poll"
+    );
+    let page = viewer
+        .post(
+            "/ui/migrations/shop/cutover",
+            &[("csrf", &viewer_csrf), ("confirm", "shop")],
+        )
+        .await;
+    assert_eq!(page.status, StatusCode::FORBIDDEN);
+
+    // The operator: the button, and a checklist that refreshes itself.
+    let page = operator.get("/ui/migrations/shop").await;
+    assert!(page.body.contains("id=\"cutover-start\""), "{}", page.body);
+    let csrf = page.csrf();
+    let gates = operator.get(gates_url).await;
+    assert!(
+        gates.body.contains("hx-trigger=\"every 5s\""),
+        "{}",
+        gates.body
+    );
+
+    // A disabled trigger on the target fails its gate, with the reason.
+    pair.target
+        .psql(
+            "app",
+            "CREATE FUNCTION touch() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RETURN NEW; END $$;
+             CREATE TRIGGER touch BEFORE UPDATE ON item FOR EACH ROW EXECUTE FUNCTION touch();
+             ALTER TABLE item DISABLE TRIGGER touch;",
+        )
+        .await;
+    let gates = operator.get(gates_url).await;
+    assert!(
+        gates.body.contains("data-all-passed=\"false\"")
+            && gates
+                .body
+                .contains("data-gate=\"target_ready\" data-passed=\"false\"")
+            && gates.body.contains("trigger touch on item is disabled"),
+        "{}",
+        gates.body
+    );
+    pair.target
+        .psql("app", "ALTER TABLE item ENABLE TRIGGER touch")
+        .await;
+    wait_for("every gate to pass", Duration::from_secs(60), || async {
+        let mut ui = UiClient::new(&server.base);
+        ui.cookie.clone_from(&operator.cookie);
+        let gates = ui.get(gates_url).await;
+        gates
+            .body
+            .contains("data-all-passed=\"true\"")
+            .then_some(())
+    })
+    .await;
+
+    // Verification on demand: operators only; each table's verdict.
+    let page = viewer
+        .post("/ui/migrations/shop/verify", &[("csrf", &viewer_csrf)])
+        .await;
+    assert_eq!(page.status, StatusCode::FORBIDDEN);
+    let page = operator
+        .post("/ui/migrations/shop/verify", &[("csrf", &csrf)])
+        .await;
+    assert_eq!(page.status, StatusCode::SEE_OTHER, "{}", page.body);
+    let verdicts = wait_for(
+        "the verification to finish",
+        Duration::from_secs(120),
+        || async {
+            let mut ui = UiClient::new(&server.base);
+            ui.cookie.clone_from(&viewer.cookie);
+            let page = ui.get("/ui/migrations/shop/verify").await;
+            page.body
+                .contains("data-state=\"succeeded\"")
+                .then_some(page.body)
+        },
+    )
+    .await;
+    assert_eq!(
+        verdicts.matches("data-verdict=\"match\"").count(),
+        3,
+        "{verdicts}"
+    );
+    assert!(verdicts.contains("Everything matches"), "{verdicts}");
+
+    // Without the CSRF token, or with the wrong name, nothing starts.
+    let page = operator
+        .post(
+            "/ui/migrations/shop/cutover",
+            &[("confirm", "shop"), ("max_lag_seconds", "60")],
+        )
+        .await;
+    assert_eq!(page.status, StatusCode::FORBIDDEN, "{}", page.body);
+    let page = operator
+        .post(
+            "/ui/migrations/shop/cutover",
+            &[
+                ("csrf", &csrf),
+                ("confirm", "shops"),
+                ("max_lag_seconds", "60"),
+            ],
+        )
+        .await;
+    assert_eq!(
+        page.status,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "{}",
+        page.body
+    );
+    assert!(page.body.contains("type the migration"), "{}", page.body);
+    let (_, ops) = server.get("/migrations/shop/operations").await;
+    assert!(
+        ops.as_array()
+            .unwrap()
+            .iter()
+            .all(|o| o["kind"] == "verify"),
+        "{ops}"
+    );
+
+    // The cutover itself, followed on the progress fragment to its result.
+    let page = operator
+        .post(
+            "/ui/migrations/shop/cutover",
+            &[
+                ("csrf", &csrf),
+                ("confirm", "shop"),
+                ("max_lag_seconds", "60"),
+            ],
+        )
+        .await;
+    assert_eq!(page.status, StatusCode::SEE_OTHER, "{}", page.body);
+    let progress = wait_for(
+        "the cutover to finish",
+        Duration::from_secs(120),
+        || async {
+            let mut ui = UiClient::new(&server.base);
+            ui.cookie.clone_from(&viewer.cookie);
+            let page = ui
+                .get_with(
+                    "/ui/migrations/shop/cutover/progress?was=running",
+                    &[("hx-request", "true")],
+                )
+                .await;
+            page.body.contains("id=\"cutover-result\"").then_some(page)
+        },
+    )
+    .await;
+    assert_eq!(
+        progress
+            .headers
+            .get("hx-refresh")
+            .map(|v| v.to_str().unwrap()),
+        Some("true"),
+        "the page reloads when the cutover ends"
+    );
+    assert!(
+        progress.body.contains("data-state=\"succeeded\"")
+            && progress.body.contains("Writes were blocked for"),
+        "{}",
+        progress.body
+    );
+    for step in [
+        "preflight",
+        "freeze",
+        "drain",
+        "sequences",
+        "verify",
+        "finish",
+    ] {
+        assert!(
+            progress
+                .body
+                .contains(&format!("data-step=\"{step}\" data-outcome=\"succeeded\"")),
+            "{step}: {}",
+            progress.body
+        );
+    }
+    assert_same(&pair.src, &pair.dst).await;
+
+    // Cut over: the result stays, no more actions or checklist, and the state reads so everywhere.
+    let page = operator.get("/ui/migrations/shop").await;
+    assert!(
+        page.body.contains("Writes were blocked for"),
+        "{}",
+        page.body
+    );
+    for gone in [
+        "cutover-start",
+        "action-pause",
+        "action-start",
+        "id=\"gates\"",
+    ] {
+        assert!(!page.body.contains(gone), "{gone}: {}", page.body);
+    }
+    assert!(page.body.contains("s-cut_over"), "{}", page.body);
+    let page = viewer.get("/ui").await;
+    assert!(page.body.contains("s-cut_over") && page.body.contains("Cut over"));
+    let page = operator
+        .post(
+            "/ui/migrations/shop/cutover",
+            &[("csrf", &csrf), ("confirm", "shop")],
+        )
+        .await;
+    assert_eq!(page.status, StatusCode::CONFLICT, "{}", page.body);
+    // Abort: operators only, and only while a cutover runs.
+    let page = viewer
+        .post(
+            "/ui/migrations/shop/cutover/abort",
+            &[("csrf", &viewer_csrf)],
+        )
+        .await;
+    assert_eq!(page.status, StatusCode::FORBIDDEN);
+    let page = operator
+        .post("/ui/migrations/shop/cutover/abort", &[("csrf", &csrf)])
+        .await;
+    assert_eq!(page.status, StatusCode::CONFLICT, "{}", page.body);
+    assert!(
+        page.body.contains("no operation is running"),
+        "{}",
+        page.body
+    );
+    let page = viewer.get("/ui/migrations/shop").await;
+    assert!(
+        page.body.contains("migration.cutover") && page.body.contains("olga"),
+        "{}",
+        page.body
+    );
+}

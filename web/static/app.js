@@ -55,3 +55,33 @@
   load();
   setInterval(load, 5000);
 })();
+
+// The cutover panel: the button is enabled only when every gate passes and the migration's name
+// is typed; the gates' poll is held back while the tab is hidden (no load on the servers for a
+// screen nobody looks at). The server checks both again when the form is sent.
+(function () {
+  "use strict";
+  var form = document.getElementById("cutover-form");
+  function update() {
+    if (!form) return;
+    var gates = document.getElementById("gates");
+    var confirm = document.getElementById("cutover-confirm");
+    var button = document.getElementById("cutover-start");
+    var ready = gates && gates.getAttribute("data-all-passed") === "true";
+    button.disabled = !(ready && confirm.value.trim() === form.getAttribute("data-migration"));
+  }
+  document.addEventListener("htmx:beforeRequest", function (e) {
+    var elt = e.detail && e.detail.elt;
+    var polled = elt && elt.hasAttribute && elt.hasAttribute("data-poll-visible");
+    if (polled && document.hidden) e.preventDefault();
+  });
+  document.addEventListener("htmx:afterSettle", update);
+  if (form) {
+    document.getElementById("cutover-confirm").addEventListener("input", update);
+    form.addEventListener("submit", function (e) {
+      update();
+      if (document.getElementById("cutover-start").disabled) e.preventDefault();
+    });
+  }
+  update();
+})();

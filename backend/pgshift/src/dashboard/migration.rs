@@ -49,6 +49,7 @@ struct MigrationPage {
     desired: &'static str,
     patterns: String,
     audit: Vec<AuditEntry>,
+    cutover: super::cutover::Panel,
 }
 
 #[derive(Template)]
@@ -119,6 +120,7 @@ pub async fn page(
         })
         .await
         .map_err(crate::service::ServiceError::from)?;
+    let cutover = super::cutover::panel(&app, &who, &record).await?;
     render(&MigrationPage {
         nav: Nav::new("overview", &who),
         live: live(&app, &m, Some(record.id)),
@@ -127,6 +129,7 @@ pub async fn page(
             .table_patterns
             .map_or_else(|| "every table".into(), |p| p.join(", ")),
         audit,
+        cutover,
     })
 }
 

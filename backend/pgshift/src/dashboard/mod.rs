@@ -5,11 +5,14 @@
 mod assets;
 mod audit;
 mod clusters;
+mod cutover;
+mod cutover_steps;
 mod error;
 mod migration;
 mod new_migration;
 mod session;
 mod sign_in;
+mod verify;
 mod view;
 
 use askama::Template;
@@ -42,6 +45,17 @@ pub fn router() -> Router<AppState> {
         .route("/migrations/{name}/live", get(migration::live_fragment))
         .route("/migrations/{name}/lag.json", get(migration::lag_series))
         .route("/migrations/{name}/{action}", post(migration::action))
+        .route("/migrations/{name}/cutover", post(cutover::start))
+        .route("/migrations/{name}/cutover/abort", post(cutover::abort))
+        .route("/migrations/{name}/cutover/gates", get(cutover::gates))
+        .route(
+            "/migrations/{name}/cutover/progress",
+            get(cutover::progress),
+        )
+        .route(
+            "/migrations/{name}/verify",
+            get(verify::fragment).post(verify::start),
+        )
         .route("/static/{*path}", get(assets::serve))
         .fallback(not_found)
         .layer(axum::middleware::map_response(security_headers));

@@ -73,6 +73,7 @@ pub fn state_words(state: &str) -> &'static str {
         "synced" => "Synced",
         "paused" => "Paused",
         "error" => "Error",
+        "cut_over" => "Cut over",
         _ => "Unknown",
     }
 }

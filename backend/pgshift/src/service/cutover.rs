@@ -721,3 +721,37 @@ pub async fn sequence_drift(
         }
     }
 }
+
+/// The preflight gates alone, as a dry run reports them, without recording an operation: for the
+/// dashboard's checklist, which refreshes them while an operator watches (a stored dry run each
+/// time would fill the migration's operation history). Holds no claim on the migration, so it
+/// never stands in the way of a cutover being started.
+pub async fn preflight(
+    app: &App,
+    name: &str,
+    max_lag_seconds: Option<f64>,
+    reverse: bool,
+) -> ServiceResult<Vec<gates::Gate>> {
+    let record = find(app, name).await?;
+    require_running(&record)?;
+    let max_lag = seconds("max_lag_seconds", max_lag_seconds, 5.0)?;
+    let check = async {
+        let (source, target) = app.supervisor.endpoints(&record).await?;
+        let mut src = pg::connect("the source", &source).await?;
+        let mut dst = pg::connect("the target", &target).await?;
+        let status = app.supervisor.status(record.id);
+        gates::check(
+            &mut src,
+            &mut dst,
+            &gates::GateInput {
+                tables: &record.tables,
+                status: status.as_ref(),
+                max_lag_seconds: max_lag,
+                long_transaction_seconds: max_lag.max(1.0),
+                reverse,
+            },
+        )
+        .await
+    };
+    Ok(check.await?)
+}
