@@ -2,8 +2,8 @@
 //! small helpers that tests use to wait and to compare data.
 
 pub mod cluster;
-pub mod dashboard;
 pub mod cutover;
+pub mod dashboard;
 pub mod migrate;
 pub mod server;
 pub mod workload;

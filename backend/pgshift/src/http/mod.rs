@@ -9,8 +9,8 @@ mod json;
 mod metrics;
 mod migrations;
 mod openapi;
-mod tokens;
 mod operations;
+mod tokens;
 
 use std::sync::Arc;
 

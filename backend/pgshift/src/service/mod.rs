@@ -3,13 +3,13 @@
 
 pub mod cluster_probe;
 pub mod clusters;
+pub mod cutover;
 pub mod lag_history;
 pub mod migration_preview;
 pub mod migrations;
+pub mod operations;
 pub mod tokens;
 pub mod users;
-pub mod cutover;
-pub mod operations;
 
 use std::sync::Arc;
 
