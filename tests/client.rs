@@ -443,7 +443,10 @@ async fn verify_exits_7_on_differences_and_repair_fixes_them() {
     let matched = pgshift(&server, &["migration", "verify", "shop"]).await;
     let text = matched.ok();
     assert!(text.contains("  verify: succeeded"), "{text}");
-    assert!(text.contains("public.item") && text.contains("match"), "{text}");
+    assert!(
+        text.contains("public.item") && text.contains("match"),
+        "{text}"
+    );
     assert!(!text.contains("differs"), "{text}");
 
     pair.target
@@ -463,13 +466,19 @@ async fn verify_exits_7_on_differences_and_repair_fixes_them() {
         .unwrap_or_else(|| panic!("{}", differs.out));
     assert!(item_line.contains("differs"), "{}", differs.out);
 
-    let repaired = pgshift(&server, &["migration", "verify", "shop", "--repair", "--json"]).await;
+    let repaired = pgshift(
+        &server,
+        &["migration", "verify", "shop", "--repair", "--json"],
+    )
+    .await;
     let op = repaired.json();
     assert_eq!(op["state"], "succeeded", "{op}");
     assert_eq!(op["result"]["differs"], false, "{op}");
     assert_eq!(op["result"]["repaired"][0]["table"], "public.item", "{op}");
     assert_same(&pair.src, &pair.dst).await;
-    pgshift(&server, &["migration", "verify", "shop"]).await.ok();
+    pgshift(&server, &["migration", "verify", "shop"])
+        .await
+        .ok();
 
     // `operation show` prints what was just followed; `--no-wait` only starts it.
     let shown = pgshift(
@@ -509,7 +518,11 @@ async fn cutover_follows_its_steps_and_fails_with_the_gate_named() {
              ALTER TABLE item DISABLE TRIGGER touch;",
         )
         .await;
-    let gate = pgshift(&server, &["migration", "cutover", "shop", "--max-lag", "60s"]).await;
+    let gate = pgshift(
+        &server,
+        &["migration", "cutover", "shop", "--max-lag", "60s"],
+    )
+    .await;
     let reason = gate.failed(Exit::OperationFailed);
     assert_eq!(Exit::OperationFailed.code(), 8);
     assert!(
@@ -523,7 +536,14 @@ async fn cutover_follows_its_steps_and_fails_with_the_gate_named() {
 
     let dry = pgshift(
         &server,
-        &["migration", "cutover", "shop", "--dry-run", "--max-lag", "60s"],
+        &[
+            "migration",
+            "cutover",
+            "shop",
+            "--dry-run",
+            "--max-lag",
+            "60s",
+        ],
     )
     .await;
     let text = dry.ok();
@@ -538,7 +558,11 @@ async fn cutover_follows_its_steps_and_fails_with_the_gate_named() {
         "{}",
         abort.err
     );
-    let bad = pgshift(&server, &["migration", "cutover", "shop", "--max-lag", "soon"]).await;
+    let bad = pgshift(
+        &server,
+        &["migration", "cutover", "shop", "--max-lag", "soon"],
+    )
+    .await;
     bad.failed(Exit::Usage);
 
     let real = pgshift(
@@ -561,9 +585,16 @@ async fn cutover_follows_its_steps_and_fails_with_the_gate_named() {
     assert_same(&pair.src, &pair.dst).await;
     let shown = pgshift(&server, &["operation", "show", op["id"].as_str().unwrap()]).await;
     let text = shown.ok();
-    assert!(text.contains("succeeded") && text.contains("preflight"), "{text}");
+    assert!(
+        text.contains("succeeded") && text.contains("preflight"),
+        "{text}"
+    );
 
     // A cut-over migration cannot be cut over again.
     let again = pgshift(&server, &["migration", "cutover", "shop"]).await;
-    assert!(again.failed(Exit::Api).contains("cut_over"), "{}", again.err);
+    assert!(
+        again.failed(Exit::Api).contains("cut_over"),
+        "{}",
+        again.err
+    );
 }

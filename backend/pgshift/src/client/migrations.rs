@@ -263,9 +263,7 @@ pub async fn run(
             if let Some(url) = webhook {
                 body["webhook_url"] = url.into();
             }
-            let op = api
-                .post(&format!("{}/cutover", path(&name)), body)
-                .await?;
+            let op = api.post(&format!("{}/cutover", path(&name)), body).await?;
             follow(&api, op, &how.with(json), out).await
         }
         MigrationCommand::CutoverAbort { name } => {

@@ -129,7 +129,7 @@ pub async fn execute(command: ClientCommand, out: &mut dyn Write, err: &mut dyn 
         ClientCommand::Migration {
             connection,
             command,
-        // Written straight to `out`: a cutover or verification prints each step as it finishes.
+            // Written straight to `out`: a cutover or verification prints each step as it finishes.
         } => migrations::run(&connection, command, out).await,
         ClientCommand::Operation {
             connection,

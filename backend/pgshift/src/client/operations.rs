@@ -118,7 +118,10 @@ async fn poll(api: &Api, path: &str) -> Result<Value, ClientError> {
 }
 
 fn steps(op: &Value) -> &[Value] {
-    op["steps"].as_array().map(Vec::as_slice).unwrap_or_default()
+    op["steps"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default()
 }
 
 /// Prints the finished steps after the first `printed`; returns how many are printed now. Steps
@@ -207,7 +210,13 @@ fn verdicts(op: &Value) -> String {
         })
         .collect();
     table::render(
-        &["TABLE", "STATE", "SOURCE ROWS", "TARGET ROWS", "DIFFERING RANGES"],
+        &[
+            "TABLE",
+            "STATE",
+            "SOURCE ROWS",
+            "TARGET ROWS",
+            "DIFFERING RANGES",
+        ],
         &rows,
     )
 }
