@@ -58,6 +58,7 @@ pub enum MigrationCommand {
     },
     /// Cut over to the target: gates, freeze, drain, sequences, counts, switch. Follows the
     /// operation step by step; exits 0 only when it succeeded, 8 when it failed or was aborted.
+    #[command(after_help = super::EXIT_CODES)]
     Cutover {
         name: String,
         /// Run the gates only.
@@ -90,6 +91,7 @@ pub enum MigrationCommand {
     CutoverAbort { name: String },
     /// Compare every table on both sides, key range by key range. Exits 0 when they match, 7 when
     /// any table differs, 8 when the verification failed or was aborted.
+    #[command(after_help = super::EXIT_CODES)]
     Verify {
         name: String,
         /// Re-copy the key ranges that differ, then verify them again.
