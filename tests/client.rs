@@ -465,6 +465,7 @@ async fn verify_exits_7_on_differences_and_repair_fixes_them() {
         .find(|l| l.starts_with("public.item"))
         .unwrap_or_else(|| panic!("{}", differs.out));
     assert!(item_line.contains("differs"), "{}", differs.out);
+    assert!(!differs.out.contains("succeeded\n"), "{}", differs.out);
 
     let repaired = pgshift(
         &server,

@@ -238,7 +238,14 @@ fn summary(op: &Value) -> String {
             ));
         }
     }
-    if op["state"] == "succeeded" {
+    if op["state"] == "succeeded" && op["result"]["differs"] == true {
+        // The stderr line says which tables; stdout only must not claim success.
+        out.push_str(&format!(
+            "verify {} of migration {} finished: tables differ\n",
+            text(op, "id"),
+            text(op, "migration_name")
+        ));
+    } else if op["state"] == "succeeded" {
         let what = if op["kind"] == "cutover" && op["result"]["dry_run"] == true {
             "dry run (gates only)".to_string()
         } else {
