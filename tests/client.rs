@@ -429,3 +429,173 @@ async fn wait_outlasts_an_unreachable_server_then_times_out() {
         "{reason}"
     );
 }
+
+/// `migration verify`: 0 while both sides match, 7 (with the differing table named) once a row
+/// is changed on the target behind pgshift's back, and `--repair` puts it right (0 again).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verify_exits_7_on_differences_and_repair_fixes_them() {
+    use pgshift_tests::cutover::{assert_same, pair, start_synced};
+    init_tracing();
+    let pair = pair(2_000).await;
+    let server = TestServer::start().await;
+    start_synced(&server, &pair, "shop").await;
+
+    let matched = pgshift(&server, &["migration", "verify", "shop"]).await;
+    let text = matched.ok();
+    assert!(text.contains("  verify: succeeded"), "{text}");
+    assert!(
+        text.contains("public.item") && text.contains("match"),
+        "{text}"
+    );
+    assert!(!text.contains("differs"), "{text}");
+
+    pair.target
+        .psql("app", "UPDATE item SET note = 'tampered' WHERE id = 1234")
+        .await;
+    let differs = pgshift(&server, &["migration", "verify", "shop"]).await;
+    let reason = differs.failed(Exit::Differences);
+    assert_eq!(Exit::Differences.code(), 7);
+    assert!(
+        reason.contains("found differences in public.item") && !reason.contains("ledger"),
+        "{reason}"
+    );
+    let item_line = differs
+        .out
+        .lines()
+        .find(|l| l.starts_with("public.item"))
+        .unwrap_or_else(|| panic!("{}", differs.out));
+    assert!(item_line.contains("differs"), "{}", differs.out);
+    assert!(!differs.out.contains("succeeded\n"), "{}", differs.out);
+
+    let repaired = pgshift(
+        &server,
+        &["migration", "verify", "shop", "--repair", "--json"],
+    )
+    .await;
+    let op = repaired.json();
+    assert_eq!(op["state"], "succeeded", "{op}");
+    assert_eq!(op["result"]["differs"], false, "{op}");
+    assert_eq!(op["result"]["repaired"][0]["table"], "public.item", "{op}");
+    assert_same(&pair.src, &pair.dst).await;
+    pgshift(&server, &["migration", "verify", "shop"])
+        .await
+        .ok();
+
+    // `operation show` prints what was just followed; `--no-wait` only starts it.
+    let shown = pgshift(
+        &server,
+        &["operation", "show", op["id"].as_str().unwrap(), "--json"],
+    )
+    .await
+    .json();
+    assert_eq!(shown["id"], op["id"]);
+    assert_eq!(shown["kind"], "verify");
+    let started = pgshift(&server, &["migration", "verify", "shop", "--no-wait"]).await;
+    assert!(
+        started.ok().contains("pgshift operation show "),
+        "{}",
+        started.out
+    );
+    let missing = pgshift(&server, &["migration", "verify", "nope"]).await;
+    missing.failed(Exit::NotFound);
+}
+
+/// `migration cutover`: a failed gate exits 8 naming the gate and the step; `--dry-run` runs the
+/// gates only; the real cutover ends with the migration cut over and exit 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cutover_follows_its_steps_and_fails_with_the_gate_named() {
+    use pgshift_tests::cutover::{assert_same, pair, start_synced};
+    init_tracing();
+    let pair = pair(500).await;
+    let server = TestServer::start().await;
+    start_synced(&server, &pair, "shop").await;
+
+    // A disabled trigger on the target fails the target_ready gate.
+    pair.target
+        .psql(
+            "app",
+            "CREATE FUNCTION touch() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RETURN NEW; END $$;
+             CREATE TRIGGER touch BEFORE UPDATE ON item FOR EACH ROW EXECUTE FUNCTION touch();
+             ALTER TABLE item DISABLE TRIGGER touch;",
+        )
+        .await;
+    let gate = pgshift(
+        &server,
+        &["migration", "cutover", "shop", "--max-lag", "60s"],
+    )
+    .await;
+    let reason = gate.failed(Exit::OperationFailed);
+    assert_eq!(Exit::OperationFailed.code(), 8);
+    assert!(
+        reason.contains("failed at step preflight") && reason.contains("target_ready"),
+        "{reason}"
+    );
+    assert!(gate.out.contains("  preflight: failed"), "{}", gate.out);
+    pair.target
+        .psql("app", "ALTER TABLE item ENABLE TRIGGER touch")
+        .await;
+
+    let dry = pgshift(
+        &server,
+        &[
+            "migration",
+            "cutover",
+            "shop",
+            "--dry-run",
+            "--max-lag",
+            "60s",
+        ],
+    )
+    .await;
+    let text = dry.ok();
+    assert!(text.contains("  preflight: succeeded"), "{text}");
+    assert!(text.contains("dry run (gates only)"), "{text}");
+    assert_eq!(server.migration("shop").await["state"], "synced");
+
+    // Nothing to abort, and bad flags are usage errors before any request.
+    let abort = pgshift(&server, &["migration", "cutover-abort", "shop"]).await;
+    assert!(
+        abort.failed(Exit::Api).contains("operation_not_running"),
+        "{}",
+        abort.err
+    );
+    let bad = pgshift(
+        &server,
+        &["migration", "cutover", "shop", "--max-lag", "soon"],
+    )
+    .await;
+    bad.failed(Exit::Usage);
+
+    let real = pgshift(
+        &server,
+        &[
+            "migration",
+            "cutover",
+            "shop",
+            "--max-lag",
+            "60s",
+            "--checksums",
+            "--json",
+        ],
+    )
+    .await;
+    let op = real.json();
+    assert_eq!(op["state"], "succeeded", "{op}");
+    assert_eq!(op["kind"], "cutover");
+    assert_eq!(server.migration("shop").await["state"], "cut_over");
+    assert_same(&pair.src, &pair.dst).await;
+    let shown = pgshift(&server, &["operation", "show", op["id"].as_str().unwrap()]).await;
+    let text = shown.ok();
+    assert!(
+        text.contains("succeeded") && text.contains("preflight"),
+        "{text}"
+    );
+
+    // A cut-over migration cannot be cut over again.
+    let again = pgshift(&server, &["migration", "cutover", "shop"]).await;
+    assert!(
+        again.failed(Exit::Api).contains("cut_over"),
+        "{}",
+        again.err
+    );
+}

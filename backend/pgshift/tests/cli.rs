@@ -248,6 +248,43 @@ fn client_exit_codes() {
     let help = pgshift(&["migration", "wait", "--help"]);
     assert!(help.status.success());
     assert!(String::from_utf8_lossy(&help.stdout).contains("--lag-below"));
+    // The cutover and verify commands document their own codes, and fail like the others.
+    for command in ["cutover", "verify"] {
+        let help = pgshift(&["migration", command, "--help"]);
+        assert!(help.status.success());
+        let text = String::from_utf8_lossy(&help.stdout);
+        assert!(
+            text.contains("7 verification found differences")
+                && text.contains("8 cutover or verification failed or aborted"),
+            "{text}"
+        );
+    }
+    assert_fails(
+        &pgshift(&[
+            "migration",
+            "cutover",
+            "shop",
+            "--max-lag",
+            "soon",
+            "--token",
+            "t",
+        ]),
+        2,
+        "soon",
+    );
+    assert_fails(
+        &pgshift(&[
+            "migration",
+            "verify",
+            "shop",
+            "--url",
+            "http://127.0.0.1:1",
+            "--token",
+            "t",
+        ]),
+        6,
+        "cannot reach",
+    );
 
     // Against a running server: 0, 4 (not found), 3 (refused).
     let mut server = Command::new(pgshift_bin())

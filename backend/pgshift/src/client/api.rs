@@ -27,6 +27,12 @@ pub enum ClientError {
     Unreachable { url: String, reason: String },
     #[error("{0}")]
     Timeout(String),
+    /// A verification found tables that differ.
+    #[error("{0}")]
+    Differences(String),
+    /// A cutover or verification ended failed or aborted.
+    #[error("{0}")]
+    OperationFailed(String),
 }
 
 impl ClientError {
@@ -37,6 +43,8 @@ impl ClientError {
             ClientError::Api { .. } => Exit::Api,
             ClientError::Unreachable { .. } => Exit::Unreachable,
             ClientError::Timeout(_) => Exit::Timeout,
+            ClientError::Differences(_) => Exit::Differences,
+            ClientError::OperationFailed(_) => Exit::OperationFailed,
         }
     }
 

@@ -16,6 +16,10 @@ pub enum Exit {
     Timeout = 5,
     /// The server could not be reached at all (connection refused, DNS, TLS, no answer in time).
     Unreachable = 6,
+    /// `migration verify` finished and found tables that differ between source and target.
+    Differences = 7,
+    /// The cutover or verification failed or was aborted (the line on stderr names the step).
+    OperationFailed = 8,
 }
 
 impl Exit {

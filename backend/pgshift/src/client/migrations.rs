@@ -1,4 +1,5 @@
-//! `pgshift migration create|list|show|start|pause|resume|remove|wait`.
+//! `pgshift migration create|list|show|start|pause|resume|remove|wait|cutover|cutover-abort|
+//! verify`.
 
 use std::io::Write;
 use std::time::Duration;
@@ -8,6 +9,7 @@ use serde_json::{json, Value};
 
 use super::api::{Api, ClientError};
 use super::clusters::segment;
+use super::operations::{follow, Follow};
 use super::{duration, print, print_json, table, text, wait, Connection};
 
 #[derive(Subcommand, Debug)]
@@ -54,6 +56,74 @@ pub enum MigrationCommand {
         #[arg(long, value_name = "DURATION", value_parser = duration::parse, default_value = "1s")]
         interval: Duration,
     },
+    /// Cut over to the target: gates, freeze, drain, sequences, counts, switch. Follows the
+    /// operation step by step; exits 0 only when it succeeded, 8 when it failed or was aborted.
+    #[command(after_help = super::EXIT_CODES)]
+    Cutover {
+        name: String,
+        /// Run the gates only.
+        #[arg(long)]
+        dry_run: bool,
+        /// The lag gate's threshold.
+        #[arg(long, value_name = "DURATION", value_parser = duration::parse, default_value = "5s")]
+        max_lag: Duration,
+        /// Longest wait for the freeze's locks and for the drain; then the cutover aborts and
+        /// source writes are restored [server default: 30s].
+        #[arg(long, value_name = "DURATION", value_parser = duration::parse)]
+        timeout: Option<Duration>,
+        /// Compare checksums as well as row counts.
+        #[arg(long)]
+        checksums: bool,
+        /// Arm replication from the new server back to the old one before writes resume.
+        #[arg(long)]
+        reverse: bool,
+        /// Name of the reverse migration [default: NAME-reverse].
+        #[arg(long, value_name = "NAME", requires = "reverse")]
+        reverse_name: Option<String>,
+        /// Receives each step as JSON (POST).
+        #[arg(long, value_name = "URL")]
+        webhook: Option<String>,
+        #[command(flatten)]
+        follow: FollowArgs,
+    },
+    /// Abort the migration's running cutover or verification; source writes are restored unless
+    /// the switch already happened.
+    CutoverAbort { name: String },
+    /// Compare every table on both sides, key range by key range. Exits 0 when they match, 7 when
+    /// any table differs, 8 when the verification failed or was aborted.
+    #[command(after_help = super::EXIT_CODES)]
+    Verify {
+        name: String,
+        /// Re-copy the key ranges that differ, then verify them again.
+        #[arg(long)]
+        repair: bool,
+        /// Rows per compared key range [server default: 10000].
+        #[arg(long, value_name = "ROWS")]
+        range_rows: Option<i64>,
+        #[command(flatten)]
+        follow: FollowArgs,
+    },
+}
+
+/// How `cutover` and `verify` follow their operation.
+#[derive(clap::Args, Debug)]
+pub struct FollowArgs {
+    /// Print the started operation and exit 0 without following it.
+    #[arg(long)]
+    no_wait: bool,
+    /// How often to ask the server about the operation.
+    #[arg(long, value_name = "DURATION", value_parser = duration::parse, default_value = "500ms")]
+    interval: Duration,
+}
+
+impl FollowArgs {
+    fn with(&self, json: bool) -> Follow {
+        Follow {
+            no_wait: self.no_wait,
+            interval: self.interval,
+            json,
+        }
+    }
 }
 
 pub async fn run(
@@ -168,6 +238,65 @@ pub async fn run(
                     started.elapsed().as_secs_f64()
                 ),
             )
+        }
+        MigrationCommand::Cutover {
+            name,
+            dry_run,
+            max_lag,
+            timeout,
+            checksums,
+            reverse,
+            reverse_name,
+            webhook,
+            follow: how,
+        } => {
+            let mut body = json!({
+                "dry_run": dry_run,
+                "max_lag_seconds": max_lag.as_secs_f64(),
+                "checksums": checksums,
+                "reverse": reverse,
+            });
+            if let Some(t) = timeout {
+                body["timeout_seconds"] = t.as_secs_f64().into();
+            }
+            if let Some(n) = reverse_name {
+                body["reverse_name"] = n.into();
+            }
+            if let Some(url) = webhook {
+                body["webhook_url"] = url.into();
+            }
+            let op = api.post(&format!("{}/cutover", path(&name)), body).await?;
+            follow(&api, op, &how.with(json), out).await
+        }
+        MigrationCommand::CutoverAbort { name } => {
+            let op = api
+                .post(&format!("{}/cutover/abort", path(&name)), json!({}))
+                .await?;
+            if json {
+                return print_json(out, &op);
+            }
+            print(
+                out,
+                &format!(
+                    "{} {} of migration {name} is aborting (follow it with: pgshift operation show {})\n",
+                    text(&op, "kind"),
+                    text(&op, "id"),
+                    text(&op, "id"),
+                ),
+            )
+        }
+        MigrationCommand::Verify {
+            name,
+            repair,
+            range_rows,
+            follow: how,
+        } => {
+            let mut body = json!({"repair": repair});
+            if let Some(r) = range_rows {
+                body["range_rows"] = r.into();
+            }
+            let op = api.post(&format!("{}/verify", path(&name)), body).await?;
+            follow(&api, op, &how.with(json), out).await
         }
     }
 }

@@ -8,6 +8,7 @@ mod clusters;
 mod duration;
 mod exit;
 mod migrations;
+mod operations;
 pub mod table;
 mod wait;
 
@@ -40,7 +41,8 @@ pub struct Connection {
 
 /// Shown under every client command's help.
 const EXIT_CODES: &str = "Exit codes: 0 done, 2 usage error, 3 refused or failed by the server, \
-4 not found, 5 timed out (migration wait), 6 server unreachable; \
+4 not found, 5 timed out (migration wait), 6 server unreachable, \
+7 verification found differences (migration verify), 8 cutover or verification failed or aborted; \
 every failure prints one line on stderr saying why.";
 
 /// The client's subcommands, also part of the binary's own command line (see `cli.rs`).
@@ -62,11 +64,19 @@ pub enum ClientCommand {
         #[command(subcommand)]
         command: migrations::MigrationCommand,
     },
+    /// Cutovers and verifications by id (PGSHIFT_URL, PGSHIFT_TOKEN).
+    #[command(after_help = EXIT_CODES)]
+    Operation {
+        #[command(flatten)]
+        connection: Connection,
+        #[command(subcommand)]
+        command: operations::OperationCommand,
+    },
 }
 
 impl ClientCommand {
     /// The first argument of every client command, so `main` knows whose parser to use.
-    pub const NAMES: &'static [&'static str] = &["cluster", "migration"];
+    pub const NAMES: &'static [&'static str] = &["cluster", "migration", "operation"];
 }
 
 #[derive(Parser, Debug)]
@@ -119,7 +129,12 @@ pub async fn execute(command: ClientCommand, out: &mut dyn Write, err: &mut dyn 
         ClientCommand::Migration {
             connection,
             command,
-        } => migrations::run(&connection, command, &mut buffer).await,
+            // Written straight to `out`: a cutover or verification prints each step as it finishes.
+        } => migrations::run(&connection, command, out).await,
+        ClientCommand::Operation {
+            connection,
+            command,
+        } => operations::run(&connection, command, out).await,
     };
     let _ = out.write_all(&buffer);
     let _ = out.flush();

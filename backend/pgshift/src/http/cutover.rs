@@ -7,12 +7,21 @@ use axum::Json;
 
 use super::auth::{Authorized, Operator};
 use super::json::ApiJson;
+use super::openapi::{
+    AuthErrors, BodyErrors, DatabaseErrors, NotFoundErrors, OperationConflicts, RoleErrors,
+};
 use super::{ApiError, AppState, Caller};
 use crate::service::cutover::{self, CutoverRequest, VerifyRequest};
 use crate::store::Operation;
 
 type Accepted = Result<(StatusCode, Json<Operation>), ApiError>;
 
+/// Starts a cutover: gates, freeze, drain, sequences, counts (checksums), optionally the way
+/// back, then the switch. `dry_run` runs the gates only. Poll the returned operation.
+#[utoipa::path(post, path = "/api/v1/migrations/{name}/cutover", operation_id = "start_cutover", tag = "cutover", request_body = CutoverRequest,
+    params(("name" = String, Path, description = "the migration's name")),
+    responses((status = 202, body = Operation, description = "the cutover operation, running; poll GET /api/v1/operations/{id}"), AuthErrors, RoleErrors, NotFoundErrors, BodyErrors, OperationConflicts, DatabaseErrors),
+    security(("bearer" = [])))]
 pub async fn start(
     State(app): State<AppState>,
     _role: Authorized<Operator>,
@@ -24,6 +33,12 @@ pub async fn start(
     Ok((StatusCode::ACCEPTED, Json(op)))
 }
 
+/// Aborts the migration's running cutover or verification; source writes are restored unless
+/// the switch already happened.
+#[utoipa::path(post, path = "/api/v1/migrations/{name}/cutover/abort", operation_id = "abort_cutover", tag = "cutover",
+    params(("name" = String, Path, description = "the migration's name")),
+    responses((status = 202, body = Operation, description = "the operation being aborted; poll it until it is `aborted`"), AuthErrors, RoleErrors, NotFoundErrors, OperationConflicts),
+    security(("bearer" = [])))]
 pub async fn abort(
     State(app): State<AppState>,
     _role: Authorized<Operator>,
@@ -33,6 +48,12 @@ pub async fn abort(
     Ok((StatusCode::ACCEPTED, Json(op)))
 }
 
+/// Starts a verification: every table compared key range by key range on both sides;
+/// `repair` re-copies the ranges that differ. The result lists the tables that differ.
+#[utoipa::path(post, path = "/api/v1/migrations/{name}/verify", operation_id = "start_verify", tag = "cutover", request_body = VerifyRequest,
+    params(("name" = String, Path, description = "the migration's name")),
+    responses((status = 202, body = Operation, description = "the verify operation, running; poll GET /api/v1/operations/{id}"), AuthErrors, RoleErrors, NotFoundErrors, BodyErrors, OperationConflicts, DatabaseErrors),
+    security(("bearer" = [])))]
 pub async fn verify(
     State(app): State<AppState>,
     _role: Authorized<Operator>,

@@ -8,7 +8,7 @@ use serde::Serialize;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{IntoResponses, Modify, OpenApi, ToSchema};
 
-use super::{audit, clusters, metrics, migrations, tokens};
+use super::{audit, clusters, cutover, metrics, migrations, operations, tokens};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -28,6 +28,12 @@ use super::{audit, clusters, metrics, migrations, tokens};
         migrations::pause,
         migrations::resume,
         migrations::remove,
+        cutover::start,
+        cutover::abort,
+        cutover::verify,
+        operations::list,
+        operations::get,
+        operations::abort,
         audit::list,
         tokens::create,
         tokens::list,
@@ -41,6 +47,7 @@ use super::{audit, clusters, metrics, migrations, tokens};
     tags(
         (name = "clusters", description = "PostgreSQL servers pgshift can reach"),
         (name = "migrations", description = "Moving one database to another server"),
+        (name = "cutover", description = "Cutover and verification, run as operations to poll"),
         (name = "audit", description = "Every change: who, what, when, from where, result"),
         (name = "tokens", description = "Bearer tokens: issue, list, revoke (admin)"),
         (name = "operations", description = "Health, readiness, metrics and this document"),
@@ -136,7 +143,7 @@ pub enum BodyErrors {
     /// `unreachable`, `authentication_failed`, `database_not_found`, `missing_privilege`,
     /// `no_tables`, `invalid_pattern`, `pattern_matches_nothing`, `no_primary_key`,
     /// `target_table_missing`, `target_columns_differ`, `target_key_differs`, `invalid_subject`,
-    /// `invalid_ttl`.
+    /// `invalid_ttl`, `invalid_webhook_url`.
     #[response(status = 422)]
     Invalid(ErrorBody),
 }
@@ -161,4 +168,16 @@ pub enum DatabaseErrors {
     /// `shutting_down`: the server is stopping.
     #[response(status = 503)]
     ShuttingDown(ErrorBody),
+}
+
+/// Routes starting or stopping a cutover or verification.
+#[derive(IntoResponses)]
+#[allow(dead_code)]
+pub enum OperationConflicts {
+    /// `not_running` (start or resume the migration first), `cut_over` (already cut over),
+    /// `not_synced` (verify needs every table synced), `operation_running` (one operation per
+    /// migration at a time), `operation_not_running` (nothing to abort), `duplicate_name` (the
+    /// reverse migration's name is taken).
+    #[response(status = 409)]
+    Conflict(ErrorBody),
 }

@@ -20,7 +20,7 @@ use crate::engine::{pg, EngineError, EngineResult};
 use crate::store::{DesiredState, MigrationRecord, Operation, OperationState, StepOutcome};
 
 /// `POST /api/v1/migrations/{name}/cutover`
-#[derive(Debug, Default, Deserialize, Serialize)]
+#[derive(Debug, Default, Deserialize, Serialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CutoverRequest {
     /// Run the gates only.
@@ -40,7 +40,7 @@ pub struct CutoverRequest {
 }
 
 /// `POST /api/v1/migrations/{name}/verify`
-#[derive(Debug, Default, Deserialize, Serialize)]
+#[derive(Debug, Default, Deserialize, Serialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct VerifyRequest {
     /// Re-copy the key ranges that differ.

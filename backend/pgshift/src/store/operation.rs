@@ -8,7 +8,7 @@ use serde_json::Value;
 use uuid::Uuid;
 
 /// Where an operation stands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum OperationState {
     Running,
@@ -40,7 +40,7 @@ impl OperationState {
 }
 
 /// How a step ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum StepOutcome {
     Running,
@@ -50,7 +50,7 @@ pub enum StepOutcome {
 }
 
 /// One step of an operation, e.g. `freeze`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct OperationStep {
     pub name: String,
     pub outcome: StepOutcome,
@@ -61,7 +61,7 @@ pub struct OperationStep {
 }
 
 /// An operation as stored.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Operation {
     pub id: Uuid,
     pub migration_id: Uuid,
