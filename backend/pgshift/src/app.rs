@@ -122,7 +122,7 @@ impl Application {
             router.into_make_service_with_connect_info::<std::net::SocketAddr>(),
         )
         .with_graceful_shutdown(shutdown)
-            .await;
+        .await;
         sampler_cancel.cancel();
         let _ = sampler.await;
         self.app.operations.shutdown(Duration::from_secs(30)).await;

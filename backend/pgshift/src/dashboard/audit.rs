@@ -1,11 +1,11 @@
 //! Dashboard actions in the audit trail, beside the API's: the user's name as the actor, the
 //! dashboard route as the route, and the resulting status.
 
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::StatusCode;
 use chrono::Utc;
 
 use super::error::PageError;
-use super::session::{client_ip, SignedIn};
+use super::session::SignedIn;
 use crate::service::App;
 use crate::store::NewAuditEntry;
 
@@ -23,7 +23,6 @@ pub struct Action<'a> {
 pub async fn record<T>(
     app: &App,
     who: &SignedIn,
-    headers: &HeaderMap,
     what: Action<'_>,
     result: Result<T, PageError>,
 ) -> Result<T, PageError> {
@@ -42,7 +41,7 @@ pub async fn record<T>(
         route: what.route.into(),
         object_kind: Some(what.kind.into()),
         object_name: Some(what.name.to_string()),
-        client_ip: client_ip(headers).map(|ip| ip.to_string()),
+        client_ip: who.client.map(|ip| ip.to_string()),
         status: status.as_u16(),
         error_code: None,
     };

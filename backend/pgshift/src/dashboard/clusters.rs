@@ -2,7 +2,7 @@
 
 use askama::Template;
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::Form;
 use serde::Deserialize;
@@ -74,7 +74,6 @@ fn inline_error(err: crate::service::ServiceError) -> Result<String, PageError> 
 pub async fn add(
     State(app): State<AppState>,
     who: SignedIn,
-    headers: HeaderMap,
     Form(f): Form<ClusterForm>,
 ) -> Result<Response, PageError> {
     who.require(Role::Admin)?;
@@ -96,7 +95,7 @@ pub async fn add(
     };
     match result {
         Ok(_) => {
-            audit::record(&app, &who, &headers, what, Ok(())).await?;
+            audit::record(&app, &who, what, Ok(())).await?;
             Ok(Redirect::to("/ui/clusters").into_response())
         }
         Err(err) => {
@@ -105,7 +104,7 @@ pub async fn add(
                 StatusCode::UNPROCESSABLE_ENTITY,
                 message.clone(),
             ));
-            let _ = audit::record::<()>(&app, &who, &headers, what, failed).await;
+            let _ = audit::record::<()>(&app, &who, what, failed).await;
             let mut response = page_with(&app, &who, Some(message), name).await?;
             *response.status_mut() = StatusCode::UNPROCESSABLE_ENTITY;
             Ok(response)
@@ -132,7 +131,6 @@ pub async fn test_connection(
 pub async fn remove(
     State(app): State<AppState>,
     who: SignedIn,
-    headers: HeaderMap,
     Path(name): Path<String>,
     Form(f): Form<CsrfForm>,
 ) -> Result<Response, PageError> {
@@ -145,6 +143,6 @@ pub async fn remove(
         kind: "cluster",
         name: &name,
     };
-    audit::record(&app, &who, &headers, what, result).await?;
+    audit::record(&app, &who, what, result).await?;
     Ok(Redirect::to("/ui/clusters").into_response())
 }

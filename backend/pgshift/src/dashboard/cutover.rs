@@ -12,7 +12,7 @@
 
 use askama::Template;
 use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::Form;
 use serde::Deserialize;
@@ -238,7 +238,6 @@ pub struct StartForm {
 pub async fn start(
     State(app): State<AppState>,
     who: SignedIn,
-    headers: HeaderMap,
     Path(name): Path<String>,
     Form(f): Form<StartForm>,
 ) -> Result<Response, PageError> {
@@ -269,7 +268,7 @@ pub async fn start(
         kind: "migration",
         name: &name,
     };
-    audit::record(&app, &who, &headers, what, result).await?;
+    audit::record(&app, &who, what, result).await?;
     Ok(Redirect::to(&format!("/ui/migrations/{name}#cutover")).into_response())
 }
 
@@ -284,7 +283,6 @@ pub struct AbortForm {
 pub async fn abort(
     State(app): State<AppState>,
     who: SignedIn,
-    headers: HeaderMap,
     Path(name): Path<String>,
     Form(f): Form<AbortForm>,
 ) -> Result<Response, PageError> {
@@ -297,6 +295,6 @@ pub async fn abort(
         kind: "migration",
         name: &name,
     };
-    audit::record(&app, &who, &headers, what, result).await?;
+    audit::record(&app, &who, what, result).await?;
     Ok(Redirect::to(&format!("/ui/migrations/{name}#cutover")).into_response())
 }

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use askama::Template;
 use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::{Form, Json};
 use serde::Deserialize;
@@ -192,7 +192,6 @@ pub struct ActionForm {
 pub async fn action(
     State(app): State<AppState>,
     who: SignedIn,
-    headers: HeaderMap,
     Path((name, action)): Path<(String, String)>,
     Form(f): Form<ActionForm>,
 ) -> Result<Response, PageError> {
@@ -237,7 +236,7 @@ pub async fn action(
         kind: "migration",
         name: &name,
     };
-    audit::record(&app, &who, &headers, what, result).await?;
+    audit::record(&app, &who, what, result).await?;
     let to = if action == "remove" {
         "/ui".to_string()
     } else {

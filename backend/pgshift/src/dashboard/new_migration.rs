@@ -3,7 +3,7 @@
 
 use askama::Template;
 use axum::extract::{Query, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::Form;
 use serde::Deserialize;
@@ -136,7 +136,6 @@ pub async fn preview(
 pub async fn create(
     State(app): State<AppState>,
     who: SignedIn,
-    headers: HeaderMap,
     Form(f): Form<MigrationForm>,
 ) -> Result<Response, PageError> {
     who.require(Role::Admin)?;
@@ -161,7 +160,7 @@ pub async fn create(
     };
     match result {
         Ok(m) => {
-            audit::record(&app, &who, &headers, what, Ok(())).await?;
+            audit::record(&app, &who, what, Ok(())).await?;
             Ok(Redirect::to(&format!("/ui/migrations/{}", m.name)).into_response())
         }
         Err(err) => {
@@ -170,7 +169,7 @@ pub async fn create(
                 StatusCode::UNPROCESSABLE_ENTITY,
                 message.clone(),
             ));
-            let _ = audit::record::<()>(&app, &who, &headers, what, failed).await;
+            let _ = audit::record::<()>(&app, &who, what, failed).await;
             let mut response = page_with(&app, &who, f, Some(message)).await?;
             *response.status_mut() = StatusCode::UNPROCESSABLE_ENTITY;
             Ok(response)

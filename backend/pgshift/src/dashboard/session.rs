@@ -5,9 +5,9 @@
 //! once. Every state-changing form carries the session's CSRF token; POSTs whose `Origin` names
 //! another host are refused as well (this also covers the sign-in form, which has no session).
 
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 
-use axum::extract::FromRequestParts;
+use axum::extract::{ConnectInfo, FromRequestParts};
 use axum::http::request::Parts;
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 
@@ -62,17 +62,26 @@ pub fn clear_cookie(headers: &HeaderMap) -> HeaderValue {
     .expect("static cookie")
 }
 
-/// The client's address as far as the server can tell (the first `X-Forwarded-For` address).
-pub fn client_ip(headers: &HeaderMap) -> Option<IpAddr> {
-    headers
-        .get("x-forwarded-for")?
-        .to_str()
-        .ok()?
-        .split(',')
-        .next()?
-        .trim()
-        .parse()
-        .ok()
+/// The client's address: the peer's, or the one a local reverse proxy forwards (the same rule as
+/// the API's audit trail, [`crate::http::client_addr`]).
+pub struct ClientAddr(pub Option<IpAddr>);
+
+impl ClientAddr {
+    fn of(parts: &Parts) -> ClientAddr {
+        let peer = parts
+            .extensions
+            .get::<ConnectInfo<SocketAddr>>()
+            .map(|ConnectInfo(addr)| *addr);
+        ClientAddr(crate::http::client_addr(peer, &parts.headers))
+    }
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for ClientAddr {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        Ok(ClientAddr::of(parts))
+    }
 }
 
 /// Refuses a state-changing request whose `Origin` is another site's. Browsers send `Origin` on
@@ -107,6 +116,8 @@ pub fn check_origin(method: &Method, headers: &HeaderMap) -> Result<(), PageErro
 pub struct SignedIn {
     pub user: User,
     pub session: UserSession,
+    /// Where the request came from, for the audit trail.
+    pub client: Option<IpAddr>,
 }
 
 impl SignedIn {
@@ -179,7 +190,11 @@ impl FromRequestParts<AppState> for SignedIn {
             return Err(PageError::SignIn { next, htmx });
         };
         match users::session(state.store.as_ref(), &cookie).await? {
-            Some((user, session)) => Ok(SignedIn { user, session }),
+            Some((user, session)) => Ok(SignedIn {
+                user,
+                session,
+                client: ClientAddr::of(parts).0,
+            }),
             None => Err(PageError::SignIn { next, htmx }),
         }
     }

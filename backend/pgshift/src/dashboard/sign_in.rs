@@ -57,6 +57,7 @@ pub struct SignInForm {
 /// failures are refused for a while (429).
 pub async fn submit(
     State(app): State<AppState>,
+    session::ClientAddr(client): session::ClientAddr,
     headers: HeaderMap,
     Form(f): Form<SignInForm>,
 ) -> Result<Response, PageError> {
@@ -66,7 +67,7 @@ pub async fn submit(
         &app.sign_in_throttle,
         f.name.trim(),
         &f.password,
-        session::client_ip(&headers),
+        client,
     )
     .await;
     let next = safe_next(&f.next);

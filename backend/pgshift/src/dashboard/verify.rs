@@ -4,7 +4,6 @@
 
 use askama::Template;
 use axum::extract::{Path, State};
-use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::Form;
 use serde::Deserialize;
@@ -110,7 +109,6 @@ pub struct VerifyForm {
 pub async fn start(
     State(app): State<AppState>,
     who: SignedIn,
-    headers: HeaderMap,
     Path(name): Path<String>,
     Form(f): Form<VerifyForm>,
 ) -> Result<Response, PageError> {
@@ -125,6 +123,6 @@ pub async fn start(
         kind: "migration",
         name: &name,
     };
-    audit::record(&app, &who, &headers, what, result).await?;
+    audit::record(&app, &who, what, result).await?;
     Ok(Redirect::to(&format!("/ui/migrations/{name}#verify")).into_response())
 }
