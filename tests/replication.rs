@@ -456,3 +456,66 @@ async fn a_failing_migration_shows_its_error_and_spares_the_others() {
     assert_same_rows(&two_src, &two_dst, "t", "id").await;
     assert!(server.migration("two").await["error"].is_null());
 }
+
+/// A table damaged on the target behind pgshift's back is copied again on request, while the
+/// source keeps changing it, and ends identical; the other tables are left alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resync_copies_a_damaged_table_again() {
+    init_tracing();
+    let pair = pair(500).await;
+    let server = TestServer::start().await;
+    register(&server, &pair).await;
+    server
+        .create_and_start(
+            "shop",
+            "app",
+            "app",
+            Some(vec!["public.customer", "public.Order*"]),
+        )
+        .await;
+    wait_drained(&server, "shop", &pair.src, DRAIN).await;
+    pair.target
+        .psql(
+            "app",
+            "SET session_replication_role = replica; \
+             UPDATE customer SET note = 'damaged' WHERE id <= 10; \
+             DELETE FROM customer WHERE id BETWEEN 20 AND 30",
+        )
+        .await;
+
+    let (status, body) = server
+        .post("/migrations/shop/tables/public.nothing/resync", json!({}))
+        .await;
+    assert_eq!(status, 404, "{body}");
+    let (status, m) = server
+        .post("/migrations/shop/tables/public.customer/resync", json!({}))
+        .await;
+    assert_eq!(status, 200, "{m}");
+    assert_ne!(
+        table_state(&m, "public.customer"),
+        "synced",
+        "the table is copied again: {m}"
+    );
+    pair.source
+        .psql(
+            "app",
+            "UPDATE customer SET note = 'during resync' WHERE id % 7 = 0",
+        )
+        .await;
+    wait_drained(&server, "shop", &pair.src, DRAIN).await;
+    assert_same_rows(&pair.src, &pair.dst, "customer", "id").await;
+    assert_same_rows(
+        &pair.src,
+        &pair.dst,
+        "\"Order Items\"",
+        "\"Order Id\", \"Line\"",
+    )
+    .await;
+
+    server.post("/migrations/shop/pause", json!({})).await;
+    let (status, body) = server
+        .post("/migrations/shop/tables/public.customer/resync", json!({}))
+        .await;
+    assert_eq!(status, 409, "{body}");
+    assert_eq!(body["error"]["code"], "not_running");
+}

@@ -39,6 +39,15 @@ pub struct Live {
     pub last_tick: String,
     pub applied_tick: String,
     pub tables: Vec<TableRow>,
+    /// The form token for the per-table Resync buttons: set only for operators, while the
+    /// migration runs.
+    pub resync_csrf: Option<String>,
+}
+
+/// Operators may resync a table of a running migration.
+fn resync_csrf(who: &SignedIn, record: &crate::store::MigrationRecord) -> Option<String> {
+    (who.user.role >= Role::Operator && record.desired_state == crate::store::DesiredState::Running)
+        .then(|| who.session.csrf_token.clone())
 }
 
 #[derive(Template)]
@@ -100,6 +109,7 @@ fn live(app: &AppState, m: &MigrationView, id: Option<uuid::Uuid>) -> Live {
         last_tick: view::count_text(m.last_tick),
         applied_tick: view::count_text(m.applied_tick),
         tables,
+        resync_csrf: None,
     }
 }
 
@@ -121,9 +131,11 @@ pub async fn page(
         .await
         .map_err(crate::service::ServiceError::from)?;
     let cutover = super::cutover::panel(&app, &who, &record).await?;
+    let mut live = live(&app, &m, Some(record.id));
+    live.resync_csrf = resync_csrf(&who, &record);
     render(&MigrationPage {
         nav: Nav::new("overview", &who),
-        live: live(&app, &m, Some(record.id)),
+        live,
         desired: record.desired_state.as_str(),
         patterns: record
             .table_patterns
@@ -136,14 +148,43 @@ pub async fn page(
 /// `GET /ui/migrations/{name}/live`: the fragment the page polls.
 pub async fn live_fragment(
     State(app): State<AppState>,
-    _who: SignedIn,
+    who: SignedIn,
     Path(name): Path<String>,
 ) -> Result<Response, PageError> {
     let record = migrations::find(&app, &name).await?;
     let m = migrations::get(&app, &name).await?;
-    render(&LivePartial {
-        live: live(&app, &m, Some(record.id)),
-    })
+    let mut live = live(&app, &m, Some(record.id));
+    live.resync_csrf = resync_csrf(&who, &record);
+    render(&LivePartial { live })
+}
+
+#[derive(Deserialize)]
+pub struct ResyncForm {
+    #[serde(default)]
+    csrf: String,
+}
+
+/// `POST /ui/migrations/{name}/tables/{table}/resync`: operators copy one table again.
+pub async fn resync(
+    State(app): State<AppState>,
+    who: SignedIn,
+    Path((name, table)): Path<(String, String)>,
+    Form(f): Form<ResyncForm>,
+) -> Result<Response, PageError> {
+    who.require(Role::Operator)?;
+    who.check_csrf(&f.csrf)?;
+    let result = migrations::resync_table(&app, &name, &table)
+        .await
+        .map(|_| ())
+        .map_err(PageError::from);
+    let what = Action {
+        action: "migration.resync",
+        route: "/ui/migrations/{name}/tables/{table}/resync",
+        kind: "migration",
+        name: &name,
+    };
+    audit::record(&app, &who, what, result).await?;
+    Ok(Redirect::to(&format!("/ui/migrations/{name}")).into_response())
 }
 
 #[derive(Deserialize)]

@@ -45,6 +45,10 @@ pub fn router() -> Router<AppState> {
         .route("/migrations/{name}/live", get(migration::live_fragment))
         .route("/migrations/{name}/lag.json", get(migration::lag_series))
         .route("/migrations/{name}/{action}", post(migration::action))
+        .route(
+            "/migrations/{name}/tables/{table}/resync",
+            post(migration::resync),
+        )
         .route("/migrations/{name}/cutover", post(cutover::start))
         .route("/migrations/{name}/cutover/abort", post(cutover::abort))
         .route("/migrations/{name}/cutover/gates", get(cutover::gates))

@@ -8,6 +8,7 @@ mod copy;
 pub mod cutover;
 mod error;
 pub mod pg;
+pub mod resync;
 mod runner;
 mod source;
 mod status;

@@ -62,6 +62,19 @@ pub async fn start(
     Ok(Json(migrations::start(&app, &name).await?))
 }
 
+/// Copies one table again: it is emptied on the target and copied while replication goes on.
+#[utoipa::path(post, path = "/api/v1/migrations/{name}/tables/{table}/resync", operation_id = "resync_table", tag = "migrations",
+    params(("name" = String, Path, description = "the migration's name"), ("table" = String, Path, description = "the table's unquoted `schema.table` name")),
+    responses((status = 200, body = MigrationView, description = "the migration, the table back to pending"), AuthErrors, RoleErrors, NotFoundErrors, ConflictErrors, DatabaseErrors),
+    security(("bearer" = [])))]
+pub async fn resync_table(
+    State(app): State<AppState>,
+    _caller: Authorized<Operator>,
+    Path((name, table)): Path<(String, String)>,
+) -> ViewResult {
+    Ok(Json(migrations::resync_table(&app, &name, &table).await?))
+}
+
 /// Stops ticker, copy and apply; the source keeps capturing.
 #[utoipa::path(post, path = "/api/v1/migrations/{name}/pause", operation_id = "pause_migration", tag = "migrations", params(("name" = String, Path, description = "the migration's name")),
     responses((status = 200, body = MigrationView, description = "the migration, in its new state"), AuthErrors, RoleErrors, NotFoundErrors, ConflictErrors, DatabaseErrors),

@@ -47,6 +47,10 @@ pub fn router(app: AppState) -> Router {
         .route("/migrations/{name}/start", post(migrations::start))
         .route("/migrations/{name}/pause", post(migrations::pause))
         .route("/migrations/{name}/resume", post(migrations::resume))
+        .route(
+            "/migrations/{name}/tables/{table}/resync",
+            post(migrations::resync_table),
+        )
         .route("/migrations/{name}/cutover", post(cutover::start))
         .route("/migrations/{name}/cutover/abort", post(cutover::abort))
         .route("/migrations/{name}/verify", post(cutover::verify))

@@ -27,6 +27,7 @@ use super::{audit, clusters, cutover, metrics, migrations, operations, tokens};
         migrations::start,
         migrations::pause,
         migrations::resume,
+        migrations::resync_table,
         migrations::remove,
         cutover::start,
         cutover::abort,

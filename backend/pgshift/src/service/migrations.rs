@@ -276,6 +276,47 @@ pub async fn resume(app: &App, name: &str) -> ServiceResult<MigrationView> {
     }
 }
 
+/// Copies one table again from the source (`table` is its unquoted `schema.table` name): the
+/// table is emptied on the target and copied while the migration keeps running.
+pub async fn resync_table(app: &App, name: &str, table: &str) -> ServiceResult<MigrationView> {
+    let record = find(app, name).await?;
+    match record.desired_state {
+        DesiredState::Running => {}
+        DesiredState::CutOver => return Err(cut_over(name)),
+        DesiredState::Created | DesiredState::Paused => {
+            return Err(ServiceError::conflict(
+                "not_running",
+                format!("migration {name:?} is not running; start or resume it before a resync"),
+            ))
+        }
+    }
+    let spec = record
+        .tables
+        .iter()
+        .find(|t| t.display_name() == table)
+        .cloned()
+        .ok_or_else(|| ServiceError::NotFound(format!("table {table:?} in migration {name:?}")))?;
+    if app.operations.migration_busy(record.id) {
+        return Err(ServiceError::conflict(
+            "operation_running",
+            format!("a cutover or verification of {name:?} is running; resync once it ends"),
+        ));
+    }
+    // The run stops at a batch boundary, the table is reset, and the new run copies it.
+    app.supervisor.stop(record.id).await;
+    let reset = match app.supervisor.endpoints(&record).await {
+        Ok((_, target)) => {
+            crate::engine::resync::reset_table(&target, &record.schema_name(), &spec).await
+        }
+        Err(e) => Err(e),
+    };
+    // Whatever happened, the migration runs again.
+    app.supervisor.start(&record).await?;
+    reset?;
+    tracing::info!(migration = %name, table = %table, "table resync started");
+    view(app, &record).await
+}
+
 /// A cut-over migration is finished: the application writes to the target now.
 fn cut_over(name: &str) -> ServiceError {
     ServiceError::conflict(

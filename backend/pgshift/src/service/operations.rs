@@ -92,6 +92,14 @@ impl Operations {
         Some(r.operation)
     }
 
+    /// Whether an operation (a cutover, a verification) holds this migration in this process.
+    pub fn migration_busy(&self, migration: Uuid) -> bool {
+        self.running
+            .lock()
+            .expect("operations lock")
+            .contains_key(&migration)
+    }
+
     /// Whether `operation` is running in this process.
     pub fn is_running(&self, operation: Uuid) -> bool {
         self.running
