@@ -378,6 +378,59 @@ async fn roles_on_pages_and_a_migration_driven_from_the_dashboard() {
         StatusCode::BAD_REQUEST
     );
 
+    // Resync: a button on each table row for operators, none for viewers; it copies the table
+    // again (damaged on the target behind pgshift's back first) and the table ends synced.
+    let page = viewer.get("/ui/migrations/shop").await;
+    assert!(
+        !page.body.contains("data-resync="),
+        "a viewer got a Resync button"
+    );
+    let page = operator.get("/ui/migrations/shop").await;
+    assert!(
+        page.body.contains("data-resync=\"public.accounts\""),
+        "{}",
+        page.body
+    );
+    let page = viewer
+        .post(
+            "/ui/migrations/shop/tables/public.accounts/resync",
+            &[("csrf", &viewer_csrf)],
+        )
+        .await;
+    assert_eq!(page.status, StatusCode::FORBIDDEN);
+    let dst = target.connect("shop").await;
+    sqlx::query("UPDATE accounts SET owner = 'damaged'")
+        .execute(&dst)
+        .await
+        .unwrap();
+    let page = operator
+        .post(
+            "/ui/migrations/shop/tables/public.accounts/resync",
+            &[("csrf", &operator_csrf)],
+        )
+        .await;
+    assert_eq!(page.status, StatusCode::SEE_OTHER, "{}", page.body);
+    wait_for(
+        "the resynced table to be synced without the damage",
+        Duration::from_secs(120),
+        || {
+            let dst = dst.clone();
+            let mut client = UiClient::new(&server.base);
+            client.cookie.clone_from(&operator.cookie);
+            async move {
+                let page = client.get("/ui/migrations/shop/live").await;
+                let damaged: i64 =
+                    sqlx::query_scalar("SELECT count(*) FROM accounts WHERE owner = 'damaged'")
+                        .fetch_one(&dst)
+                        .await
+                        .unwrap();
+                (page.body.matches("data-state=\"synced\"").count() == 3 && damaged == 0)
+                    .then_some(())
+            }
+        },
+    )
+    .await;
+
     // The page's audit trail names who did what from the dashboard.
     let page = viewer.get("/ui/migrations/shop").await;
     assert!(
