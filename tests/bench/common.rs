@@ -362,6 +362,41 @@ pub fn shell_quote(arg: &str) -> String {
     }
 }
 
+/// Walks `--flag value` / `--flag=value` arguments, handing each flag and a way to take its
+/// value to `apply`; `-h`/`--help` returns `usage` as the error. Both benchmarks parse this way.
+pub fn each_flag(
+    raw: &[String],
+    usage: &str,
+    mut apply: impl FnMut(&str, &mut dyn FnMut() -> R<String>) -> R<()>,
+) -> R<()> {
+    let mut it = raw.iter();
+    while let Some(arg) = it.next() {
+        let (key, inline) = match arg.split_once('=') {
+            Some((k, v)) if k.starts_with("--") => (k, Some(v.to_string())),
+            _ => (arg.as_str(), None),
+        };
+        if matches!(key, "-h" | "--help") {
+            return Err(usage.into());
+        }
+        let mut value = || {
+            inline
+                .clone()
+                .or_else(|| it.next().cloned())
+                .ok_or_else(|| format!("{key} needs a value\n\n{usage}"))
+        };
+        apply(key, &mut value)?;
+    }
+    Ok(())
+}
+
+/// A flag's value as a positive integer.
+pub fn positive(key: &str, v: String) -> R<u32> {
+    v.parse::<u32>()
+        .ok()
+        .filter(|n| *n > 0)
+        .ok_or_else(|| format!("{key}: expected a positive integer, got {v:?}"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -80,27 +80,8 @@ impl Args {
             out: common::workspace_root().join("docs/benchmarks.md"),
             raw: raw.clone(),
         };
-        let mut it = raw.iter();
-        while let Some(arg) = it.next() {
-            let (key, inline) = match arg.split_once('=') {
-                Some((k, v)) if k.starts_with("--") => (k, Some(v.to_string())),
-                _ => (arg.as_str(), None),
-            };
-            if matches!(key, "-h" | "--help") {
-                return Err(USAGE.into());
-            }
-            let mut value = || {
-                inline
-                    .clone()
-                    .or_else(|| it.next().cloned())
-                    .ok_or_else(|| format!("{key} needs a value\n\n{USAGE}"))
-            };
-            let number = |v: String| -> R<u32> {
-                v.parse::<u32>()
-                    .ok()
-                    .filter(|n| *n > 0)
-                    .ok_or_else(|| format!("{key}: expected a positive integer, got {v:?}"))
-            };
+        common::each_flag(&raw, USAGE, |key, value| {
+            let number = |v: String| common::positive(key, v);
             match key {
                 "--scale" => args.scale = number(value()?)?,
                 "--load-scale" => args.load_scale = number(value()?)?,
@@ -113,7 +94,8 @@ impl Args {
                 "--out" => args.out = PathBuf::from(value()?),
                 other => return Err(format!("unknown argument {other:?}\n\n{USAGE}")),
             }
-        }
+            Ok(())
+        })?;
         if args.load_scale == 0 {
             args.load_scale = args.scale.min(10);
         }
