@@ -95,23 +95,7 @@ fn serve_token_and_sigterm() {
         assert_eq!(resp.status(), 401);
     });
 
-    let kill = Command::new("kill")
-        .args(["-TERM", &server.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(kill.success());
-    let started = Instant::now();
-    let status = loop {
-        if let Some(status) = server.try_wait().unwrap() {
-            break status;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(30),
-            "pgshift did not exit after SIGTERM"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    assert!(status.success(), "exit status after SIGTERM: {status}");
+    stop_with_sigterm(&mut server);
     let log = log.join().unwrap().join("\n");
     assert!(log.contains("pgshift stopped"), "{log}");
     assert!(data.join("pgshift.db").exists());
@@ -392,23 +376,7 @@ fn client_exit_codes() {
         "not found",
     );
 
-    let kill = Command::new("kill")
-        .args(["-TERM", &server.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(kill.success());
-    let stopping = Instant::now();
-    let status = loop {
-        if let Some(status) = server.try_wait().unwrap() {
-            break status;
-        }
-        assert!(
-            stopping.elapsed() < Duration::from_secs(30),
-            "pgshift did not exit after SIGTERM"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    assert!(status.success(), "exit status after SIGTERM: {status}");
+    stop_with_sigterm(&mut server);
     log.join().unwrap();
     std::fs::remove_dir_all(dir).unwrap();
 }
@@ -536,4 +504,25 @@ fn user_create_and_first_admin() {
         "logged once"
     );
     let _ = std::fs::remove_dir_all(data.parent().unwrap());
+}
+
+/// Sends SIGTERM and waits (at most 30 s, polling the child) for a clean exit.
+fn stop_with_sigterm(server: &mut std::process::Child) {
+    let kill = Command::new("kill")
+        .args(["-TERM", &server.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    let started = Instant::now();
+    let status = loop {
+        if let Some(status) = server.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "pgshift did not exit after SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.success(), "exit status after SIGTERM: {status}");
 }
