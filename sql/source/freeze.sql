@@ -7,7 +7,8 @@
 -- Not SECURITY DEFINER: it only raises. Sessions with session_replication_role = replica (a
 -- reverse migration applying changes here) do not fire it.
 
-CREATE OR REPLACE FUNCTION @schema@.cutover_freeze() RETURNS trigger LANGUAGE plpgsql AS $f$
+CREATE OR REPLACE FUNCTION @schema@.cutover_freeze() RETURNS trigger LANGUAGE plpgsql
+    SET search_path = pg_catalog, pg_temp AS $f$
 BEGIN
     RAISE EXCEPTION USING
         ERRCODE = 'read_only_sql_transaction',

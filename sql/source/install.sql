@@ -13,17 +13,18 @@ CREATE SEQUENCE @schema@.event_id_seq NO CYCLE;
 CREATE SEQUENCE @schema@.generation_seq MINVALUE 0 START 0;
 SELECT setval('@schema@.generation_seq', 0, true);
 
--- The queue. ev_op: 'U' = the row now is ev_row (insert or update), 'D' = the row with key
--- ev_key is gone, 'T' = the table was truncated. Three partitions rotate, PgQ style: the
--- oldest is TRUNCATEd once the worker is past it, so cleanup never relies on DELETE + VACUUM.
+-- The queue. ev_op: 'U' = the row now is ev_data (insert or update), 'D' = the row ev_data is
+-- gone, 'T' = the relation named in ev_data was truncated. Rows are PostgreSQL's own record
+-- text (see table_capture.sql), which round-trips every type. Three partitions rotate, PgQ
+-- style: the oldest is TRUNCATEd once the worker is past it, so cleanup never relies on
+-- DELETE + VACUUM.
 CREATE TABLE @schema@.event (
     ev_gen   smallint NOT NULL,
     ev_id    bigint   NOT NULL DEFAULT nextval('@schema@.event_id_seq'),
     ev_txid  bigint   NOT NULL,
     ev_table integer  NOT NULL,
     ev_op    "char"   NOT NULL,
-    ev_key   jsonb,
-    ev_row   jsonb
+    ev_data  text
 ) PARTITION BY LIST (ev_gen);
 CREATE TABLE @schema@.event_0 PARTITION OF @schema@.event FOR VALUES IN (0);
 CREATE TABLE @schema@.event_1 PARTITION OF @schema@.event FOR VALUES IN (1);
@@ -49,10 +50,10 @@ CREATE TABLE @schema@.tick (
     tick_time      timestamptz NOT NULL DEFAULT clock_timestamp()
 );
 
-CREATE FUNCTION @schema@.tick() RETURNS bigint LANGUAGE sql AS $$
+CREATE FUNCTION @schema@.tick() RETURNS bigint LANGUAGE sql SET search_path = pg_catalog, pg_temp AS $$
     INSERT INTO @schema@.tick (tick_id, tick_snapshot, tick_event_seq)
     SELECT coalesce(max(tick_id), 0) + 1,
-           txid_current_snapshot(),
+           pg_catalog.txid_current_snapshot(),
            (SELECT CASE WHEN is_called THEN last_value ELSE 0 END FROM @schema@.event_id_seq)
       FROM @schema@.tick
     RETURNING tick_id

@@ -1,72 +1,52 @@
 -- Capture for one table (@table@, quoted), installed inside the migration's schema.
--- Statement-level triggers with transition tables: a million-row UPDATE becomes one
--- INSERT ... SELECT, not a million trigger calls.
--- Events go straight into the current event table (@events@ is a CASE over the three), not
--- through the partitioned parent: tuple routing costs more than the insert itself for the
--- one-row statements most applications run.
--- @row@ is the new row as JSON; float columns also go as text, because JSON numbers have no
--- negative zero. @settings@ pins the output settings that shape that text (an application
--- session may lower extra_float_digits, which would round floats).
--- The functions declare no PL/pgSQL variables and take whole rows as `n.*`, so no user column
--- name can collide with them.
+--
+-- Row-level AFTER triggers, named to fire before every other AFTER trigger of the row (see
+-- table_triggers.sql): when an application's row trigger (or a foreign key's ON UPDATE CASCADE)
+-- rewrites the row it fired for, its nested statement is captured after this one, so the last
+-- event of a row is always the row as it is now. Statement-level triggers cannot promise that:
+-- they fire after every nested statement, so their transition tables hold the older version.
+-- Row triggers on a partitioned table are also cloned to every partition, present and future.
+--
+-- A row travels as PostgreSQL's own text form of a record, built from the columns in the order
+-- the migration lists them (a partition may order its columns differently): record output and
+-- input round-trip every value of every type (json text, jsonb 'null', array bounds, -0 in
+-- composites, up to the 1 GB field limit). The function pins the settings that shape that text,
+-- so the application session's own DateStyle, TimeZone or extra_float_digits change nothing.
+--
+-- 'U' carries the row as it now is (insert, update); 'D' the row as it was (delete, or the old
+-- key of an update that changed it: compared as binary images, so any respelling counts as a
+-- change and is replayed as delete + insert); 'T' the truncated relation's quoted name.
+--
 -- SECURITY DEFINER: the application's role needs no privilege on pgshift's schema, so capture
--- never makes an application transaction fail on permissions. Every relation is schema-qualified
--- and functions and operators resolve in pg_catalog first, so no search_path is needed.
+-- never fails an application transaction on permissions. search_path is pinned and every name
+-- is qualified, so nothing in the application's path can run as pgshift's role.
 
-CREATE FUNCTION @schema@.capture_@no@_insert() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER @settings@ AS $f$
+CREATE FUNCTION @schema@.capture_@no@() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path = pg_catalog, pg_temp
+    @settings@
+AS $f$
 BEGIN
     CASE (SELECT last_value % 3 FROM @schema@.generation_seq)
 @events[
     WHEN @gen@ THEN
-        INSERT INTO @schema@.event_@gen@ (ev_gen, ev_txid, ev_table, ev_op, ev_row)
-        SELECT @gen@, txid_current(), @no@, 'U', @row@
-          FROM pgshift_new n;
-]events@
-    END CASE;
-    RETURN NULL;
-END
-$f$;
-
--- An UPDATE's exact effect, even when keys change: the old keys that are not among the new
--- keys are gone (listed first), and every new row is as it now is. One statement, one plan.
-CREATE FUNCTION @schema@.capture_@no@_update() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER @settings@ AS $f$
-BEGIN
-    CASE (SELECT last_value % 3 FROM @schema@.generation_seq)
-@events[
-    WHEN @gen@ THEN
-        INSERT INTO @schema@.event_@gen@ (ev_gen, ev_txid, ev_table, ev_op, ev_key, ev_row)
-        SELECT @gen@, txid_current(), @no@, 'D', jsonb_build_object(@old_key_pairs@), NULL::jsonb
-          FROM pgshift_old o
-         WHERE NOT EXISTS (SELECT 1 FROM pgshift_new n WHERE (@new_key_cols@) = (@old_key_cols@))
-        UNION ALL
-        SELECT @gen@, txid_current(), @no@, 'U', NULL::jsonb, @row@
-          FROM pgshift_new n;
-]events@
-    END CASE;
-    RETURN NULL;
-END
-$f$;
-
-CREATE FUNCTION @schema@.capture_@no@_delete() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER @settings@ AS $f$
-BEGIN
-    CASE (SELECT last_value % 3 FROM @schema@.generation_seq)
-@events[
-    WHEN @gen@ THEN
-        INSERT INTO @schema@.event_@gen@ (ev_gen, ev_txid, ev_table, ev_op, ev_key)
-        SELECT @gen@, txid_current(), @no@, 'D', jsonb_build_object(@old_key_pairs@)
-          FROM pgshift_old o;
-]events@
-    END CASE;
-    RETURN NULL;
-END
-$f$;
-
-CREATE FUNCTION @schema@.capture_@no@_truncate() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER @settings@ AS $f$
-BEGIN
-    CASE (SELECT last_value % 3 FROM @schema@.generation_seq)
-@events[
-    WHEN @gen@ THEN
-        INSERT INTO @schema@.event_@gen@ (ev_gen, ev_txid, ev_table, ev_op) VALUES (@gen@, txid_current(), @no@, 'T');
+        IF TG_OP = 'INSERT' THEN
+            INSERT INTO @schema@.event_@gen@ (ev_gen, ev_txid, ev_table, ev_op, ev_data)
+            VALUES (@gen@, pg_catalog.txid_current(), @no@, 'U', @new_row@);
+        ELSIF TG_OP = 'UPDATE' THEN
+            IF NOT pg_catalog.record_image_eq(@old_key@, @new_key@) THEN
+                INSERT INTO @schema@.event_@gen@ (ev_gen, ev_txid, ev_table, ev_op, ev_data)
+                VALUES (@gen@, pg_catalog.txid_current(), @no@, 'D', @old_row@);
+            END IF;
+            INSERT INTO @schema@.event_@gen@ (ev_gen, ev_txid, ev_table, ev_op, ev_data)
+            VALUES (@gen@, pg_catalog.txid_current(), @no@, 'U', @new_row@);
+        ELSIF TG_OP = 'DELETE' THEN
+            INSERT INTO @schema@.event_@gen@ (ev_gen, ev_txid, ev_table, ev_op, ev_data)
+            VALUES (@gen@, pg_catalog.txid_current(), @no@, 'D', @old_row@);
+        ELSE
+            INSERT INTO @schema@.event_@gen@ (ev_gen, ev_txid, ev_table, ev_op, ev_data)
+            VALUES (@gen@, pg_catalog.txid_current(), @no@, 'T',
+                    pg_catalog.format('%I.%I', TG_TABLE_SCHEMA, TG_TABLE_NAME));
+        END IF;
 ]events@
     END CASE;
     RETURN NULL;

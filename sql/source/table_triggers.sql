@@ -1,10 +1,7 @@
--- The triggers for one relation (@relation@, quoted): the replicated table itself, or one of
--- its partitions (a statement aimed at a partition fires only the partition's triggers).
-CREATE TRIGGER @trigger@_ins AFTER INSERT ON @relation@ REFERENCING NEW TABLE AS pgshift_new
-    FOR EACH STATEMENT EXECUTE FUNCTION @schema@.capture_@no@_insert();
-CREATE TRIGGER @trigger@_upd AFTER UPDATE ON @relation@ REFERENCING OLD TABLE AS pgshift_old NEW TABLE AS pgshift_new
-    FOR EACH STATEMENT EXECUTE FUNCTION @schema@.capture_@no@_update();
-CREATE TRIGGER @trigger@_del AFTER DELETE ON @relation@ REFERENCING OLD TABLE AS pgshift_old
-    FOR EACH STATEMENT EXECUTE FUNCTION @schema@.capture_@no@_delete();
-CREATE TRIGGER @trigger@_trunc AFTER TRUNCATE ON @relation@
-    FOR EACH STATEMENT EXECUTE FUNCTION @schema@.capture_@no@_truncate();
+-- The row trigger of one replicated table (@relation@, quoted). On a partitioned table it is
+-- cloned to every partition, including partitions created or attached later.
+-- The name starts with '!' so that it sorts before every ordinary trigger name (and before the
+-- foreign keys' "RI_ConstraintTrigger_…"): AFTER row triggers fire in name order, and capture
+-- must record a row before another trigger's nested statement rewrites it.
+CREATE TRIGGER @trigger@ AFTER INSERT OR UPDATE OR DELETE ON @relation@
+    FOR EACH ROW EXECUTE FUNCTION @schema@.capture_@no@();

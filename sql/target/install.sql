@@ -36,10 +36,6 @@ CREATE TABLE @schema@.table_state (
     catchup_until_tick bigint
 );
 
--- Keys the worker deleted while their table was still copying: a chunk read from an older
--- snapshot must not bring them back. Emptied when the table's copy finishes.
-CREATE TABLE @schema@.tombstone (
-    table_no integer NOT NULL,
-    key      jsonb   NOT NULL,
-    PRIMARY KEY (table_no, key)
-);
+-- Keys the worker deleted while a table was still copying live in one typed table per
+-- replicated table (tombstone_<no>), created next to the table's row type by the engine
+-- (engine/row_format.rs), so they compare with the key's own equality.

@@ -1,6 +1,6 @@
 //! Applying events to the target. Speed comes from grouping: within a chunk, each table's
 //! consecutive upserts become one `INSERT ... ON CONFLICT` and its consecutive deletes one
-//! `DELETE ... USING`. Tables are independent of each other because the apply session runs with
+//! `DELETE ... USING`, each bound as one array of record texts split by bytes. Tables are independent of each other because the apply session runs with
 //! `session_replication_role = replica` (no trigger or foreign-key action fires), and every
 //! batch commits the source's state at a tick, so foreign keys hold after each commit.
 
@@ -10,17 +10,24 @@ use sqlx::PgConnection;
 
 use super::batch::{Event, Op};
 use super::error::Context;
-use super::{quote_ident, EngineResult};
+use super::{quote_ident, row_format, EngineError, EngineResult};
 use crate::store::TableSpec;
 
-/// Prepared SQL for one table.
+/// Prepared SQL for one table. Every statement reads its rows from one `text[]` parameter of
+/// record texts, parsed once through the table's row type (see `row_format`).
 #[derive(Debug, Clone)]
 pub struct TablePlan {
     pub no: i32,
     pub display: String,
-    upsert: String,
+    /// The replicated table, quoted.
+    table: String,
+    /// Upsert statements run in order on the same parameter.
+    upsert: Vec<String>,
     delete: String,
+    /// `TRUNCATE` or `DELETE` of the whole table.
     truncate: String,
+    /// Empties the table a truncated partition belongs to when TRUNCATE is not possible.
+    referenced_by_others: bool,
     tombstone: String,
     reset_copy: String,
 }
@@ -28,61 +35,78 @@ pub struct TablePlan {
 impl TablePlan {
     pub fn new(schema: &str, table: &TableSpec, referenced_by_others: bool) -> Self {
         let t = table.sql_name();
+        // ONLY: an inheritance parent's statements must not reach its children's rows.
+        let own_rows = table.relation_only();
         let q = |c: &str| quote_ident(c);
-        let cols: Vec<String> = table.writable_columns().map(|c| q(&c.name)).collect();
-        let keys: Vec<String> = table.key.iter().map(|k| q(k)).collect();
-        let overriding = if table.columns.iter().any(|c| c.identity_always) {
-            " OVERRIDING SYSTEM VALUE"
-        } else {
-            ""
-        };
-        // Identity-always columns cannot be updated (the source cannot change them either).
-        let set: Vec<String> = table
-            .writable_columns()
-            .filter(|c| !table.key.contains(&c.name) && !c.identity_always)
-            .map(|c| format!("{0} = EXCLUDED.{0}", q(&c.name)))
-            .collect();
-        let on_conflict = if set.is_empty() {
-            format!("ON CONFLICT ({}) DO NOTHING", keys.join(", "))
-        } else {
-            format!(
-                "ON CONFLICT ({}) DO UPDATE SET {}",
-                keys.join(", "),
-                set.join(", ")
-            )
-        };
-        let r_keys: Vec<String> = keys.iter().map(|k| format!("r.{k}")).collect();
-        // The last version of each key wins; DISTINCT ON compares with the column types'
-        // own equality (1.0 = 1.00), as the primary key does.
-        let upsert = format!(
-            "INSERT INTO {t} AS t ({cols}){overriding}
-             SELECT {cols} FROM (
-                 SELECT DISTINCT ON ({r_keys}) r.*
-                   FROM jsonb_array_elements($1::jsonb) WITH ORDINALITY AS e(j, n)
-                  CROSS JOIN LATERAL jsonb_populate_record(NULL::{t}, e.j) AS r
-                  ORDER BY {r_keys}, e.n DESC) AS s
-             {on_conflict}",
-            cols = cols.join(", "),
-            r_keys = r_keys.join(", "),
+        let f = |c: &str| format!("r.{}", row_format::field_of(table, c));
+        let fields = (0..table.columns.len())
+            .map(row_format::field)
+            .collect::<Vec<_>>()
+            .join(", ");
+        // Rows in the parameter's order; `n` numbers them, so the last version of a key wins.
+        let rows = format!(
+            "unnest($1::text[]::{}[]) WITH ORDINALITY AS r({fields}, n)",
+            row_format::row_type(schema, table)
         );
-        let key_match: Vec<String> = keys.iter().map(|k| format!("t.{k} = d.{k}")).collect();
+        let writable: Vec<&str> = table.writable_columns().map(|c| c.name.as_str()).collect();
+        let cols = writable.iter().map(|c| q(c)).collect::<Vec<_>>().join(", ");
+        let values = writable.iter().map(|c| f(c)).collect::<Vec<_>>().join(", ");
+        let r_keys = table
+            .key
+            .iter()
+            .map(|k| f(k))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let keys = table.key.iter().map(|k| q(k)).collect::<Vec<_>>().join(", ");
+        let key_match = |other: &str| {
+            table
+                .key
+                .iter()
+                .map(|k| format!("t.{} = {other}.{}", q(k), row_format::field_of(table, k)))
+                .collect::<Vec<_>>()
+                .join(" AND ")
+        };
+        // The last version of each key; DISTINCT ON compares with the key's own equality.
+        let latest = format!(
+            "SELECT DISTINCT ON ({r_keys}) r.* FROM {rows} ORDER BY {r_keys}, n DESC"
+        );
+        let identity_always = table.columns.iter().any(|c| c.identity_always);
+        let upsert = if identity_always {
+            // Identity ALWAYS columns cannot be set by an UPDATE: replace the row instead.
+            vec![
+                format!(
+                    "DELETE FROM {own_rows} AS t USING ({latest}) AS r WHERE {}",
+                    key_match("r")
+                ),
+                format!("INSERT INTO {t} ({cols}) OVERRIDING SYSTEM VALUE SELECT {values} FROM ({latest}) AS r"),
+            ]
+        } else {
+            // The key columns are set too: an equal key written differently (1.0 → 1.00, a
+            // citext key changing case) must take the source's spelling.
+            let set = writable
+                .iter()
+                .map(|c| format!("{0} = EXCLUDED.{0}", q(c)))
+                .collect::<Vec<_>>()
+                .join(", ");
+            vec![format!(
+                "INSERT INTO {t} AS t ({cols}) SELECT {values} FROM ({latest}) AS r
+                 ON CONFLICT ({keys}) DO UPDATE SET {set}"
+            )]
+        };
         let delete = format!(
-            "DELETE FROM {t} AS t USING jsonb_populate_recordset(NULL::{t}, $1::jsonb) AS d WHERE {}",
-            key_match.join(" AND ")
+            "DELETE FROM {own_rows} AS t USING {rows} WHERE {}",
+            key_match("r")
         );
         // TRUNCATE is refused when another table's foreign key points here; with
         // session_replication_role = replica a DELETE has the same effect without cascading.
-        let truncate = if referenced_by_others {
-            format!("DELETE FROM {t}")
-        } else if table.partitioned {
-            format!("TRUNCATE {t}")
-        } else {
-            format!("TRUNCATE ONLY {t}")
+        let truncate = match (referenced_by_others, table.partitioned) {
+            (true, _) => format!("DELETE FROM {own_rows}"),
+            (false, true) => format!("TRUNCATE {t}"),
+            (false, false) => format!("TRUNCATE ONLY {t}"),
         };
         let tombstone = format!(
-            "INSERT INTO {}.tombstone (table_no, key) SELECT $2, k FROM jsonb_array_elements($1::jsonb) AS k
-             ON CONFLICT DO NOTHING",
-            quote_ident(schema)
+            "INSERT INTO {} ({keys}) SELECT {r_keys} FROM {rows} ON CONFLICT DO NOTHING",
+            row_format::tombstone_table(schema, table)
         );
         // A truncate while the table is still being copied: the copy's older snapshots would bring
         // rows back, so the copy starts again (a new epoch makes the running copy discard its chunk).
@@ -90,16 +114,20 @@ impl TablePlan {
             "WITH reset AS (
                  UPDATE {s}.table_state
                     SET state = 'pending', copy_epoch = copy_epoch + 1, copy_position = NULL, rows_copied = 0
-                  WHERE table_no = $1 AND state IN ('pending', 'copying'))
-             DELETE FROM {s}.tombstone WHERE table_no = $1",
-            s = quote_ident(schema)
+                  WHERE table_no = $1 AND state IN ('pending', 'copying')
+              RETURNING table_no)
+             DELETE FROM {tombstones} WHERE EXISTS (SELECT 1 FROM reset)",
+            s = quote_ident(schema),
+            tombstones = row_format::tombstone_table(schema, table),
         );
         Self {
             no: table.no,
             display: table.display_name(),
+            table: t,
             upsert,
             delete,
             truncate,
+            referenced_by_others,
             tombstone,
             reset_copy,
         }
@@ -121,17 +149,28 @@ pub struct Applied {
     pub events: usize,
 }
 
-fn json_array(items: &[&str]) -> String {
-    let mut s = String::with_capacity(items.iter().map(|i| i.len() + 1).sum::<usize>() + 2);
-    s.push('[');
-    for (i, item) in items.iter().enumerate() {
-        if i > 0 {
-            s.push(',');
+/// At most this many bytes of row text go into one statement's parameter: PostgreSQL refuses a
+/// message over 1 GB, and memory on both sides stays bounded. A single row larger than this
+/// still goes alone.
+pub const STATEMENT_BYTES: usize = 64 << 20;
+
+/// Splits `data` into consecutive runs of at most [`STATEMENT_BYTES`] (one row at least).
+fn by_bytes<'a>(data: &'a [&'a str]) -> impl Iterator<Item = &'a [&'a str]> + 'a {
+    let mut rest = data;
+    std::iter::from_fn(move || {
+        if rest.is_empty() {
+            return None;
         }
-        s.push_str(item);
-    }
-    s.push(']');
-    s
+        let mut bytes = 0;
+        let mut n = 0;
+        while n < rest.len() && (n == 0 || bytes + rest[n].len() <= STATEMENT_BYTES) {
+            bytes += rest[n].len();
+            n += 1;
+        }
+        let (head, tail) = rest.split_at(n);
+        rest = tail;
+        Some(head)
+    })
 }
 
 async fn run(
@@ -143,33 +182,38 @@ async fn run(
 ) -> EngineResult<()> {
     match op {
         Op::Upsert => {
-            sqlx::query(&plan.upsert)
-                .bind(json_array(data))
-                .execute(&mut *conn)
-                .await
-                .context(|| format!("applying {} upsert(s) to {}", data.len(), plan.display))?;
+            for part in by_bytes(data) {
+                for sql in &plan.upsert {
+                    sqlx::query(sql)
+                        .bind(part)
+                        .execute(&mut *conn)
+                        .await
+                        .context(|| {
+                            format!("applying {} upsert(s) to {}", part.len(), plan.display)
+                        })?;
+                }
+            }
         }
         Op::Delete => {
-            let keys = json_array(data);
-            sqlx::query(&plan.delete)
-                .bind(&keys)
-                .execute(&mut *conn)
-                .await
-                .context(|| format!("applying {} delete(s) to {}", data.len(), plan.display))?;
-            if (ctx.tombstone_tables)(plan.no) {
-                sqlx::query(&plan.tombstone)
-                    .bind(&keys)
-                    .bind(plan.no)
+            for part in by_bytes(data) {
+                sqlx::query(&plan.delete)
+                    .bind(part)
                     .execute(&mut *conn)
                     .await
-                    .context(|| format!("remembering deleted keys of {}", plan.display))?;
+                    .context(|| format!("applying {} delete(s) to {}", part.len(), plan.display))?;
+                if (ctx.tombstone_tables)(plan.no) {
+                    sqlx::query(&plan.tombstone)
+                        .bind(part)
+                        .execute(&mut *conn)
+                        .await
+                        .context(|| format!("remembering deleted keys of {}", plan.display))?;
+                }
             }
         }
         Op::Truncate => {
-            sqlx::query(&plan.truncate)
-                .execute(&mut *conn)
-                .await
-                .context(|| format!("applying a truncate to {}", plan.display))?;
+            for relation in data {
+                truncate(conn, plan, relation).await?;
+            }
             if (ctx.tombstone_tables)(plan.no) {
                 sqlx::query(&plan.reset_copy)
                     .bind(plan.no)
@@ -179,6 +223,49 @@ async fn run(
             }
         }
     }
+    Ok(())
+}
+
+/// Replays a TRUNCATE of `relation`: the table itself, or one of its partitions (which empties
+/// that partition alone, as it did on the source).
+async fn truncate(conn: &mut PgConnection, plan: &TablePlan, relation: &str) -> EngineResult<()> {
+    let found: Option<(bool, bool)> = sqlx::query_as(
+        "SELECT c.oid = $2::regclass, c.relkind = 'p' FROM pg_class c WHERE c.oid = to_regclass($1)",
+    )
+    .bind(relation)
+    .bind(&plan.table)
+    .fetch_optional(&mut *conn)
+    .await
+    .context(|| format!("looking for {relation} on the target"))?;
+    let partitioned = match found {
+        Some((true, _)) => {
+            sqlx::query(&plan.truncate)
+                .execute(&mut *conn)
+                .await
+                .context(|| format!("applying a truncate to {}", plan.display))?;
+            return Ok(());
+        }
+        Some((false, partitioned)) => partitioned,
+        None => {
+            return Err(EngineError::invalid(
+                "partition_missing",
+                format!(
+                    "{relation}, a partition of {}, was truncated on the source but does not exist on the target",
+                    plan.display
+                ),
+            ))
+        }
+    };
+    // The name came from the source's own format('%I.%I'); it names an existing relation here.
+    let sql = match (plan.referenced_by_others, partitioned) {
+        (true, _) => format!("DELETE FROM {relation}"),
+        (false, true) => format!("TRUNCATE {relation}"),
+        (false, false) => format!("TRUNCATE ONLY {relation}"),
+    };
+    sqlx::query(&sql)
+        .execute(&mut *conn)
+        .await
+        .context(|| format!("applying a truncate to {relation}"))?;
     Ok(())
 }
 
@@ -210,7 +297,7 @@ pub async fn apply_chunk(
         while i < table_events.len() {
             let op = table_events[i].op;
             let mut j = i + 1;
-            if !ctx.careful && op != Op::Truncate {
+            if !ctx.careful {
                 while j < table_events.len() && table_events[j].op == op {
                     j += 1;
                 }

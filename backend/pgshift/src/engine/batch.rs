@@ -57,7 +57,8 @@ impl Snapshot {
 pub struct Event {
     pub table_no: i32,
     pub op: Op,
-    /// `ev_key` (delete) or `ev_row` (upsert) as JSON text; empty for truncate.
+    /// The row's record text (the new row of an upsert, the old row of a delete), or the
+    /// truncated relation's quoted name.
     pub data: String,
 }
 
@@ -73,7 +74,7 @@ pub enum Op {
 pub fn batch_query(schema: &str, prev: &Snapshot, cur_text: &str, cur: &Snapshot) -> String {
     let schema = quote_ident(schema);
     let cols =
-        "ev_id, ev_table, ev_op::text AS op, coalesce(ev_row::text, ev_key::text, '') AS data";
+        "ev_id, ev_table, ev_op::text AS op, coalesce(ev_data, '') AS data";
     let mut sql = format!(
         "SELECT {cols} FROM {schema}.event
           WHERE ev_txid >= {} AND ev_txid < {} AND txid_visible_in_snapshot(ev_txid, '{}'::txid_snapshot)",
@@ -106,6 +107,42 @@ pub async fn open(conn: &mut PgConnection, query: &str) -> EngineResult<()> {
         .await
         .context(|| "opening the batch cursor on the source".into())?;
     Ok(())
+}
+
+/// How many events to fetch next: at most `max_events`, and fewer when rows are wide, so that
+/// one chunk holds about `budget_bytes` of row text (but always at least one event).
+#[derive(Debug, Clone)]
+pub struct FetchSize {
+    max_events: usize,
+    budget_bytes: usize,
+    next: usize,
+}
+
+impl FetchSize {
+    pub fn new(max_events: usize, budget_bytes: usize) -> Self {
+        let max_events = max_events.max(1);
+        Self {
+            max_events,
+            budget_bytes: budget_bytes.max(1),
+            // Start small: the first chunk tells how wide this batch's rows are.
+            next: max_events.min(100),
+        }
+    }
+
+    pub fn next(&self) -> usize {
+        self.next
+    }
+
+    /// Learns from a fetched chunk: the next one aims at the byte budget at this chunk's
+    /// average row width.
+    pub fn observe(&mut self, events: &[Event]) {
+        if events.is_empty() {
+            return;
+        }
+        let bytes: usize = events.iter().map(|e| e.data.len() + 16).sum();
+        let average = (bytes / events.len()).max(1);
+        self.next = (self.budget_bytes / average).clamp(1, self.max_events);
+    }
 }
 
 /// The next chunk of at most `limit` events; empty when the batch is exhausted.
@@ -168,6 +205,23 @@ mod tests {
         // 104 was visible early and is shown running later: not a later snapshot.
         assert!(!Snapshot::parse("100:110:104").unwrap().includes(&early));
         assert!(!Snapshot::parse("100:104:").unwrap().includes(&early));
+    }
+
+    #[test]
+    fn fetch_size_follows_row_width() {
+        let event = |len: usize| Event {
+            table_no: 1,
+            op: Op::Upsert,
+            data: "x".repeat(len),
+        };
+        let mut size = FetchSize::new(5_000, 1_000_000);
+        assert_eq!(size.next(), 100);
+        size.observe(&[event(84)]);
+        assert_eq!(size.next(), 5_000);
+        size.observe(&[event(499_984), event(499_984)]);
+        assert_eq!(size.next(), 2);
+        size.observe(&[event(10_000_000)]);
+        assert_eq!(size.next(), 1);
     }
 
     #[test]

@@ -21,7 +21,7 @@ use super::batch::Snapshot;
 use super::error::Context;
 use super::status::StatusHandle;
 use super::target::{self, TableState};
-use super::{pg, quote_ident, EngineError, EngineResult};
+use super::{pg, quote_ident, row_format, EngineError, EngineResult};
 use crate::store::TableSpec;
 
 /// Everything one table's copy needs.
@@ -51,6 +51,8 @@ impl TableCopy {
         let keys: Vec<String> = t.key.iter().map(|k| quote_ident(k)).collect();
         let key_row = format!("ROW({})", keys.join(", "));
         let temp = format!("pgshift_copy_{}", t.no);
+        // ONLY: an inheritance parent's copy must not read (or count) its children's rows.
+        let from = t.relation_only();
         sqlx::query(&format!(
             "CREATE TEMP TABLE IF NOT EXISTS {temp} (LIKE {})",
             t.sql_name()
@@ -95,12 +97,11 @@ impl TableCopy {
                 .unwrap_or_default();
             // The chunk's upper key, as literals the server quoted itself.
             let bound_sql = format!(
-                "SELECT ARRAY[{}] FROM {} {where_after} ORDER BY {} OFFSET {} LIMIT 1",
+                "SELECT ARRAY[{}] FROM {from} {where_after} ORDER BY {} OFFSET {} LIMIT 1",
                 keys.iter()
                     .map(|k| format!("quote_literal({k}::text) || '::' || pg_typeof({k})::text"))
                     .collect::<Vec<_>>()
                     .join(", "),
-                t.sql_name(),
                 keys.join(", "),
                 self.chunk_rows - 1
             );
@@ -117,10 +118,7 @@ impl TableCopy {
             } else {
                 format!("WHERE {}", conds.join(" AND "))
             };
-            let copy_out = format!(
-                "COPY (SELECT {cols} FROM {} {where_chunk}) TO STDOUT",
-                t.sql_name()
-            );
+            let copy_out = format!("COPY (SELECT {cols} FROM {from} {where_chunk}) TO STDOUT");
 
             if cancel.is_cancelled() {
                 return Err(EngineError::Cancelled);
@@ -148,7 +146,9 @@ impl TableCopy {
                 }
             }
             if upper.is_none() {
-                self.finish(&mut src, &mut dst, epoch).await?;
+                if !self.finish(&mut src, &mut dst, epoch).await? {
+                    continue; // truncated after the last chunk: copy again from the start
+                }
                 let p = self.progress(&mut dst).await?;
                 self.status
                     .table_copy(t.no, p.state, p.rows_copied, p.rows_estimated);
@@ -185,7 +185,7 @@ impl TableCopy {
             return Ok(reltuples as i64);
         }
         // Never analysed: count, which is exact and fine for the small tables this happens to.
-        sqlx::query_scalar(&format!("SELECT count(*) FROM {}", self.table.sql_name()))
+        sqlx::query_scalar(&format!("SELECT count(*) FROM {}", self.table.relation_only()))
             .fetch_one(&mut *src)
             .await
             .context(|| "counting rows".into())
@@ -266,11 +266,11 @@ impl TableCopy {
         // When the worker has written nothing in this key range and deleted nothing in this
         // table, every row of the chunk goes in as it is: straight into the table.
         let touched: bool = sqlx::query_scalar(&format!(
-            "SELECT EXISTS (SELECT 1 FROM {table} {range}) OR EXISTS (SELECT 1 FROM {schema}.tombstone WHERE table_no = $1)",
-            table = t.sql_name(),
+            "SELECT EXISTS (SELECT 1 FROM {table} {range}) OR EXISTS (SELECT 1 FROM {tombstones})",
+            table = t.relation_only(),
             range = chunk.where_chunk,
+            tombstones = row_format::tombstone_table(&self.schema, t),
         ))
-        .bind(t.no)
         .fetch_one(&mut *tx)
         .await
         .context(|| format!("looking at {} on the target", t.display_name()))?;
@@ -315,12 +315,13 @@ impl TableCopy {
     async fn merge(&self, tx: &mut PgConnection, chunk: &Chunk<'_>) -> EngineResult<u64> {
         let t = &self.table;
         let keys: Vec<String> = t.key.iter().map(|k| quote_ident(k)).collect();
-        let key_json = t
-            .key
+        // Typed equality with the key's own operator: a deleted key written differently
+        // (1.0 / 1.00, another case under citext) is still the same key.
+        let tombstoned = keys
             .iter()
-            .map(|k| format!("{}, c.{}", super::quote_literal(k), quote_ident(k)))
+            .map(|k| format!("d.{k} = c.{k}"))
             .collect::<Vec<_>>()
-            .join(", ");
+            .join(" AND ");
         let overriding = if t.columns.iter().any(|c| c.identity_always) {
             " OVERRIDING SYSTEM VALUE"
         } else {
@@ -329,16 +330,14 @@ impl TableCopy {
         let added = sqlx::query(&format!(
             "INSERT INTO {table} ({cols}){overriding}
              SELECT {cols} FROM {temp} c
-              WHERE NOT EXISTS (SELECT 1 FROM {schema}.tombstone d
-                                 WHERE d.table_no = $1 AND d.key = jsonb_build_object({key_json}))
+              WHERE NOT EXISTS (SELECT 1 FROM {tombstones} d WHERE {tombstoned})
              ON CONFLICT ({keys}) DO NOTHING",
             table = t.sql_name(),
             cols = chunk.cols,
             temp = chunk.temp,
-            schema = quote_ident(&self.schema),
+            tombstones = row_format::tombstone_table(&self.schema, t),
             keys = keys.join(", "),
         ))
-        .bind(t.no)
         .execute(&mut *tx)
         .await
         .context(|| format!("merging a chunk into {}", t.display_name()))?
@@ -350,13 +349,15 @@ impl TableCopy {
         Ok(added)
     }
 
-    /// The copy is complete: the table catches up until the worker applies a tick taken after now.
+    /// The copy is complete: the table catches up until the worker applies a tick taken after
+    /// now. Returns false when a truncate restarted the copy after its last chunk (the epoch
+    /// moved on): the caller copies again instead of leaving the table pending.
     async fn finish(
         &self,
         src: &mut PgConnection,
         dst: &mut PgConnection,
         epoch: i32,
-    ) -> EngineResult<()> {
+    ) -> EngineResult<bool> {
         let last_tick: i64 = sqlx::query_scalar(&format!(
             "SELECT coalesce(max(tick_id), 0) FROM {}.tick",
             quote_ident(&self.schema)
@@ -365,21 +366,36 @@ impl TableCopy {
         .await
         .context(|| "reading the latest tick".into())?;
         let schema = quote_ident(&self.schema);
-        sqlx::query(&format!(
-            "WITH done AS (
-                 UPDATE {schema}.table_state
-                    SET state = 'catching_up', catchup_until_tick = $3, copy_finished_at = now()
-                  WHERE table_no = $1 AND copy_epoch = $2 AND state = 'copying'
-              RETURNING table_no)
-             DELETE FROM {schema}.tombstone WHERE table_no IN (SELECT table_no FROM done)"
+        let mut tx = dst
+            .begin()
+            .await
+            .context(|| "opening the copy's last transaction".into())?;
+        let done = sqlx::query(&format!(
+            "UPDATE {schema}.table_state
+                SET state = 'catching_up', catchup_until_tick = $3, copy_finished_at = now()
+              WHERE table_no = $1 AND copy_epoch = $2 AND state = 'copying'"
         ))
         .bind(self.table.no)
         .bind(epoch)
         .bind(last_tick + 1)
-        .execute(&mut *dst)
+        .execute(&mut *tx)
         .await
-        .context(|| "recording the end of the copy".into())?;
-        Ok(())
+        .context(|| "recording the end of the copy".into())?
+        .rows_affected()
+            == 1;
+        if done {
+            sqlx::query(&format!(
+                "DELETE FROM {}",
+                row_format::tombstone_table(&self.schema, &self.table)
+            ))
+            .execute(&mut *tx)
+            .await
+            .context(|| "forgetting the copy's tombstones".into())?;
+        }
+        tx.commit()
+            .await
+            .context(|| "committing the end of the copy".into())?;
+        Ok(done)
     }
 }
 

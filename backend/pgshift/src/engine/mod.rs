@@ -9,6 +9,7 @@ pub mod cutover;
 mod error;
 pub mod pg;
 pub mod resync;
+pub mod row_format;
 mod runner;
 mod source;
 mod status;

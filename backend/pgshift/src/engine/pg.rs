@@ -26,6 +26,8 @@ pub fn options(dsn: &str, database: Option<&str>) -> EngineResult<PgConnectOptio
         .application_name("pgshift")
         // Replication statements are generated per table; a bigger cache keeps them prepared.
         .statement_cache_capacity(256)
+        // Row text (the copy's COPY, the worker's record input) must read as it was written.
+        .options(super::row_format::startup_options())
         .log_statements(tracing::log::LevelFilter::Trace);
     Ok(match database {
         Some(db) => options.database(db),

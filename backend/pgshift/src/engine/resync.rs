@@ -42,9 +42,9 @@ pub async fn reset_table(
     .context(|| format!("looking for foreign keys to {}", table.display_name()))?;
     // TRUNCATE is refused while another table's foreign key points here; DELETE is not.
     let empty = if referenced {
-        format!("DELETE FROM {}", table.sql_name())
+        format!("DELETE FROM {}", table.relation_only())
     } else {
-        format!("TRUNCATE {}", table.sql_name())
+        format!("TRUNCATE {}", table.relation_only())
     };
     sqlx::query(&empty)
         .execute(&mut *tx)
@@ -62,9 +62,11 @@ pub async fn reset_table(
     .execute(&mut *tx)
     .await
     .context(|| "resetting the table's copy state".into())?;
-    sqlx::query(&format!("DELETE FROM {s}.tombstone WHERE table_no = $1"))
-        .bind(table.no)
-        .execute(&mut *tx)
+    sqlx::query(&format!(
+        "DELETE FROM {}",
+        super::row_format::tombstone_table(schema, table)
+    ))
+    .execute(&mut *tx)
         .await
         .context(|| "clearing the table's tombstones".into())?;
     tx.commit()

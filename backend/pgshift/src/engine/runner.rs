@@ -19,7 +19,7 @@ use super::status::{RuntimeState, StatusHandle};
 use super::supervisor::EngineSettings;
 use super::target::{self, AppliedTick, SourceTick, TableProgress, TableState};
 use super::ticker::Ticker;
-use super::{pg, quote_ident, source, EngineError, EngineResult};
+use super::{pg, quote_ident, row_format, source, EngineError, EngineResult};
 use crate::store::{MigrationRecord, Store};
 
 /// Everything a migration's run needs.
@@ -103,6 +103,8 @@ impl Run {
             target::install(&mut dst, &self.record, &first).await?;
             tracing::info!(migration = %self.record.name, "prepared the target");
         }
+        source::check_format(&mut src, &schema).await?;
+        row_format::prepare_target(&mut dst, &schema, &self.record.tables).await?;
         let applied = target::applied_tick(&mut dst, &schema).await?;
         let progress = target::table_progress(&mut dst, &schema).await?;
         self.refresh_tables(&progress);
@@ -416,11 +418,13 @@ impl Worker {
             careful,
         };
         let mut events = 0i64;
+        let mut size = batch::FetchSize::new(self.settings.fetch_events, apply::STATEMENT_BYTES);
         loop {
-            let chunk = batch::fetch(&mut src, self.settings.fetch_events).await?;
+            let chunk = batch::fetch(&mut src, size.next()).await?;
             if chunk.is_empty() {
                 break;
             }
+            size.observe(&chunk);
             events += apply::apply_chunk(&mut dst, &ctx, &chunk).await?.events as i64;
         }
         let schema = quote_ident(&self.schema);

@@ -3,33 +3,13 @@
 use sqlx::{Connection, PgConnection, Row};
 
 use super::error::Context;
-use super::{quote_ident, quote_literal, EngineResult};
+use super::{quote_ident, quote_literal, row_format, EngineResult};
 use crate::store::{MigrationRecord, TableSpec};
 
 const INSTALL_SQL: &str = include_str!("../../../../sql/source/install.sql");
 const TABLE_CAPTURE_SQL: &str = include_str!("../../../../sql/source/table_capture.sql");
 const TABLE_TRIGGERS_SQL: &str = include_str!("../../../../sql/source/table_triggers.sql");
-
-/// Output settings a capture function pins, whatever the application's session set, for the
-/// column types whose JSON text depends on them. Dates and timestamps are always ISO in JSON and
-/// bytea in either output format reads back the same, so only these matter; each SET costs a
-/// little on every statement, so a table pays only for the types it has.
-fn capture_settings(table: &TableSpec) -> String {
-    let has = |prefixes: &[&str]| {
-        table
-            .columns
-            .iter()
-            .any(|c| prefixes.iter().any(|p| c.type_name.starts_with(p)))
-    };
-    let mut settings = Vec::new();
-    if has(&["real", "double precision"]) {
-        settings.push("SET extra_float_digits = 3");
-    }
-    if has(&["interval"]) {
-        settings.push("SET intervalstyle = 'postgres'");
-    }
-    settings.join(" ")
-}
+const TRUNCATE_TRIGGER_SQL: &str = include_str!("../../../../sql/source/truncate_trigger.sql");
 
 /// Whether capture for this migration is installed on the source.
 pub async fn is_installed(conn: &mut PgConnection, schema: &str) -> EngineResult<bool> {
@@ -38,6 +18,26 @@ pub async fn is_installed(conn: &mut PgConnection, schema: &str) -> EngineResult
         .fetch_one(conn)
         .await
         .context(|| "looking for the capture schema on the source".into())
+}
+
+/// Refuses a capture schema installed by an older pgshift, whose events are JSON: its rows
+/// cannot be read as record text.
+pub async fn check_format(conn: &mut PgConnection, schema: &str) -> EngineResult<()> {
+    let current: bool = sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM pg_attribute
+                         WHERE attrelid = to_regclass(format('%I.event', $1::text)) AND attname = 'ev_data')",
+    )
+    .bind(schema)
+    .fetch_one(conn)
+    .await
+    .context(|| "reading the capture schema's event format".into())?;
+    if current {
+        return Ok(());
+    }
+    Err(super::EngineError::invalid(
+        "capture_outdated",
+        "the capture on the source was installed by an older pgshift that recorded rows as JSON; remove the migration and create it again",
+    ))
 }
 
 /// Repeats each `@events[ ... ]events@` block once per event table, with `@gen@` set to 0, 1, 2.
@@ -59,54 +59,52 @@ fn expand_generations(template: &str) -> String {
     out
 }
 
-fn table_capture_sql(schema: &str, table: &TableSpec) -> String {
-    let key_pairs = table
-        .key
-        .iter()
-        .map(|k| format!("{}, o.{}", quote_literal(k), quote_ident(k)))
+/// `ROW(<alias>.c1, …)::text` over `columns`: the record text of those columns in that order.
+fn row_text<'a>(alias: &str, columns: impl Iterator<Item = &'a str>) -> String {
+    let list = columns
+        .map(|c| format!("{alias}.{}", quote_ident(c)))
         .collect::<Vec<_>>()
         .join(", ");
-    let cols = |alias: &str| {
-        let list = table
-            .key
-            .iter()
-            .map(|k| format!("{alias}.{}", quote_ident(k)))
-            .collect::<Vec<_>>()
-            .join(", ");
-        // A one-element row constructor needs ROW(...) to stay a row.
-        format!("ROW({list})")
-    };
-    let floats: Vec<String> = table
-        .columns
+    // A one-element row constructor needs ROW(...) to stay a row.
+    format!("ROW({list})")
+}
+
+fn table_capture_sql(schema: &str, table: &TableSpec) -> String {
+    let all = || table.columns.iter().map(|c| c.name.as_str());
+    let key = || table.key.iter().map(String::as_str);
+    let settings = row_format::OUTPUT_SETTINGS
         .iter()
-        .filter(|c| c.type_name.starts_with("real") || c.type_name.starts_with("double precision"))
-        .map(|c| {
-            format!(
-                "{}, n.{}::text",
-                quote_literal(&c.name),
-                quote_ident(&c.name)
-            )
-        })
-        .collect();
-    let row = if floats.is_empty() {
-        "to_jsonb(n.*)".to_string()
-    } else {
-        format!("to_jsonb(n.*) || jsonb_build_object({})", floats.join(", "))
-    };
+        .map(|(name, value)| format!("SET {name} = {}", quote_literal(value)))
+        .collect::<Vec<_>>()
+        .join("\n    ");
     expand_generations(TABLE_CAPTURE_SQL)
-        .replace("@row@", &row)
-        .replace("@settings@", &capture_settings(table))
-        .replace("@old_key_pairs@", &key_pairs)
-        .replace("@new_key_cols@", &cols("n"))
-        .replace("@old_key_cols@", &cols("o"))
+        .replace("@settings@", &settings)
+        .replace("@new_row@", &format!("{}::text", row_text("NEW", all())))
+        .replace("@old_row@", &format!("{}::text", row_text("OLD", all())))
+        .replace("@old_key@", &row_text("OLD", key()))
+        .replace("@new_key@", &row_text("NEW", key()))
         .replace("@no@", &table.no.to_string())
         .replace("@table@", &table.sql_name())
         .replace("@schema@", &quote_ident(schema))
 }
 
-fn triggers_sql(schema: &str, table: &TableSpec, relation: &str) -> String {
+/// The capture trigger's name on every relation of one table. It starts with '!' so that it
+/// fires before the application's own AFTER row triggers (see table_triggers.sql).
+fn trigger_name(schema: &str, table: &TableSpec, suffix: &str) -> String {
+    quote_ident(&format!("!{schema}_{}{suffix}", table.no))
+}
+
+fn row_trigger_sql(schema: &str, table: &TableSpec) -> String {
     TABLE_TRIGGERS_SQL
-        .replace("@trigger@", &format!("{schema}_{}", table.no))
+        .replace("@trigger@", &trigger_name(schema, table, ""))
+        .replace("@relation@", &table.sql_name())
+        .replace("@no@", &table.no.to_string())
+        .replace("@schema@", &quote_ident(schema))
+}
+
+fn truncate_trigger_sql(schema: &str, table: &TableSpec, relation: &str) -> String {
+    TRUNCATE_TRIGGER_SQL
+        .replace("@trigger@", &trigger_name(schema, table, "_truncate"))
         .replace("@relation@", relation)
         .replace("@no@", &table.no.to_string())
         .replace("@schema@", &quote_ident(schema))
@@ -153,14 +151,17 @@ pub async fn install(conn: &mut PgConnection, migration: &MigrationRecord) -> En
         super::pg::run_script(&mut tx, &table_capture_sql(&schema, table))
             .await
             .context(|| format!("installing capture functions for {}", table.display_name()))?;
+        super::pg::run_script(&mut tx, &row_trigger_sql(&schema, table))
+            .await
+            .context(|| format!("installing the capture trigger on {}", table.display_name()))?;
         let mut relations = vec![table.sql_name()];
         if table.partitioned {
             relations.extend(partitions(&mut tx, table).await?);
         }
         for relation in relations {
-            super::pg::run_script(&mut tx, &triggers_sql(&schema, table, &relation))
+            super::pg::run_script(&mut tx, &truncate_trigger_sql(&schema, table, &relation))
                 .await
-                .context(|| format!("installing capture triggers on {relation}"))?;
+                .context(|| format!("installing the truncate capture trigger on {relation}"))?;
         }
     }
     sqlx::query(&format!("SELECT {}.tick()", quote_ident(&schema)))

@@ -106,6 +106,17 @@ impl TableSpec {
         )
     }
 
+    /// The quoted name for reading or changing this table's own rows: `ONLY` keeps an
+    /// inheritance parent's statements away from its children (a partitioned table has no rows
+    /// of its own, so it is read whole).
+    pub fn relation_only(&self) -> String {
+        if self.partitioned {
+            self.sql_name()
+        } else {
+            format!("ONLY {}", self.sql_name())
+        }
+    }
+
     /// Columns written on the target (everything but generated columns).
     pub fn writable_columns(&self) -> impl Iterator<Item = &ColumnSpec> {
         self.columns.iter().filter(|c| !c.generated)
