@@ -129,6 +129,16 @@ impl Run {
         let t = tasks.clone();
         set.spawn(async move { ("ticker", ticker.run(t).await) });
 
+        if self.record.tables.iter().any(|t| t.partitioned) {
+            let watch = PartitionWatch {
+                source: source_pool.clone(),
+                record: self.record.clone(),
+                every: self.settings.ticker.idle_interval,
+            };
+            let t = tasks.clone();
+            set.spawn(async move { ("partitions", watch.run(t).await) });
+        }
+
         let plans: HashMap<i32, TablePlan> = self
             .record
             .tables
@@ -312,6 +322,34 @@ async fn referenced_tables(
         }
     }
     Ok(out)
+}
+
+/// Gives partitions created while the migration runs their TRUNCATE capture trigger, every
+/// `every` (the ticker's idle interval): pg_partman-style setups add one a day.
+struct PartitionWatch {
+    source: PgPool,
+    record: MigrationRecord,
+    every: Duration,
+}
+
+impl PartitionWatch {
+    async fn run(self, cancel: CancellationToken) -> EngineResult<()> {
+        loop {
+            let mut conn = self
+                .source
+                .acquire()
+                .await
+                .context(|| "connecting to the source".into())?;
+            for relation in source::capture_new_partitions(&mut conn, &self.record).await? {
+                tracing::info!(migration = %self.record.name, %relation, "capturing truncates of a new partition");
+            }
+            drop(conn);
+            tokio::select! {
+                _ = cancel.cancelled() => return Ok(()),
+                _ = tokio::time::sleep(self.every) => {}
+            }
+        }
+    }
 }
 
 /// Applies batches in tick order, one target transaction per batch.

@@ -127,6 +127,59 @@ async fn partitions(conn: &mut PgConnection, table: &TableSpec) -> EngineResult<
     Ok(rows.iter().map(|r| r.get(0)).collect())
 }
 
+/// Gives partitions created or attached since install their TRUNCATE capture trigger (row
+/// triggers reach them by themselves). Returns the partitions it covered. A partition whose
+/// lock is busy is tried again on the next call: the short lock timeout keeps the
+/// application's writers from queueing behind pgshift.
+pub async fn capture_new_partitions(
+    conn: &mut PgConnection,
+    migration: &MigrationRecord,
+) -> EngineResult<Vec<String>> {
+    let schema = migration.schema_name();
+    let mut covered = Vec::new();
+    for table in migration.tables.iter().filter(|t| t.partitioned) {
+        let name = format!("!{schema}_{}_truncate", table.no);
+        let missing: Vec<String> = sqlx::query_scalar(
+            "SELECT format('%I.%I', n.nspname, c.relname)
+               FROM pg_partition_tree($1::regclass) p
+               JOIN pg_class c ON c.oid = p.relid
+               JOIN pg_namespace n ON n.oid = c.relnamespace
+              WHERE p.level > 0
+                AND NOT EXISTS (SELECT 1 FROM pg_trigger g WHERE g.tgrelid = p.relid AND g.tgname = $2)",
+        )
+        .bind(table.sql_name())
+        .bind(&name)
+        .fetch_all(&mut *conn)
+        .await
+        .context(|| format!("looking for new partitions of {}", table.display_name()))?;
+        for relation in missing {
+            let mut tx = conn
+                .begin()
+                .await
+                .context(|| "opening a transaction on the source".into())?;
+            sqlx::query("SET LOCAL lock_timeout = '100ms'")
+                .execute(&mut *tx)
+                .await
+                .context(|| "setting lock_timeout".into())?;
+            let created =
+                super::pg::run_script(&mut tx, &truncate_trigger_sql(&schema, table, &relation))
+                    .await;
+            match created {
+                Ok(()) => {
+                    tx.commit()
+                        .await
+                        .context(|| format!("capturing truncates of {relation}"))?;
+                    covered.push(relation);
+                }
+                Err(err) => {
+                    tracing::debug!(%relation, error = %err, "new partition busy; capturing its truncates later");
+                }
+            }
+        }
+    }
+    Ok(covered)
+}
+
 /// Installs the queue, the tick function and a trigger set per table, and takes the first tick
 /// inside the same transaction. Every event therefore belongs to a transaction that is not
 /// visible in that first tick, so the worker starting from it misses nothing.

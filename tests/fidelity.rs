@@ -1,0 +1,303 @@
+//! Nothing lost, nothing altered: one test per way the target used to differ silently from the
+//! source (issue 9). Each builds a small schema on two real servers, starts a migration, writes
+//! the hard case on the source, and compares every row once the target has drained.
+
+use std::time::Duration;
+
+use pgshift_tests::migrate::{assert_same_rows, capture_schema, wait_drained};
+use pgshift_tests::server::TestServer;
+use pgshift_tests::{init_tracing, PgCluster, PgPool};
+
+const DRAIN: Duration = Duration::from_secs(120);
+
+/// Two servers with `schema` on both, `seed` on the source, and a running, synced migration.
+struct Case {
+    source: PgCluster,
+    target: PgCluster,
+    src: PgPool,
+    dst: PgPool,
+    server: TestServer,
+}
+
+impl Case {
+    async fn start(schema: &str, seed: &str) -> Self {
+        init_tracing();
+        let (source, target) = tokio::join!(PgCluster::start(), PgCluster::start());
+        source.create_database("app").await;
+        target.create_database("app").await;
+        source.psql("app", schema).await;
+        target.psql("app", schema).await;
+        if !seed.is_empty() {
+            source.psql("app", seed).await;
+        }
+        let src = source.connect("app").await;
+        let dst = target.connect("app").await;
+        let server = TestServer::start().await;
+        server.add_cluster("source", &source.admin_dsn()).await;
+        server.add_cluster("target", &target.admin_dsn()).await;
+        server.create_and_start("m", "app", "app", None).await;
+        wait_drained(&server, "m", &src, DRAIN).await;
+        Case {
+            source,
+            target,
+            src,
+            dst,
+            server,
+        }
+    }
+
+    /// Runs `sql` on the source, waits until the target applied it, compares `tables`.
+    async fn write_and_compare(&self, sql: &str, tables: &[(&str, &str)]) {
+        self.source.psql("app", sql).await;
+        self.drain_and_compare(tables).await;
+    }
+
+    async fn drain_and_compare(&self, tables: &[(&str, &str)]) {
+        wait_drained(&self.server, "m", &self.src, DRAIN).await;
+        for (table, order) in tables {
+            assert_same_rows(&self.src, &self.dst, table, order).await;
+        }
+    }
+}
+
+/// Item 2: an application's AFTER row trigger that rewrites the row it fired for, and a
+/// self-referencing foreign key with ON UPDATE CASCADE: the target holds the final version.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rows_rewritten_by_application_triggers_arrive_as_they_end() {
+    let case = Case::start(
+        "CREATE TABLE node (id int PRIMARY KEY, parent int REFERENCES node (id) ON UPDATE CASCADE,
+                            name text NOT NULL, path text);
+         CREATE FUNCTION node_path() RETURNS trigger LANGUAGE plpgsql AS $$
+         BEGIN
+             IF pg_trigger_depth() = 1 THEN
+                 UPDATE node SET path = coalesce((SELECT p.path FROM node p WHERE p.id = NEW.parent) || '/', '') || NEW.name
+                  WHERE id = NEW.id;
+             END IF;
+             RETURN NULL;
+         END $$;
+         CREATE TRIGGER a_path AFTER INSERT OR UPDATE OF name, parent ON node
+             FOR EACH ROW EXECUTE FUNCTION node_path();",
+        "",
+    )
+    .await;
+    case.write_and_compare(
+        "INSERT INTO node (id, parent, name) VALUES (1, NULL, 'root');
+         INSERT INTO node (id, parent, name) VALUES (2, 1, 'a'), (3, 2, 'b');
+         UPDATE node SET name = 'c' WHERE id = 3;
+         UPDATE node SET id = 10 WHERE id = 1;
+         UPDATE node SET id = 20 WHERE id = 2;",
+        &[("node", "id")],
+    )
+    .await;
+    let path: Option<String> = sqlx::query_scalar("SELECT path FROM node WHERE id = 3")
+        .fetch_one(&case.dst)
+        .await
+        .unwrap();
+    assert_eq!(path.as_deref(), Some("root/a/c"));
+}
+
+/// Item 3 and 4: TRUNCATE of one partition empties that partition alone on the target, and a
+/// partition created after the migration started is captured (rows and truncates).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn partitions_truncated_alone_and_created_later_are_replicated() {
+    let schema = "CREATE TABLE reading (id int, at date, v numeric, PRIMARY KEY (id, at)) PARTITION BY RANGE (at);
+                  CREATE TABLE reading_2025 PARTITION OF reading FOR VALUES FROM ('2025-01-01') TO ('2026-01-01');
+                  CREATE TABLE reading_2026 PARTITION OF reading FOR VALUES FROM ('2026-01-01') TO ('2027-01-01');";
+    let case = Case::start(
+        schema,
+        "INSERT INTO reading SELECT g, date '2025-06-01' + (g % 400), g FROM generate_series(1, 500) g;",
+    )
+    .await;
+    case.write_and_compare(
+        "TRUNCATE reading_2025; INSERT INTO reading VALUES (1000, '2025-03-03', 1);",
+        &[("reading", "id, at")],
+    )
+    .await;
+    let left: i64 = sqlx::query_scalar("SELECT count(*) FROM reading_2026")
+        .fetch_one(&case.dst)
+        .await
+        .unwrap();
+    assert!(left > 0, "the other partition keeps its rows on the target");
+
+    // A partition created while the migration runs (as pg_partman does every day).
+    let new_partition =
+        "CREATE TABLE reading_2027 PARTITION OF reading FOR VALUES FROM ('2027-01-01') TO ('2028-01-01');";
+    case.target.psql("app", new_partition).await;
+    case.source.psql("app", new_partition).await;
+    case.write_and_compare(
+        "INSERT INTO reading SELECT g, date '2027-02-01' + (g % 300), g FROM generate_series(2000, 2100) g;
+         UPDATE reading SET v = v * 2 WHERE at >= '2027-01-01';",
+        &[("reading", "id, at")],
+    )
+    .await;
+    // Its own TRUNCATE trigger arrives within a maintenance round; wait for it, then truncate.
+    let schema = capture_schema(&case.src).await;
+    pgshift_tests::wait_for(
+        "the truncate capture on the new partition",
+        Duration::from_secs(30),
+        || async {
+            let n: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM pg_trigger WHERE tgrelid = 'reading_2027'::regclass AND tgname LIKE $1",
+            )
+            .bind(format!("!{schema}%truncate"))
+            .fetch_one(&case.src)
+            .await
+            .unwrap();
+            (n == 1).then_some(())
+        },
+    )
+    .await;
+    case.write_and_compare(
+        "TRUNCATE reading_2027; INSERT INTO reading VALUES (3000, '2027-05-05', 3);",
+        &[("reading", "id, at")],
+    )
+    .await;
+}
+
+/// Item 5: an inheritance parent is copied and changed without its children's rows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inheritance_parents_replicate_their_own_rows_only() {
+    let case = Case::start(
+        "CREATE TABLE animal (id int PRIMARY KEY, name text);
+         CREATE TABLE dog (good boolean, PRIMARY KEY (id)) INHERITS (animal);",
+        "INSERT INTO animal VALUES (1, 'cat'), (2, 'cow');
+         INSERT INTO dog VALUES (3, 'rex', true);",
+    )
+    .await;
+    // Only the parent is migrated: the child is the operator's to move (or not).
+    // (Case::start migrates every table; the child's own rows are compared too.)
+    case.write_and_compare(
+        "UPDATE animal SET name = upper(name);
+         DELETE FROM animal WHERE id = 2;
+         INSERT INTO dog VALUES (4, 'fido', false);",
+        &[("ONLY animal", "id"), ("dog", "id")],
+    )
+    .await;
+}
+
+/// Item 7: values that JSON does not round-trip arrive exactly as they are.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_value_round_trips_exactly() {
+    let case = Case::start(
+        "CREATE TYPE pair AS (x float8, y float8);
+         CREATE DOMAIN signed_zero AS float8;
+         CREATE TABLE v (id int PRIMARY KEY, j json, jb jsonb, a int[], p pair, ps pair[], d signed_zero,
+                         m money, t timestamptz, i interval, f real);",
+        "",
+    )
+    .await;
+    case.write_and_compare(
+        r#"SET TimeZone = 'Asia/Kathmandu'; SET DateStyle = 'SQL, DMY'; SET IntervalStyle = 'sql_standard';
+           SET extra_float_digits = -15;
+           INSERT INTO v VALUES
+             (1, '{"a": 1,   "a": 2}', 'null', '[0:2]={1,2,3}', ROW('-0', 1.5), ARRAY[ROW('-0', '-0')::pair], '-0',
+              12.34, '2026-01-02 03:04:05.678+05:45', '1 year 2 mons -3 days 04:05:06', 0.1),
+             (2, NULL, NULL, '[-3:-2]={7,8}', NULL, '{}', 'NaN', -0.5, 'infinity', '-1 day', '-0'),
+             (3, ' [ ] ', '"x"', '{}', ROW(NULL, 'Infinity'), ARRAY[NULL::pair], '-Infinity', 0, '1999-12-31 23:59:59.999999+00',
+              '0', 'NaN');
+           UPDATE v SET j = '{ "b" : [1,  2] }', jb = 'null' WHERE id = 3;"#,
+        &[("v", "id")],
+    )
+    .await;
+    // jsonb 'null' is a value, not SQL NULL.
+    let nulls: i64 = sqlx::query_scalar("SELECT count(*) FROM v WHERE jb IS NULL")
+        .fetch_one(&case.dst)
+        .await
+        .unwrap();
+    assert_eq!(nulls, 1);
+}
+
+/// Item 8: a key changed to an equal but differently written value takes the new spelling;
+/// `SET id = DEFAULT` on an identity ALWAYS column moves the row.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn respelled_keys_and_identity_defaults_arrive() {
+    let case = Case::start(
+        "CREATE EXTENSION citext;
+         CREATE TABLE price (k numeric PRIMARY KEY, v int);
+         CREATE TABLE login (name citext PRIMARY KEY, v int);
+         CREATE TABLE ticket (id int GENERATED ALWAYS AS IDENTITY PRIMARY KEY, v text);
+         CREATE TABLE counter (k int PRIMARY KEY, n int GENERATED ALWAYS AS IDENTITY (START WITH 100));",
+        "INSERT INTO price VALUES (1.0, 1), (2, 2);
+         INSERT INTO login VALUES ('Alice', 1), ('bob', 2);
+         INSERT INTO ticket (v) VALUES ('a'), ('b');
+         INSERT INTO counter (k) VALUES (1), (2);",
+    )
+    .await;
+    case.write_and_compare(
+        "UPDATE price SET k = 1.00 WHERE k = 1;
+         UPDATE price SET k = 2.000, v = 3 WHERE k = 2;
+         UPDATE login SET name = 'ALICE' WHERE name = 'alice';
+         UPDATE ticket SET id = DEFAULT WHERE v = 'a';
+         UPDATE counter SET n = DEFAULT WHERE k = 2;",
+        &[
+            ("price", "k"),
+            ("login", "name"),
+            ("ticket", "id"),
+            ("counter", "k"),
+        ],
+    )
+    .await;
+    let spelled: Vec<String> = sqlx::query_scalar("SELECT k::text FROM price ORDER BY k")
+        .fetch_all(&case.dst)
+        .await
+        .unwrap();
+    assert_eq!(spelled, vec!["1.00", "2.000"]);
+}
+
+/// Item 10: deletes on a table with a NOT NULL domain column outside the key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deletes_with_not_null_domains_apply() {
+    let case = Case::start(
+        "CREATE DOMAIN label AS text NOT NULL CHECK (VALUE <> '');
+         CREATE TABLE item (id int PRIMARY KEY, l label, n int);",
+        "INSERT INTO item SELECT g, 'l' || g, g FROM generate_series(1, 100) g;",
+    )
+    .await;
+    case.write_and_compare(
+        "DELETE FROM item WHERE id % 3 = 0; UPDATE item SET id = id + 1000 WHERE id % 3 = 1;",
+        &[("item", "id")],
+    )
+    .await;
+}
+
+/// Item 11: wide rows are applied in statements bounded by bytes, not by a row count.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wide_rows_apply_in_byte_bounded_statements() {
+    let case = Case::start("CREATE TABLE blob (id int PRIMARY KEY, b bytea, t text);", "").await;
+    // 24 rows of ~4 MB of row text each (hex doubles bytea): more than one statement's worth.
+    case.write_and_compare(
+        "INSERT INTO blob SELECT g, decode(repeat(md5(g::text), 65536), 'hex'), repeat('x', 2000000)
+           FROM generate_series(1, 24) g;
+         UPDATE blob SET t = t || 'y' WHERE id % 2 = 0;
+         DELETE FROM blob WHERE id % 5 = 0;",
+        &[("blob", "id")],
+    )
+    .await;
+}
+
+/// Item 14: an application session with a hostile search_path can neither run its own code as
+/// pgshift's role nor make capture fail.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hostile_search_path_changes_nothing() {
+    let case = Case::start("CREATE TABLE t (id int PRIMARY KEY, v jsonb);", "").await;
+    case.source
+        .psql(
+            "app",
+            "CREATE SCHEMA mine;
+             CREATE FUNCTION mine.txid_current() RETURNS bigint LANGUAGE plpgsql AS $$ BEGIN RAISE EXCEPTION 'hijacked txid_current'; END $$;
+             CREATE FUNCTION mine.to_jsonb(anyelement) RETURNS jsonb LANGUAGE plpgsql AS $$ BEGIN RAISE EXCEPTION 'hijacked to_jsonb'; END $$;
+             CREATE FUNCTION mine.format(text, VARIADIC text[]) RETURNS text LANGUAGE plpgsql AS $$ BEGIN RAISE EXCEPTION 'hijacked format'; END $$;
+             CREATE FUNCTION mine.record_image_eq(record, record) RETURNS boolean LANGUAGE plpgsql AS $$ BEGIN RAISE EXCEPTION 'hijacked record_image_eq'; END $$;",
+        )
+        .await;
+    case.write_and_compare(
+        "SET search_path = mine, pg_catalog, public;
+         INSERT INTO t VALUES (1, '{\"a\": 1}'), (2, '[]');
+         UPDATE t SET id = 3 WHERE id = 1;
+         DELETE FROM t WHERE id = 2;
+         TRUNCATE t;
+         INSERT INTO t VALUES (4, 'null');",
+        &[("t", "id")],
+    )
+    .await;
+}
