@@ -80,16 +80,17 @@ async fn rows_rewritten_by_application_triggers_arrive_as_they_end() {
         "",
     )
     .await;
-    case.write_and_compare(
+    // Each step is compared on its own: a later statement must not mask an earlier stale row.
+    for step in [
         "INSERT INTO node (id, parent, name) VALUES (1, NULL, 'root');
-         INSERT INTO node (id, parent, name) VALUES (2, 1, 'a'), (3, 2, 'b');
-         UPDATE node SET name = 'c' WHERE id = 3;
-         UPDATE node SET id = 10 WHERE id = 1;
-         UPDATE node SET id = 20 WHERE id = 2;",
-        &[("node", "id")],
-    )
-    .await;
-    let path: Option<String> = sqlx::query_scalar("SELECT path FROM node WHERE id = 3")
+         INSERT INTO node (id, parent, name) VALUES (2, 1, 'a'), (3, 2, 'b');",
+        "UPDATE node SET name = 'c' WHERE id = 3;",
+        // The outer statement's new rows still hold the old parents; the cascade moved them.
+        "UPDATE node SET id = id + 100;",
+    ] {
+        case.write_and_compare(step, &[("node", "id")]).await;
+    }
+    let path: Option<String> = sqlx::query_scalar("SELECT path FROM node WHERE id = 103")
         .fetch_one(&case.dst)
         .await
         .unwrap();
@@ -298,6 +299,26 @@ async fn a_hostile_search_path_changes_nothing() {
          TRUNCATE t;
          INSERT INTO t VALUES (4, 'null');",
         &[("t", "id")],
+    )
+    .await;
+}
+
+/// Item 15: sessions with session_replication_role = replica (restore jobs, other replication)
+/// are captured too when pgshift's role owns the tables.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replica_role_sessions_are_captured() {
+    let case = Case::start(
+        "CREATE TABLE r (id int PRIMARY KEY, v text) PARTITION BY RANGE (id);
+         CREATE TABLE r1 PARTITION OF r FOR VALUES FROM (0) TO (100);
+         CREATE TABLE s (id int PRIMARY KEY, v text);",
+        "INSERT INTO r VALUES (1, 'a'), (2, 'b'); INSERT INTO s VALUES (1, 'a');",
+    )
+    .await;
+    case.write_and_compare(
+        "SET session_replication_role = replica;
+         INSERT INTO r VALUES (3, 'c'); UPDATE r SET v = 'B' WHERE id = 2; DELETE FROM r WHERE id = 1;
+         INSERT INTO s VALUES (2, 'b'); TRUNCATE r1;",
+        &[("r", "id"), ("s", "id")],
     )
     .await;
 }

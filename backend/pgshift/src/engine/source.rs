@@ -127,6 +127,32 @@ async fn partitions(conn: &mut PgConnection, table: &TableSpec) -> EngineResult<
     Ok(rows.iter().map(|r| r.get(0)).collect())
 }
 
+/// Makes a capture trigger fire in sessions with `session_replication_role = replica` too
+/// (restore jobs, ETL, other replication tools), which skip ordinary triggers. That needs the
+/// table's owner; without it the trigger stays as it is, and the cutover's gates say which
+/// tables such sessions could change unseen.
+async fn fire_always(conn: &mut PgConnection, relation: &str, trigger: &str) -> EngineResult<()> {
+    sqlx::query("SAVEPOINT pgshift_always")
+        .execute(&mut *conn)
+        .await
+        .context(|| "opening a savepoint".into())?;
+    let enabled = sqlx::query(&format!("ALTER TABLE {relation} ENABLE ALWAYS TRIGGER {trigger}"))
+        .execute(&mut *conn)
+        .await;
+    let end = match enabled {
+        Ok(_) => "RELEASE SAVEPOINT pgshift_always",
+        Err(err) => {
+            tracing::info!(%relation, error = %err, "capture cannot fire for replica sessions (not the table's owner)");
+            "ROLLBACK TO SAVEPOINT pgshift_always"
+        }
+    };
+    sqlx::query(end)
+        .execute(&mut *conn)
+        .await
+        .context(|| "closing a savepoint".into())?;
+    Ok(())
+}
+
 /// Gives partitions created or attached since install their TRUNCATE capture trigger (row
 /// triggers reach them by themselves). Returns the partitions it covered. A partition whose
 /// lock is busy is tried again on the next call: the short lock timeout keeps the
@@ -164,6 +190,9 @@ pub async fn capture_new_partitions(
             let created =
                 super::pg::run_script(&mut tx, &truncate_trigger_sql(&schema, table, &relation))
                     .await;
+            if created.is_ok() {
+                fire_always(&mut tx, &relation, &quote_ident(&name)).await?;
+            }
             match created {
                 Ok(()) => {
                     tx.commit()
@@ -215,6 +244,17 @@ pub async fn install(conn: &mut PgConnection, migration: &MigrationRecord) -> En
             super::pg::run_script(&mut tx, &truncate_trigger_sql(&schema, table, &relation))
                 .await
                 .context(|| format!("installing the truncate capture trigger on {relation}"))?;
+            let name = if relation == table.sql_name() {
+                trigger_name(&schema, table, "")
+            } else {
+                // Partitions' row triggers are clones that follow the parent's setting.
+                String::new()
+            };
+            for trigger in [name, trigger_name(&schema, table, "_truncate")] {
+                if !trigger.is_empty() {
+                    fire_always(&mut tx, &relation, &trigger).await?;
+                }
+            }
         }
     }
     sqlx::query(&format!("SELECT {}.tick()", quote_ident(&schema)))
