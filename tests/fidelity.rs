@@ -264,7 +264,11 @@ async fn deletes_with_not_null_domains_apply() {
 /// Item 11: wide rows are applied in statements bounded by bytes, not by a row count.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wide_rows_apply_in_byte_bounded_statements() {
-    let case = Case::start("CREATE TABLE blob (id int PRIMARY KEY, b bytea, t text);", "").await;
+    let case = Case::start(
+        "CREATE TABLE blob (id int PRIMARY KEY, b bytea, t text);",
+        "",
+    )
+    .await;
     // 24 rows of ~4 MB of row text each (hex doubles bytea): more than one statement's worth.
     case.write_and_compare(
         "INSERT INTO blob SELECT g, decode(repeat(md5(g::text), 65536), 'hex'), repeat('x', 2000000)
@@ -321,4 +325,35 @@ async fn replica_role_sessions_are_captured() {
         &[("r", "id"), ("s", "id")],
     )
     .await;
+}
+
+/// A column added on both sides (as Londiste's users do it) is never silently left behind: the
+/// migration stops with the table and column named. Dropping a column never makes the
+/// application's writes fail.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn column_changes_are_named_and_never_fail_the_application() {
+    let case = Case::start(
+        "CREATE TABLE t (id int PRIMARY KEY, v int, gone text);",
+        "INSERT INTO t SELECT g, g, 'x' FROM generate_series(1, 10) g;",
+    )
+    .await;
+    let add = "ALTER TABLE t ADD COLUMN w int;";
+    case.target.psql("app", add).await;
+    case.source.psql("app", add).await;
+    case.source
+        .psql("app", "UPDATE t SET w = id * 10; ALTER TABLE t DROP COLUMN gone; INSERT INTO t VALUES (11, 11, 110);")
+        .await;
+    let m = pgshift_tests::wait_for(
+        "the migration to name the new column",
+        Duration::from_secs(60),
+        || async {
+            let m = case.server.migration("m").await;
+            let error = m["error"].as_str().unwrap_or_default().to_string();
+            error
+                .contains("public.t gained column w on the source")
+                .then_some(m)
+        },
+    )
+    .await;
+    assert_ne!(m["state"], "synced", "{m}");
 }

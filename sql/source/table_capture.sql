@@ -7,11 +7,14 @@
 -- they fire after every nested statement, so their transition tables hold the older version.
 -- Row triggers on a partitioned table are also cloned to every partition, present and future.
 --
--- A row travels as PostgreSQL's own text form of a record, built from the columns in the order
--- the migration lists them (a partition may order its columns differently): record output and
+-- A row travels as PostgreSQL's own text form of the whole row (NEW::text): record output and
 -- input round-trip every value of every type (json text, jsonb 'null', array bounds, -0 in
--- composites, up to the 1 GB field limit). The function pins the settings that shape that text,
--- so the application session's own DateStyle, TimeZone or extra_float_digits change nothing.
+-- composites, up to the 1 GB field limit). Naming no column keeps capture working whatever
+-- columns the application adds, drops or renames (pgshift notices and stops applying; the
+-- application's writes never fail). Only the key columns are named, to see a key change.
+-- Partitions must order their columns as their parent does (checked at install and while
+-- running). The function pins the settings that shape the text, so the application session's
+-- own DateStyle, TimeZone or extra_float_digits change nothing.
 --
 -- 'U' carries the row as it now is (insert, update); 'D' the row as it was (delete, or the old
 -- key of an update that changed it: compared as binary images, so any respelling counts as a
@@ -31,17 +34,17 @@ BEGIN
     WHEN @gen@ THEN
         IF TG_OP = 'INSERT' THEN
             INSERT INTO @schema@.event_@gen@ (ev_gen, ev_txid, ev_table, ev_op, ev_data)
-            VALUES (@gen@, pg_catalog.txid_current(), @no@, 'U', @new_row@);
+            VALUES (@gen@, pg_catalog.txid_current(), @no@, 'U', NEW::text);
         ELSIF TG_OP = 'UPDATE' THEN
             IF NOT pg_catalog.record_image_eq(@old_key@, @new_key@) THEN
                 INSERT INTO @schema@.event_@gen@ (ev_gen, ev_txid, ev_table, ev_op, ev_data)
-                VALUES (@gen@, pg_catalog.txid_current(), @no@, 'D', @old_row@);
+                VALUES (@gen@, pg_catalog.txid_current(), @no@, 'D', OLD::text);
             END IF;
             INSERT INTO @schema@.event_@gen@ (ev_gen, ev_txid, ev_table, ev_op, ev_data)
-            VALUES (@gen@, pg_catalog.txid_current(), @no@, 'U', @new_row@);
+            VALUES (@gen@, pg_catalog.txid_current(), @no@, 'U', NEW::text);
         ELSIF TG_OP = 'DELETE' THEN
             INSERT INTO @schema@.event_@gen@ (ev_gen, ev_txid, ev_table, ev_op, ev_data)
-            VALUES (@gen@, pg_catalog.txid_current(), @no@, 'D', @old_row@);
+            VALUES (@gen@, pg_catalog.txid_current(), @no@, 'D', OLD::text);
         ELSE
             INSERT INTO @schema@.event_@gen@ (ev_gen, ev_txid, ev_table, ev_op, ev_data)
             VALUES (@gen@, pg_catalog.txid_current(), @no@, 'T',

@@ -57,7 +57,12 @@ impl TablePlan {
             .map(|k| f(k))
             .collect::<Vec<_>>()
             .join(", ");
-        let keys = table.key.iter().map(|k| q(k)).collect::<Vec<_>>().join(", ");
+        let keys = table
+            .key
+            .iter()
+            .map(|k| q(k))
+            .collect::<Vec<_>>()
+            .join(", ");
         let key_match = |other: &str| {
             table
                 .key
@@ -67,9 +72,8 @@ impl TablePlan {
                 .join(" AND ")
         };
         // The last version of each key; DISTINCT ON compares with the key's own equality.
-        let latest = format!(
-            "SELECT DISTINCT ON ({r_keys}) r.* FROM {rows} ORDER BY {r_keys}, n DESC"
-        );
+        let latest =
+            format!("SELECT DISTINCT ON ({r_keys}) r.* FROM {rows} ORDER BY {r_keys}, n DESC");
         let identity_always = table.columns.iter().any(|c| c.identity_always);
         let upsert = if identity_always {
             // Identity ALWAYS columns cannot be set by an UPDATE: replace the row instead.

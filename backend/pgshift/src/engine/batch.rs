@@ -73,8 +73,7 @@ pub enum Op {
 /// between the two snapshots' xmax, plus those that were still running at the older tick.
 pub fn batch_query(schema: &str, prev: &Snapshot, cur_text: &str, cur: &Snapshot) -> String {
     let schema = quote_ident(schema);
-    let cols =
-        "ev_id, ev_table, ev_op::text AS op, coalesce(ev_data, '') AS data";
+    let cols = "ev_id, ev_table, ev_op::text AS op, coalesce(ev_data, '') AS data";
     let mut sql = format!(
         "SELECT {cols} FROM {schema}.event
           WHERE ev_txid >= {} AND ev_txid < {} AND txid_visible_in_snapshot(ev_txid, '{}'::txid_snapshot)",

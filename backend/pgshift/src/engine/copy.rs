@@ -185,10 +185,13 @@ impl TableCopy {
             return Ok(reltuples as i64);
         }
         // Never analysed: count, which is exact and fine for the small tables this happens to.
-        sqlx::query_scalar(&format!("SELECT count(*) FROM {}", self.table.relation_only()))
-            .fetch_one(&mut *src)
-            .await
-            .context(|| "counting rows".into())
+        sqlx::query_scalar(&format!(
+            "SELECT count(*) FROM {}",
+            self.table.relation_only()
+        ))
+        .fetch_one(&mut *src)
+        .await
+        .context(|| "counting rows".into())
     }
 
     /// Copies one chunk and records the position in the same target transaction. Returns the

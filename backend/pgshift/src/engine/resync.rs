@@ -67,8 +67,8 @@ pub async fn reset_table(
         super::row_format::tombstone_table(schema, table)
     ))
     .execute(&mut *tx)
-        .await
-        .context(|| "clearing the table's tombstones".into())?;
+    .await
+    .context(|| "clearing the table's tombstones".into())?;
     tx.commit()
         .await
         .context(|| format!("committing the resync of {}", table.display_name()))?;

@@ -42,7 +42,11 @@ pub fn startup_options() -> Vec<(&'static str, String)> {
 
 /// The quoted name of a table's row type on the target.
 pub fn row_type(schema: &str, table: &TableSpec) -> String {
-    format!("{}.{}", quote_ident(schema), quote_ident(&format!("row_{}", table.no)))
+    format!(
+        "{}.{}",
+        quote_ident(schema),
+        quote_ident(&format!("row_{}", table.no))
+    )
 }
 
 /// The quoted name of a table's tombstone table on the target.
@@ -145,10 +149,12 @@ pub async fn prepare_target(
             .execute(&mut *conn)
             .await
             .context(|| format!("creating the tombstone table of {}", table.display_name()))?;
-            sqlx::query(&format!("ALTER TABLE {tombstones} ADD PRIMARY KEY ({keys})"))
-                .execute(&mut *conn)
-                .await
-                .context(|| format!("keying the tombstone table of {}", table.display_name()))?;
+            sqlx::query(&format!(
+                "ALTER TABLE {tombstones} ADD PRIMARY KEY ({keys})"
+            ))
+            .execute(&mut *conn)
+            .await
+            .context(|| format!("keying the tombstone table of {}", table.display_name()))?;
         }
     }
     Ok(())

@@ -129,15 +129,13 @@ impl Run {
         let t = tasks.clone();
         set.spawn(async move { ("ticker", ticker.run(t).await) });
 
-        if self.record.tables.iter().any(|t| t.partitioned) {
-            let watch = PartitionWatch {
-                source: source_pool.clone(),
-                record: self.record.clone(),
-                every: self.settings.ticker.idle_interval,
-            };
-            let t = tasks.clone();
-            set.spawn(async move { ("partitions", watch.run(t).await) });
-        }
+        let watch = SourceWatch {
+            source: source_pool.clone(),
+            record: self.record.clone(),
+            every: self.settings.ticker.idle_interval,
+        };
+        let t = tasks.clone();
+        set.spawn(async move { ("source watch", watch.run(t).await) });
 
         let plans: HashMap<i32, TablePlan> = self
             .record
@@ -324,15 +322,16 @@ async fn referenced_tables(
     Ok(out)
 }
 
-/// Gives partitions created while the migration runs their TRUNCATE capture trigger, every
-/// `every` (the ticker's idle interval): pg_partman-style setups add one a day.
-struct PartitionWatch {
+/// Watches the source's tables every `every` (the ticker's idle interval): a column change ends
+/// the attempt with the table and column named (nothing is applied with the old column list),
+/// and partitions created meanwhile get their TRUNCATE capture (pg_partman adds one a day).
+struct SourceWatch {
     source: PgPool,
     record: MigrationRecord,
     every: Duration,
 }
 
-impl PartitionWatch {
+impl SourceWatch {
     async fn run(self, cancel: CancellationToken) -> EngineResult<()> {
         loop {
             let mut conn = self
@@ -340,6 +339,7 @@ impl PartitionWatch {
                 .acquire()
                 .await
                 .context(|| "connecting to the source".into())?;
+            source::check_columns(&mut conn, &self.record).await?;
             for relation in source::capture_new_partitions(&mut conn, &self.record).await? {
                 tracing::info!(migration = %self.record.name, %relation, "capturing truncates of a new partition");
             }

@@ -59,7 +59,7 @@ fn expand_generations(template: &str) -> String {
     out
 }
 
-/// `ROW(<alias>.c1, …)::text` over `columns`: the record text of those columns in that order.
+/// `ROW(<alias>.c1, …)` over `columns`.
 fn row_text<'a>(alias: &str, columns: impl Iterator<Item = &'a str>) -> String {
     let list = columns
         .map(|c| format!("{alias}.{}", quote_ident(c)))
@@ -70,7 +70,6 @@ fn row_text<'a>(alias: &str, columns: impl Iterator<Item = &'a str>) -> String {
 }
 
 fn table_capture_sql(schema: &str, table: &TableSpec) -> String {
-    let all = || table.columns.iter().map(|c| c.name.as_str());
     let key = || table.key.iter().map(String::as_str);
     let settings = row_format::OUTPUT_SETTINGS
         .iter()
@@ -79,8 +78,6 @@ fn table_capture_sql(schema: &str, table: &TableSpec) -> String {
         .join("\n    ");
     expand_generations(TABLE_CAPTURE_SQL)
         .replace("@settings@", &settings)
-        .replace("@new_row@", &format!("{}::text", row_text("NEW", all())))
-        .replace("@old_row@", &format!("{}::text", row_text("OLD", all())))
         .replace("@old_key@", &row_text("OLD", key()))
         .replace("@new_key@", &row_text("NEW", key()))
         .replace("@no@", &table.no.to_string())
@@ -127,6 +124,86 @@ async fn partitions(conn: &mut PgConnection, table: &TableSpec) -> EngineResult<
     Ok(rows.iter().map(|r| r.get(0)).collect())
 }
 
+/// A type's name without its schema: the same type prints qualified or not depending on the
+/// session's search_path, which is not what drift is about.
+fn unqualified(type_name: &str) -> &str {
+    let mut depth = 0usize;
+    let mut quoted = false;
+    let mut cut = 0;
+    for (i, c) in type_name.char_indices() {
+        match c {
+            '"' => quoted = !quoted,
+            '(' | '[' if !quoted => depth += 1,
+            ')' | ']' if !quoted => depth = depth.saturating_sub(1),
+            '.' if !quoted && depth == 0 => cut = i + 1,
+            _ => {}
+        }
+    }
+    &type_name[cut..]
+}
+
+/// Compares the source's columns of every migrated table, as they are now, with the columns the
+/// capture records. Capture writes the recorded columns only, so a change would leave the target
+/// silently behind: the first difference is returned as an error naming the table and column.
+pub async fn check_columns(
+    conn: &mut PgConnection,
+    migration: &MigrationRecord,
+) -> EngineResult<()> {
+    for table in &migration.tables {
+        let now: Vec<(String, String)> = sqlx::query_as(
+            "SELECT attname::text, format_type(atttypid, atttypmod) FROM pg_attribute
+              WHERE attrelid = $1::regclass AND attnum > 0 AND NOT attisdropped ORDER BY attnum",
+        )
+        .bind(table.sql_name())
+        .fetch_all(&mut *conn)
+        .await
+        .context(|| {
+            format!(
+                "reading the columns of {} on the source",
+                table.display_name()
+            )
+        })?;
+        check_partition_layout(&mut *conn, table).await?;
+        if let Some(drift) = column_drift(table, &now) {
+            return Err(super::EngineError::invalid(
+                "schema_drift",
+                format!(
+                    "{drift}; pgshift stopped applying changes so that none is applied with the old column list"
+                ),
+            )
+            .on_table(table.no));
+        }
+    }
+    Ok(())
+}
+
+/// The first difference between the recorded columns and `now` (name, type), in words.
+fn column_drift(table: &TableSpec, now: &[(String, String)]) -> Option<String> {
+    let name = table.display_name();
+    for (column, type_name) in now {
+        match table.columns.iter().find(|c| &c.name == column) {
+            None => return Some(format!("{name} gained column {column} on the source")),
+            Some(c) if unqualified(&c.type_name) != unqualified(type_name) => {
+                return Some(format!(
+                    "{name}.{column} changed type on the source from {} to {type_name}",
+                    c.type_name
+                ))
+            }
+            Some(_) => {}
+        }
+    }
+    if let Some(c) = table
+        .columns
+        .iter()
+        .find(|c| !now.iter().any(|(n, _)| n == &c.name))
+    {
+        return Some(format!("{name} lost column {} on the source", c.name));
+    }
+    let order_now: Vec<&str> = now.iter().map(|(n, _)| n.as_str()).collect();
+    let order_then: Vec<&str> = table.columns.iter().map(|c| c.name.as_str()).collect();
+    (order_now != order_then).then(|| format!("{name}'s columns changed order on the source"))
+}
+
 /// Makes a capture trigger fire in sessions with `session_replication_role = replica` too
 /// (restore jobs, ETL, other replication tools), which skip ordinary triggers. That needs the
 /// table's owner; without it the trigger stays as it is, and the cutover's gates say which
@@ -136,9 +213,11 @@ async fn fire_always(conn: &mut PgConnection, relation: &str, trigger: &str) -> 
         .execute(&mut *conn)
         .await
         .context(|| "opening a savepoint".into())?;
-    let enabled = sqlx::query(&format!("ALTER TABLE {relation} ENABLE ALWAYS TRIGGER {trigger}"))
-        .execute(&mut *conn)
-        .await;
+    let enabled = sqlx::query(&format!(
+        "ALTER TABLE {relation} ENABLE ALWAYS TRIGGER {trigger}"
+    ))
+    .execute(&mut *conn)
+    .await;
     let end = match enabled {
         Ok(_) => "RELEASE SAVEPOINT pgshift_always",
         Err(err) => {
@@ -151,6 +230,46 @@ async fn fire_always(conn: &mut PgConnection, relation: &str, trigger: &str) -> 
         .await
         .context(|| "closing a savepoint".into())?;
     Ok(())
+}
+
+/// Refuses partitions whose columns are not in their parent's order: capture writes a row in
+/// the order of the relation it fired on, and the target reads it in the parent's order.
+pub async fn check_partition_layout(
+    conn: &mut PgConnection,
+    table: &TableSpec,
+) -> EngineResult<()> {
+    if !table.partitioned {
+        return Ok(());
+    }
+    let odd: Option<String> = sqlx::query_scalar(
+        "WITH cols AS (
+             SELECT p.relid, array_agg(a.attname::text ORDER BY a.attnum) AS names
+               FROM pg_partition_tree($1::regclass) p
+               JOIN pg_attribute a ON a.attrelid = p.relid AND a.attnum > 0 AND NOT a.attisdropped
+              GROUP BY p.relid)
+         SELECT c.relid::regclass::text FROM cols c, cols r
+          WHERE r.relid = $1::regclass AND c.names <> r.names LIMIT 1",
+    )
+    .bind(table.sql_name())
+    .fetch_optional(&mut *conn)
+    .await
+    .context(|| {
+        format!(
+            "reading the partitions' columns of {}",
+            table.display_name()
+        )
+    })?;
+    match odd {
+        None => Ok(()),
+        Some(partition) => Err(super::EngineError::invalid(
+            "partition_layout",
+            format!(
+                "partition {partition} of {} orders its columns differently from its parent; pgshift reads rows in the parent's order (recreate the partition with CREATE TABLE … PARTITION OF)",
+                table.display_name()
+            ),
+        )
+        .on_table(table.no)),
+    }
 }
 
 /// Gives partitions created or attached since install their TRUNCATE capture trigger (row
@@ -230,6 +349,7 @@ pub async fn install(conn: &mut PgConnection, migration: &MigrationRecord) -> En
     .await
     .context(|| "installing the capture schema on the source".into())?;
     for table in &migration.tables {
+        check_partition_layout(&mut tx, table).await?;
         super::pg::run_script(&mut tx, &table_capture_sql(&schema, table))
             .await
             .context(|| format!("installing capture functions for {}", table.display_name()))?;
@@ -290,7 +410,60 @@ pub async fn uninstall(conn: &mut PgConnection, schema: &str) -> EngineResult<()
 
 #[cfg(test)]
 mod tests {
-    use super::expand_generations;
+    use super::{column_drift, expand_generations, unqualified};
+    use crate::store::{ColumnSpec, TableSpec};
+
+    #[test]
+    fn types_compare_without_their_schema() {
+        assert_eq!(unqualified("public.mood"), "mood");
+        assert_eq!(unqualified("\"my.schema\".mood"), "mood");
+        assert_eq!(unqualified("numeric(12,2)"), "numeric(12,2)");
+        assert_eq!(unqualified("integer[]"), "integer[]");
+    }
+
+    #[test]
+    fn drift_names_the_table_and_column() {
+        let column = |name: &str, type_name: &str| ColumnSpec {
+            name: name.into(),
+            type_name: type_name.into(),
+            generated: false,
+            identity_always: false,
+        };
+        let table = TableSpec {
+            no: 1,
+            schema: "public".into(),
+            name: "t".into(),
+            key: vec!["id".into()],
+            columns: vec![column("id", "integer"), column("v", "mood")],
+            partitioned: false,
+        };
+        let now = |cols: &[(&str, &str)]| -> Vec<(String, String)> {
+            cols.iter()
+                .map(|(a, b)| (a.to_string(), b.to_string()))
+                .collect()
+        };
+        assert_eq!(
+            column_drift(&table, &now(&[("id", "integer"), ("v", "public.mood")])),
+            None
+        );
+        assert_eq!(
+            column_drift(
+                &table,
+                &now(&[("id", "integer"), ("v", "mood"), ("w", "integer")])
+            )
+            .unwrap(),
+            "public.t gained column w on the source"
+        );
+        assert_eq!(
+            column_drift(&table, &now(&[("id", "integer")])).unwrap(),
+            "public.t lost column v on the source"
+        );
+        assert!(
+            column_drift(&table, &now(&[("id", "bigint"), ("v", "mood")]))
+                .unwrap()
+                .contains("changed type")
+        );
+    }
 
     #[test]
     fn generation_blocks_repeat_per_event_table() {
