@@ -357,3 +357,26 @@ async fn column_changes_are_named_and_never_fail_the_application() {
     .await;
     assert_ne!(m["state"], "synced", "{m}");
 }
+
+/// Keys shifted by one statement under a deferrable key (`id = id + 1` writes each key before
+/// the row that held it moves on) and swapped inside a transaction arrive as on the source.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shifted_and_swapped_keys_arrive() {
+    let case = Case::start(
+        "CREATE TABLE seat (id int PRIMARY KEY DEFERRABLE INITIALLY IMMEDIATE, who text);
+         CREATE TABLE slot (id int PRIMARY KEY, who text);",
+        "INSERT INTO seat SELECT g, 'p' || g FROM generate_series(1, 50) g;
+         INSERT INTO slot SELECT g, 's' || g FROM generate_series(1, 50) g;",
+    )
+    .await;
+    case.write_and_compare(
+        "UPDATE seat SET id = id + 1;
+         UPDATE seat SET id = 52 - id;
+         BEGIN;
+         UPDATE slot SET id = -1 WHERE id = 1; UPDATE slot SET id = 1 WHERE id = 2; UPDATE slot SET id = 2 WHERE id = -1;
+         UPDATE slot SET id = id + 100 WHERE id > 40; UPDATE slot SET id = id - 100 WHERE id > 140;
+         COMMIT;",
+        &[("seat", "id"), ("slot", "id")],
+    )
+    .await;
+}

@@ -16,9 +16,12 @@
 -- running). The function pins the settings that shape the text, so the application session's
 -- own DateStyle, TimeZone or extra_float_digits change nothing.
 --
--- 'U' carries the row as it now is (insert, update); 'D' the row as it was (delete, or the old
--- key of an update that changed it: compared as binary images, so any respelling counts as a
--- change and is replayed as delete + insert); 'T' the truncated relation's quoted name.
+-- 'U' carries the row as it now is (insert, update); 'D' the row as it was (delete); 'K' the
+-- row as it was before an update changed its key (compared as binary images, so a respelling
+-- counts as a change), which the target deletes only while it still holds exactly that row:
+-- under a deferrable key, a statement shifting keys (id = id + 1) writes a key before the row
+-- that had it leaves, and replaying row by row must not delete the newcomer. 'T' carries the
+-- truncated relation's quoted name.
 --
 -- SECURITY DEFINER: the application's role needs no privilege on pgshift's schema, so capture
 -- never fails an application transaction on permissions. search_path is pinned and every name
@@ -38,7 +41,7 @@ BEGIN
         ELSIF TG_OP = 'UPDATE' THEN
             IF NOT pg_catalog.record_image_eq(@old_key@, @new_key@) THEN
                 INSERT INTO @schema@.event_@gen@ (ev_gen, ev_txid, ev_table, ev_op, ev_data)
-                VALUES (@gen@, pg_catalog.txid_current(), @no@, 'D', OLD::text);
+                VALUES (@gen@, pg_catalog.txid_current(), @no@, 'K', OLD::text);
             END IF;
             INSERT INTO @schema@.event_@gen@ (ev_gen, ev_txid, ev_table, ev_op, ev_data)
             VALUES (@gen@, pg_catalog.txid_current(), @no@, 'U', NEW::text);

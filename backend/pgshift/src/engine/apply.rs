@@ -24,6 +24,8 @@ pub struct TablePlan {
     /// Upsert statements run in order on the same parameter.
     upsert: Vec<String>,
     delete: String,
+    /// Deletes the old rows of key changes where the target row is still exactly that row.
+    delete_unchanged: String,
     /// `TRUNCATE` or `DELETE` of the whole table.
     truncate: String,
     /// Empties the table a truncated partition belongs to when TRUNCATE is not possible.
@@ -32,8 +34,21 @@ pub struct TablePlan {
     reset_copy: String,
 }
 
+/// What the target's catalog says about a table that changes how it is written.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct TargetFacts {
+    /// Another table's foreign key points here: TRUNCATE is refused, DELETE is not.
+    pub referenced_by_others: bool,
+    /// A deferrable primary key or unique constraint cannot arbitrate ON CONFLICT.
+    pub deferrable_key: bool,
+}
+
 impl TablePlan {
-    pub fn new(schema: &str, table: &TableSpec, referenced_by_others: bool) -> Self {
+    pub fn new(schema: &str, table: &TableSpec, facts: TargetFacts) -> Self {
+        let TargetFacts {
+            referenced_by_others,
+            deferrable_key,
+        } = facts;
         let t = table.sql_name();
         // ONLY: an inheritance parent's statements must not reach its children's rows.
         let own_rows = table.relation_only();
@@ -75,14 +90,22 @@ impl TablePlan {
         let latest =
             format!("SELECT DISTINCT ON ({r_keys}) r.* FROM {rows} ORDER BY {r_keys}, n DESC");
         let identity_always = table.columns.iter().any(|c| c.identity_always);
-        let upsert = if identity_always {
-            // Identity ALWAYS columns cannot be set by an UPDATE: replace the row instead.
+        let overriding = if identity_always {
+            " OVERRIDING SYSTEM VALUE"
+        } else {
+            ""
+        };
+        let upsert = if identity_always || deferrable_key {
+            // Identity ALWAYS columns cannot be set by an UPDATE, and a deferrable key cannot
+            // arbitrate ON CONFLICT: replace the row instead.
             vec![
                 format!(
                     "DELETE FROM {own_rows} AS t USING ({latest}) AS r WHERE {}",
                     key_match("r")
                 ),
-                format!("INSERT INTO {t} ({cols}) OVERRIDING SYSTEM VALUE SELECT {values} FROM ({latest}) AS r"),
+                format!(
+                    "INSERT INTO {t} ({cols}){overriding} SELECT {values} FROM ({latest}) AS r"
+                ),
             ]
         } else {
             // The key columns are set too: an equal key written differently (1.0 → 1.00, a
@@ -100,6 +123,23 @@ impl TablePlan {
         let delete = format!(
             "DELETE FROM {own_rows} AS t USING {rows} WHERE {}",
             key_match("r")
+        );
+        // Every stored column, compared as text rendered in this session (types without an
+        // equality operator included; -0 and 0 differ).
+        let (now, then): (Vec<String>, Vec<String>) = table
+            .writable_columns()
+            .map(|c| {
+                (
+                    format!("t.{}::text", q(&c.name)),
+                    format!("{}::text", f(&c.name)),
+                )
+            })
+            .unzip();
+        let delete_unchanged = format!(
+            "DELETE FROM {own_rows} AS t USING {rows} WHERE {} AND ROW({}) IS NOT DISTINCT FROM ROW({})",
+            key_match("r"),
+            now.join(", "),
+            then.join(", ")
         );
         // TRUNCATE is refused when another table's foreign key points here; with
         // session_replication_role = replica a DELETE has the same effect without cascading.
@@ -130,6 +170,7 @@ impl TablePlan {
             table: t,
             upsert,
             delete,
+            delete_unchanged,
             truncate,
             referenced_by_others,
             tombstone,
@@ -198,9 +239,14 @@ async fn run(
                 }
             }
         }
-        Op::Delete => {
+        Op::Delete | Op::KeyChange => {
+            let sql = if op == Op::Delete {
+                &plan.delete
+            } else {
+                &plan.delete_unchanged
+            };
             for part in by_bytes(data) {
-                sqlx::query(&plan.delete)
+                sqlx::query(sql)
                     .bind(part)
                     .execute(&mut *conn)
                     .await

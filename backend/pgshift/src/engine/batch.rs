@@ -66,6 +66,9 @@ pub struct Event {
 pub enum Op {
     Upsert,
     Delete,
+    /// The old row of an update that changed the key: deleted only while the target still
+    /// holds exactly that row.
+    KeyChange,
     Truncate,
 }
 
@@ -156,6 +159,7 @@ pub async fn fetch(conn: &mut PgConnection, limit: usize) -> EngineResult<Vec<Ev
             let op = match op.as_str() {
                 "U" => Op::Upsert,
                 "D" => Op::Delete,
+                "K" => Op::KeyChange,
                 "T" => Op::Truncate,
                 other => {
                     return Err(EngineError::invalid(

@@ -320,11 +320,12 @@ impl TableCopy {
         let keys: Vec<String> = t.key.iter().map(|k| quote_ident(k)).collect();
         // Typed equality with the key's own operator: a deleted key written differently
         // (1.0 / 1.00, another case under citext) is still the same key.
-        let tombstoned = keys
-            .iter()
-            .map(|k| format!("d.{k} = c.{k}"))
-            .collect::<Vec<_>>()
-            .join(" AND ");
+        let same_key = |other: &str| {
+            keys.iter()
+                .map(|k| format!("{other}.{k} = c.{k}"))
+                .collect::<Vec<_>>()
+                .join(" AND ")
+        };
         let overriding = if t.columns.iter().any(|c| c.identity_always) {
             " OVERRIDING SYSTEM VALUE"
         } else {
@@ -334,12 +335,16 @@ impl TableCopy {
             "INSERT INTO {table} ({cols}){overriding}
              SELECT {cols} FROM {temp} c
               WHERE NOT EXISTS (SELECT 1 FROM {tombstones} d WHERE {tombstoned})
-             ON CONFLICT ({keys}) DO NOTHING",
+                AND NOT EXISTS (SELECT 1 FROM {own_rows} x WHERE {present})",
             table = t.sql_name(),
+            own_rows = t.relation_only(),
             cols = chunk.cols,
             temp = chunk.temp,
             tombstones = row_format::tombstone_table(&self.schema, t),
-            keys = keys.join(", "),
+            tombstoned = same_key("d"),
+            // Not ON CONFLICT: a deferrable key cannot arbitrate it. The chunk holds the
+            // table's lock, so nothing writes these keys meanwhile.
+            present = same_key("x"),
         ))
         .execute(&mut *tx)
         .await

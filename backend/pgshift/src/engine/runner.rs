@@ -108,7 +108,7 @@ impl Run {
         let applied = target::applied_tick(&mut dst, &schema).await?;
         let progress = target::table_progress(&mut dst, &schema).await?;
         self.refresh_tables(&progress);
-        let referenced = referenced_tables(&mut dst, &self.record).await?;
+        let facts = target_facts(&mut dst, &self.record).await?;
 
         let source_pool = pg::pool("the source", &self.source, 3).await?;
         let (applied_tx, applied_rx) = watch::channel(Some(applied.clone()));
@@ -141,7 +141,7 @@ impl Run {
             .record
             .tables
             .iter()
-            .map(|t| (t.no, TablePlan::new(&schema, t, referenced.contains(&t.no))))
+            .map(|t| (t.no, TablePlan::new(&schema, t, facts[&t.no])))
             .collect();
         let worker = Worker {
             schema: schema.clone(),
@@ -301,23 +301,28 @@ async fn first_tick(src: &mut PgConnection, schema: &str) -> EngineResult<Source
     })
 }
 
-/// Migrated tables that another target table's foreign key points at (TRUNCATE would be refused).
-async fn referenced_tables(
+/// What the target's catalog says about each migrated table that shapes how it is written.
+async fn target_facts(
     dst: &mut PgConnection,
     record: &MigrationRecord,
-) -> EngineResult<Vec<i32>> {
-    let mut out = Vec::new();
+) -> EngineResult<HashMap<i32, apply::TargetFacts>> {
+    let mut out = HashMap::new();
     for t in &record.tables {
-        let referenced: bool = sqlx::query_scalar(
-            "SELECT EXISTS (SELECT 1 FROM pg_constraint WHERE contype = 'f' AND confrelid = $1::regclass AND conrelid <> confrelid)",
+        let (referenced_by_others, deferrable_key): (bool, bool) = sqlx::query_as(
+            "SELECT EXISTS (SELECT 1 FROM pg_constraint WHERE contype = 'f' AND confrelid = $1::regclass AND conrelid <> confrelid),
+                    EXISTS (SELECT 1 FROM pg_constraint WHERE contype IN ('p', 'u') AND conrelid = $1::regclass AND condeferrable)",
         )
         .bind(t.sql_name())
         .fetch_one(&mut *dst)
         .await
-        .context(|| format!("reading foreign keys on {}", t.display_name()))?;
-        if referenced {
-            out.push(t.no);
-        }
+        .context(|| format!("reading the constraints of {} on the target", t.display_name()))?;
+        out.insert(
+            t.no,
+            apply::TargetFacts {
+                referenced_by_others,
+                deferrable_key,
+            },
+        );
     }
     Ok(out)
 }
