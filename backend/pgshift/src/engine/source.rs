@@ -73,6 +73,7 @@ fn table_capture_sql(schema: &str, table: &TableSpec) -> String {
     let key = || table.key.iter().map(String::as_str);
     let settings = row_format::OUTPUT_SETTINGS
         .iter()
+        .filter(|(name, _)| row_format::CAPTURE_SETTINGS.contains(name))
         .map(|(name, value)| format!("SET {name} = {}", quote_literal(value)))
         .collect::<Vec<_>>()
         .join("\n    ");
