@@ -11,7 +11,27 @@ use super::{EngineError, EngineResult};
 /// How long to wait for a server to answer before calling it unreachable.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Parses a cluster DSN and points it at `database` (or keeps the DSN's own database).
+/// Session settings every connection to a source or target starts with. They are sent in the
+/// startup packet, after the DSN's own `options`, so they win over the DSN and over anything a
+/// database or role owner set with `ALTER DATABASE`/`ALTER ROLE … SET`:
+/// - `search_path`: a database owner could otherwise put a schema of theirs in front of
+///   `pg_catalog` and have pgshift's role run their `txid_current_snapshot()` or `=`. pgshift
+///   schema-qualifies its own objects and users' tables; `pg_temp` last keeps the copy's temporary
+///   tables reachable without letting them shadow anything.
+/// - `row_security = off`: a table whose row-level security applies to pgshift's role makes a
+///   query fail instead of silently returning (and copying, and counting) fewer rows.
+/// - `standard_conforming_strings = on`: the meaning of pgshift's string literals does not depend
+///   on a setting the database owner controls.
+///
+/// Values hold no spaces: the startup `options` string is split on them.
+pub const SESSION_SETTINGS: [(&str, &str); 3] = [
+    ("search_path", "pg_catalog,pg_temp"),
+    ("row_security", "off"),
+    ("standard_conforming_strings", "on"),
+];
+
+/// Parses a cluster DSN and points it at `database` (or keeps the DSN's own database). Every
+/// connection made from these options runs with [`SESSION_SETTINGS`].
 pub fn options(dsn: &str, database: Option<&str>) -> EngineResult<PgConnectOptions> {
     // sqlx's parse error may echo parts of the DSN: report only that it failed and why in general terms.
     if !(dsn.starts_with("postgresql://") || dsn.starts_with("postgres://")) {
@@ -26,7 +46,8 @@ pub fn options(dsn: &str, database: Option<&str>) -> EngineResult<PgConnectOptio
         .application_name("pgshift")
         // Replication statements are generated per table; a bigger cache keeps them prepared.
         .statement_cache_capacity(256)
-        .log_statements(tracing::log::LevelFilter::Trace);
+        .log_statements(tracing::log::LevelFilter::Trace)
+        .options(SESSION_SETTINGS);
     Ok(match database {
         Some(db) => options.database(db),
         None => options,

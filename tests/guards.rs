@@ -1,0 +1,233 @@
+//! What a database's own roles can do to pgshift, and what pgshift must check before it installs
+//! anything: row-level security, the target's TEMP privilege, a hostile `search_path` or
+//! `standard_conforming_strings = off` set on the database, and removing a migration while the
+//! application holds locks. Every test runs against real PostgreSQL servers.
+
+use std::time::Duration;
+
+use pgshift::engine::pg;
+use pgshift::store::PostgresStore;
+use pgshift_tests::migrate::{assert_same_rows, wait_drained};
+use pgshift_tests::server::TestServer;
+use pgshift_tests::{init_tracing, wait_for, PgCluster, PgPool};
+use serde_json::Value;
+
+const DRAIN: Duration = Duration::from_secs(120);
+
+/// Waits until the migration is synced or in error, and returns it: a test that expects one
+/// of the two fails at once, with the migration's text, when it gets the other.
+async fn synced_or_error(server: &TestServer, name: &str) -> Value {
+    wait_for(
+        &format!("{name} to be synced or in error"),
+        DRAIN,
+        || async {
+            let m = server.migration(name).await;
+            (m["state"] == "synced" || m["state"] == "error").then_some(m)
+        },
+    )
+    .await
+}
+
+/// Counts the calls a hostile function recorded.
+async fn calls(pool: &PgPool) -> i64 {
+    sqlx::query_scalar("SELECT count(*) FROM public.pwned")
+        .fetch_one(pool)
+        .await
+        .unwrap()
+}
+
+/// The settings every connection pgshift opens must have, whatever the database or role says.
+#[tokio::test]
+async fn every_connection_pins_its_session_settings() {
+    init_tracing();
+    let pg = PgCluster::start().await;
+    pg.create_database("app").await;
+    pg.psql(
+        "app",
+        "CREATE SCHEMA app;
+         ALTER DATABASE app SET search_path = app, pg_catalog;
+         ALTER DATABASE app SET row_security = on;
+         ALTER DATABASE app SET standard_conforming_strings = off",
+    )
+    .await;
+    // The DSN's own options come first; pgshift's pinned settings win over them too.
+    let dsn = format!("{}?options=-c%20search_path%3Dapp", pg.dsn("app"));
+    let options = pg::options(&dsn, None).unwrap();
+    let settings = "SELECT current_setting('search_path'), current_setting('row_security'), \
+                    current_setting('standard_conforming_strings')";
+    let expected = (
+        "pg_catalog,pg_temp".to_string(),
+        "off".to_string(),
+        "on".to_string(),
+    );
+    let mut conn = pg::connect("the source", &options).await.unwrap();
+    let got: (String, String, String) =
+        sqlx::query_as(settings).fetch_one(&mut conn).await.unwrap();
+    assert_eq!(got, expected, "pg::connect");
+    let pool = pg::pool("the source", &options, 1).await.unwrap();
+    let got: (String, String, String) = sqlx::query_as(settings).fetch_one(&pool).await.unwrap();
+    assert_eq!(got, expected, "pg::pool");
+}
+
+/// Issue 12 item 9: a database owner sets the database's `search_path` to a schema of theirs
+/// and shadows functions pgshift calls, on both sides. None of them ever runs in pgshift's
+/// sessions, and replication is unaffected.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hostile_search_path_runs_no_code_in_pgshift_sessions() {
+    init_tracing();
+    let (source, target) = tokio::join!(PgCluster::start(), PgCluster::start());
+    let table = "CREATE TABLE public.t (id int PRIMARY KEY, v text, n numeric);
+                 CREATE TABLE public.pwned (who text, what text);
+                 GRANT INSERT ON public.pwned TO PUBLIC;
+                 CREATE SCHEMA app";
+    for cluster in [&source, &target] {
+        cluster.create_database("app").await;
+        cluster.psql("app", table).await;
+    }
+    source
+        .psql(
+            "app",
+            "CREATE FUNCTION app.txid_current_snapshot() RETURNS txid_snapshot LANGUAGE plpgsql AS $$
+             BEGIN
+                 IF current_setting('transaction_read_only') = 'off' THEN
+                     INSERT INTO public.pwned VALUES (current_user, 'txid_current_snapshot');
+                 END IF;
+                 RETURN pg_catalog.txid_current_snapshot();
+             END $$;
+             ALTER DATABASE app SET search_path = app, pg_catalog;
+             INSERT INTO public.t SELECT g, 'v' || g, g / 7.0 FROM generate_series(1, 500) g",
+        )
+        .await;
+    target
+        .psql(
+            "app",
+            "CREATE FUNCTION app.jsonb_array_elements(jsonb) RETURNS SETOF jsonb LANGUAGE plpgsql AS $$
+             BEGIN
+                 IF current_setting('transaction_read_only') = 'off' THEN
+                     INSERT INTO public.pwned VALUES (current_user, 'jsonb_array_elements');
+                 END IF;
+                 RETURN QUERY SELECT pg_catalog.jsonb_array_elements($1);
+             END $$;
+             CREATE FUNCTION app.now() RETURNS timestamptz LANGUAGE plpgsql AS $$
+             BEGIN
+                 IF current_setting('transaction_read_only') = 'off' THEN
+                     INSERT INTO public.pwned VALUES (current_user, 'now');
+                 END IF;
+                 RETURN pg_catalog.now();
+             END $$;
+             ALTER DATABASE app SET search_path = app, pg_catalog",
+        )
+        .await;
+    let server = TestServer::start().await;
+    server.add_cluster("source", &source.admin_dsn()).await;
+    server.add_cluster("target", &target.admin_dsn()).await;
+    server
+        .create_and_start("m", "app", "app", Some(vec!["public.t"]))
+        .await;
+    let (src, dst) = (source.connect("app").await, target.connect("app").await);
+    wait_drained(&server, "m", &src, DRAIN).await;
+    source
+        .psql(
+            "app",
+            "UPDATE public.t SET v = 'changed' WHERE id % 5 = 0;
+             DELETE FROM public.t WHERE id % 7 = 0;
+             INSERT INTO public.t SELECT g, 'new', 1.5 FROM generate_series(501, 600) g",
+        )
+        .await;
+    wait_drained(&server, "m", &src, DRAIN).await;
+    assert_same_rows(&src, &dst, "public.t", "id").await;
+    let who = |pool: PgPool| async move {
+        sqlx::query_scalar::<_, String>("SELECT DISTINCT who || ': ' || what FROM public.pwned")
+            .fetch_all(&pool)
+            .await
+            .unwrap()
+    };
+    let (on_source, on_target) = (who(src.clone()).await, who(dst.clone()).await);
+    assert!(
+        on_source.is_empty() && on_target.is_empty(),
+        "code of the database owner ran in pgshift's sessions: source {on_source:?}, target {on_target:?}"
+    );
+}
+
+/// Issue 12 item 9: with `standard_conforming_strings = off` on both databases (in pgshift's
+/// sessions and the application's), a column name with a backslash and a quote still replicates:
+/// pgshift's literals mean the same whatever the setting.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn literals_hold_with_standard_conforming_strings_off() {
+    init_tracing();
+    let (source, target) = tokio::join!(PgCluster::start(), PgCluster::start());
+    let table = r#"CREATE TABLE public.odd ("k\" int PRIMARY KEY, "f'\" double precision, v text)"#;
+    for cluster in [&source, &target] {
+        cluster.create_database("app").await;
+        cluster.psql("app", table).await;
+        cluster
+            .psql(
+                "app",
+                "ALTER DATABASE app SET standard_conforming_strings = off",
+            )
+            .await;
+    }
+    source
+        .psql(
+            "app",
+            r#"INSERT INTO public.odd SELECT g, g / 3.0, 'v' || g FROM generate_series(1, 300) g"#,
+        )
+        .await;
+    let server = TestServer::start().await;
+    server.add_cluster("source", &source.admin_dsn()).await;
+    server.add_cluster("target", &target.admin_dsn()).await;
+    server.create_and_start("m", "app", "app", None).await;
+    let m = synced_or_error(&server, "m").await;
+    assert_eq!(m["state"], "synced", "{m}");
+    let (src, dst) = (source.connect("app").await, target.connect("app").await);
+    let scs: String = sqlx::query_scalar("SHOW standard_conforming_strings")
+        .fetch_one(&src)
+        .await
+        .unwrap();
+    assert_eq!(scs, "off", "the application's sessions run with it off");
+    // The application's writes run the capture functions in its own sessions.
+    for sql in [
+        r#"UPDATE public.odd SET "f'\" = -0.0, v = 'changed' WHERE "k\" % 4 = 0"#,
+        r#"UPDATE public.odd SET "k\" = "k\" + 1000 WHERE "k\" % 9 = 0"#,
+        r#"DELETE FROM public.odd WHERE "k\" % 7 = 0"#,
+        r#"INSERT INTO public.odd SELECT g, g, 'new' FROM generate_series(301, 400) g"#,
+    ] {
+        sqlx::raw_sql(sql)
+            .execute(&src)
+            .await
+            .unwrap_or_else(|e| panic!("the application's {sql} failed: {e}"));
+    }
+    wait_drained(&server, "m", &src, DRAIN).await;
+    assert_same_rows(&src, &dst, "public.odd", r#""k\""#).await;
+}
+
+/// Issue 12 item 9, the metadata store: the owner of the metadata database sets its
+/// `search_path` to a schema of theirs holding an operator the store's queries would pick.
+#[tokio::test]
+async fn the_metadata_store_runs_no_code_from_the_database_search_path() {
+    init_tracing();
+    let pg = PgCluster::start().await;
+    pg.create_database("meta").await;
+    pg.psql(
+        "meta",
+        "CREATE TABLE public.pwned (who text, what text);
+         GRANT INSERT ON public.pwned TO PUBLIC;
+         CREATE SCHEMA evil;
+         CREATE FUNCTION evil.name_eq_text(name, text) RETURNS boolean LANGUAGE plpgsql AS $$
+         BEGIN
+             INSERT INTO public.pwned VALUES (current_user, 'name = text');
+             RETURN $1::text OPERATOR(pg_catalog.=) $2;
+         END $$;
+         CREATE OPERATOR evil.= (LEFTARG = name, RIGHTARG = text, FUNCTION = evil.name_eq_text);
+         ALTER DATABASE meta SET search_path = evil, pg_catalog",
+    )
+    .await;
+    let store = PostgresStore::open(&pg.dsn("meta")).await.unwrap();
+    drop(store);
+    let pool = pg.connect("meta").await;
+    assert_eq!(
+        calls(&pool).await,
+        0,
+        "the store ran the database owner's operator"
+    );
+}
