@@ -10,9 +10,14 @@ use pgshift::store::PostgresStore;
 use pgshift_tests::migrate::{assert_same_rows, wait_drained};
 use pgshift_tests::server::TestServer;
 use pgshift_tests::{init_tracing, wait_for, PgCluster, PgPool};
-use serde_json::Value;
+use serde_json::{json, Value};
 
 const DRAIN: Duration = Duration::from_secs(120);
+
+fn migration(name: &str, source_db: &str, target_db: &str) -> Value {
+    json!({"name": name, "source": {"cluster": "source", "database": source_db},
+           "target": {"cluster": "target", "database": target_db}})
+}
 
 /// Waits until the migration is synced or in error, and returns it: a test that expects one
 /// of the two fails at once, with the migration's text, when it gets the other.
@@ -230,4 +235,258 @@ async fn the_metadata_store_runs_no_code_from_the_database_search_path() {
         0,
         "the store ran the database owner's operator"
     );
+}
+
+/// Issue 9 item 6: row-level security hides rows from a role that is not the table's owner.
+/// A selected table with RLS is refused at creation unless pgshift's role bypasses it; a table
+/// that gets RLS after the creation makes the copy fail loudly instead of copying fewer rows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn row_level_security_is_refused_or_fails_loudly_never_filters() {
+    init_tracing();
+    let (source, target) = tokio::join!(PgCluster::start(), PgCluster::start());
+    source.psql("postgres", "CREATE ROLE migrator LOGIN").await;
+    let tables = "CREATE TABLE public.accounts (id int PRIMARY KEY, owner text NOT NULL);
+                  CREATE TABLE public.forced (id int PRIMARY KEY, v text);
+                  CREATE TABLE public.late (id int PRIMARY KEY, v text)";
+    for db in ["app", "later"] {
+        source.create_database(db).await;
+        target.create_database(db).await;
+        target.psql(db, tables).await;
+        source.psql(db, tables).await;
+        source
+            .psql(
+                db,
+                &format!(
+                    "GRANT CREATE ON DATABASE {db} TO migrator;
+                     GRANT SELECT, TRIGGER ON ALL TABLES IN SCHEMA public TO migrator;
+                     ALTER TABLE public.forced OWNER TO migrator;
+                     INSERT INTO public.accounts SELECT g, CASE WHEN g % 3 = 0 THEN 'migrator' ELSE 'someone' END
+                       FROM generate_series(1, 300) g;
+                     INSERT INTO public.forced SELECT g, 'f' || g FROM generate_series(1, 50) g;
+                     INSERT INTO public.late SELECT g, 'l' || g FROM generate_series(1, 200) g"
+                ),
+            )
+            .await;
+    }
+    source
+        .psql(
+            "app",
+            "ALTER TABLE public.accounts ENABLE ROW LEVEL SECURITY;
+             CREATE POLICY own ON public.accounts USING (owner = current_user);
+             ALTER TABLE public.forced ENABLE ROW LEVEL SECURITY;
+             ALTER TABLE public.forced FORCE ROW LEVEL SECURITY",
+        )
+        .await;
+    let server = TestServer::start().await;
+    server
+        .add_cluster(
+            "source",
+            &format!("postgresql://migrator@127.0.0.1:{}/postgres", source.port()),
+        )
+        .await;
+    server.add_cluster("target", &target.admin_dsn()).await;
+
+    // A table without RLS at creation that gets it before the copy: the copy must not read a
+    // filtered view of it.
+    let (status, body) = server
+        .post(
+            "/migrations",
+            json!({"name": "later", "source": {"cluster": "source", "database": "later"},
+                   "target": {"cluster": "target", "database": "later"}, "tables": ["public.late"]}),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    source
+        .psql("later", "ALTER TABLE public.late ENABLE ROW LEVEL SECURITY")
+        .await;
+    let (status, body) = server.post("/migrations/later/start", json!({})).await;
+    assert_eq!(status, 200, "{body}");
+    let m = synced_or_error(&server, "later").await;
+    assert_eq!(m["state"], "error", "the copy read a filtered table: {m}");
+    assert!(
+        m["error"]
+            .as_str()
+            .unwrap_or("")
+            .contains("row-level security"),
+        "{m}"
+    );
+
+    // Refused before anything is installed, naming the tables and the grant.
+    let (status, body) = server
+        .post("/migrations", migration("app", "app", "app"))
+        .await;
+    assert_eq!(
+        status, 422,
+        "a table with row-level security was accepted: {body}"
+    );
+    assert_eq!(body["error"]["code"], "missing_privilege", "{body}");
+    let msg = body["error"]["message"].as_str().unwrap();
+    for needle in [
+        "row-level security",
+        "public.accounts",
+        "public.forced",
+        "ALTER ROLE \"migrator\" BYPASSRLS",
+    ] {
+        assert!(msg.contains(needle), "{needle:?} missing from: {msg}");
+    }
+    assert!(!msg.contains("public.late"), "{msg}");
+    let installed: bool = sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname LIKE 'pgshift\\_%')",
+    )
+    .fetch_one(&source.connect("app").await)
+    .await
+    .unwrap();
+    assert!(!installed, "the refusal came after an install");
+
+    // With BYPASSRLS both migrations copy every row.
+    source
+        .psql("postgres", "ALTER ROLE migrator BYPASSRLS")
+        .await;
+    server.create_and_start("app", "app", "app", None).await;
+    for db in ["app", "later"] {
+        let (src, dst) = (source.connect(db).await, target.connect(db).await);
+        wait_drained(&server, db, &src, DRAIN).await;
+        for table in ["public.accounts", "public.forced", "public.late"] {
+            if db == "later" && table != "public.late" {
+                continue;
+            }
+            assert!(assert_same_rows(&src, &dst, table, "id").await > 0);
+        }
+    }
+}
+
+/// Issue 9 item 13: the copy builds a TEMP table on the target; a role without TEMP is refused
+/// at creation with the grant to add, instead of the copy retrying forever. Row-level security
+/// that applies to the target role is refused the same way as on the source, and the cluster's
+/// "Test connection" report lists TEMP too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_target_role_without_temp_is_refused_at_creation() {
+    init_tracing();
+    let (source, target) = tokio::join!(PgCluster::start(), PgCluster::start());
+    let table = "CREATE TABLE public.t (id int PRIMARY KEY, v text)";
+    source.create_database("app").await;
+    target.create_database("app").await;
+    source.psql("app", table).await;
+    source
+        .psql(
+            "app",
+            "INSERT INTO public.t SELECT g, 'v' || g FROM generate_series(1, 100) g",
+        )
+        .await;
+    target.psql("app", table).await;
+    target
+        .psql(
+            "app",
+            "CREATE ROLE writer LOGIN;
+             REVOKE TEMP ON DATABASE app FROM PUBLIC;
+             GRANT CREATE ON DATABASE app TO writer;
+             GRANT SELECT, INSERT, UPDATE, DELETE, TRUNCATE ON public.t TO writer;
+             GRANT SET ON PARAMETER session_replication_role TO writer;
+             ALTER TABLE public.t ENABLE ROW LEVEL SECURITY",
+        )
+        .await;
+    let report = pgshift::service::cluster_probe::probe(&format!(
+        "postgresql://writer@127.0.0.1:{}/app",
+        target.port()
+    ))
+    .await
+    .unwrap();
+    assert!(
+        report
+            .missing
+            .iter()
+            .any(|m| m.contains(r#"GRANT TEMP ON DATABASE "app" TO "writer""#)),
+        "{:?}",
+        report.missing
+    );
+    let server = TestServer::start().await;
+    server.add_cluster("source", &source.admin_dsn()).await;
+    server
+        .add_cluster(
+            "target",
+            &format!("postgresql://writer@127.0.0.1:{}/postgres", target.port()),
+        )
+        .await;
+    let (status, body) = server
+        .post("/migrations", migration("m", "app", "app"))
+        .await;
+    assert_eq!(
+        status, 422,
+        "a target role without TEMP was accepted: {body}"
+    );
+    assert_eq!(body["error"]["code"], "missing_privilege", "{body}");
+    let msg = body["error"]["message"].as_str().unwrap();
+    for needle in [
+        r#"TEMP on database "app" (GRANT TEMP ON DATABASE "app" TO "writer")"#,
+        "row-level security on public.t",
+        r#"ALTER ROLE "writer" BYPASSRLS"#,
+    ] {
+        assert!(msg.contains(needle), "{needle:?} missing from: {msg}");
+    }
+
+    target
+        .psql(
+            "app",
+            "GRANT TEMP ON DATABASE app TO writer; ALTER TABLE public.t DISABLE ROW LEVEL SECURITY",
+        )
+        .await;
+    server.create_and_start("m", "app", "app", None).await;
+    let src = source.connect("app").await;
+    wait_drained(&server, "m", &src, DRAIN).await;
+    assert_eq!(
+        assert_same_rows(&src, &target.connect("app").await, "public.t", "id").await,
+        100
+    );
+}
+
+/// Keys of extension types installed in `public`, outside pgshift's pinned `search_path`: a type
+/// that casts implicitly to a built-in one (`citext`) copies, replicates and ends identical; one
+/// with operators of its own (`ltree`) is refused at creation with the reason, instead of failing
+/// on every attempt.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn extension_type_keys_replicate_or_are_refused_at_creation() {
+    init_tracing();
+    let (source, target) = tokio::join!(PgCluster::start(), PgCluster::start());
+    let schema = "CREATE EXTENSION citext; CREATE EXTENSION ltree;
+                  CREATE TABLE public.ci (k citext PRIMARY KEY, v text);
+                  CREATE TABLE public.tree (path ltree PRIMARY KEY, v text)";
+    for cluster in [&source, &target] {
+        cluster.create_database("app").await;
+        cluster.psql("app", schema).await;
+    }
+    source
+        .psql(
+            "app",
+            "INSERT INTO public.ci SELECT CASE WHEN g % 2 = 0 THEN 'Key' ELSE 'key' END || g, 'v' FROM generate_series(1, 5000) g",
+        )
+        .await;
+    let server = TestServer::start().await;
+    server.add_cluster("source", &source.admin_dsn()).await;
+    server.add_cluster("target", &target.admin_dsn()).await;
+    let (status, body) = server
+        .post("/migrations", migration("m", "app", "app"))
+        .await;
+    assert_eq!(status, 422, "{body}");
+    assert_eq!(body["error"]["code"], "key_type_unsupported", "{body}");
+    let msg = body["error"]["message"].as_str().unwrap();
+    assert!(
+        msg.contains("public.tree") && msg.contains("path public.ltree"),
+        "{msg}"
+    );
+
+    server
+        .create_and_start("m", "app", "app", Some(vec!["public.ci"]))
+        .await;
+    let m = synced_or_error(&server, "m").await;
+    assert_eq!(m["state"], "synced", "{m}");
+    source
+        .psql(
+            "app",
+            "UPDATE public.ci SET v = 'changed' WHERE k IN ('KEY10', 'key11');
+             DELETE FROM public.ci WHERE k = 'KEY12'",
+        )
+        .await;
+    let (src, dst) = (source.connect("app").await, target.connect("app").await);
+    wait_drained(&server, "m", &src, DRAIN).await;
+    assert_eq!(assert_same_rows(&src, &dst, "public.ci", "k").await, 4999);
 }
