@@ -3,11 +3,11 @@
 //! `standard_conforming_strings = off` set on the database, and removing a migration while the
 //! application holds locks. Every test runs against real PostgreSQL servers.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use pgshift::engine::pg;
 use pgshift::store::PostgresStore;
-use pgshift_tests::migrate::{assert_same_rows, wait_drained};
+use pgshift_tests::migrate::{assert_same_rows, capture_schema, wait_drained};
 use pgshift_tests::server::TestServer;
 use pgshift_tests::{init_tracing, wait_for, PgCluster, PgPool};
 use serde_json::{json, Value};
@@ -489,4 +489,210 @@ async fn extension_type_keys_replicate_or_are_refused_at_creation() {
     let (src, dst) = (source.connect("app").await, target.connect("app").await);
     wait_drained(&server, "m", &src, DRAIN).await;
     assert_eq!(assert_same_rows(&src, &dst, "public.ci", "k").await, 4999);
+}
+
+/// Issue 9 item 16: removing a migration while a long transaction reads a captured table. The
+/// application's own queries on that table never queue behind pgshift's DROP for long, and the
+/// removal finishes once the reader is gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn removing_a_migration_never_makes_the_application_wait() {
+    init_tracing();
+    let (source, target) = tokio::join!(PgCluster::start(), PgCluster::start());
+    let table = "CREATE TABLE public.t (id int PRIMARY KEY, v text)";
+    source.create_database("app").await;
+    target.create_database("app").await;
+    source.psql("app", table).await;
+    target.psql("app", table).await;
+    source
+        .psql(
+            "app",
+            "INSERT INTO public.t SELECT g, 'v' || g FROM generate_series(1, 100) g",
+        )
+        .await;
+    let server = TestServer::start().await;
+    server.add_cluster("source", &source.admin_dsn()).await;
+    server.add_cluster("target", &target.admin_dsn()).await;
+    server.create_and_start("m", "app", "app", None).await;
+    let src = source.connect("app").await;
+    wait_drained(&server, "m", &src, DRAIN).await;
+    let schema = capture_schema(&src).await;
+
+    // A long reader: holds ACCESS SHARE on the table until it commits.
+    let mut reader = src.begin().await.unwrap();
+    sqlx::query("SELECT count(*) FROM public.t")
+        .execute(&mut *reader)
+        .await
+        .unwrap();
+
+    let remove = {
+        let (client, url, token) = (
+            server.client.clone(),
+            server.url("/migrations/m"),
+            server.token.clone(),
+        );
+        tokio::spawn(async move {
+            let resp = client.delete(url).bearer_auth(token).send().await.unwrap();
+            (resp.status(), resp.text().await.unwrap())
+        })
+    };
+
+    // The application goes on reading and writing while the removal waits for the reader.
+    let app = source.connect("app").await;
+    let started = Instant::now();
+    let (mut slowest, mut saw_drop, mut i) = (Duration::ZERO, false, 0);
+    while started.elapsed() < Duration::from_secs(4) {
+        i += 1;
+        let t0 = Instant::now();
+        let mut tx = app.begin().await.unwrap();
+        // Bounds the test on an engine that makes the application wait.
+        sqlx::query("SET LOCAL statement_timeout = '10s'")
+            .execute(&mut *tx)
+            .await
+            .unwrap();
+        sqlx::query("UPDATE public.t SET v = $1 WHERE id = 1")
+            .bind(format!("write {i}"))
+            .execute(&mut *tx)
+            .await
+            .unwrap_or_else(|e| panic!("the application's write failed: {e}"));
+        tx.commit().await.unwrap();
+        slowest = slowest.max(t0.elapsed());
+        let dropping: bool = sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM pg_stat_activity
+                             WHERE application_name = 'pgshift' AND query LIKE 'DROP SCHEMA%')",
+        )
+        .fetch_one(&app)
+        .await
+        .unwrap();
+        saw_drop |= dropping;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(saw_drop, "pgshift never tried to drop its schema");
+    assert!(
+        slowest < Duration::from_secs(1),
+        "an application query waited {slowest:?} behind pgshift's DROP SCHEMA"
+    );
+    assert!(
+        !remove.is_finished(),
+        "the removal did not wait for the reader"
+    );
+
+    reader.commit().await.unwrap();
+    let (status, body) = tokio::time::timeout(Duration::from_secs(30), remove)
+        .await
+        .expect("the removal finishes once the reader is gone")
+        .unwrap();
+    assert_eq!(status, 204, "{body}");
+    let left: i64 = sqlx::query_scalar(
+        "SELECT (SELECT count(*) FROM pg_namespace WHERE nspname = $1)
+              + (SELECT count(*) FROM pg_trigger WHERE tgrelid = 'public.t'::regclass)",
+    )
+    .bind(&schema)
+    .fetch_one(&app)
+    .await
+    .unwrap();
+    assert_eq!(left, 0, "the capture schema or a trigger is left");
+}
+
+/// The lock-retry mechanism behind removal: it gives up in bounded time naming the session that
+/// holds the table, stops at once when cancelled, and leaves the connection's settings as they were.
+#[tokio::test]
+async fn short_lock_retries_give_up_naming_the_holder_and_stop_when_cancelled() {
+    init_tracing();
+    let pg = PgCluster::start().await;
+    pg.create_database("app").await;
+    pg.psql("app", "CREATE TABLE public.t (id int PRIMARY KEY)")
+        .await;
+    let pool = pg.connect("app").await;
+    let mut holder = pool.begin().await.unwrap();
+    sqlx::query("SELECT count(*) FROM public.t")
+        .execute(&mut *holder)
+        .await
+        .unwrap();
+    let holder_pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
+        .fetch_one(&mut *holder)
+        .await
+        .unwrap();
+    let options = pg::options(&pg.dsn("app"), None).unwrap();
+    let mut conn = pg::connect("the source", &options).await.unwrap();
+    let oid: sqlx::postgres::types::Oid = sqlx::query_scalar("SELECT 'public.t'::regclass::oid")
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+    let retry = pg::LockRetry {
+        lock_timeout: Duration::from_millis(100),
+        give_up_after: Duration::from_secs(1),
+        first_pause: Duration::from_millis(50),
+        max_pause: Duration::from_millis(200),
+    };
+    let statement = "ALTER TABLE public.t ADD COLUMN v text";
+
+    let started = Instant::now();
+    let err = pg::run_with_short_locks(&mut conn, statement, "altering t", &[oid], retry, None)
+        .await
+        .expect_err("the table is held");
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+    let msg = err.to_string();
+    assert!(
+        matches!(err, pgshift::engine::EngineError::Busy(_)),
+        "{err:?}"
+    );
+    for needle in [
+        "altering t".to_string(),
+        format!("pid {holder_pid}"),
+        "AccessShareLock on public.t".to_string(),
+        "idle in transaction".to_string(),
+    ] {
+        assert!(msg.contains(&needle), "{needle:?} missing from: {msg}");
+    }
+    let lock_timeout: String = sqlx::query_scalar("SHOW lock_timeout")
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(
+        lock_timeout, "0",
+        "the connection's lock_timeout was left changed"
+    );
+
+    let cancel = tokio_util::sync::CancellationToken::new();
+    let trigger = {
+        let cancel = cancel.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            cancel.cancel();
+        })
+    };
+    let started = Instant::now();
+    let long = pg::LockRetry {
+        give_up_after: Duration::from_secs(60),
+        ..retry
+    };
+    let err = pg::run_with_short_locks(
+        &mut conn,
+        statement,
+        "altering t",
+        &[oid],
+        long,
+        Some(&cancel),
+    )
+    .await
+    .expect_err("cancelled");
+    assert!(
+        matches!(err, pgshift::engine::EngineError::Cancelled),
+        "{err:?}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+    trigger.await.unwrap();
+
+    holder.commit().await.unwrap();
+    pg::run_with_short_locks(&mut conn, statement, "altering t", &[oid], retry, None)
+        .await
+        .expect("the table is free");
 }
