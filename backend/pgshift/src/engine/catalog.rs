@@ -200,29 +200,137 @@ async fn missing_table_privileges(
     Ok(missing)
 }
 
-async fn can_create_schema(conn: &mut PgConnection) -> EngineResult<(bool, String, String)> {
+/// What the connected role may do in the connected database as a whole.
+struct DatabaseAccess {
+    user: String,
+    database: String,
+    /// pgshift creates its schema on both sides.
+    create: bool,
+    /// The copy stages each chunk in a temporary table on the target.
+    temp: bool,
+}
+
+async fn database_access(conn: &mut PgConnection) -> EngineResult<DatabaseAccess> {
     let row = sqlx::query(
-        "SELECT has_database_privilege(current_database(), 'CREATE'), current_user::text, current_database()::text",
+        "SELECT current_user::text, current_database()::text,
+                has_database_privilege(current_database(), 'CREATE'),
+                has_database_privilege(current_database(), 'TEMP')",
     )
     .fetch_one(&mut *conn)
     .await
     .context(|| "checking database privileges".into())?;
-    Ok((row.get(0), row.get(1), row.get(2)))
+    Ok(DatabaseAccess {
+        user: row.get(0),
+        database: row.get(1),
+        create: row.get(2),
+        temp: row.get(3),
+    })
 }
 
-/// Checks that the source lets pgshift install capture and read the tables.
+/// The tables whose row-level security applies to the connected role: it is neither superuser
+/// nor BYPASSRLS, and not the owner (or the owner of a table with FORCE ROW LEVEL SECURITY).
+/// pgshift's sessions run with `row_security = off`, so a query on such a table fails instead of
+/// seeing only the rows a policy lets through.
+async fn tables_hidden_by_row_security(
+    conn: &mut PgConnection,
+    tables: &[TableSpec],
+) -> EngineResult<Vec<String>> {
+    let names: Vec<String> = tables.iter().map(|t| t.sql_name()).collect();
+    sqlx::query_scalar(
+        "SELECT format('%s.%s', n.nspname, c.relname)
+           FROM pg_class c
+           JOIN pg_namespace n ON n.oid = c.relnamespace
+           JOIN pg_roles r ON r.rolname = current_user
+          WHERE c.oid = ANY($1::text[]::regclass[])
+            AND c.relrowsecurity
+            AND NOT (r.rolsuper OR r.rolbypassrls
+                     OR (pg_has_role(c.relowner, 'USAGE') AND NOT c.relforcerowsecurity))
+          ORDER BY 1",
+    )
+    .bind(names)
+    .fetch_all(&mut *conn)
+    .await
+    .context(|| "checking row-level security".into())
+}
+
+/// What is missing when row-level security applies to pgshift's role on `hidden`, and how to
+/// grant it.
+fn row_security_missing(hidden: &[String], user: &str) -> String {
+    format!(
+        "BYPASSRLS: row-level security on {} applies to this role, and pgshift never works on a filtered view of a table (its sessions run with row_security = off, so these tables would fail); run ALTER ROLE {} BYPASSRLS, or run pgshift as the tables' owner (for tables without FORCE ROW LEVEL SECURITY)",
+        hidden.join(", "),
+        super::quote_ident(user)
+    )
+}
+
+/// Checks that every table's key can be compared in pgshift's sessions, as the copy's chunks and
+/// the apply's key matches do. Those sessions pin `search_path = pg_catalog, pg_temp` (see
+/// [`super::pg::SESSION_SETTINGS`]), so the operators of a type that lives elsewhere (an
+/// extension's `ltree` in `public`) are found only when the type casts implicitly to a built-in
+/// one (`citext` to `text`). Such keys are refused here rather than failing on every attempt.
+pub async fn check_keys_comparable(
+    conn: &mut PgConnection,
+    tables: &[TableSpec],
+) -> EngineResult<()> {
+    for t in tables {
+        let key: Vec<&crate::store::ColumnSpec> = t
+            .key
+            .iter()
+            .filter_map(|k| t.columns.iter().find(|c| &c.name == k))
+            .collect();
+        let nulls = key
+            .iter()
+            .map(|c| format!("NULL::{}", c.type_name))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let row = format!("ROW({nulls})");
+        let sql = format!("SELECT {row} = {row}, {row} < {row}, {row} <= {row}, {row} > {row}");
+        match sqlx::query(&sql).fetch_one(&mut *conn).await {
+            Ok(_) => {}
+            Err(sqlx::Error::Database(db)) if db.code().as_deref() == Some("42883") => {
+                let columns = key
+                    .iter()
+                    .map(|c| format!("{} {}", c.name, c.type_name))
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                return Err(EngineError::invalid(
+                    "key_type_unsupported",
+                    format!(
+                        "table {}: its primary key ({columns}) has a type whose comparison operators live outside pg_catalog, where pgshift does not look them up (its sessions pin search_path = pg_catalog, pg_temp so that a database owner cannot have pgshift's role run their code); such keys are not supported yet: leave the table out with table patterns",
+                        t.display_name()
+                    ),
+                ));
+            }
+            Err(e) => {
+                return Err(EngineError::Database {
+                    context: format!("checking the key of {}", t.display_name()),
+                    source: e,
+                })
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Checks that the source lets pgshift install capture and read every row of the tables.
 pub async fn check_source(conn: &mut PgConnection, tables: &[TableSpec]) -> EngineResult<()> {
-    let (create, user, db) = can_create_schema(conn).await?;
+    check_keys_comparable(conn, tables).await?;
+    let access = database_access(conn).await?;
+    let (user, db) = (&access.user, &access.database);
     let mut missing = missing_table_privileges(conn, tables, &["SELECT", "TRIGGER"]).await?;
-    if !create {
+    if !access.create {
         missing.insert(
             0,
             format!(
                 "CREATE on database {db:?} (GRANT CREATE ON DATABASE {} TO {})",
-                super::quote_ident(&db),
-                super::quote_ident(&user)
+                super::quote_ident(db),
+                super::quote_ident(user)
             ),
         );
+    }
+    let hidden = tables_hidden_by_row_security(conn, tables).await?;
+    if !hidden.is_empty() {
+        missing.push(row_security_missing(&hidden, user));
     }
     if missing.is_empty() {
         return Ok(());
@@ -289,15 +397,30 @@ pub async fn check_target(conn: &mut PgConnection, tables: &[TableSpec]) -> Engi
             ));
         }
     }
-    let (create, user, db) = can_create_schema(conn).await?;
+    let access = database_access(conn).await?;
+    let (user, db) = (&access.user, &access.database);
     let mut missing = missing_table_privileges(
         conn,
         tables,
         &["SELECT", "INSERT", "UPDATE", "DELETE", "TRUNCATE"],
     )
     .await?;
-    if !create {
-        missing.insert(0, format!("CREATE on database {db:?}"));
+    let grant = |privilege: &str| {
+        format!(
+            "{privilege} on database {db:?} (GRANT {privilege} ON DATABASE {} TO {})",
+            super::quote_ident(db),
+            super::quote_ident(user)
+        )
+    };
+    if !access.temp {
+        missing.insert(0, grant("TEMP"));
+    }
+    if !access.create {
+        missing.insert(0, grant("CREATE"));
+    }
+    let hidden = tables_hidden_by_row_security(conn, tables).await?;
+    if !hidden.is_empty() {
+        missing.push(row_security_missing(&hidden, user));
     }
     if !missing.is_empty() {
         return Err(EngineError::MissingPrivilege(format!(
@@ -308,7 +431,7 @@ pub async fn check_target(conn: &mut PgConnection, tables: &[TableSpec]) -> Engi
     if !can_silence_triggers(conn).await? {
         return Err(EngineError::MissingPrivilege(format!(
             "the target role {user:?} may not set session_replication_role, which keeps the target's own triggers from firing on replicated rows; run GRANT SET ON PARAMETER session_replication_role TO {}",
-            super::quote_ident(&user)
+            super::quote_ident(user)
         )));
     }
     for t in tables {

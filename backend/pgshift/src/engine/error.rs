@@ -33,6 +33,10 @@ pub enum EngineError {
         #[source]
         source: Box<EngineError>,
     },
+    /// Another session holds what pgshift needs (a lock on an application's table) for longer
+    /// than pgshift makes the application wait; the message names the sessions.
+    #[error("{0}")]
+    Busy(String),
     #[error("cancelled")]
     Cancelled,
 }

@@ -27,9 +27,18 @@ pub fn quote_ident(ident: &str) -> String {
     format!("\"{}\"", ident.replace('"', "\"\""))
 }
 
-/// Quotes a string literal (standard_conforming_strings is on in every supported server).
+/// Quotes a string literal exactly as PostgreSQL's `quote_literal` does: a value with a backslash
+/// becomes an escape string (`E'…'`, backslashes doubled), whose meaning does not depend on
+/// `standard_conforming_strings`. That matters beyond pgshift's own sessions (which pin the
+/// setting): literals inside the capture functions are parsed in the application's sessions,
+/// where a database owner may have turned it off.
 pub fn quote_literal(value: &str) -> String {
-    format!("'{}'", value.replace('\'', "''"))
+    let quoted = value.replace('\'', "''");
+    if value.contains('\\') {
+        format!("E'{}'", quoted.replace('\\', "\\\\"))
+    } else {
+        format!("'{quoted}'")
+    }
 }
 
 #[cfg(test)]
@@ -40,5 +49,14 @@ mod tests {
     fn quoting_doubles_embedded_quotes() {
         assert_eq!(quote_ident("Order\"s"), "\"Order\"\"s\"");
         assert_eq!(quote_literal("it's"), "'it''s'");
+    }
+
+    #[test]
+    fn literals_with_backslashes_are_escape_strings() {
+        assert_eq!(quote_literal(r"a\b"), r"E'a\\b'");
+        assert_eq!(
+            quote_literal(r"k\'); DROP TABLE t; --"),
+            r"E'k\\''); DROP TABLE t; --'"
+        );
     }
 }

@@ -390,23 +390,36 @@ pub async fn install(conn: &mut PgConnection, migration: &MigrationRecord) -> En
 
 /// Removes everything this migration installed on the source. The trigger functions live in the
 /// schema, so dropping it with CASCADE takes the triggers with it (no table ownership needed).
-pub async fn uninstall(conn: &mut PgConnection, schema: &str) -> EngineResult<()> {
-    sqlx::query("SET lock_timeout = '30s'")
-        .execute(&mut *conn)
-        .await
-        .context(|| "setting lock_timeout".into())?;
-    sqlx::query(&format!(
-        "DROP SCHEMA IF EXISTS {} CASCADE",
-        quote_ident(schema)
-    ))
-    .execute(&mut *conn)
+/// Dropping a trigger locks its table ACCESS EXCLUSIVE, and the application's queries queue behind
+/// a waiting request: each attempt waits only briefly and the next comes after a pause (see
+/// [`super::pg::LockRetry`]), until `cancel` fires or the attempts give up naming the sessions
+/// that hold the tables.
+pub async fn uninstall(
+    conn: &mut PgConnection,
+    schema: &str,
+    cancel: Option<&tokio_util::sync::CancellationToken>,
+) -> EngineResult<()> {
+    // The tables carrying this schema's triggers, to name who holds them if it comes to that.
+    let relations: Vec<sqlx::postgres::types::Oid> = sqlx::query_scalar(
+        "SELECT DISTINCT t.tgrelid
+           FROM pg_trigger t
+           JOIN pg_proc p ON p.oid = t.tgfoid
+           JOIN pg_namespace n ON n.oid = p.pronamespace
+          WHERE n.nspname = $1",
+    )
+    .bind(schema)
+    .fetch_all(&mut *conn)
     .await
-    .context(|| "removing the capture schema from the source".into())?;
-    sqlx::query("RESET lock_timeout")
-        .execute(&mut *conn)
-        .await
-        .context(|| "resetting lock_timeout".into())?;
-    Ok(())
+    .context(|| "listing the tables that carry capture triggers".into())?;
+    super::pg::run_with_short_locks(
+        conn,
+        &format!("DROP SCHEMA IF EXISTS {} CASCADE", quote_ident(schema)),
+        "removing the capture schema from the source",
+        &relations,
+        super::pg::LockRetry::default(),
+        cancel,
+    )
+    .await
 }
 
 #[cfg(test)]

@@ -226,7 +226,7 @@ impl Supervisor {
             .options(record.source.cluster_id, &record.source.database)
             .await?;
         let mut src = pg::connect("the source", &source).await?;
-        source::uninstall(&mut src, &schema).await?;
+        source::uninstall(&mut src, &schema, Some(&self.shutdown)).await?;
         let target = self
             .options(record.target.cluster_id, &record.target.database)
             .await?;

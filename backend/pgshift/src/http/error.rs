@@ -82,6 +82,9 @@ impl From<EngineError> for ApiError {
                     format!("a PostgreSQL server returned an error while {context}; the pgshift log has the details"),
                 )
             }
+            EngineError::Busy(_) => {
+                ApiError::new(StatusCode::CONFLICT, "tables_busy", err.to_string())
+            }
             EngineError::Cancelled => ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "shutting_down",

@@ -101,7 +101,7 @@ pub async fn resume(
 
 /// Stops the migration and drops what pgshift installed on both sides; copied rows stay.
 #[utoipa::path(delete, path = "/api/v1/migrations/{name}", operation_id = "remove_migration", tag = "migrations", params(("name" = String, Path, description = "the migration's name")),
-    responses((status = 204, description = "removed"), AuthErrors, RoleErrors, NotFoundErrors, DatabaseErrors),
+    responses((status = 204, description = "removed"), AuthErrors, RoleErrors, NotFoundErrors, ConflictErrors, DatabaseErrors),
     security(("bearer" = [])))]
 pub async fn remove(
     State(app): State<AppState>,

@@ -154,7 +154,8 @@ pub enum BodyErrors {
 #[allow(dead_code)]
 pub enum ConflictErrors {
     /// `duplicate_name`, `cluster_in_use`, `in_use`, `target_not_empty`, `paused` (resume a
-    /// paused migration instead of starting it), `not_started`.
+    /// paused migration instead of starting it), `not_started`, `tables_busy` (removing a
+    /// migration: other sessions held the source tables too long; the message names them).
     #[response(status = 409)]
     Conflict(ErrorBody),
 }

@@ -19,8 +19,9 @@ pub struct ConnectionReport {
 }
 
 /// Connects (to the DSN's database, or `postgres`) and checks the database-wide privileges both
-/// sides need: `CREATE` on the database (pgshift installs its schema) and, on a target, setting
-/// `session_replication_role`. Table privileges are checked per table when a migration is created.
+/// sides need: `CREATE` on the database (pgshift installs its schema) and, on a target, `TEMP`
+/// (the copy's staging table) and setting `session_replication_role`. Table privileges are
+/// checked per table when a migration is created.
 pub async fn probe(dsn: &str) -> ServiceResult<ConnectionReport> {
     let options = pg::options(dsn, None)?;
     let options = if options.get_database().is_none() {
@@ -33,7 +34,8 @@ pub async fn probe(dsn: &str) -> ServiceResult<ConnectionReport> {
     let row = sqlx::query(
         "SELECT current_user::text, current_database()::text,
                 has_database_privilege(current_database(), 'CREATE'),
-                (SELECT rolsuper FROM pg_roles WHERE rolname = current_user)",
+                (SELECT rolsuper FROM pg_roles WHERE rolname = current_user),
+                has_database_privilege(current_database(), 'TEMP')",
     )
     .fetch_one(&mut conn)
     .await
@@ -42,11 +44,18 @@ pub async fn probe(dsn: &str) -> ServiceResult<ConnectionReport> {
         source,
     })?;
     let (user, database): (String, String) = (row.get(0), row.get(1));
-    let (create, superuser): (bool, bool) = (row.get(2), row.get(3));
+    let (create, superuser, temp): (bool, bool, bool) = (row.get(2), row.get(3), row.get(4));
     let mut missing = Vec::new();
     if !create {
         missing.push(format!(
             "CREATE on database {database:?} (GRANT CREATE ON DATABASE {} TO {})",
+            crate::engine::quote_ident(&database),
+            crate::engine::quote_ident(&user)
+        ));
+    }
+    if !temp {
+        missing.push(format!(
+            "TEMP on database {database:?}, needed on a target: the copy stages rows in a temporary table (GRANT TEMP ON DATABASE {} TO {})",
             crate::engine::quote_ident(&database),
             crate::engine::quote_ident(&user)
         ));

@@ -36,10 +36,18 @@ impl PostgresStore {
     }
 
     async fn connect(url: &str) -> StoreResult<Self> {
-        let options = PgConnectOptions::from_str(url)?;
+        // Whatever the database's owner set for search_path, none of their schemas is searched:
+        // an operator or function of theirs would run as pgshift's role. pg_catalog comes first
+        // (implicitly, when not listed), pg_temp last.
+        let options =
+            PgConnectOptions::from_str(url)?.options([("standard_conforming_strings", "on")]);
         // Create the schema first, on its own connection: the pool below sets search_path to it.
         // Only when missing, so that a role without CREATE on the database can use an existing one.
-        let mut conn = options.connect().await?;
+        let mut conn = options
+            .clone()
+            .options([("search_path", "pg_catalog,pg_temp")])
+            .connect()
+            .await?;
         let exists: bool =
             sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = $1)")
                 .bind(SCHEMA)
@@ -61,7 +69,8 @@ impl PostgresStore {
         let pool = PgPoolOptions::new()
             .max_connections(4)
             .acquire_timeout(Duration::from_secs(10))
-            .connect_with(options.options([("search_path", SCHEMA)]))
+            // pgshift_meta first: migrations create their tables unqualified.
+            .connect_with(options.options([("search_path", format!("{SCHEMA},pg_temp"))]))
             .await?;
         // sqlx takes an advisory lock around migrations: several instances may start together.
         MIGRATOR.run(&pool).await?;

@@ -67,7 +67,7 @@ pub async fn disarm(
     reverse: &MigrationRecord,
 ) -> EngineResult<()> {
     let schema = reverse.schema_name();
-    source::uninstall(new_side, &schema).await?;
+    source::uninstall(new_side, &schema, None).await?;
     crate::engine::target::uninstall(old_side, &schema).await
 }
 
@@ -77,7 +77,7 @@ pub async fn disarm(
 pub async fn retire_source(conn: &mut PgConnection, schema: &str) -> EngineResult<bool> {
     let installed = source::is_installed(conn, schema).await?;
     if installed {
-        source::uninstall(conn, schema).await?;
+        source::uninstall(conn, schema, None).await?;
     }
     Ok(installed)
 }
