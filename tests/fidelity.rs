@@ -380,3 +380,24 @@ async fn shifted_and_swapped_keys_arrive() {
     )
     .await;
 }
+
+/// Keys whose type's operators live outside pg_catalog (citext in public) are chunked, matched
+/// and tombstoned with the type's own operators, although pgshift's sessions pin search_path:
+/// citext orders 'a…' before 'B…', text in the C collation the other way round.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn extension_keys_use_their_own_operators() {
+    let case = Case::start(
+        "CREATE EXTENSION citext;
+         CREATE TABLE ci (k citext PRIMARY KEY COLLATE \"C\", v int);
+         CREATE TABLE pair (a citext COLLATE \"C\", b int, v int, PRIMARY KEY (a, b));",
+        "INSERT INTO ci SELECT CASE WHEN g % 2 = 0 THEN 'B' ELSE 'a' END || lpad(g::text, 5, '0'), g FROM generate_series(1, 9000) g;
+         INSERT INTO pair SELECT CASE WHEN g % 3 = 0 THEN 'X' ELSE 'y' END, g, g FROM generate_series(1, 7000) g;",
+    )
+    .await;
+    case.write_and_compare(
+        "UPDATE ci SET k = lower(k) WHERE v % 7 = 0; DELETE FROM ci WHERE v % 11 = 0;
+         UPDATE pair SET a = upper(a) WHERE b % 5 = 0; DELETE FROM pair WHERE b % 13 = 0;",
+        &[("ci", "k"), ("pair", "a, b")],
+    )
+    .await;
+}
