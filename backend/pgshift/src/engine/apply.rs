@@ -10,7 +10,7 @@ use sqlx::PgConnection;
 
 use super::batch::{Event, Op};
 use super::error::Context;
-use super::{quote_ident, row_format, EngineError, EngineResult};
+use super::{key_ops, quote_ident, row_format, EngineError, EngineResult};
 use crate::store::TableSpec;
 
 /// Prepared SQL for one table. Every statement reads its rows from one `text[]` parameter of
@@ -35,20 +35,24 @@ pub struct TablePlan {
 }
 
 /// What the target's catalog says about a table that changes how it is written.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct TargetFacts {
     /// Another table's foreign key points here: TRUNCATE is refused, DELETE is not.
     pub referenced_by_others: bool,
     /// A deferrable primary key or unique constraint cannot arbitrate ON CONFLICT.
     pub deferrable_key: bool,
+    /// The key columns' own operators on the target.
+    pub key_ops: Vec<key_ops::ColumnOps>,
 }
 
 impl TablePlan {
-    pub fn new(schema: &str, table: &TableSpec, facts: TargetFacts) -> Self {
+    pub fn new(schema: &str, table: &TableSpec, facts: &TargetFacts) -> Self {
         let TargetFacts {
             referenced_by_others,
             deferrable_key,
+            key_ops: ops,
         } = facts;
+        let (referenced_by_others, deferrable_key) = (*referenced_by_others, *deferrable_key);
         let t = table.sql_name();
         // ONLY: an inheritance parent's statements must not reach its children's rows.
         let own_rows = table.relation_only();
@@ -79,12 +83,13 @@ impl TablePlan {
             .collect::<Vec<_>>()
             .join(", ");
         let key_match = |other: &str| {
-            table
+            let left: Vec<String> = table.key.iter().map(|k| format!("t.{}", q(k))).collect();
+            let right: Vec<String> = table
                 .key
                 .iter()
-                .map(|k| format!("t.{} = {other}.{}", q(k), row_format::field_of(table, k)))
-                .collect::<Vec<_>>()
-                .join(" AND ")
+                .map(|k| format!("{other}.{}", row_format::field_of(table, k)))
+                .collect();
+            key_ops::key_equal(ops, &left, &right)
         };
         // The last version of each key; DISTINCT ON compares with the key's own equality.
         let latest =

@@ -21,7 +21,7 @@ use super::batch::Snapshot;
 use super::error::Context;
 use super::status::StatusHandle;
 use super::target::{self, TableState};
-use super::{pg, quote_ident, row_format, EngineError, EngineResult};
+use super::{key_ops, pg, quote_ident, row_format, EngineError, EngineResult};
 use crate::store::TableSpec;
 
 /// Everything one table's copy needs.
@@ -49,7 +49,10 @@ impl TableCopy {
         let writable: Vec<String> = t.writable_columns().map(|c| quote_ident(&c.name)).collect();
         let cols = writable.join(", ");
         let keys: Vec<String> = t.key.iter().map(|k| quote_ident(k)).collect();
-        let key_row = format!("ROW({})", keys.join(", "));
+        // The key's own operators on each server (see key_ops): the chunk's range is read on the
+        // source and looked up on the target.
+        let src_ops = key_ops::key_operators(&mut src, t).await?;
+        let dst_ops = key_ops::key_operators(&mut dst, t).await?;
         let temp = format!("pgshift_copy_{}", t.no);
         // ONLY: an inheritance parent's copy must not read (or count) its children's rows.
         let from = t.relation_only();
@@ -87,14 +90,22 @@ impl TableCopy {
                 );
             }
             let epoch = progress.copy_epoch;
-            let after = progress
-                .copy_position
-                .as_ref()
-                .map(|p| format!("{key_row} > ROW({})", p.join(", ")));
-            let where_after = after
-                .as_deref()
-                .map(|a| format!("WHERE {a}"))
-                .unwrap_or_default();
+            let position = progress.copy_position.as_deref();
+            let range = |ops: &[key_ops::ColumnOps], upper: Option<&[String]>| {
+                let mut conds: Vec<String> = position
+                    .map(|p| key_ops::key_after(ops, &keys, p))
+                    .into_iter()
+                    .collect();
+                if let Some(u) = upper {
+                    conds.push(key_ops::key_up_to(ops, &keys, u));
+                }
+                if conds.is_empty() {
+                    String::new()
+                } else {
+                    format!("WHERE {}", conds.join(" AND "))
+                }
+            };
+            let where_after = range(&src_ops, None);
             // The chunk's upper key, as literals the server quoted itself.
             let bound_sql = format!(
                 "SELECT ARRAY[{}] FROM {from} {where_after} ORDER BY {} OFFSET {} LIMIT 1",
@@ -109,15 +120,8 @@ impl TableCopy {
                 .fetch_optional(&mut src)
                 .await
                 .context(|| format!("finding the next chunk of {}", t.display_name()))?;
-            let mut conds: Vec<String> = after.into_iter().collect();
-            if let Some(u) = &upper {
-                conds.push(format!("{key_row} <= ROW({})", u.join(", ")));
-            }
-            let where_chunk = if conds.is_empty() {
-                String::new()
-            } else {
-                format!("WHERE {}", conds.join(" AND "))
-            };
+            let where_chunk = range(&src_ops, upper.as_deref());
+            let where_chunk_target = range(&dst_ops, upper.as_deref());
             let copy_out = format!("COPY (SELECT {cols} FROM {from} {where_chunk}) TO STDOUT");
 
             if cancel.is_cancelled() {
@@ -125,7 +129,7 @@ impl TableCopy {
             }
             let chunk = Chunk {
                 copy_out: &copy_out,
-                where_chunk: &where_chunk,
+                where_chunk: &where_chunk_target,
                 temp: &temp,
                 cols: &cols,
                 epoch,
@@ -320,11 +324,11 @@ impl TableCopy {
         let keys: Vec<String> = t.key.iter().map(|k| quote_ident(k)).collect();
         // Typed equality with the key's own operator: a deleted key written differently
         // (1.0 / 1.00, another case under citext) is still the same key.
+        let ops = key_ops::key_operators(&mut *tx, t).await?;
         let same_key = |other: &str| {
-            keys.iter()
-                .map(|k| format!("{other}.{k} = c.{k}"))
-                .collect::<Vec<_>>()
-                .join(" AND ")
+            let left: Vec<String> = keys.iter().map(|k| format!("{other}.{k}")).collect();
+            let right: Vec<String> = keys.iter().map(|k| format!("c.{k}")).collect();
+            key_ops::key_equal(&ops, &left, &right)
         };
         let overriding = if t.columns.iter().any(|c| c.identity_always) {
             " OVERRIDING SYSTEM VALUE"
@@ -411,7 +415,7 @@ impl TableCopy {
 struct Chunk<'a> {
     /// `COPY (SELECT …) TO STDOUT` on the source.
     copy_out: &'a str,
-    /// The chunk's key range as a WHERE clause (empty for a whole table).
+    /// The chunk's key range as a WHERE clause for the target (empty for a whole table).
     where_chunk: &'a str,
     /// Session-local table the chunk lands in when it has to be merged.
     temp: &'a str,

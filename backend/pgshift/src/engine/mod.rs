@@ -7,6 +7,7 @@ pub mod catalog;
 mod copy;
 pub mod cutover;
 mod error;
+pub mod key_ops;
 pub mod pg;
 pub mod resync;
 pub mod row_format;

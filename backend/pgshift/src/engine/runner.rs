@@ -141,7 +141,7 @@ impl Run {
             .record
             .tables
             .iter()
-            .map(|t| (t.no, TablePlan::new(&schema, t, facts[&t.no])))
+            .map(|t| (t.no, TablePlan::new(&schema, t, &facts[&t.no])))
             .collect();
         let worker = Worker {
             schema: schema.clone(),
@@ -316,11 +316,13 @@ async fn target_facts(
         .fetch_one(&mut *dst)
         .await
         .context(|| format!("reading the constraints of {} on the target", t.display_name()))?;
+        let key_ops = super::key_ops::key_operators(&mut *dst, t).await?;
         out.insert(
             t.no,
             apply::TargetFacts {
                 referenced_by_others,
                 deferrable_key,
+                key_ops,
             },
         );
     }
