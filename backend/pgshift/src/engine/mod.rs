@@ -9,6 +9,7 @@ pub mod cutover;
 mod error;
 pub mod pg;
 pub mod resync;
+pub mod rotation;
 mod runner;
 mod source;
 mod status;
@@ -17,6 +18,7 @@ mod target;
 mod ticker;
 
 pub use error::{EngineError, EngineResult};
+pub use source::install as install_capture;
 pub use status::{MigrationStatus, RuntimeState, TableStatus};
 pub use supervisor::{EngineSettings, Supervisor};
 pub use ticker::TickerSettings;
