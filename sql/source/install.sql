@@ -31,8 +31,9 @@ CREATE TABLE @schema@.event_1 PARTITION OF @schema@.event FOR VALUES IN (1);
 CREATE TABLE @schema@.event_2 PARTITION OF @schema@.event FOR VALUES IN (2);
 CREATE INDEX ON @schema@.event (ev_txid);
 
--- One row per generation: when it stopped taking events and the snapshot xmax at that
--- moment. Once every transaction below retired_xmax is applied, the table can be truncated.
+-- One row per generation: when it stopped taking events and retired_xmax, a txid assigned
+-- after the switch away from it, so above every transaction that wrote it (engine/rotation.rs
+-- says why). Once every transaction below retired_xmax is applied, the table can be truncated.
 CREATE TABLE @schema@.generation (
     gen          smallint PRIMARY KEY,
     retired_xmax bigint,

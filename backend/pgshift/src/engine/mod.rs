@@ -10,6 +10,7 @@ mod error;
 pub mod key_ops;
 pub mod pg;
 pub mod resync;
+pub mod rotation;
 pub mod row_format;
 mod runner;
 mod source;
@@ -19,6 +20,7 @@ mod target;
 mod ticker;
 
 pub use error::{EngineError, EngineResult};
+pub use source::install as install_capture;
 pub use status::{MigrationStatus, RuntimeState, TableStatus};
 pub use supervisor::{EngineSettings, Supervisor};
 pub use ticker::TickerSettings;

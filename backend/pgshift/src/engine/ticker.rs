@@ -4,13 +4,13 @@
 use std::time::{Duration, Instant};
 
 use sqlx::postgres::PgPool;
-use sqlx::Row;
 use std::sync::Arc;
 
 use tokio::sync::{watch, Notify};
 use tokio_util::sync::CancellationToken;
 
 use super::error::Context;
+use super::rotation;
 use super::status::StatusHandle;
 use super::target::AppliedTick;
 use super::{quote_ident, EngineResult};
@@ -47,11 +47,6 @@ pub struct Ticker {
     pub tick_now: Arc<Notify>,
     /// Told after every tick, so the worker starts on a new batch at once instead of polling.
     pub ticked: Arc<Notify>,
-}
-
-/// `xmin` of a `txid_snapshot` text ("xmin:xmax:xip,...").
-pub fn snapshot_xmin(snapshot: &str) -> Option<i64> {
-    snapshot.split(':').next()?.parse().ok()
 }
 
 impl Ticker {
@@ -128,133 +123,17 @@ impl Ticker {
         last_rotation: &mut Instant,
     ) -> EngineResult<()> {
         let schema = quote_ident(&self.schema);
-        let Some(applied_xmin) = snapshot_xmin(&applied.snapshot) else {
-            return Ok(());
-        };
         sqlx::query(&format!("DELETE FROM {schema}.tick WHERE tick_id < $1"))
             .bind(applied.tick_id)
             .execute(&self.pool)
             .await
             .context(|| "removing old ticks".into())?;
-
-        let current: i64 = sqlx::query_scalar(&format!(
-            "SELECT last_value % 3 FROM {schema}.generation_seq"
-        ))
-        .fetch_one(&self.pool)
-        .await
-        .context(|| "reading the current event table".into())?;
-        let rows = sqlx::query(&format!(
-            "SELECT gen, retired_xmax, truncated FROM {schema}.generation ORDER BY gen"
-        ))
-        .fetch_all(&self.pool)
-        .await
-        .context(|| "reading event tables".into())?;
-        let mut next_free = false;
-        for row in &rows {
-            let gen: i16 = row.get(0);
-            let retired_xmax: Option<i64> = row.get(1);
-            let truncated: bool = row.get(2);
-            if i64::from(gen) == current {
-                continue;
-            }
-            match (truncated, retired_xmax) {
-                // Every transaction that could have written this table is applied: empty it.
-                (false, Some(xmax)) if applied_xmin >= xmax => {
-                    let freed = self.truncate(gen).await?;
-                    next_free |= freed && i64::from(gen) == (current + 1) % 3;
-                }
-                // A rotation that did not record its snapshot (crash between the switch and the
-                // commit): retire it now, which is later than the real switch and therefore safe.
-                (false, None) => {
-                    sqlx::query(&format!(
-                        "UPDATE {schema}.generation SET retired_xmax = txid_snapshot_xmax(txid_current_snapshot()),
-                                retired_at = now() WHERE gen = $1"
-                    ))
-                    .bind(gen)
-                    .execute(&self.pool)
-                    .await
-                    .context(|| "retiring an event table".into())?;
-                }
-                (true, _) if i64::from(gen) == (current + 1) % 3 => next_free = true,
-                _ => {}
-            }
-        }
-        if next_free && last_rotation.elapsed() >= self.settings.rotation_interval {
-            self.rotate(current).await?;
+        rotation::free_event_tables(&self.pool, &self.schema, &applied.snapshot).await?;
+        if last_rotation.elapsed() >= self.settings.rotation_interval
+            && rotation::rotate(&self.pool, &self.schema).await?.is_some()
+        {
             *last_rotation = Instant::now();
         }
-        Ok(())
-    }
-
-    async fn truncate(&self, gen: i16) -> EngineResult<bool> {
-        let schema = quote_ident(&self.schema);
-        let mut tx = self
-            .pool
-            .begin()
-            .await
-            .context(|| "opening a transaction".into())?;
-        // The worker's open batch cursor holds a lock on the table; try again next round rather
-        // than queueing behind it: while TRUNCATE waits for its lock, the worker's next batch
-        // read waits behind TRUNCATE and this ticker does not tick, so the wait stays short.
-        sqlx::query("SET LOCAL lock_timeout = '200ms'")
-            .execute(&mut *tx)
-            .await
-            .context(|| "lock_timeout".into())?;
-        if let Err(err) = sqlx::query(&format!("TRUNCATE {schema}.event_{gen}"))
-            .execute(&mut *tx)
-            .await
-        {
-            tracing::debug!(schema = %self.schema, gen, error = %err, "event table busy; truncating later");
-            return Ok(false);
-        }
-        sqlx::query(&format!(
-            "UPDATE {schema}.generation SET truncated = true, retired_xmax = NULL WHERE gen = $1"
-        ))
-        .bind(gen)
-        .execute(&mut *tx)
-        .await
-        .context(|| "recording a truncated event table".into())?;
-        tx.commit()
-            .await
-            .context(|| "committing an event table truncate".into())?;
-        Ok(true)
-    }
-
-    async fn rotate(&self, current: i64) -> EngineResult<()> {
-        let schema = quote_ident(&self.schema);
-        let next = (current + 1) % 3;
-        let mut tx = self
-            .pool
-            .begin()
-            .await
-            .context(|| "opening a transaction".into())?;
-        sqlx::query(&format!(
-            "UPDATE {schema}.generation SET truncated = false WHERE gen = $1"
-        ))
-        .bind(next as i16)
-        .execute(&mut *tx)
-        .await
-        .context(|| "preparing the next event table".into())?;
-        // The switch is seen by every session at once (sequences are not transactional); the
-        // snapshot taken after it bounds every transaction that may still have written the old table.
-        sqlx::query(&format!(
-            "SELECT setval('{schema}.generation_seq', (SELECT last_value FROM {schema}.generation_seq) + 1, true)"
-        ))
-        .execute(&mut *tx)
-        .await
-        .context(|| "switching event tables".into())?;
-        sqlx::query(&format!(
-            "UPDATE {schema}.generation SET retired_xmax = txid_snapshot_xmax(txid_current_snapshot()), retired_at = now()
-              WHERE gen = $1"
-        ))
-        .bind(current as i16)
-        .execute(&mut *tx)
-        .await
-        .context(|| "retiring the old event table".into())?;
-        tx.commit()
-            .await
-            .context(|| "committing a rotation".into())?;
-        tracing::debug!(schema = %self.schema, from = current, to = next, "rotated event tables");
         Ok(())
     }
 }
