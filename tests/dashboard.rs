@@ -540,7 +540,9 @@ async fn cutover_panel_roles_gates_and_a_cutover() {
             && gates
                 .body
                 .contains("data-gate=\"target_ready\" data-passed=\"false\"")
-            && gates.body.contains("trigger touch on public.item is disabled"),
+            && gates
+                .body
+                .contains("trigger touch on public.item is disabled"),
         "{}",
         gates.body
     );

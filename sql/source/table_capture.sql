@@ -32,6 +32,10 @@ CREATE FUNCTION @schema@.capture_@no@() RETURNS trigger LANGUAGE plpgsql SECURIT
     @settings@
 AS $f$
 BEGIN
+    -- pgshift's own sessions (apply, copy, repair) are never captured: see pg.rs SESSION_SETTINGS.
+    IF pg_catalog.current_setting('pgshift.replicating', true) = 'on' THEN
+        RETURN NULL;
+    END IF;
     -- pg_sequence_last_value reads the sequence as a plain SELECT would (not subject to MVCC:
     -- a rotation is seen at once) at a fraction of the cost, once per row.
     CASE pg_catalog.pg_sequence_last_value('@schema@.generation_seq'::pg_catalog.regclass) % 3

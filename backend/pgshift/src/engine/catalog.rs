@@ -312,9 +312,43 @@ pub async fn check_keys_comparable(
     Ok(())
 }
 
+/// Refuses tables whose primary key is deferrable on the source. Capture records each row as
+/// it changes; under a deferrable key one statement may move a key onto another row's before
+/// that row moves on (`id = id + 1`), and replaying such a statement row by row can delete the
+/// newcomer when it equals the row that left: the target would silently lose rows.
+pub async fn check_keys_immediate(
+    conn: &mut PgConnection,
+    tables: &[TableSpec],
+) -> EngineResult<()> {
+    let mut deferrable = Vec::new();
+    for t in tables {
+        let key: Option<String> = sqlx::query_scalar(
+            "SELECT conname::text FROM pg_constraint WHERE conrelid = $1::regclass AND contype = 'p' AND condeferrable",
+        )
+        .bind(t.sql_name())
+        .fetch_optional(&mut *conn)
+        .await
+        .context(|| format!("reading the key of {}", t.display_name()))?;
+        if let Some(name) = key {
+            deferrable.push(format!("{} ({name})", t.display_name()));
+        }
+    }
+    if deferrable.is_empty() {
+        return Ok(());
+    }
+    Err(EngineError::invalid(
+        "key_deferrable",
+        format!(
+            "deferrable primary key on {}: a statement that shifts keys under a deferrable key cannot be replayed row by row without losing rows; make the key NOT DEFERRABLE on the source (ALTER TABLE … ALTER CONSTRAINT … NOT DEFERRABLE) or leave the table out with table patterns",
+            deferrable.join(", ")
+        ),
+    ))
+}
+
 /// Checks that the source lets pgshift install capture and read every row of the tables.
 pub async fn check_source(conn: &mut PgConnection, tables: &[TableSpec]) -> EngineResult<()> {
     check_keys_comparable(conn, tables).await?;
+    check_keys_immediate(conn, tables).await?;
     let access = database_access(conn).await?;
     let (user, db) = (&access.user, &access.database);
     let mut missing = missing_table_privileges(conn, tables, &["SELECT", "TRIGGER"]).await?;

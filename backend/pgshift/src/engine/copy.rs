@@ -57,7 +57,9 @@ impl TableCopy {
         // ONLY: an inheritance parent's copy must not read (or count) its children's rows.
         let from = t.relation_only();
         sqlx::query(&format!(
-            "CREATE TEMP TABLE IF NOT EXISTS {temp} (LIKE {})",
+            // INCLUDING GENERATED: the copy never writes generated columns, so a NOT NULL one
+            // must be computed here as in the table.
+            "CREATE TEMP TABLE IF NOT EXISTS {temp} (LIKE {} INCLUDING GENERATED)",
             t.sql_name()
         ))
         .execute(&mut dst)

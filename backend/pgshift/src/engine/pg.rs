@@ -24,12 +24,17 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 ///   query fail instead of silently returning (and copying, and counting) fewer rows.
 /// - `standard_conforming_strings = on`: the meaning of pgshift's string literals does not depend
 ///   on a setting the database owner controls.
+/// - `pgshift.replicating = on`: pgshift's capture functions record nothing a pgshift session
+///   writes. Its capture triggers fire in `session_replication_role = replica` sessions too
+///   (`ENABLE ALWAYS`), so without this a reverse migration armed on the new server would record
+///   the forward apply, and the forward capture the reverse apply: every change echoed back.
 ///
 /// Values hold no spaces: the startup `options` string is split on them.
-pub const SESSION_SETTINGS: [(&str, &str); 3] = [
+pub const SESSION_SETTINGS: [(&str, &str); 4] = [
     ("search_path", "pg_catalog,pg_temp"),
     ("row_security", "off"),
     ("standard_conforming_strings", "on"),
+    ("pgshift.replicating", "on"),
 ];
 
 /// Parses a cluster DSN and points it at `database` (or keeps the DSN's own database). Every

@@ -151,8 +151,8 @@ pub async fn check_columns(
     migration: &MigrationRecord,
 ) -> EngineResult<()> {
     for table in &migration.tables {
-        let now: Vec<(String, String)> = sqlx::query_as(
-            "SELECT attname::text, format_type(atttypid, atttypmod) FROM pg_attribute
+        let now: Vec<(String, String, bool)> = sqlx::query_as(
+            "SELECT attname::text, format_type(atttypid, atttypmod), attgenerated <> '' FROM pg_attribute
               WHERE attrelid = $1::regclass AND attnum > 0 AND NOT attisdropped ORDER BY attnum",
         )
         .bind(table.sql_name())
@@ -165,6 +165,23 @@ pub async fn check_columns(
             )
         })?;
         check_partition_layout(&mut *conn, table).await?;
+        if let Some((column, _, generated)) = now.iter().find(|(name, _, generated)| {
+            table
+                .columns
+                .iter()
+                .any(|c| &c.name == name && c.generated != *generated)
+        }) {
+            let what = if *generated { "became" } else { "is no longer" };
+            return Err(super::EngineError::invalid(
+                "schema_drift",
+                format!(
+                    "{}.{column} {what} a generated column on the source; pgshift stopped applying changes so that none is applied with the old column list",
+                    table.display_name()
+                ),
+            )
+            .on_table(table.no));
+        }
+        let now: Vec<(String, String)> = now.into_iter().map(|(n, t, _)| (n, t)).collect();
         if let Some(drift) = column_drift(table, &now) {
             return Err(super::EngineError::invalid(
                 "schema_drift",
@@ -175,7 +192,37 @@ pub async fn check_columns(
             .on_table(table.no));
         }
     }
-    Ok(())
+    check_triggers_enabled(conn, migration).await
+}
+
+/// A capture trigger that someone disabled (`ALTER TABLE … DISABLE TRIGGER USER` before a bulk
+/// load) records nothing: name it rather than let the target fall behind unseen.
+async fn check_triggers_enabled(
+    conn: &mut PgConnection,
+    migration: &MigrationRecord,
+) -> EngineResult<()> {
+    let schema = migration.schema_name();
+    let disabled: Option<(String, String)> = sqlx::query_as(
+        "SELECT t.tgrelid::regclass::text, t.tgname::text
+           FROM pg_trigger t
+           JOIN pg_proc p ON p.oid = t.tgfoid
+           JOIN pg_namespace n ON n.oid = p.pronamespace
+          WHERE n.nspname = $1 AND t.tgenabled = 'D' AND p.proname LIKE 'capture\\_%'
+          LIMIT 1",
+    )
+    .bind(&schema)
+    .fetch_optional(&mut *conn)
+    .await
+    .context(|| "reading the capture triggers' state".into())?;
+    match disabled {
+        None => Ok(()),
+        Some((relation, trigger)) => Err(super::EngineError::invalid(
+            "capture_disabled",
+            format!(
+                "pgshift's capture trigger {trigger:?} on {relation} is disabled on the source (ALTER TABLE … DISABLE TRIGGER): changes made meanwhile were not recorded; enable it again and resync the table"
+            ),
+        )),
+    }
 }
 
 /// The first difference between the recorded columns and `now` (name, type), in words.
