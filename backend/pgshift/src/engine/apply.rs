@@ -284,8 +284,10 @@ async fn run(
 /// Replays a TRUNCATE of `relation`: the table itself, or one of its partitions (which empties
 /// that partition alone, as it did on the source).
 async fn truncate(conn: &mut PgConnection, plan: &TablePlan, relation: &str) -> EngineResult<()> {
-    let found: Option<(bool, bool)> = sqlx::query_as(
-        "SELECT c.oid = $2::regclass, c.relkind = 'p' FROM pg_class c WHERE c.oid = to_regclass($1)",
+    let found: Option<(bool, bool, bool)> = sqlx::query_as(
+        "SELECT c.oid = $2::regclass, c.relkind = 'p',
+                EXISTS (SELECT 1 FROM pg_partition_tree($2::regclass) p WHERE p.relid = c.oid)
+           FROM pg_class c WHERE c.oid = to_regclass($1)",
     )
     .bind(relation)
     .bind(&plan.table)
@@ -293,14 +295,20 @@ async fn truncate(conn: &mut PgConnection, plan: &TablePlan, relation: &str) -> 
     .await
     .context(|| format!("looking for {relation} on the target"))?;
     let partitioned = match found {
-        Some((true, _)) => {
+        Some((true, _, _)) => {
             sqlx::query(&plan.truncate)
                 .execute(&mut *conn)
                 .await
                 .context(|| format!("applying a truncate to {}", plan.display))?;
             return Ok(());
         }
-        Some((false, partitioned)) => partitioned,
+        // A partition detached since: it keeps pgshift's truncate trigger on the source, but it
+        // is no longer part of the migrated table here either, so its truncate is none of ours.
+        Some((false, _, false)) => {
+            tracing::debug!(%relation, table = %plan.display, "skipping the truncate of a relation outside the table");
+            return Ok(());
+        }
+        Some((false, partitioned, true)) => partitioned,
         None => {
             return Err(EngineError::invalid(
                 "partition_missing",
