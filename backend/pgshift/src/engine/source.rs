@@ -214,12 +214,37 @@ async fn check_triggers_enabled(
     .fetch_optional(&mut *conn)
     .await
     .context(|| "reading the capture triggers' state".into())?;
-    match disabled {
-        None => Ok(()),
-        Some((relation, trigger)) => Err(super::EngineError::invalid(
+    if let Some((relation, trigger)) = disabled {
+        return Err(super::EngineError::invalid(
             "capture_disabled",
             format!(
                 "pgshift's capture trigger {trigger:?} on {relation} is disabled on the source (ALTER TABLE … DISABLE TRIGGER): changes made meanwhile were not recorded; enable it again and resync the table"
+            ),
+        ));
+    }
+    // AFTER row triggers fire in name order: one that sorts before capture and rewrites its row
+    // would have the older version recorded last.
+    let earlier: Option<(String, String, String)> = sqlx::query_as(
+        r#"SELECT o.tgrelid::regclass::text, o.tgname::text, c.tgname::text
+             FROM pg_trigger c
+             JOIN pg_proc p ON p.oid = c.tgfoid
+             JOIN pg_namespace n ON n.oid = p.pronamespace
+             JOIN pg_trigger o ON o.tgrelid = c.tgrelid AND o.oid <> c.oid AND NOT o.tgisinternal
+            WHERE n.nspname = $1 AND p.proname LIKE 'capture\_%' AND c.tgtype & 1 = 1
+              AND o.tgtype & 1 = 1 AND o.tgtype & 66 = 0
+              AND o.tgname COLLATE "C" < c.tgname COLLATE "C"
+            LIMIT 1"#,
+    )
+    .bind(&schema)
+    .fetch_optional(&mut *conn)
+    .await
+    .context(|| "reading the triggers on the source".into())?;
+    match earlier {
+        None => Ok(()),
+        Some((relation, trigger, capture)) => Err(super::EngineError::invalid(
+            "trigger_order",
+            format!(
+                "trigger {trigger:?} on {relation} fires before pgshift's capture {capture:?} (AFTER row triggers fire in name order), so a row it rewrites would reach the target in its older version; rename it so that it sorts after {capture:?}"
             ),
         )),
     }
