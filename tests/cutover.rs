@@ -842,3 +842,96 @@ async fn cutover_rechecks_inside_the_freeze_what_changed() {
     assert!(!freeze_installed(&pair.src).await);
     try_write(&pair.src).await.unwrap();
 }
+
+/// A foreign key on the target that points to a table outside the migration is not checked while
+/// rows are applied, so it can be violated while marked valid: the new-migration preview names
+/// it, and a cutover gate names it and fails once a replicated row violates it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn foreign_keys_to_tables_outside_the_migration_are_reported() {
+    init_tracing();
+    let pair = pair(200).await;
+    pair.source
+        .psql(
+            "app",
+            "CREATE TABLE writer_ref (id integer PRIMARY KEY);
+             INSERT INTO writer_ref SELECT generate_series(0, 9);
+             ALTER TABLE item ADD CONSTRAINT item_writer_fkey FOREIGN KEY (writer) REFERENCES writer_ref (id);",
+        )
+        .await;
+    pair.target
+        .psql(
+            "app",
+            "CREATE TABLE writer_ref (id integer PRIMARY KEY);
+             INSERT INTO writer_ref SELECT generate_series(0, 3);
+             ALTER TABLE item ADD CONSTRAINT item_writer_fkey FOREIGN KEY (writer) REFERENCES writer_ref (id);",
+        )
+        .await;
+    let server = TestServer::start().await;
+    server.add_cluster("source", &pair.source.admin_dsn()).await;
+    server.add_cluster("target", &pair.target.admin_dsn()).await;
+
+    // The preview of the new-migration form names the foreign key and the table it points to.
+    pgshift_tests::dashboard::create_user(
+        &server.data_dir,
+        "adam",
+        pgshift::auth::Role::Admin,
+        "admin-password-1",
+    )
+    .await;
+    let mut ui = pgshift_tests::dashboard::UiClient::new(&server.base);
+    ui.sign_in("adam", "admin-password-1").await;
+    let page = ui
+        .get("/ui/migrations/preview?source_cluster=source&source_database=app&target_cluster=target&target_database=app&tables=public.item%0Apublic.ledger")
+        .await;
+    assert_eq!(page.status, 200, "{}", page.body);
+    assert!(
+        page.body.contains("item_writer_fkey") && page.body.contains("public.writer_ref"),
+        "{}",
+        page.body
+    );
+
+    server
+        .create_and_start(
+            "shop",
+            "app",
+            "app",
+            Some(vec!["public.item", "public.ledger"]),
+        )
+        .await;
+    wait_synced(&server, "shop").await;
+    let gate = |op: &Value| {
+        step(op, "preflight")["detail"]["gates"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|g| g["name"] == "foreign_keys")
+            .unwrap_or_else(|| panic!("no foreign_keys gate in {op}"))
+            .clone()
+    };
+    let op = cutover(&server, "shop", relaxed(json!({"dry_run": true}))).await;
+    let g = gate(&op);
+    assert_eq!(g["passed"], true, "{g}");
+    let reason = g["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("item_writer_fkey") && reason.contains("public.writer_ref"),
+        "{g}"
+    );
+
+    // A row the source accepts, whose writer the target's writer_ref lacks, is applied anyway.
+    pair.source
+        .psql("app", "INSERT INTO item (writer, n) VALUES (9, 1)")
+        .await;
+    pgshift_tests::migrate::wait_drained(&server, "shop", &pair.src, Duration::from_secs(60)).await;
+    let op = cutover(&server, "shop", relaxed(json!({}))).await;
+    assert_eq!(op["state"], "failed", "{op}");
+    assert_eq!(step_names(&op), ["preflight"], "{op}");
+    let g = gate(&op);
+    assert_eq!(g["passed"], false, "{g}");
+    let reason = g["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("item_writer_fkey")
+            && reason.contains("public.writer_ref")
+            && reason.contains("1 row"),
+        "{g}"
+    );
+}

@@ -6,6 +6,7 @@
 pub mod compare;
 pub mod content;
 pub mod drain;
+pub mod foreign_keys;
 pub mod freeze;
 pub mod gates;
 pub mod reverse;

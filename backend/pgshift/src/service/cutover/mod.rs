@@ -316,6 +316,7 @@ impl Cutover<'_> {
                 max_lag_seconds: self.settings.max_lag,
                 long_transaction_seconds: self.settings.max_lag.max(1.0),
                 reverse: self.settings.reverse_name.is_some(),
+                foreign_key_rows: true,
             },
         )
         .await?;
@@ -592,6 +593,9 @@ pub async fn preflight(
                 max_lag_seconds: max_lag,
                 long_transaction_seconds: max_lag.max(1.0),
                 reverse,
+                // The checklist refreshes every few seconds: it names the keys, the cutover's
+                // own preflight counts the rows that violate them.
+                foreign_key_rows: false,
             },
         )
         .await
