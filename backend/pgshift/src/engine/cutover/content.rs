@@ -71,6 +71,7 @@ impl RangeVerdict {
 #[derive(Debug, Clone)]
 pub struct Baseline {
     shape: TableShape,
+    key_hash: verify::KeyHash,
     /// On each side, the oldest `xmin` of the snapshots the ranges were compared in.
     since: [i64; 2],
 }
@@ -187,7 +188,15 @@ pub async fn range_pass(
     if !verdict.differences.is_empty() {
         verdict.state = "differs";
     }
-    Ok((verdict, Some(Baseline { shape, since })))
+    let key_hash = verify::key_hash(&mut conns.source, &mut conns.target).await;
+    Ok((
+        verdict,
+        Some(Baseline {
+            shape,
+            key_hash,
+            since,
+        }),
+    ))
 }
 
 /// Compares `ranges` again with both sides at one point of the stream (the table held still on
@@ -310,8 +319,20 @@ pub async fn recheck(
         return Ok(verdict);
     }
     let (a, b) = tokio::join!(
-        verify::scan_since(src, &shape, Side::Source, baseline.since[0]),
-        verify::scan_since(dst, &shape, Side::Target, baseline.since[1])
+        verify::scan_since(
+            src,
+            &shape,
+            Side::Source,
+            baseline.since[0],
+            baseline.key_hash
+        ),
+        verify::scan_since(
+            dst,
+            &shape,
+            Side::Target,
+            baseline.since[1],
+            baseline.key_hash
+        )
     );
     let (a, b) = (a?, b?);
     verdict.source_rows = a.rows;
