@@ -7,10 +7,10 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use super::super::App;
 use crate::engine::cutover::content::{self, Baseline, FreezeVerdict, RangeVerdict};
 use crate::engine::cutover::{comparable_session, compare};
 use crate::engine::{pg, EngineError, EngineResult};
+use crate::service::App;
 use crate::store::{MigrationRecord, TableSpec};
 
 /// Rows per key range of the range pass.

@@ -9,12 +9,12 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
 
-use super::super::migrations::find;
-use super::super::operations::{new_operation, Recorder};
-use super::super::{App, ServiceError, ServiceResult};
 use super::require_running;
 use crate::engine::cutover::compare;
 use crate::engine::{pg, EngineError, EngineResult};
+use crate::service::migrations::find;
+use crate::service::operations::{new_operation, Recorder};
+use crate::service::{App, ServiceError, ServiceResult};
 use crate::store::{MigrationRecord, Operation, OperationState, StepOutcome};
 
 /// `POST /api/v1/migrations/{name}/verify`
