@@ -19,8 +19,9 @@
 //! version). So the two sides can only differ by a key deleted on one side and not on the other,
 //! which the key-set checksum shows. Nothing here trusts the change capture: a row written by a
 //! session capture does not see, or on the target behind pgshift's back, is found the same way.
-//! The pass reads row headers and keys only, about what counting the rows costs, which is what
-//! the cutover used to do inside the freeze.
+//! The pass reads row headers and keys only and renders no row: three to four times what counting
+//! the rows costs (which is what the cutover used to do inside the freeze), and far less than a
+//! checksum of every row (docs/benchmarks/verify-cost.md).
 
 use std::collections::HashSet;
 use std::time::Instant;
