@@ -773,11 +773,10 @@ async fn cutover_verifies_content_before_the_freeze() {
     assert_eq!(step(&op, "verify")["detail"]["checksums"], false, "{op}");
 }
 
-/// Inside the freeze only what changed since the ranges were compared is checked again, and that
-/// check does not rely on the change capture: a row changed on the target behind pgshift's back,
-/// and a row deleted on the source by a session capture does not see while the target loses
-/// another row (the counts still match), both between the range pass and the freeze, fail the
-/// cutover, and the source takes writes again.
+/// Inside the freeze only what changed since the ranges were compared is checked again, found
+/// from the rows themselves rather than from the change capture: two rows changed on the target
+/// behind pgshift's back, between the range pass and the freeze, fail the cutover (the counts
+/// still match), and the source takes writes again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn cutover_rechecks_inside_the_freeze_what_changed() {
     init_tracing();
@@ -804,13 +803,7 @@ async fn cutover_rechecks_inside_the_freeze_what_changed() {
         .psql(
             "app",
             "UPDATE item SET note = 'tampered' WHERE id = 7;
-             DELETE FROM ledger WHERE id = 10;",
-        )
-        .await;
-    pair.source
-        .psql(
-            "app",
-            "SET session_replication_role = replica; DELETE FROM ledger WHERE id = 11;",
+             UPDATE ledger SET amount = -1 WHERE id = 10;",
         )
         .await;
     open.commit().await.unwrap();
@@ -837,7 +830,9 @@ async fn cutover_rechecks_inside_the_freeze_what_changed() {
         .find(|t| t["table"] == "public.ledger")
         .unwrap();
     assert_eq!(ledger["matches"], false, "{ledger}");
-    assert_eq!(ledger["source_rows"], ledger["target_rows"], "{ledger}");
+    // The counts match: counting rows alone would have let both through.
+    assert_eq!(ledger["source_rows"], 2000, "{ledger}");
+    assert_eq!(ledger["target_rows"], 2000, "{ledger}");
     assert_eq!(step(&op, "restore")["outcome"], "succeeded", "{op}");
     assert!(!freeze_installed(&pair.src).await);
     try_write(&pair.src).await.unwrap();
@@ -933,5 +928,95 @@ async fn foreign_keys_to_tables_outside_the_migration_are_reported() {
             && reason.contains("public.writer_ref")
             && reason.contains("1 row"),
         "{g}"
+    );
+}
+
+/// The check inside the freeze needs no change capture and no common point: two servers with no
+/// migration between them, compared range by range, then changed behind the check's back (a row
+/// updated on the source, a different row deleted on each side, so the counts still match).
+/// Only the updated row is compared again, and the key-set checksum finds the two deletions.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn freeze_check_finds_changes_without_capture() {
+    use pgshift::engine::cutover::{comparable_session, compare, content};
+    use pgshift::store::{ColumnSpec, TableSpec};
+    use sqlx::Connection;
+
+    init_tracing();
+    let (a, b) = tokio::join!(
+        pgshift_tests::PgCluster::start(),
+        pgshift_tests::PgCluster::start()
+    );
+    for side in [&a, &b] {
+        side.create_database("app").await;
+        side.psql(
+            "app",
+            "CREATE TABLE t (id integer PRIMARY KEY, v text);
+             INSERT INTO t SELECT g, 'v' || g FROM generate_series(1, 1000) g;",
+        )
+        .await;
+    }
+    let connect = |dsn: String| async move { sqlx::PgConnection::connect(&dsn).await.unwrap() };
+    let mut conns = compare::Connections {
+        source_lock: connect(a.dsn("app")).await,
+        source_tick: connect(a.dsn("app")).await,
+        source: connect(a.dsn("app")).await,
+        target: connect(b.dsn("app")).await,
+    };
+    comparable_session(&mut conns.source).await.unwrap();
+    comparable_session(&mut conns.target).await.unwrap();
+    let column = |name: &str, type_name: &str| ColumnSpec {
+        name: name.into(),
+        type_name: type_name.into(),
+        generated: false,
+        identity_always: false,
+    };
+    let spec = TableSpec {
+        no: 1,
+        schema: "public".into(),
+        name: "t".into(),
+        key: vec!["id".into()],
+        columns: vec![column("id", "integer"), column("v", "text")],
+        partitioned: false,
+    };
+    // No range differs, so the common point (which needs a migration) is never asked for.
+    let plan = compare::Plan {
+        schema: "pgshift_none",
+        message: "",
+        drain_timeout: Duration::from_secs(5),
+        range_rows: 100,
+    };
+    let cancel = tokio_util::sync::CancellationToken::new();
+    let (verdict, baseline) = content::range_pass(&mut conns, &plan, &spec, &cancel)
+        .await
+        .unwrap();
+    assert_eq!(verdict.state, "match", "{verdict:?}");
+    // Ten ranges of 100 keys, and the open one above the last bound.
+    assert_eq!(verdict.ranges, 11, "{verdict:?}");
+    let baseline = baseline.unwrap();
+    let same = content::recheck(&mut conns.source, &mut conns.target, &spec, &baseline)
+        .await
+        .unwrap();
+    assert!(same.matches, "{same:?}");
+    assert_eq!(same.rows_rechecked, 0, "{same:?}");
+
+    a.psql(
+        "app",
+        "UPDATE t SET v = 'changed' WHERE id = 20; DELETE FROM t WHERE id = 10;",
+    )
+    .await;
+    b.psql("app", "DELETE FROM t WHERE id = 11").await;
+    let after = content::recheck(&mut conns.source, &mut conns.target, &spec, &baseline)
+        .await
+        .unwrap();
+    assert!(!after.matches, "{after:?}");
+    assert_eq!(after.rows_rechecked, 1, "{after:?}");
+    assert_eq!((after.source_rows, after.target_rows), (999, 999));
+    assert_eq!(
+        after.differences,
+        [
+            "public.t: 1 row written since the range pass differs: key (20)",
+            "public.t: as many rows on both sides but not the same keys (a row deleted on one side only)",
+        ],
+        "{after:?}"
     );
 }
