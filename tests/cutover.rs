@@ -46,12 +46,13 @@ async fn cutover_under_load_loses_nothing() {
         (writers.committed() > 200).then_some(())
     })
     .await;
-    let op = cutover(&server, "shop", relaxed(json!({"checksums": true}))).await;
+    let op = cutover(&server, "shop", relaxed(json!({}))).await;
     assert_eq!(op["state"], "succeeded", "{op}");
     assert_eq!(
         step_names(&op),
         [
             "preflight",
+            "verify_ranges",
             "freeze",
             "drain",
             "sequences",
@@ -66,9 +67,18 @@ async fn cutover_under_load_loses_nothing() {
         .all(|s| s["outcome"] == "succeeded"));
     let blocked = op["result"]["writes_blocked_seconds"].as_f64().unwrap();
     assert!(blocked > 0.0, "{op}");
+    // Content was compared: every row before the freeze, inside it the rows written since.
+    assert_eq!(step(&op, "verify")["detail"]["checksums"], true, "{op}");
     for t in step(&op, "verify")["detail"]["tables"].as_array().unwrap() {
         assert_eq!(t["matches"], true, "{t}");
-        assert!(t["source"]["checksum"].is_string(), "{t}");
+        assert_eq!(t["source_rows"], t["target_rows"], "{t}");
+        assert!(t["rows_rechecked"].is_u64(), "{t}");
+    }
+    for t in step(&op, "verify_ranges")["detail"]["tables"]
+        .as_array()
+        .unwrap()
+    {
+        assert_eq!(t["state"], "match", "{t}");
     }
 
     // Every writer ends on the freeze error, which names the new server.
@@ -297,9 +307,15 @@ async fn abort_at_each_step_leaves_the_source_writable() {
     open.commit().await.unwrap();
     assert_restored(&server, &pair, &op).await;
 
-    // Drain: the target cannot apply within the timeout.
+    // Drain: the target cannot apply within the timeout. (Counts only: with the apply stalled,
+    // the range pass before the freeze could not reach a common point and would stop first.)
     let stall = stall_apply(&pair).await;
-    let op = cutover(&server, "shop", relaxed(json!({"timeout_seconds": 1}))).await;
+    let op = cutover(
+        &server,
+        "shop",
+        relaxed(json!({"timeout_seconds": 1, "checksums": false})),
+    )
+    .await;
     assert_eq!(op["state"], "failed", "{op}");
     assert_eq!(step(&op, "drain")["outcome"], "failed", "{op}");
     assert!(
@@ -314,7 +330,7 @@ async fn abort_at_each_step_leaves_the_source_writable() {
     let (status, started) = server
         .post(
             "/migrations/shop/cutover",
-            relaxed(json!({"timeout_seconds": 600})),
+            relaxed(json!({"timeout_seconds": 600, "checksums": false})),
         )
         .await;
     assert_eq!(status, 202, "{started}");
@@ -359,12 +375,19 @@ async fn abort_at_each_step_leaves_the_source_writable() {
     assert_restored(&server, &pair, &op).await;
     pair.source.psql("app", "DROP SEQUENCE extra_seq").await;
 
-    // Verify: a row written on the target behind pgshift's back.
+    // Verify: a row written on the target behind pgshift's back. Counts only, so that it is
+    // found inside the freeze (content verification finds it before: see
+    // cutover_verifies_content_before_the_freeze).
     pair.target
         .psql("app", "INSERT INTO \"Odd Pair\" VALUES (-1, 'rogue', '{}')")
         .await;
     // With reverse: true, so the reverse migration armed before the freeze is removed again.
-    let op = cutover(&server, "shop", relaxed(json!({"reverse": true}))).await;
+    let op = cutover(
+        &server,
+        "shop",
+        relaxed(json!({"reverse": true, "checksums": false})),
+    )
+    .await;
     assert_eq!(op["state"], "failed", "{op}");
     assert_eq!(step(&op, "arm_reverse")["outcome"], "succeeded", "{op}");
     assert_eq!(step(&op, "verify")["outcome"], "failed", "{op}");
@@ -469,7 +492,7 @@ async fn crash_during_freeze_leaves_the_source_writable_after_restart() {
     let (status, started) = server
         .post(
             "/migrations/shop/cutover",
-            relaxed(json!({"timeout_seconds": 600})),
+            relaxed(json!({"timeout_seconds": 600, "checksums": false})),
         )
         .await;
     assert_eq!(status, 202, "{started}");
@@ -598,6 +621,7 @@ async fn webhook_receives_each_step() {
     let mut expected = Vec::new();
     for step in [
         "preflight",
+        "verify_ranges",
         "freeze",
         "drain",
         "sequences",
@@ -682,4 +706,317 @@ async fn operation_routes_check_roles() {
     }
     let (status, body) = server.get("/operations/not-a-uuid").await;
     assert_eq!(status, 404, "{body}");
+}
+
+/// Waits until a session on `pool` waits for a lock on table `name` (the freeze, queued
+/// behind a writer's open transaction).
+async fn wait_lock_waiter(pool: &sqlx::PgPool, name: &str) {
+    wait_for(
+        &format!("a session waiting to lock {name}"),
+        Duration::from_secs(60),
+        || async {
+            let waiting: bool = sqlx::query_scalar(
+                "SELECT EXISTS (SELECT 1 FROM pg_locks l JOIN pg_class c ON c.oid = l.relation
+                                 WHERE c.relname = $1 AND NOT l.granted)",
+            )
+            .bind(name)
+            .fetch_one(pool)
+            .await
+            .unwrap();
+            waiting.then_some(())
+        },
+    )
+    .await;
+}
+
+/// Content is verified by default, over every column each table has now: a value in a column
+/// added after the migration was created stops the cutover before anything is frozen. Counts
+/// alone (checksums: false) would not have seen it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn cutover_verifies_content_before_the_freeze() {
+    init_tracing();
+    let pair = pair(2_000).await;
+    let server = TestServer::start().await;
+    start_synced(&server, &pair, "shop").await;
+
+    for side in [&pair.source, &pair.target] {
+        side.psql("app", "ALTER TABLE item ADD COLUMN w integer")
+            .await;
+    }
+    pair.target
+        .psql("app", "UPDATE item SET w = 7 WHERE id = 1500")
+        .await;
+    let op = cutover(&server, "shop", relaxed(json!({}))).await;
+    assert_eq!(op["state"], "failed", "{op}");
+    assert_eq!(step_names(&op), ["preflight", "verify_ranges"], "{op}");
+    let error = op["error"].as_str().unwrap();
+    assert!(
+        error.contains("public.item") && !error.contains("public.ledger"),
+        "{op}"
+    );
+    let detail = &step(&op, "verify_ranges")["detail"];
+    let item = detail["tables"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["table"] == "public.item")
+        .unwrap();
+    assert_eq!(item["state"], "differs", "{item}");
+    // Nothing was frozen: the source takes writes and the migration replicates on.
+    assert!(!freeze_installed(&pair.src).await);
+    try_write(&pair.src).await.unwrap();
+    wait_synced(&server, "shop").await;
+
+    // Counts only, on request: the difference goes unseen and the cutover succeeds.
+    let op = cutover(&server, "shop", relaxed(json!({"checksums": false}))).await;
+    assert_eq!(op["state"], "succeeded", "{op}");
+    assert_eq!(step(&op, "verify")["detail"]["checksums"], false, "{op}");
+}
+
+/// Inside the freeze only what changed since the ranges were compared is checked again, found
+/// from the rows themselves rather than from the change capture: two rows changed on the target
+/// behind pgshift's back, between the range pass and the freeze, fail the cutover (the counts
+/// still match), and the source takes writes again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn cutover_rechecks_inside_the_freeze_what_changed() {
+    init_tracing();
+    let pair = pair(2_000).await;
+    let server = TestServer::start().await;
+    start_synced(&server, &pair, "shop").await;
+
+    // A writer's open transaction holds the freeze up after the range pass.
+    let mut open = pair.src.begin().await.unwrap();
+    sqlx::query("UPDATE item SET n = n + 1 WHERE id = 5")
+        .execute(&mut *open)
+        .await
+        .unwrap();
+    let (status, started) = server
+        .post(
+            "/migrations/shop/cutover",
+            relaxed(json!({"timeout_seconds": 60})),
+        )
+        .await;
+    assert_eq!(status, 202, "{started}");
+    let id = started["id"].as_str().unwrap().to_string();
+    wait_lock_waiter(&pair.src, "item").await;
+    pair.target
+        .psql(
+            "app",
+            "UPDATE item SET note = 'tampered' WHERE id = 7;
+             UPDATE ledger SET amount = -1 WHERE id = 10;",
+        )
+        .await;
+    open.commit().await.unwrap();
+    let op = wait_operation(&server, &id, Duration::from_secs(120)).await;
+    assert_eq!(op["state"], "failed", "{op}");
+    assert_eq!(step(&op, "verify_ranges")["outcome"], "succeeded", "{op}");
+    assert_eq!(step(&op, "verify")["outcome"], "failed", "{op}");
+    let error = op["error"].as_str().unwrap();
+    assert!(
+        error.contains("public.item") && error.contains("public.ledger"),
+        "{op}"
+    );
+    let tables = step(&op, "verify")["detail"]["tables"]
+        .as_array()
+        .unwrap()
+        .clone();
+    let item = tables.iter().find(|t| t["table"] == "public.item").unwrap();
+    assert_eq!(item["matches"], false, "{item}");
+    // Only the rows written since the range pass were compared again, not all 2,000.
+    let rechecked = item["rows_rechecked"].as_i64().unwrap();
+    assert!((1..100).contains(&rechecked), "{item}");
+    let ledger = tables
+        .iter()
+        .find(|t| t["table"] == "public.ledger")
+        .unwrap();
+    assert_eq!(ledger["matches"], false, "{ledger}");
+    // The counts match: counting rows alone would have let both through.
+    assert_eq!(ledger["source_rows"], 2000, "{ledger}");
+    assert_eq!(ledger["target_rows"], 2000, "{ledger}");
+    assert_eq!(step(&op, "restore")["outcome"], "succeeded", "{op}");
+    assert!(!freeze_installed(&pair.src).await);
+    try_write(&pair.src).await.unwrap();
+}
+
+/// A foreign key on the target that points to a table outside the migration is not checked while
+/// rows are applied, so it can be violated while marked valid: the new-migration preview names
+/// it, and a cutover gate names it and fails once a replicated row violates it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn foreign_keys_to_tables_outside_the_migration_are_reported() {
+    init_tracing();
+    let pair = pair(200).await;
+    pair.source
+        .psql(
+            "app",
+            "CREATE TABLE writer_ref (id integer PRIMARY KEY);
+             INSERT INTO writer_ref SELECT generate_series(0, 9);
+             ALTER TABLE item ADD CONSTRAINT item_writer_fkey FOREIGN KEY (writer) REFERENCES writer_ref (id);",
+        )
+        .await;
+    pair.target
+        .psql(
+            "app",
+            "CREATE TABLE writer_ref (id integer PRIMARY KEY);
+             INSERT INTO writer_ref SELECT generate_series(0, 3);
+             ALTER TABLE item ADD CONSTRAINT item_writer_fkey FOREIGN KEY (writer) REFERENCES writer_ref (id);",
+        )
+        .await;
+    let server = TestServer::start().await;
+    server.add_cluster("source", &pair.source.admin_dsn()).await;
+    server.add_cluster("target", &pair.target.admin_dsn()).await;
+
+    // The preview of the new-migration form names the foreign key and the table it points to.
+    pgshift_tests::dashboard::create_user(
+        &server.data_dir,
+        "adam",
+        pgshift::auth::Role::Admin,
+        "admin-password-1",
+    )
+    .await;
+    let mut ui = pgshift_tests::dashboard::UiClient::new(&server.base);
+    ui.sign_in("adam", "admin-password-1").await;
+    let page = ui
+        .get("/ui/migrations/preview?source_cluster=source&source_database=app&target_cluster=target&target_database=app&tables=public.item%0Apublic.ledger")
+        .await;
+    assert_eq!(page.status, 200, "{}", page.body);
+    assert!(
+        page.body.contains("item_writer_fkey") && page.body.contains("public.writer_ref"),
+        "{}",
+        page.body
+    );
+
+    server
+        .create_and_start(
+            "shop",
+            "app",
+            "app",
+            Some(vec!["public.item", "public.ledger"]),
+        )
+        .await;
+    wait_synced(&server, "shop").await;
+    let gate = |op: &Value| {
+        step(op, "preflight")["detail"]["gates"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|g| g["name"] == "foreign_keys")
+            .unwrap_or_else(|| panic!("no foreign_keys gate in {op}"))
+            .clone()
+    };
+    let op = cutover(&server, "shop", relaxed(json!({"dry_run": true}))).await;
+    let g = gate(&op);
+    assert_eq!(g["passed"], true, "{g}");
+    let reason = g["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("item_writer_fkey") && reason.contains("public.writer_ref"),
+        "{g}"
+    );
+
+    // A row the source accepts, whose writer the target's writer_ref lacks, is applied anyway.
+    pair.source
+        .psql("app", "INSERT INTO item (writer, n) VALUES (9, 1)")
+        .await;
+    pgshift_tests::migrate::wait_drained(&server, "shop", &pair.src, Duration::from_secs(60)).await;
+    let op = cutover(&server, "shop", relaxed(json!({}))).await;
+    assert_eq!(op["state"], "failed", "{op}");
+    assert_eq!(step_names(&op), ["preflight"], "{op}");
+    let g = gate(&op);
+    assert_eq!(g["passed"], false, "{g}");
+    let reason = g["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("item_writer_fkey")
+            && reason.contains("public.writer_ref")
+            && reason.contains("1 row"),
+        "{g}"
+    );
+}
+
+/// The check inside the freeze needs no change capture and no common point: two servers with no
+/// migration between them, compared range by range, then changed behind the check's back (a row
+/// updated on the source, a different row deleted on each side, so the counts still match).
+/// Only the updated row is compared again, and the key-set checksum finds the two deletions.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn freeze_check_finds_changes_without_capture() {
+    use pgshift::engine::cutover::{comparable_session, compare, content};
+    use pgshift::store::{ColumnSpec, TableSpec};
+    use sqlx::Connection;
+
+    init_tracing();
+    let (a, b) = tokio::join!(
+        pgshift_tests::PgCluster::start(),
+        pgshift_tests::PgCluster::start()
+    );
+    for side in [&a, &b] {
+        side.create_database("app").await;
+        side.psql(
+            "app",
+            "CREATE TABLE t (id integer PRIMARY KEY, v text);
+             INSERT INTO t SELECT g, 'v' || g FROM generate_series(1, 1000) g;",
+        )
+        .await;
+    }
+    let connect = |dsn: String| async move { sqlx::PgConnection::connect(&dsn).await.unwrap() };
+    let mut conns = compare::Connections {
+        source_lock: connect(a.dsn("app")).await,
+        source_tick: connect(a.dsn("app")).await,
+        source: connect(a.dsn("app")).await,
+        target: connect(b.dsn("app")).await,
+    };
+    comparable_session(&mut conns.source).await.unwrap();
+    comparable_session(&mut conns.target).await.unwrap();
+    let column = |name: &str, type_name: &str| ColumnSpec {
+        name: name.into(),
+        type_name: type_name.into(),
+        generated: false,
+        identity_always: false,
+    };
+    let spec = TableSpec {
+        no: 1,
+        schema: "public".into(),
+        name: "t".into(),
+        key: vec!["id".into()],
+        columns: vec![column("id", "integer"), column("v", "text")],
+        partitioned: false,
+    };
+    // No range differs, so the common point (which needs a migration) is never asked for.
+    let plan = compare::Plan {
+        schema: "pgshift_none",
+        message: "",
+        drain_timeout: Duration::from_secs(5),
+        range_rows: 100,
+    };
+    let cancel = tokio_util::sync::CancellationToken::new();
+    let (verdict, baseline) = content::range_pass(&mut conns, &plan, &spec, &cancel)
+        .await
+        .unwrap();
+    assert_eq!(verdict.state, "match", "{verdict:?}");
+    // Ten ranges of 100 keys, and the open one above the last bound.
+    assert_eq!(verdict.ranges, 11, "{verdict:?}");
+    let baseline = baseline.unwrap();
+    let same = content::recheck(&mut conns.source, &mut conns.target, &spec, &baseline)
+        .await
+        .unwrap();
+    assert!(same.matches, "{same:?}");
+    assert_eq!(same.rows_rechecked, 0, "{same:?}");
+
+    a.psql(
+        "app",
+        "UPDATE t SET v = 'changed' WHERE id = 20; DELETE FROM t WHERE id = 10;",
+    )
+    .await;
+    b.psql("app", "DELETE FROM t WHERE id = 11").await;
+    let after = content::recheck(&mut conns.source, &mut conns.target, &spec, &baseline)
+        .await
+        .unwrap();
+    assert!(!after.matches, "{after:?}");
+    assert_eq!(after.rows_rechecked, 1, "{after:?}");
+    assert_eq!((after.source_rows, after.target_rows), (999, 999));
+    assert_eq!(
+        after.differences,
+        [
+            "public.t: 1 row written since the range pass differs: key (20)",
+            "public.t: as many rows on both sides but not the same keys (a row deleted on one side only)",
+        ],
+        "{after:?}"
+    );
 }

@@ -667,6 +667,7 @@ async fn cutover_panel_roles_gates_and_a_cutover() {
     );
     for step in [
         "preflight",
+        "verify_ranges",
         "freeze",
         "drain",
         "sequences",

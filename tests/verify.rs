@@ -102,3 +102,47 @@ async fn verify_finds_a_changed_row_and_repair_fixes_it() {
     assert_eq!(status, 200);
     assert_eq!(ops.as_array().unwrap().len(), 3);
 }
+
+/// Verification compares the columns each table has on each side now, read from the catalogs
+/// when it runs: a column added on both sides after the migration was created is compared, and a
+/// column that exists on one side only is a difference named by table and column.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn verify_compares_every_current_column() {
+    init_tracing();
+    let pair = pair(2_000).await;
+    let server = TestServer::start().await;
+    start_synced(&server, &pair, "shop").await;
+
+    // The same column on both sides, added after creation; one row's value differs.
+    for side in [&pair.source, &pair.target] {
+        side.psql("app", "ALTER TABLE item ADD COLUMN w integer")
+            .await;
+    }
+    pair.target
+        .psql("app", "UPDATE item SET w = 7 WHERE id = 1500")
+        .await;
+    // A column on the target only, NULL everywhere: still a difference.
+    pair.target
+        .psql("app", "ALTER TABLE ledger ADD COLUMN extra text")
+        .await;
+    wait_drained(&server, "shop", &pair.src, Duration::from_secs(60)).await;
+
+    let op = verify(&server, json!({"range_rows": 500})).await;
+    let result = &op["result"];
+    assert_eq!(result["differs"], true, "{op}");
+    let item = table(result, "public.item");
+    assert_eq!(item["state"], "differs", "{item}");
+    let ranges = item["differing_ranges"].as_array().unwrap();
+    assert_eq!(ranges.len(), 1, "{item}");
+    let after: i64 = ranges[0]["after"][0].as_str().unwrap().parse().unwrap();
+    let up_to: i64 = ranges[0]["up_to"][0].as_str().unwrap().parse().unwrap();
+    assert!(after < 1500 && 1500 <= up_to, "{item}");
+    let ledger = table(result, "public.ledger");
+    assert_eq!(ledger["state"], "differs", "{ledger}");
+    assert_eq!(
+        ledger["differences"],
+        json!(["public.ledger: column extra exists only on the target"]),
+        "{ledger}"
+    );
+    assert_eq!(table(result, "public.Odd Pair")["state"], "match");
+}

@@ -56,8 +56,9 @@ pub enum MigrationCommand {
         #[arg(long, value_name = "DURATION", value_parser = duration::parse, default_value = "1s")]
         interval: Duration,
     },
-    /// Cut over to the target: gates, freeze, drain, sequences, counts, switch. Follows the
-    /// operation step by step; exits 0 only when it succeeded, 8 when it failed or was aborted.
+    /// Cut over to the target: gates, every row compared range by range, freeze, drain,
+    /// sequences, the rows written since compared again, switch. Follows the operation step by
+    /// step; exits 0 only when it succeeded, 8 when it failed or was aborted.
     #[command(after_help = super::EXIT_CODES)]
     Cutover {
         name: String,
@@ -71,7 +72,10 @@ pub enum MigrationCommand {
         /// source writes are restored [server default: 30s].
         #[arg(long, value_name = "DURATION", value_parser = duration::parse)]
         timeout: Option<Duration>,
-        /// Compare checksums as well as row counts.
+        /// Compare row counts only, not content (content is compared by default).
+        #[arg(long, conflicts_with = "checksums")]
+        counts_only: bool,
+        /// Compare content: checksums over every column each side has now (the default).
         #[arg(long)]
         checksums: bool,
         /// Arm replication from the new server back to the old one before writes resume.
@@ -244,7 +248,8 @@ pub async fn run(
             dry_run,
             max_lag,
             timeout,
-            checksums,
+            counts_only,
+            checksums: _,
             reverse,
             reverse_name,
             webhook,
@@ -253,7 +258,7 @@ pub async fn run(
             let mut body = json!({
                 "dry_run": dry_run,
                 "max_lag_seconds": max_lag.as_secs_f64(),
-                "checksums": checksums,
+                "checksums": !counts_only,
                 "reverse": reverse,
             });
             if let Some(t) = timeout {

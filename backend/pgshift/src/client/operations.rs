@@ -209,7 +209,7 @@ fn verdicts(op: &Value) -> String {
             ]
         })
         .collect();
-    table::render(
+    let mut out = table::render(
         &[
             "TABLE",
             "STATE",
@@ -218,7 +218,20 @@ fn verdicts(op: &Value) -> String {
             "DIFFERING RANGES",
         ],
         &rows,
-    )
+    );
+    // Differences in the tables' definitions (a column on one side only), one per line.
+    for t in tables {
+        for d in t["differences"]
+            .as_array()
+            .map(Vec::as_slice)
+            .unwrap_or_default()
+        {
+            if let Some(d) = d.as_str() {
+                out.push_str(&format!("{d}\n"));
+            }
+        }
+    }
+    out
 }
 
 /// The closing lines for people.
@@ -358,6 +371,19 @@ mod tests {
         let e = outcome(&op).unwrap_err();
         assert_eq!(e.exit().code(), 7);
         assert!(e.to_string().contains("public.a") && !e.to_string().contains("public.b"));
+    }
+
+    #[test]
+    fn verdicts_list_column_differences() {
+        let op = json!({"id": "x", "kind": "verify", "migration_name": "m", "state": "succeeded",
+            "result": {"differs": true, "tables": [{"table": "public.t", "state": "differs",
+                "source_rows": 1, "target_rows": 1, "differing_ranges": [],
+                "differences": ["public.t: column w exists only on the target"]}]}});
+        let text = summary(&op);
+        assert!(
+            text.contains("public.t: column w exists only on the target\n"),
+            "{text}"
+        );
     }
 
     #[test]

@@ -85,6 +85,7 @@ fn gate_words(name: &str) -> &'static str {
         "apply_errors" => "No apply errors",
         "long_transactions" => "No long transaction on the source",
         "target_ready" => "Target triggers and foreign keys ready",
+        "foreign_keys" => "No violated foreign key to or from tables outside the migration",
         "sequences" => "Sequences readable on both sides",
         "reverse_ready" => "Reverse replication can be armed",
         _ => "Other check",

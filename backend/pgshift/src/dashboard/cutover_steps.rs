@@ -36,7 +36,8 @@ fn step_words(name: &str) -> &'static str {
         "freeze" => "Freeze source writes",
         "drain" => "Drain the last changes",
         "sequences" => "Move sequences",
-        "verify" => "Verify row counts",
+        "verify_ranges" => "Compare every row, range by range",
+        "verify" => "Verify what changed since",
         "finish" => "Finish",
         "restore" => "Restore source writes",
         _ => "Step",
@@ -102,6 +103,11 @@ fn step_detail(name: &str, d: &Value) -> String {
             "{} sequences moved",
             d["moved"].as_array().map_or(0, Vec::len)
         ),
+        "verify_ranges" => {
+            let tables = d["tables"].as_array().map(Vec::as_slice).unwrap_or(&[]);
+            let ranges: u64 = tables.iter().filter_map(|t| t["ranges"].as_u64()).sum();
+            format!("{} tables match in {ranges} key ranges", tables.len())
+        }
         "verify" => {
             let tables = d["tables"].as_array().map(Vec::as_slice).unwrap_or(&[]);
             let differ: Vec<&str> = tables
@@ -109,10 +115,19 @@ fn step_detail(name: &str, d: &Value) -> String {
                 .filter(|t| t["matches"] == false)
                 .filter_map(|t| t["table"].as_str())
                 .collect();
-            if differ.is_empty() {
-                format!("{} tables match", tables.len())
-            } else {
+            if !differ.is_empty() {
                 format!("differ: {}", differ.join(", "))
+            } else if d["checksums"] == false {
+                format!("{} tables match (row counts only)", tables.len())
+            } else {
+                let rows: u64 = tables
+                    .iter()
+                    .filter_map(|t| t["rows_rechecked"].as_u64())
+                    .sum();
+                format!(
+                    "{} tables match ({rows} rows written since the range pass compared)",
+                    tables.len()
+                )
             }
         }
         "finish" => secs(&d["writes_blocked_seconds"])
@@ -182,6 +197,13 @@ mod tests {
         assert_eq!(
             step_detail("drain", &json!({"error": "timed out"})),
             "timed out"
+        );
+        assert_eq!(
+            step_detail(
+                "verify",
+                &json!({"checksums": true, "tables": [{"table": "public.a", "matches": true, "rows_rechecked": 3}]})
+            ),
+            "1 tables match (3 rows written since the range pass compared)"
         );
         assert_eq!(view::state_words("cut_over"), "Cut over");
     }

@@ -25,6 +25,8 @@ pub struct VerdictRow {
     pub source_rows: String,
     pub target_rows: String,
     pub ranges: usize,
+    /// Where the table's definitions differ (a column on one side only, a type).
+    pub differences: Vec<String>,
 }
 
 /// The latest verification.
@@ -70,6 +72,14 @@ fn view(op: &Operation) -> VerifyView {
                 source_rows: count(&t["source_rows"]),
                 target_rows: count(&t["target_rows"]),
                 ranges: t["differing_ranges"].as_array().map_or(0, Vec::len),
+                differences: t["differences"]
+                    .as_array()
+                    .map(|d| {
+                        d.iter()
+                            .filter_map(|x| x.as_str().map(String::from))
+                            .collect()
+                    })
+                    .unwrap_or_default(),
             })
             .collect(),
         differs: result.is_some_and(|r| r["differs"] == true),

@@ -16,8 +16,10 @@ use crate::store::Operation;
 
 type Accepted = Result<(StatusCode, Json<Operation>), ApiError>;
 
-/// Starts a cutover: gates, freeze, drain, sequences, counts (checksums), optionally the way
-/// back, then the switch. `dry_run` runs the gates only. Poll the returned operation.
+/// Starts a cutover: gates, every row compared range by range while writes go on
+/// (`verify_ranges`), optionally the way back, freeze, drain, sequences, the rows written since
+/// compared again (`verify`; row counts only with `checksums: false`), then the switch. `dry_run`
+/// runs the gates only. Poll the returned operation.
 #[utoipa::path(post, path = "/api/v1/migrations/{name}/cutover", operation_id = "start_cutover", tag = "cutover", request_body = CutoverRequest,
     params(("name" = String, Path, description = "the migration's name")),
     responses((status = 202, body = Operation, description = "the cutover operation, running; poll GET /api/v1/operations/{id}"), AuthErrors, RoleErrors, NotFoundErrors, BodyErrors, OperationConflicts, DatabaseErrors),
@@ -48,7 +50,8 @@ pub async fn abort(
     Ok((StatusCode::ACCEPTED, Json(op)))
 }
 
-/// Starts a verification: every table compared key range by key range on both sides;
+/// Starts a verification: every table compared key range by key range on both sides, over the
+/// columns each side has now (a column on one side only is listed in the table's `differences`);
 /// `repair` re-copies the ranges that differ. The result lists the tables that differ.
 #[utoipa::path(post, path = "/api/v1/migrations/{name}/verify", operation_id = "start_verify", tag = "cutover", request_body = VerifyRequest,
     params(("name" = String, Path, description = "the migration's name")),

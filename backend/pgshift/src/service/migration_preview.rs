@@ -5,6 +5,7 @@ use serde::Serialize;
 
 use super::migrations::EndpointRef;
 use super::{clusters, App, ServiceError, ServiceResult};
+use crate::engine::cutover::foreign_keys;
 use crate::engine::{catalog, pg, EngineError};
 
 /// At most this many tables are checked one by one (each check is a few round trips).
@@ -15,6 +16,9 @@ pub struct PreviewTable {
     pub name: String,
     /// Why the engine will refuse this table; None when it is fine.
     pub problem: Option<String>,
+    /// What the operator should know although the table is accepted (a foreign key on the
+    /// target that crosses the migration's edge).
+    pub notes: Vec<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -85,7 +89,7 @@ pub async fn preview(
     let not_selected = all.len() - matched.len();
     let truncated = matched.len() > MAX_CHECKED;
     let mut tables = Vec::new();
-    for t in matched.into_iter().take(MAX_CHECKED) {
+    for t in matched.iter().copied().take(MAX_CHECKED) {
         let problem = if t.key.is_empty() {
             Some("no primary key: pgshift identifies rows by primary key; add one or leave the table out".to_string())
         } else {
@@ -101,7 +105,21 @@ pub async fn preview(
         tables.push(PreviewTable {
             name: t.display_name(),
             problem,
+            notes: Vec::new(),
         });
+    }
+    let checked: Vec<catalog::CatalogTable> = matched
+        .iter()
+        .take(MAX_CHECKED)
+        .map(|t| (*t).clone())
+        .collect();
+    for key in foreign_keys::crossing(&mut dst, &catalog::specs(&checked)).await? {
+        if let Some(t) = tables.iter_mut().find(|t| t.name == key.migrated_table()) {
+            t.notes.push(format!(
+                "{} on the target: pgshift applies rows without checking it, so it can end up violated while marked valid; migrate that table too, or keep its rows in step on the target (a cutover gate checks it)",
+                key.words()
+            ));
+        }
     }
     Ok(Preview {
         tables,

@@ -49,7 +49,9 @@ pub enum StepOutcome {
     Skipped,
 }
 
-/// One step of an operation, e.g. `freeze`.
+/// One step of an operation: for a cutover `preflight`, `verify_ranges`, `arm_reverse`,
+/// `freeze`, `drain`, `sequences`, `verify`, `finish` (and `restore` after a failure); for a
+/// verification `verify`, `repair`, `reverify`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct OperationStep {
     pub name: String,

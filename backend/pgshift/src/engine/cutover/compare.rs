@@ -3,8 +3,10 @@
 //! tick, waits until the target has applied it, and opens a snapshot on both sides: the two
 //! snapshots then hold the same rows for that table, whatever writes follow. The lock is
 //! released before anything is compared, so source writes wait only for the target to catch up
-//! with one tick. Tables that differ are compared again in primary-key ranges; `repair` rewrites
-//! only the ranges that differ, under the same brief lock.
+//! with one tick. Rows are compared over every column the table has on both sides now (read
+//! from the catalogs in those snapshots), and a column on one side only is a difference. Tables
+//! that differ are compared again in primary-key ranges; `repair` rewrites only the ranges that
+//! differ, under the same brief lock.
 
 use std::time::{Duration, Instant};
 
@@ -13,6 +15,7 @@ use serde_json::Value;
 use sqlx::{Connection, PgConnection};
 use tokio_util::sync::CancellationToken;
 
+use super::shape::{self, Side, TableShape};
 use super::verify::{self, KeyBound};
 use super::{comparable_session, drain, freeze};
 use crate::engine::error::Context;
@@ -49,11 +52,16 @@ pub struct TableVerdict {
     pub state: &'static str,
     pub source_rows: i64,
     pub target_rows: i64,
+    /// Where the table's definitions differ, e.g. `public.t: column w exists only on the
+    /// target`. Rows are compared over the columns both sides have.
+    pub differences: Vec<String>,
     pub differing_ranges: Vec<Value>,
     /// How long source writes to this table were held back, in seconds.
     pub writes_held_seconds: f64,
     #[serde(skip)]
     ranges: Vec<(Option<KeyBound>, Option<KeyBound>)>,
+    #[serde(skip)]
+    shape: Option<TableShape>,
 }
 
 impl TableVerdict {
@@ -64,7 +72,7 @@ impl TableVerdict {
 
 /// Holds `table` still on the source, takes a tick and waits until the target applied it, then
 /// runs `inside` (while the lock holds) and releases the lock. Returns how long it was held.
-async fn with_table_held<F, T>(
+pub(super) async fn with_table_held<F, T>(
     conns: &mut Connections,
     plan: &Plan<'_>,
     table: &TableSpec,
@@ -112,7 +120,7 @@ where
     Ok((result?, held_from.elapsed()))
 }
 
-async fn begin_snapshot(conn: &mut PgConnection, what: &str) -> EngineResult<()> {
+pub(super) async fn begin_snapshot(conn: &mut PgConnection, what: &str) -> EngineResult<()> {
     crate::engine::pg::run_script(
         conn,
         "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SELECT 1",
@@ -121,7 +129,7 @@ async fn begin_snapshot(conn: &mut PgConnection, what: &str) -> EngineResult<()>
     .context(|| format!("opening a snapshot on the {what}"))
 }
 
-async fn end_snapshot(conn: &mut PgConnection, what: &str) -> EngineResult<()> {
+pub(super) async fn end_snapshot(conn: &mut PgConnection, what: &str) -> EngineResult<()> {
     crate::engine::pg::run_script(conn, "COMMIT")
         .await
         .context(|| format!("closing the snapshot on the {what}"))
@@ -159,41 +167,68 @@ async fn compare_in_snapshots(
     plan: &Plan<'_>,
     table: &TableSpec,
 ) -> EngineResult<TableVerdict> {
-    let src_all = verify::table_digest(&mut conns.source, table, true).await?;
-    let dst_all = verify::table_digest(&mut conns.target, table, true).await?;
+    let shape = shape::read(&mut conns.source, &mut conns.target, table).await?;
     let mut verdict = TableVerdict {
         table: table.display_name(),
-        state: "match",
-        source_rows: src_all.rows,
-        target_rows: dst_all.rows,
+        state: if shape.differences.is_empty() {
+            "match"
+        } else {
+            "differs"
+        },
+        source_rows: 0,
+        target_rows: 0,
+        differences: shape.differences.clone(),
         differing_ranges: Vec::new(),
         writes_held_seconds: 0.0,
         ranges: Vec::new(),
+        shape: None,
     };
-    if src_all == dst_all {
+    if !shape.comparable {
         return Ok(verdict);
     }
-    verdict.state = "differs";
-    let bounds = verify::range_bounds(&mut conns.source, table, plan.range_rows).await?;
-    let mut lo: Option<KeyBound> = None;
-    for i in 0..=bounds.len() {
-        let hi = bounds.get(i).cloned();
-        let a = verify::range_digest(&mut conns.source, table, lo.as_ref(), hi.as_ref()).await?;
-        let b = verify::range_digest(&mut conns.target, table, lo.as_ref(), hi.as_ref()).await?;
-        if a != b {
-            let mut range = verify::range_json(lo.as_ref(), hi.as_ref());
-            range["source_rows"] = a.rows.into();
-            range["target_rows"] = b.rows.into();
-            verdict.differing_ranges.push(range);
-            verdict.ranges.push((lo.clone(), hi.clone()));
+    let src_all = verify::table_digest(&mut conns.source, &shape, Side::Source, true).await?;
+    let dst_all = verify::table_digest(&mut conns.target, &shape, Side::Target, true).await?;
+    verdict.source_rows = src_all.rows;
+    verdict.target_rows = dst_all.rows;
+    if src_all != dst_all {
+        verdict.state = "differs";
+        let bounds = verify::range_bounds(&mut conns.source, &shape, plan.range_rows).await?;
+        let mut lo: Option<KeyBound> = None;
+        for i in 0..=bounds.len() {
+            let hi = bounds.get(i).cloned();
+            let a = verify::range_digest(
+                &mut conns.source,
+                &shape,
+                Side::Source,
+                lo.as_ref(),
+                hi.as_ref(),
+            )
+            .await?;
+            let b = verify::range_digest(
+                &mut conns.target,
+                &shape,
+                Side::Target,
+                lo.as_ref(),
+                hi.as_ref(),
+            )
+            .await?;
+            if a != b {
+                let mut range = verify::range_json(lo.as_ref(), hi.as_ref());
+                range["source_rows"] = a.rows.into();
+                range["target_rows"] = b.rows.into();
+                verdict.differing_ranges.push(range);
+                verdict.ranges.push((lo.clone(), hi.clone()));
+            }
+            lo = hi;
         }
-        lo = hi;
     }
+    verdict.shape = Some(shape);
     Ok(verdict)
 }
 
 /// Rewrites the differing ranges of `verdict` on the target from the source, under the brief
-/// lock; returns the rows written.
+/// lock, over the columns both sides have; returns the rows written. A column on one side only
+/// is not something a copy can fix: it stays a difference.
 pub async fn repair_table(
     conns: &mut Connections,
     plan: &Plan<'_>,
@@ -202,7 +237,9 @@ pub async fn repair_table(
     cancel: &CancellationToken,
 ) -> EngineResult<u64> {
     let ranges = verdict.ranges.clone();
-    let t = table.clone();
+    let Some(shape) = verdict.shape.clone() else {
+        return Ok(0);
+    };
     let (rows, _) = with_table_held(conns, plan, table, cancel, move |src, dst| {
         Box::pin(async move {
             let mut tx = dst
@@ -215,7 +252,7 @@ pub async fn repair_table(
                 .context(|| "setting session_replication_role on the target".into())?;
             let mut rows = 0;
             for (lo, hi) in &ranges {
-                rows += verify::copy_range(src, &mut tx, &t, lo.as_ref(), hi.as_ref()).await?;
+                rows += verify::copy_range(src, &mut tx, &shape, lo.as_ref(), hi.as_ref()).await?;
             }
             tx.commit()
                 .await

@@ -4,6 +4,7 @@
 use serde::Serialize;
 use sqlx::{PgConnection, Row};
 
+use super::foreign_keys;
 use super::sequences;
 use crate::engine::error::Context;
 use crate::engine::{catalog, EngineResult, MigrationStatus, RuntimeState};
@@ -36,6 +37,9 @@ pub struct GateInput<'a> {
     /// Transactions holding a migrated table longer than this stall the freeze.
     pub long_transaction_seconds: f64,
     pub reverse: bool,
+    /// Count the rows violating foreign keys that cross the migration's edge (a scan of each
+    /// such table); without it the gate only names the keys.
+    pub foreign_key_rows: bool,
 }
 
 /// Runs every gate (all of them, so the operator sees every problem at once).
@@ -106,6 +110,7 @@ pub async fn check(
     }
     gates.push(long_transactions(src, input).await?);
     gates.push(target_ready(dst, input.tables).await?);
+    gates.push(foreign_keys(dst, input).await?);
     gates.push(match sequences::drift(src, dst, input.tables).await {
         Ok(all) => {
             let missing: Vec<&str> = all
@@ -204,6 +209,62 @@ async fn target_ready(dst: &mut PgConnection, tables: &[TableSpec]) -> EngineRes
         )
     } else {
         Gate::new("target_ready", false, problems.join("; "))
+    })
+}
+
+/// Foreign keys on the target with one end outside the migration: nothing checks them while rows
+/// are applied, so they can be violated while marked valid. The gate names each one and fails
+/// when a row violates it now.
+async fn foreign_keys(dst: &mut PgConnection, input: &GateInput<'_>) -> EngineResult<Gate> {
+    let keys = foreign_keys::crossing(dst, input.tables).await?;
+    if keys.is_empty() {
+        return Ok(Gate::new(
+            "foreign_keys",
+            true,
+            "no foreign key on the target crosses the migration's edge",
+        ));
+    }
+    let named: Vec<String> = keys.iter().map(|k| k.words()).collect();
+    if !input.foreign_key_rows {
+        return Ok(Gate::new(
+            "foreign_keys",
+            true,
+            format!(
+                "not checked while rows are applied, so it can be violated while marked valid (rows are checked when the cutover starts): {}",
+                named.join("; ")
+            ),
+        ));
+    }
+    let mut violated = Vec::new();
+    for k in &keys {
+        let rows = k.violations(dst).await?;
+        if rows > 0 {
+            violated.push(format!(
+                "{}: {rows} row{} violate{} it",
+                k.words(),
+                if rows == 1 { "" } else { "s" },
+                if rows == 1 { "s" } else { "" }
+            ));
+        }
+    }
+    Ok(if violated.is_empty() {
+        Gate::new(
+            "foreign_keys",
+            true,
+            format!(
+                "not checked while rows are applied, and no row violates it now: {}",
+                named.join("; ")
+            ),
+        )
+    } else {
+        Gate::new(
+            "foreign_keys",
+            false,
+            format!(
+                "violated on the target although marked valid (rows are applied without checking it): {}; add the missing rows on the target or fix the ones that point at nothing, then cut over",
+                violated.join("; ")
+            ),
+        )
     })
 }
 

@@ -1,14 +1,20 @@
-//! Comparing source and target: row counts and order-independent checksums per table (at
-//! cutover, with the source frozen and the target drained) and per primary-key range (on
-//! demand, while replication runs, each side read under a snapshot of the same moment).
+//! Comparing source and target: row counts and order-independent checksums per table and per
+//! primary-key range, over the columns both sides have now ([`TableShape`]), and the pieces the
+//! cutover's incremental check is made of (the rows written since a transaction id, the checksum
+//! of the key set, the rows of given keys). Every statement runs in a comparable session
+//! ([`super::comparable_session`]), so both servers render a value the same way; key values
+//! travel as that text and are typed again by each side's own key column types, so keys compare
+//! as typed values.
+
+use std::collections::HashMap;
 
 use serde::Serialize;
 use serde_json::Value;
 use sqlx::{PgConnection, Row};
 
+use super::shape::{Side, TableShape};
 use crate::engine::error::Context;
 use crate::engine::{quote_ident, EngineResult};
-use crate::store::TableSpec;
 
 /// Count and checksum of some rows. The checksum is the sum of a 60-bit slice of each row's
 /// md5, so it needs no ordering and no memory beyond the running sum.
@@ -18,66 +24,40 @@ pub struct Digest {
     pub checksum: Option<String>,
 }
 
-/// One table compared at cutover.
-#[derive(Debug, Clone, Serialize)]
-pub struct TableComparison {
-    pub table: String,
-    pub source: Digest,
-    pub target: Digest,
-    pub matches: bool,
-}
-
-fn row_text(t: &TableSpec) -> String {
-    let cols: Vec<String> = t
-        .columns
-        .iter()
-        .map(|c| format!("t.{}", quote_ident(&c.name)))
-        .collect();
-    format!("ROW({})::text", cols.join(", "))
-}
-
-fn digest_select(t: &TableSpec, checksums: bool) -> String {
-    let sum = if checksums {
-        format!(
-            "coalesce(sum(('x' || left(md5({}), 15))::bit(60)::bigint), 0)::text",
-            row_text(t)
-        )
-    } else {
-        "NULL::text".into()
-    };
-    format!("SELECT count(*), {sum} FROM {} t", t.sql_name())
-}
-
 /// A primary-key bound: the key's values as text, in key order.
 pub type KeyBound = Vec<String>;
 
+/// The sum of a 60-bit slice of the md5 of `text`, over the rows.
+fn checksum(text: &str) -> String {
+    format!("coalesce(sum(('x' || left(md5({text}), 15))::bit(60)::bigint), 0)::text")
+}
+
+fn digest_select(shape: &TableShape, side: Side, checksums: bool) -> String {
+    let sum = if checksums {
+        checksum(&shape.row_text())
+    } else {
+        "NULL::text".into()
+    };
+    format!("SELECT count(*), {sum} FROM {}", shape.from(side))
+}
+
+fn tuple(items: Vec<String>) -> String {
+    if items.len() == 1 {
+        items[0].clone()
+    } else {
+        format!("({})", items.join(", "))
+    }
+}
+
 /// `WHERE` clause for keys in (lo, hi]; `None` bounds are open. Parameters start at `$1`.
-fn range_clause(t: &TableSpec, lo: Option<&KeyBound>, hi: Option<&KeyBound>) -> String {
-    let key = |prefix: &str| -> Vec<String> {
-        t.key
-            .iter()
-            .map(|k| format!("{prefix}{}", quote_ident(k)))
-            .collect()
-    };
-    let types: Vec<String> = t
-        .key
-        .iter()
-        .map(|k| {
-            t.columns
-                .iter()
-                .find(|c| &c.name == k)
-                .map(|c| c.type_name.clone())
-                .unwrap_or_else(|| "text".into())
-        })
-        .collect();
-    let tuple = |items: Vec<String>| {
-        if items.len() == 1 {
-            items[0].clone()
-        } else {
-            format!("({})", items.join(", "))
-        }
-    };
-    let cols = tuple(key("t."));
+fn range_clause(
+    shape: &TableShape,
+    side: Side,
+    lo: Option<&KeyBound>,
+    hi: Option<&KeyBound>,
+) -> String {
+    let types = shape.key_types(side);
+    let cols = tuple(shape.key_columns());
     let mut n = 0;
     let mut params = || {
         tuple(
@@ -100,19 +80,25 @@ fn range_clause(t: &TableSpec, lo: Option<&KeyBound>, hi: Option<&KeyBound>) -> 
     parts.join(" AND ")
 }
 
+fn bind_bounds<'q>(
+    mut q: sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>,
+    lo: Option<&'q KeyBound>,
+    hi: Option<&'q KeyBound>,
+) -> sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments> {
+    for v in lo.into_iter().chain(hi).flatten() {
+        q = q.bind(v);
+    }
+    q
+}
+
 async fn digest(
     conn: &mut PgConnection,
     sql: &str,
-    binds: &[&KeyBound],
+    lo: Option<&KeyBound>,
+    hi: Option<&KeyBound>,
     what: &str,
 ) -> EngineResult<Digest> {
-    let mut q = sqlx::query(sql);
-    for b in binds {
-        for v in b.iter() {
-            q = q.bind(v);
-        }
-    }
-    let row = q
+    let row = bind_bounds(sqlx::query(sql), lo, hi)
         .fetch_one(conn)
         .await
         .context(|| format!("computing a checksum of {what}"))?;
@@ -125,50 +111,287 @@ async fn digest(
 /// Count (and checksum) of a whole table on one side.
 pub async fn table_digest(
     conn: &mut PgConnection,
-    t: &TableSpec,
+    shape: &TableShape,
+    side: Side,
     checksums: bool,
 ) -> EngineResult<Digest> {
-    digest(conn, &digest_select(t, checksums), &[], &t.display_name()).await
+    let sql = digest_select(shape, side, checksums);
+    digest(conn, &sql, None, None, &shape.name).await
 }
 
 /// Count and checksum of the keys in (lo, hi].
 pub async fn range_digest(
     conn: &mut PgConnection,
-    t: &TableSpec,
+    shape: &TableShape,
+    side: Side,
     lo: Option<&KeyBound>,
     hi: Option<&KeyBound>,
 ) -> EngineResult<Digest> {
     let sql = format!(
         "{} WHERE {}",
-        digest_select(t, true),
-        range_clause(t, lo, hi)
+        digest_select(shape, side, true),
+        range_clause(shape, side, lo, hi)
     );
-    let binds: Vec<&KeyBound> = lo.into_iter().chain(hi).collect();
-    digest(conn, &sql, &binds, &t.display_name()).await
+    digest(conn, &sql, lo, hi, &shape.name).await
+}
+
+fn key_array(shape: &TableShape) -> String {
+    let as_text: Vec<String> = shape
+        .key_columns()
+        .iter()
+        .map(|k| format!("{k}::text"))
+        .collect();
+    format!("ARRAY[{}]", as_text.join(", "))
 }
 
 /// Every `every`-th key in key order: the upper bounds of ranges of about `every` rows (the last
-/// range, above the last bound, is open).
+/// range, above the last bound, is open). Read on the source.
 pub async fn range_bounds(
     conn: &mut PgConnection,
-    t: &TableSpec,
+    shape: &TableShape,
     every: i64,
 ) -> EngineResult<Vec<KeyBound>> {
-    let keys: Vec<String> = t.key.iter().map(|k| quote_ident(k)).collect();
-    let as_text: Vec<String> = keys.iter().map(|k| format!("{k}::text")).collect();
+    let keys = shape.key_columns().join(", ");
     let sql = format!(
-        "SELECT ARRAY[{}] FROM (SELECT {}, row_number() OVER (ORDER BY {}) AS pgshift_rn FROM {}) s
+        "SELECT pgshift_key FROM (SELECT {}, row_number() OVER (ORDER BY {keys}) AS pgshift_rn FROM {}) s
           WHERE pgshift_rn % $1 = 0 ORDER BY pgshift_rn",
-        as_text.join(", "),
-        keys.join(", "),
-        keys.join(", "),
-        t.sql_name()
+        format_args!("{} AS pgshift_key", key_array(shape)),
+        shape.from(Side::Source)
     );
     sqlx::query_scalar(&sql)
         .bind(every)
         .fetch_all(conn)
         .await
-        .context(|| format!("splitting {} into key ranges", t.display_name()))
+        .context(|| format!("splitting {} into key ranges", shape.name))
+}
+
+/// The upper bound of the range of `every` rows after `lo` on the source: `None` when fewer rows
+/// follow (the range is then open above). Walks the key index, so a range pass reads each key a
+/// second time rather than sorting the table.
+pub async fn next_bound(
+    conn: &mut PgConnection,
+    shape: &TableShape,
+    lo: Option<&KeyBound>,
+    every: i64,
+) -> EngineResult<Option<KeyBound>> {
+    let n = shape.key.len();
+    let sql = format!(
+        "SELECT {} FROM {} WHERE {} ORDER BY {} OFFSET ${} LIMIT 1",
+        key_array(shape),
+        shape.from(Side::Source),
+        range_clause(shape, Side::Source, lo, None),
+        shape.key_columns().join(", "),
+        if lo.is_some() { n + 1 } else { 1 }
+    );
+    let row = bind_bounds(sqlx::query(&sql), lo, None)
+        .bind(every - 1)
+        .fetch_optional(conn)
+        .await
+        .context(|| format!("finding the next key range of {}", shape.name))?;
+    Ok(row.map(|r| r.get(0)))
+}
+
+/// Each row's key (as text) and row md5 in (lo, hi], in key order: to name the keys that differ
+/// in a range that does.
+pub async fn range_rows(
+    conn: &mut PgConnection,
+    shape: &TableShape,
+    side: Side,
+    lo: Option<&KeyBound>,
+    hi: Option<&KeyBound>,
+) -> EngineResult<Vec<(KeyBound, String)>> {
+    let sql = format!(
+        "SELECT {}, md5({}) FROM {} WHERE {} ORDER BY {}",
+        key_array(shape),
+        shape.row_text(),
+        shape.from(side),
+        range_clause(shape, side, lo, hi),
+        shape.key_columns().join(", ")
+    );
+    let rows = bind_bounds(sqlx::query(&sql), lo, hi)
+        .fetch_all(conn)
+        .await
+        .context(|| format!("reading rows of {} on the {}", shape.name, side.words()))?;
+    Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+}
+
+/// The keys whose rows differ between two listings of [`range_rows`], at most `limit` of them.
+pub fn differing_keys(
+    src: &[(KeyBound, String)],
+    dst: &[(KeyBound, String)],
+    limit: usize,
+) -> Vec<KeyBound> {
+    let a: HashMap<&KeyBound, &String> = src.iter().map(|(k, h)| (k, h)).collect();
+    let b: HashMap<&KeyBound, &String> = dst.iter().map(|(k, h)| (k, h)).collect();
+    let mut keys: Vec<KeyBound> = a
+        .iter()
+        .filter(|(k, h)| b.get(*k) != Some(*h))
+        .map(|(k, _)| (*k).clone())
+        .chain(
+            b.keys()
+                .filter(|k| !a.contains_key(*k))
+                .map(|k| (*k).clone()),
+        )
+        .collect();
+    keys.sort();
+    keys.dedup();
+    keys.truncate(limit);
+    keys
+}
+
+/// How [`scan_since`] sums up a key set. md5 is the same everywhere but costs about as much as
+/// the rest of the pass together; PostgreSQL's own `hashtextextended` is four times cheaper, and
+/// the same on both servers unless their builds differ (byte order), which [`key_hash`] checks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyHash {
+    Native,
+    Md5,
+}
+
+/// Texts whose hashes both servers must agree on before [`KeyHash::Native`] is used.
+const HASH_PROBES: [&str; 5] = [
+    "",
+    "pgshift",
+    "(1,abc)",
+    "2026-12-01 00:00:00+00",
+    "ünïcödé ✓ 🐘",
+];
+
+/// [`KeyHash::Native`] when both servers hash the probes alike (bytes, collation "C"), else md5.
+pub async fn key_hash(src: &mut PgConnection, dst: &mut PgConnection) -> KeyHash {
+    let (a, b) = tokio::join!(probe_hashes(src), probe_hashes(dst));
+    match (a, b) {
+        (Some(a), Some(b)) if a == b => KeyHash::Native,
+        _ => KeyHash::Md5,
+    }
+}
+
+async fn probe_hashes(conn: &mut PgConnection) -> Option<Vec<i64>> {
+    sqlx::query_scalar(
+        "SELECT array_agg(hashtextextended(p COLLATE \"C\", 0) ORDER BY n)
+           FROM unnest($1::text[]) WITH ORDINALITY AS u(p, n)",
+    )
+    .bind(HASH_PROBES.as_slice())
+    .fetch_one(conn)
+    .await
+    .ok()
+}
+
+fn key_checksum(shape: &TableShape, hash: KeyHash) -> String {
+    match hash {
+        KeyHash::Md5 => checksum(&shape.key_text()),
+        KeyHash::Native => {
+            // Each key column hashed with its own seed, combined with xor: cheaper than the
+            // key's record text, and a value cannot shift from one column into the next.
+            let parts: Vec<String> = shape
+                .key_columns()
+                .iter()
+                .enumerate()
+                .map(|(i, k)| format!("hashtextextended({k}::text COLLATE \"C\", {i})"))
+                .collect();
+            format!("coalesce(sum({}), 0)::text", parts.join(" # "))
+        }
+    }
+}
+
+/// What one side holds now, read in one pass: its row count, a checksum of its key set (which,
+/// with the counts, shows a row deleted on one side only), and the keys of the rows written by
+/// any transaction from `since` on (the rows that may have changed after they were compared).
+#[derive(Debug, Clone)]
+pub struct Scan {
+    pub rows: i64,
+    pub keys_checksum: String,
+    pub written: Vec<KeyBound>,
+}
+
+/// Reads [`Scan`] on one side. `since` is a 64-bit transaction id from `txid_current_snapshot()`;
+/// a row version's `xmin` is 32 bits, compared through `age()` (its distance back from now), so
+/// a row counts as written since `since` exactly when its `xmin` is not older than `since`.
+/// Every row version that was not visible to a snapshot taken with that `xmin` has such an
+/// `xmin`, whichever session wrote it and whether capture saw it or not; frozen rows are old.
+pub async fn scan_since(
+    conn: &mut PgConnection,
+    shape: &TableShape,
+    side: Side,
+    since: i64,
+    hash: KeyHash,
+) -> EngineResult<Scan> {
+    let sql = format!(
+        "SELECT count(*), {}, coalesce(jsonb_agg(to_jsonb({})) FILTER (WHERE age(t.xmin) <= (SELECT age($1::text::xid))), '[]')::text
+           FROM {}",
+        key_checksum(shape, hash),
+        key_array(shape),
+        shape.from(side)
+    );
+    let row = sqlx::query(&sql)
+        .bind((since & 0xFFFF_FFFF).to_string())
+        .fetch_one(conn)
+        .await
+        .context(|| {
+            format!(
+                "reading the rows of {} written since the range pass on the {}",
+                shape.name,
+                side.words()
+            )
+        })?;
+    let written: String = row.get(2);
+    let written = serde_json::from_str(&written).map_err(|e| {
+        crate::engine::EngineError::invalid(
+            "unreadable_keys",
+            format!("unreadable keys of {}: {e}", shape.name),
+        )
+    })?;
+    Ok(Scan {
+        rows: row.get(0),
+        keys_checksum: row.get(1),
+        written,
+    })
+}
+
+/// The row md5 of each of `keys` that exists on `side`, by position in `keys`. Keys are typed by
+/// the side's own key column types and matched with the key's equality.
+pub async fn rows_of(
+    conn: &mut PgConnection,
+    shape: &TableShape,
+    side: Side,
+    keys: &[KeyBound],
+) -> EngineResult<HashMap<i64, String>> {
+    if keys.is_empty() {
+        return Ok(HashMap::new());
+    }
+    let types = shape.key_types(side);
+    let matches: Vec<String> = shape
+        .key_columns()
+        .iter()
+        .zip(&types)
+        .enumerate()
+        .map(|(i, (col, ty))| format!("{col} = (k.v ->> {i})::{ty}"))
+        .collect();
+    let sql = format!(
+        "SELECT k.n, md5({}) FROM jsonb_array_elements($1::jsonb) WITH ORDINALITY AS k(v, n)
+           JOIN {} ON {}",
+        shape.row_text(),
+        shape.from(side),
+        matches.join(" AND ")
+    );
+    let keys = serde_json::to_string(keys).unwrap_or_else(|_| "[]".into());
+    let rows = sqlx::query(&sql)
+        .bind(keys)
+        .fetch_all(conn)
+        .await
+        .context(|| {
+            format!(
+                "reading rows of {} by key on the {}",
+                shape.name,
+                side.words()
+            )
+        })?;
+    Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+}
+
+/// A key as people read it: `(1500)`, `(3, k3)`.
+pub fn key_words(key: &KeyBound) -> String {
+    format!("({})", key.join(", "))
 }
 
 /// A key range as shown to callers: `{"after": [...] | null, "up_to": [...] | null}`.
@@ -176,61 +399,90 @@ pub fn range_json(lo: Option<&KeyBound>, hi: Option<&KeyBound>) -> Value {
     serde_json::json!({ "after": lo, "up_to": hi })
 }
 
-/// Replaces the target's rows in (lo, hi] with the source's. The caller holds the source table
-/// still (brief lock) and has drained the target, so the range is exact; `dst` is a target
-/// transaction with `session_replication_role = replica`.
+/// Replaces the target's rows in (lo, hi] with the source's, over the columns both sides have.
+/// The caller holds the source table still (brief lock) and has drained the target, so the range
+/// is exact; `dst` is a target transaction with `session_replication_role = replica`.
 pub async fn copy_range(
     src: &mut PgConnection,
     dst: &mut PgConnection,
-    t: &TableSpec,
+    shape: &TableShape,
     lo: Option<&KeyBound>,
     hi: Option<&KeyBound>,
 ) -> EngineResult<u64> {
-    let clause = range_clause(t, lo, hi);
-    let delete = format!("DELETE FROM {} t WHERE {clause}", t.sql_name());
-    let mut q = sqlx::query(&delete);
-    for v in lo.into_iter().chain(hi).flatten() {
-        q = q.bind(v);
-    }
-    q.execute(&mut *dst)
+    let delete = format!(
+        "DELETE FROM {} WHERE {}",
+        shape.from(Side::Target),
+        range_clause(shape, Side::Target, lo, hi)
+    );
+    bind_bounds(sqlx::query(&delete), lo, hi)
+        .execute(&mut *dst)
         .await
-        .context(|| format!("clearing a key range of {} on the target", t.display_name()))?;
-    let cols: Vec<String> = t.writable_columns().map(|c| quote_ident(&c.name)).collect();
+        .context(|| format!("clearing a key range of {} on the target", shape.name))?;
+    let cols: Vec<String> = shape
+        .writable_columns()
+        .map(|c| quote_ident(&c.name))
+        .collect();
     let select: Vec<String> = cols.iter().map(|c| format!("t.{c}")).collect();
     // Rows travel as JSON text (never parsed here: floats must not pass through f64 parsing),
     // typed on arrival by the target's own column types.
     let read = format!(
-        "SELECT coalesce(jsonb_agg(to_jsonb(r)), '[]')::text FROM (SELECT {} FROM {} t WHERE {clause}) r",
+        "SELECT coalesce(jsonb_agg(to_jsonb(r)), '[]')::text FROM (SELECT {} FROM {} WHERE {}) r",
         select.join(", "),
-        t.sql_name()
+        shape.from(Side::Source),
+        range_clause(shape, Side::Source, lo, hi)
     );
-    let mut q = sqlx::query_scalar::<_, String>(&read);
-    for v in lo.into_iter().chain(hi).flatten() {
-        q = q.bind(v);
-    }
-    let rows = q
+    let rows: String = bind_bounds(sqlx::query(&read), lo, hi)
         .fetch_one(&mut *src)
         .await
-        .context(|| format!("reading a key range of {} on the source", t.display_name()))?;
+        .context(|| format!("reading a key range of {} on the source", shape.name))?
+        .get(0);
     let count: i64 = sqlx::query_scalar("SELECT jsonb_array_length($1::jsonb)::bigint")
         .bind(&rows)
         .fetch_one(&mut *dst)
         .await
         .context(|| "counting copied rows".into())?;
-    let overriding = if t.columns.iter().any(|c| c.identity_always) {
+    let overriding = if shape.columns.iter().any(|c| c.identity_always) {
         "OVERRIDING SYSTEM VALUE"
     } else {
         ""
     };
     sqlx::query(&format!(
-        "INSERT INTO {} ({cols}) {overriding} SELECT {cols} FROM jsonb_populate_recordset(NULL::{}, $1::jsonb)",
-        t.sql_name(),
-        t.sql_name(),
+        "INSERT INTO {t} ({cols}) {overriding} SELECT {cols} FROM jsonb_populate_recordset(NULL::{t}, $1::jsonb)",
+        t = shape.sql_name(),
         cols = cols.join(", ")
     ))
     .bind(rows)
     .execute(&mut *dst)
     .await
-    .context(|| format!("writing a key range of {} on the target", t.display_name()))?;
+    .context(|| format!("writing a key range of {} on the target", shape.name))?;
     Ok(count as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(v: &[&str]) -> KeyBound {
+        v.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn differing_keys_names_changed_and_one_sided_rows() {
+        let src = vec![
+            (key(&["1"]), "a".to_string()),
+            (key(&["2"]), "b".to_string()),
+            (key(&["3"]), "c".to_string()),
+        ];
+        let dst = vec![
+            (key(&["1"]), "a".to_string()),
+            (key(&["2"]), "x".to_string()),
+            (key(&["4"]), "d".to_string()),
+        ];
+        assert_eq!(
+            differing_keys(&src, &dst, 10),
+            [key(&["2"]), key(&["3"]), key(&["4"])]
+        );
+        assert_eq!(differing_keys(&src, &dst, 1), [key(&["2"])]);
+        assert_eq!(key_words(&key(&["3", "k3"])), "(3, k3)");
+    }
 }

@@ -12,10 +12,15 @@ use sqlx::PgConnection;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
+mod content;
+mod on_demand;
+
+pub use on_demand::{start_verify, VerifyRequest};
+
 use super::migrations::find;
 use super::operations::{new_operation, Recorder};
 use super::{check_name, App, ServiceError, ServiceResult};
-use crate::engine::cutover::{compare, drain, freeze, gates, reverse, sequences, verify};
+use crate::engine::cutover::{drain, freeze, gates, reverse, sequences};
 use crate::engine::{pg, EngineError, EngineResult};
 use crate::store::{DesiredState, MigrationRecord, Operation, OperationState, StepOutcome};
 
@@ -29,7 +34,9 @@ pub struct CutoverRequest {
     pub max_lag_seconds: Option<f64>,
     /// Longest wait for the freeze's locks and for the drain (default 30 s); then it aborts.
     pub timeout_seconds: Option<f64>,
-    /// Compare checksums as well as row counts.
+    /// Compare the content of every table (default): checksums over every column each side
+    /// has now, in key ranges before the freeze and, inside it, of the rows written since.
+    /// `false` compares row counts only.
     pub checksums: Option<bool>,
     /// Arm replication from the new server back to the old one before writes resume.
     pub reverse: Option<bool>,
@@ -37,16 +44,6 @@ pub struct CutoverRequest {
     pub reverse_name: Option<String>,
     /// Receives each step as JSON (POST).
     pub webhook_url: Option<String>,
-}
-
-/// `POST /api/v1/migrations/{name}/verify`
-#[derive(Debug, Default, Deserialize, Serialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct VerifyRequest {
-    /// Re-copy the key ranges that differ.
-    pub repair: Option<bool>,
-    /// Rows per compared key range (default 10,000).
-    pub range_rows: Option<i64>,
 }
 
 fn seconds(what: &str, value: Option<f64>, default: f64) -> ServiceResult<f64> {
@@ -74,7 +71,7 @@ fn check_webhook(url: &str) -> ServiceResult<()> {
     }
 }
 
-fn require_running(record: &MigrationRecord) -> ServiceResult<()> {
+pub(super) fn require_running(record: &MigrationRecord) -> ServiceResult<()> {
     match record.desired_state {
         DesiredState::Running => Ok(()),
         DesiredState::CutOver => Err(ServiceError::conflict(
@@ -125,7 +122,7 @@ pub async fn start_cutover(
         "dry_run": req.dry_run.unwrap_or(false),
         "max_lag_seconds": max_lag,
         "timeout_seconds": timeout,
-        "checksums": req.checksums.unwrap_or(false),
+        "checksums": req.checksums.unwrap_or(true),
         "reverse": reverse_name.is_some(),
         "reverse_name": reverse_name,
         "webhook_url": req.webhook_url.as_deref().map(crate::store::redact_url),
@@ -145,7 +142,7 @@ pub async fn start_cutover(
         dry_run: req.dry_run.unwrap_or(false),
         max_lag,
         timeout: Duration::from_secs_f64(timeout),
-        checksums: req.checksums.unwrap_or(false),
+        checksums: req.checksums.unwrap_or(true),
         reverse_name,
     };
     let task_app = app.clone();
@@ -319,6 +316,7 @@ impl Cutover<'_> {
                 max_lag_seconds: self.settings.max_lag,
                 long_transaction_seconds: self.settings.max_lag.max(1.0),
                 reverse: self.settings.reverse_name.is_some(),
+                foreign_key_rows: true,
             },
         )
         .await?;
@@ -343,6 +341,30 @@ impl Cutover<'_> {
             return Ok(());
         }
         self.check_cancel()?;
+
+        // Every row is compared while writes still go on; inside the freeze only what changed
+        // since is compared again (or, with checksums: false, the row counts).
+        let mut verifier =
+            content::Verifier::connect(self.app, &self.record, self.settings.timeout).await?;
+        if self.settings.checksums {
+            rec.begin("verify_ranges").await;
+            let verdicts = verifier.range_pass(&tables, &self.cancel).await?;
+            if verdicts.iter().any(|v| v.differs()) {
+                let error = format!(
+                    "verification failed before the freeze (nothing was frozen): {}",
+                    content::differences(verdicts.iter().map(|v| &v.differences))
+                );
+                rec.end(
+                    StepOutcome::Failed,
+                    json!({"tables": verdicts, "error": error}),
+                )
+                .await;
+                return Err(Stop::Failed(EngineError::invalid("verify_failed", error)));
+            }
+            rec.end(StepOutcome::Succeeded, json!({"tables": verdicts}))
+                .await;
+            self.check_cancel()?;
+        }
 
         // The reverse migration is installed while writes still go on: its capture on the new
         // server sees no replicated change (the apply runs with session_replication_role =
@@ -396,35 +418,17 @@ impl Cutover<'_> {
         self.check_cancel()?;
 
         rec.begin("verify").await;
-        crate::engine::cutover::comparable_session(&mut src).await?;
-        crate::engine::cutover::comparable_session(&mut dst).await?;
-        let mut compared = Vec::new();
-        for t in &tables {
-            // Both sides at once: this step counts toward the time writes are blocked.
-            let (a, b) = tokio::join!(
-                verify::table_digest(&mut src, t, self.settings.checksums),
-                verify::table_digest(&mut dst, t, self.settings.checksums)
-            );
-            let (a, b) = (a?, b?);
-            compared.push(verify::TableComparison {
-                table: t.display_name(),
-                matches: a == b,
-                source: a,
-                target: b,
-            });
-        }
-        let differing: Vec<&str> = compared
-            .iter()
-            .filter(|c| !c.matches)
-            .map(|c| c.table.as_str())
-            .collect();
-        if !differing.is_empty() {
+        let compared = verifier.in_freeze(&tables, self.settings.checksums).await?;
+        if compared.iter().any(|c| !c.matches) {
             let error = format!(
-                "verification failed: {} differ between source and target",
-                differing.join(", ")
+                "verification failed: {}",
+                content::differences(compared.iter().map(|c| &c.differences))
             );
-            rec.end(StepOutcome::Failed, json!({"tables": compared}))
-                .await;
+            rec.end(
+                StepOutcome::Failed,
+                json!({"tables": compared, "checksums": self.settings.checksums, "error": error}),
+            )
+            .await;
             return Err(Stop::Failed(EngineError::invalid("verify_failed", error)));
         }
         rec.end(
@@ -541,166 +545,6 @@ impl Cutover<'_> {
     }
 }
 
-/// Starts a verification operation.
-pub async fn start_verify(
-    app: &Arc<App>,
-    name: &str,
-    req: VerifyRequest,
-    requested_by: &str,
-) -> ServiceResult<Operation> {
-    let record = find(app, name).await?;
-    require_running(&record)?;
-    let range_rows = req.range_rows.unwrap_or(10_000);
-    if !(1..=10_000_000).contains(&range_rows) {
-        return Err(ServiceError::invalid(
-            "invalid_body",
-            "range_rows must be between 1 and 10000000",
-        ));
-    }
-    let synced = app
-        .supervisor
-        .status(record.id)
-        .is_some_and(|s| s.all_synced());
-    if !synced {
-        return Err(ServiceError::conflict(
-            "not_synced",
-            format!(
-                "migration {name:?} must be running here with every table synced to be verified"
-            ),
-        ));
-    }
-    let repair = req.repair.unwrap_or(false);
-    let op = new_operation(
-        &record,
-        "verify",
-        requested_by,
-        json!({"repair": repair, "range_rows": range_rows}),
-    );
-    let cancel = app.operations.claim(record.id, op.id)?;
-    let mut rec = match Recorder::create(app.store.clone(), op, None).await {
-        Ok(r) => r,
-        Err(e) => {
-            app.operations.release(record.id);
-            return Err(e);
-        }
-    };
-    let snapshot = rec.op.clone();
-    let task_app = app.clone();
-    let id = record.id;
-    let join = tokio::spawn(async move {
-        let mut result = json!({});
-        match run_verify(
-            &task_app,
-            &record,
-            repair,
-            range_rows,
-            &cancel,
-            &mut rec,
-            &mut result,
-        )
-        .await
-        {
-            Ok(()) => {
-                rec.finish(OperationState::Succeeded, Some(result), None)
-                    .await
-            }
-            Err(EngineError::Cancelled) => {
-                rec.finish(
-                    OperationState::Aborted,
-                    Some(result),
-                    Some("aborted on request".into()),
-                )
-                .await
-            }
-            Err(e) => {
-                rec.finish(OperationState::Failed, Some(result), Some(e.to_string()))
-                    .await
-            }
-        }
-    });
-    app.operations.attach(id, join);
-    Ok(snapshot)
-}
-
-async fn run_verify(
-    app: &App,
-    record: &MigrationRecord,
-    repair: bool,
-    range_rows: i64,
-    cancel: &CancellationToken,
-    rec: &mut Recorder,
-    result: &mut Value,
-) -> EngineResult<()> {
-    let (source, target) = app.supervisor.endpoints(record).await?;
-    let mut conns = compare::Connections {
-        source_lock: pg::connect("the source", &source).await?,
-        source_tick: pg::connect("the source", &source).await?,
-        source: pg::connect("the source", &source).await?,
-        target: pg::connect("the target", &target).await?,
-    };
-    let schema = record.schema_name();
-    let message = format!(
-        "pgshift migration {:?} is verifying this table; retry in a moment",
-        record.name
-    );
-    let plan = compare::Plan {
-        schema: &schema,
-        message: &message,
-        drain_timeout: Duration::from_secs(30),
-        range_rows,
-    };
-    rec.begin("verify").await;
-    let mut verdicts = Vec::new();
-    for t in &record.tables {
-        if cancel.is_cancelled() {
-            return Err(EngineError::Cancelled);
-        }
-        verdicts.push(compare::verify_table(&mut conns, &plan, t, cancel).await?);
-    }
-    let differs = verdicts.iter().any(|v| v.differs());
-    rec.end(StepOutcome::Succeeded, json!({"tables": verdicts}))
-        .await;
-    result["tables"] = json!(verdicts);
-    result["differs"] = differs.into();
-    if !(repair && differs) {
-        return Ok(());
-    }
-    rec.begin("repair").await;
-    let mut repaired = Vec::new();
-    for (t, v) in record.tables.iter().zip(&verdicts) {
-        if !v.differs() {
-            continue;
-        }
-        let rows = compare::repair_table(&mut conns, &plan, t, v, cancel).await?;
-        repaired.push(
-            json!({"table": v.table, "ranges": v.differing_ranges.len(), "rows_written": rows}),
-        );
-    }
-    rec.end(StepOutcome::Succeeded, json!({"tables": repaired}))
-        .await;
-    rec.begin("reverify").await;
-    let mut after = Vec::new();
-    for (t, v) in record.tables.iter().zip(&verdicts) {
-        if v.differs() {
-            after.push(compare::verify_table(&mut conns, &plan, t, cancel).await?);
-        }
-    }
-    let still = after.iter().any(|v| v.differs());
-    rec.end(
-        if still {
-            StepOutcome::Failed
-        } else {
-            StepOutcome::Succeeded
-        },
-        json!({"tables": after}),
-    )
-    .await;
-    result["repaired"] = json!(repaired);
-    result["after_repair"] = json!(after);
-    result["differs"] = still.into();
-    Ok(())
-}
-
 /// Sequence drift (source value vs target value) for the migration's status; `None` when a side
 /// cannot be read (the status says why elsewhere).
 pub async fn sequence_drift(
@@ -749,6 +593,9 @@ pub async fn preflight(
                 max_lag_seconds: max_lag,
                 long_transaction_seconds: max_lag.max(1.0),
                 reverse,
+                // The checklist refreshes every few seconds: it names the keys, the cutover's
+                // own preflight counts the rows that violate them.
+                foreign_key_rows: false,
             },
         )
         .await
