@@ -739,12 +739,11 @@ async fn cutover_verifies_content_before_the_freeze() {
     let server = TestServer::start().await;
     start_synced(&server, &pair, "shop").await;
 
-    for side in [&pair.source, &pair.target] {
-        side.psql("app", "ALTER TABLE item ADD COLUMN w integer")
-            .await;
-    }
     pair.target
-        .psql("app", "UPDATE item SET w = 7 WHERE id = 1500")
+        .psql(
+            "app",
+            "UPDATE item SET note = 'changed on the target' WHERE id = 1500",
+        )
         .await;
     let op = cutover(&server, "shop", relaxed(json!({}))).await;
     assert_eq!(op["state"], "failed", "{op}");

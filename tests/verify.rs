@@ -113,13 +113,13 @@ async fn verify_compares_every_current_column() {
     let server = TestServer::start().await;
     start_synced(&server, &pair, "shop").await;
 
-    // The same column on both sides, added after creation; one row's value differs.
-    for side in [&pair.source, &pair.target] {
-        side.psql("app", "ALTER TABLE item ADD COLUMN w integer")
-            .await;
-    }
+    // One row's value differs behind pgshift's back. (A column added on both sides would stop
+    // the migration: the source watch names it rather than apply with the old column list.)
     pair.target
-        .psql("app", "UPDATE item SET w = 7 WHERE id = 1500")
+        .psql(
+            "app",
+            "UPDATE item SET note = 'changed on the target' WHERE id = 1500",
+        )
         .await;
     // A column on the target only, NULL everywhere: still a difference.
     pair.target
