@@ -4,61 +4,8 @@
 
 use std::time::Duration;
 
-use pgshift_tests::migrate::{assert_same_rows, capture_schema, wait_drained};
-use pgshift_tests::server::TestServer;
-use pgshift_tests::{init_tracing, PgCluster, PgPool};
-
-const DRAIN: Duration = Duration::from_secs(120);
-
-/// Two servers with `schema` on both, `seed` on the source, and a running, synced migration.
-struct Case {
-    source: PgCluster,
-    target: PgCluster,
-    src: PgPool,
-    dst: PgPool,
-    server: TestServer,
-}
-
-impl Case {
-    async fn start(schema: &str, seed: &str) -> Self {
-        init_tracing();
-        let (source, target) = tokio::join!(PgCluster::start(), PgCluster::start());
-        source.create_database("app").await;
-        target.create_database("app").await;
-        source.psql("app", schema).await;
-        target.psql("app", schema).await;
-        if !seed.is_empty() {
-            source.psql("app", seed).await;
-        }
-        let src = source.connect("app").await;
-        let dst = target.connect("app").await;
-        let server = TestServer::start().await;
-        server.add_cluster("source", &source.admin_dsn()).await;
-        server.add_cluster("target", &target.admin_dsn()).await;
-        server.create_and_start("m", "app", "app", None).await;
-        wait_drained(&server, "m", &src, DRAIN).await;
-        Case {
-            source,
-            target,
-            src,
-            dst,
-            server,
-        }
-    }
-
-    /// Runs `sql` on the source, waits until the target applied it, compares `tables`.
-    async fn write_and_compare(&self, sql: &str, tables: &[(&str, &str)]) {
-        self.source.psql("app", sql).await;
-        self.drain_and_compare(tables).await;
-    }
-
-    async fn drain_and_compare(&self, tables: &[(&str, &str)]) {
-        wait_drained(&self.server, "m", &self.src, DRAIN).await;
-        for (table, order) in tables {
-            assert_same_rows(&self.src, &self.dst, table, order).await;
-        }
-    }
-}
+use pgshift_tests::case::Case;
+use pgshift_tests::migrate::capture_schema;
 
 /// Item 2: an application's AFTER row trigger that rewrites the row it fired for, and a
 /// self-referencing foreign key with ON UPDATE CASCADE: the target holds the final version.

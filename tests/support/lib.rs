@@ -1,6 +1,7 @@
 //! Test support for pgshift: throwaway PostgreSQL servers ([`PgCluster`]) and
 //! small helpers that tests use to wait and to compare data.
 
+pub mod case;
 pub mod cluster;
 pub mod cutover;
 pub mod dashboard;
