@@ -172,24 +172,17 @@ pub async fn check_columns(
                 .any(|c| &c.name == name && c.generated != *generated)
         }) {
             let what = if *generated { "became" } else { "is no longer" };
-            return Err(super::EngineError::invalid(
-                "schema_drift",
-                format!(
-                    "{}.{column} {what} a generated column on the source; pgshift stopped applying changes so that none is applied with the old column list",
+            return Err(drift_error(
+                table,
+                &format!(
+                    "{}.{column} {what} a generated column on the source",
                     table.display_name()
                 ),
-            )
-            .on_table(table.no));
+            ));
         }
         let now: Vec<(String, String)> = now.into_iter().map(|(n, t, _)| (n, t)).collect();
         if let Some(drift) = column_drift(table, &now) {
-            return Err(super::EngineError::invalid(
-                "schema_drift",
-                format!(
-                    "{drift}; pgshift stopped applying changes so that none is applied with the old column list"
-                ),
-            )
-            .on_table(table.no));
+            return Err(drift_error(table, &drift));
         }
     }
     check_triggers_enabled(conn, migration).await
@@ -248,6 +241,15 @@ async fn check_triggers_enabled(
             ),
         )),
     }
+}
+
+/// A column change on the source, as the migration's error.
+fn drift_error(table: &TableSpec, drift: &str) -> super::EngineError {
+    super::EngineError::invalid(
+        "schema_drift",
+        format!("{drift}; pgshift stopped applying changes so that none is applied with the old column list"),
+    )
+    .on_table(table.no)
 }
 
 /// The first difference between the recorded columns and `now` (name, type), in words.

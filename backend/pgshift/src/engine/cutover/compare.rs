@@ -19,7 +19,7 @@ use super::shape::{self, Side, TableShape};
 use super::verify::{self, KeyBound};
 use super::{comparable_session, drain, freeze};
 use crate::engine::error::Context;
-use crate::engine::EngineResult;
+use crate::engine::{pg, EngineResult};
 use crate::store::TableSpec;
 
 /// The connections a verification works with: three on the source, one on the target.
@@ -30,6 +30,21 @@ pub struct Connections {
     pub source_tick: PgConnection,
     pub source: PgConnection,
     pub target: PgConnection,
+}
+
+impl Connections {
+    /// Opens the four connections a comparison uses.
+    pub async fn open(
+        source: &sqlx::postgres::PgConnectOptions,
+        target: &sqlx::postgres::PgConnectOptions,
+    ) -> EngineResult<Self> {
+        Ok(Self {
+            source_lock: pg::connect("the source", source).await?,
+            source_tick: pg::connect("the source", source).await?,
+            source: pg::connect("the source", source).await?,
+            target: pg::connect("the target", target).await?,
+        })
+    }
 }
 
 /// What to verify and how.

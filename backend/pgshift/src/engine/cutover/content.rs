@@ -279,6 +279,20 @@ pub struct FreezeVerdict {
     pub differences: Vec<String>,
 }
 
+impl FreezeVerdict {
+    /// Nothing compared yet: the table's definitions' differences only.
+    fn unverified(shape: &TableShape) -> Self {
+        Self {
+            table: shape.name.clone(),
+            matches: false,
+            source_rows: 0,
+            target_rows: 0,
+            rows_rechecked: 0,
+            differences: shape.differences.clone(),
+        }
+    }
+}
+
 /// Compares `table` inside the freeze, after the drain: only what may have changed since the
 /// range pass (see the module's notes). Sessions must be comparable.
 pub async fn recheck(
@@ -288,14 +302,7 @@ pub async fn recheck(
     baseline: &Baseline,
 ) -> EngineResult<FreezeVerdict> {
     let shape = shape::read(src, dst, table).await?;
-    let mut verdict = FreezeVerdict {
-        table: shape.name.clone(),
-        matches: false,
-        source_rows: 0,
-        target_rows: 0,
-        rows_rechecked: 0,
-        differences: shape.differences.clone(),
-    };
+    let mut verdict = FreezeVerdict::unverified(&shape);
     if !shape.differences.is_empty() || !shape.comparable {
         return Ok(verdict);
     }
@@ -393,14 +400,7 @@ pub async fn counts(
     table: &TableSpec,
 ) -> EngineResult<FreezeVerdict> {
     let shape = shape::read(src, dst, table).await?;
-    let mut verdict = FreezeVerdict {
-        table: shape.name.clone(),
-        matches: false,
-        source_rows: 0,
-        target_rows: 0,
-        rows_rechecked: 0,
-        differences: shape.differences.clone(),
-    };
+    let mut verdict = FreezeVerdict::unverified(&shape);
     if !shape.comparable {
         return Ok(verdict);
     }

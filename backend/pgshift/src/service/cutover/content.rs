@@ -33,12 +33,7 @@ impl Verifier {
         drain_timeout: Duration,
     ) -> EngineResult<Self> {
         let (source, target) = app.supervisor.endpoints(record).await?;
-        let mut conns = compare::Connections {
-            source_lock: pg::connect("the source", &source).await?,
-            source_tick: pg::connect("the source", &source).await?,
-            source: pg::connect("the source", &source).await?,
-            target: pg::connect("the target", &target).await?,
-        };
+        let mut conns = compare::Connections::open(&source, &target).await?;
         // No comparison waits longer than the cutover's own timeout for a lock (a table held
         // exclusively on either side), before the freeze or inside it.
         let lock_timeout = format!(

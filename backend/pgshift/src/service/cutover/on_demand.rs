@@ -11,7 +11,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::require_running;
 use crate::engine::cutover::compare;
-use crate::engine::{pg, EngineError, EngineResult};
+use crate::engine::{EngineError, EngineResult};
 use crate::service::migrations::find;
 use crate::service::operations::{new_operation, Recorder};
 use crate::service::{App, ServiceError, ServiceResult};
@@ -118,12 +118,7 @@ async fn run_verify(
     result: &mut Value,
 ) -> EngineResult<()> {
     let (source, target) = app.supervisor.endpoints(record).await?;
-    let mut conns = compare::Connections {
-        source_lock: pg::connect("the source", &source).await?,
-        source_tick: pg::connect("the source", &source).await?,
-        source: pg::connect("the source", &source).await?,
-        target: pg::connect("the target", &target).await?,
-    };
+    let mut conns = compare::Connections::open(&source, &target).await?;
     let schema = record.schema_name();
     let message = format!(
         "pgshift migration {:?} is verifying this table; retry in a moment",
