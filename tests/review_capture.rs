@@ -15,6 +15,27 @@ async fn count(pool: &PgPool, sql: &str) -> i64 {
     sqlx::query_scalar(sql).fetch_one(pool).await.unwrap()
 }
 
+/// Waits until pgshift's source watch has recorded `relation`'s partitions as `names` (it looks
+/// once per idle interval), so that what it sent is in the event stream before a drain.
+async fn wait_partitions(case: &Case, names: &[&str]) {
+    let schema = quote_ident(&capture_schema(&case.src).await);
+    let mut want: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+    want.sort();
+    wait_for("the source watch to follow the partitions", DRAIN, || {
+        let (want, schema) = (want.clone(), schema.clone());
+        async move {
+            let now: Vec<String> = sqlx::query_scalar(&format!(
+                "SELECT name FROM {schema}.partition ORDER BY name"
+            ))
+            .fetch_all(&case.src)
+            .await
+            .unwrap();
+            (now == want).then_some(())
+        }
+    })
+    .await;
+}
+
 // ---------------------------------------------------------------------------------------------
 // A change nested inside a statement whose own captures are still queued
 // ---------------------------------------------------------------------------------------------
@@ -279,7 +300,6 @@ async fn a_not_null_generated_column_with_writes_during_the_copy() {
 /// load, truncate and reload happen in one transaction here so that the test does not depend on
 /// timing (separate statements a few milliseconds apart lose it the same way).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "defect: TRUNCATE of a partition before the source watch gave it a truncate trigger is lost"]
 async fn a_truncate_of_a_partition_created_moments_before() {
     let case = Case::start(
         "CREATE TABLE reading (id int, at date, v int, PRIMARY KEY (id, at)) PARTITION BY RANGE (at);
@@ -299,15 +319,16 @@ async fn a_truncate_of_a_partition_created_moments_before() {
              INSERT INTO reading VALUES (100, '2026-06-06', 100);
              COMMIT;"
         ),
-        &[("reading", "id, at")],
+        &[],
     )
     .await;
+    wait_partitions(&case, &["public.reading_2025", "public.reading_2026"]).await;
+    case.drain_and_compare(&[("reading", "id, at")]).await;
 }
 
 /// Issue 9 item 4: "rows of an attached partition never reach the target". The operator mirrors
 /// the DDL (ATTACH of an equally defined, empty table) on the target, as for new partitions.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "defect: rows of a table ATTACHed as a partition never reach the target (issue 9 item 4)"]
 async fn rows_of_an_attached_partition_reach_the_target() {
     let case = Case::start(
         "CREATE TABLE reading (id int, at date, v int, PRIMARY KEY (id, at)) PARTITION BY RANGE (at);
@@ -328,8 +349,42 @@ async fn rows_of_an_attached_partition_reach_the_target() {
     let attach =
         "ALTER TABLE reading ATTACH PARTITION staging FOR VALUES FROM ('2026-01-01') TO ('2027-01-01');";
     case.target.psql("app", attach).await;
-    case.write_and_compare(attach, &[("reading", "id, at")])
+    case.source.psql("app", attach).await;
+    wait_partitions(&case, &["public.reading_2025", "public.staging"]).await;
+    case.drain_and_compare(&[("reading", "id, at")]).await;
+    // Rows written to it since arrive as any other.
+    case.write_and_compare(
+        "UPDATE reading SET v = -v WHERE at >= '2026-01-01' AND id < 5; DELETE FROM staging WHERE id = 7;",
+        &[("reading", "id, at")],
+    )
+    .await;
+}
+
+/// A partition DETACHed (on the source only) or dropped takes its rows out of the table: they
+/// leave the target too. Rows later written into the detached range (a default partition takes
+/// them) stay.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rows_of_a_detached_or_dropped_partition_leave_the_target() {
+    let case = Case::start(
+        "CREATE TABLE reading (id int, at date, v int, PRIMARY KEY (id, at)) PARTITION BY RANGE (at);
+         CREATE TABLE reading_2025 PARTITION OF reading FOR VALUES FROM ('2025-01-01') TO ('2026-01-01');
+         CREATE TABLE reading_2026 PARTITION OF reading FOR VALUES FROM ('2026-01-01') TO ('2027-01-01');
+         CREATE TABLE reading_rest PARTITION OF reading DEFAULT;",
+        "INSERT INTO reading SELECT g, date '2025-01-01' + g, g FROM generate_series(1, 600) g;
+         INSERT INTO reading VALUES (1, '2030-01-01', 1);",
+    )
+    .await;
+    case.source
+        .psql(
+            "app",
+            "ALTER TABLE reading DETACH PARTITION reading_2025;
+             INSERT INTO reading VALUES (5000, '2025-03-03', 7);
+             DROP TABLE reading_2026;",
+        )
         .await;
+    wait_partitions(&case, &["public.reading_rest"]).await;
+    case.drain_and_compare(&[("reading", "id, at")]).await;
+    assert_eq!(count(&case.dst, "SELECT count(*) FROM reading").await, 2);
 }
 
 /// After DETACH (on both sides), the detached table is no longer part of the migration, but it
@@ -363,12 +418,12 @@ async fn truncating_a_detached_partition_leaves_the_target_alone() {
     );
 }
 
-/// A TRUNCATE of a partitioned table also fires every partition's TRUNCATE trigger; each is
-/// replayed by partition name. A target whose partitions are named differently (re-partitioned
-/// by month, or a plain table consolidating the partitions) passes the checks at creation, but
-/// the whole-table TRUNCATE then stalls replication for good ("partition_missing").
+/// A TRUNCATE of a partitioned table also fires every partition's TRUNCATE trigger. A target
+/// whose partitions are named differently (re-partitioned by month, or a plain table
+/// consolidating the partitions) empties each partition's range by its bound; this used to
+/// stall replication for good ("partition_missing"). A partition truncated alone empties only
+/// its range.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "defect: TRUNCATE of a whole partitioned table stalls when the target's partitions are named differently"]
 async fn truncating_a_partitioned_table_into_a_differently_partitioned_target() {
     let case = Case::prepare(
         "CREATE TABLE reading (id int, at date, v int, PRIMARY KEY (id, at)) PARTITION BY RANGE (at);
@@ -390,6 +445,16 @@ async fn truncating_a_partitioned_table_into_a_differently_partitioned_target() 
         &[("reading", "id, at")],
     )
     .await;
+    case.write_and_compare(
+        "CREATE TABLE reading_2026 PARTITION OF reading FOR VALUES FROM ('2026-01-01') TO ('2027-01-01');
+         INSERT INTO reading SELECT g, date '2026-01-01' + g, g FROM generate_series(1, 30) g;",
+        &[],
+    )
+    .await;
+    wait_partitions(&case, &["public.reading_2025", "public.reading_2026"]).await;
+    case.write_and_compare("TRUNCATE reading_2026;", &[("reading", "id, at")])
+        .await;
+    assert_eq!(count(&case.dst, "SELECT count(*) FROM reading").await, 1);
 }
 
 /// `ALTER TABLE … ALTER COLUMN … DROP EXPRESSION` done on both sides (the way column changes are

@@ -51,6 +51,20 @@ CREATE TABLE @schema@.tick (
     tick_time      timestamptz NOT NULL DEFAULT clock_timestamp()
 );
 
+-- The partitions of each partitioned table as pgshift last saw them (engine/partitions.rs):
+-- one that appears or goes is noticed against this list. bound: the partition constraint's
+-- text, which says which rows left with a partition that went. followed = false: a partition
+-- the capture wrote rows of before the source watch saw it (table_capture.sql), so that one
+-- created and dropped between two looks still has its rows taken off the target.
+CREATE TABLE @schema@.partition (
+    relid    oid PRIMARY KEY,
+    table_no integer NOT NULL,
+    name     text NOT NULL,
+    leaf     boolean NOT NULL,
+    bound    text,
+    followed boolean NOT NULL DEFAULT true
+);
+
 CREATE FUNCTION @schema@.tick() RETURNS bigint LANGUAGE sql SET search_path = pg_catalog, pg_temp AS $$
     INSERT INTO @schema@.tick (tick_id, tick_snapshot, tick_event_seq)
     SELECT coalesce(max(tick_id), 0) + 1,

@@ -32,7 +32,7 @@
 -- counts as a change), which the target deletes only while it still holds exactly that row:
 -- under a deferrable key, a statement shifting keys (id = id + 1) writes a key before the row
 -- that had it leaves, and replaying row by row must not delete the newcomer. 'T' carries the
--- truncated relation's quoted name.
+-- truncated relation's quoted name (and a partition's bound on the next line).
 --
 -- SECURITY DEFINER: the application's role needs no privilege on pgshift's schema, so capture
 -- never fails an application transaction on permissions. search_path is pinned and every name
@@ -54,8 +54,18 @@ BEGIN
         RETURN NULL;
     END IF;
     IF TG_OP = 'TRUNCATE' THEN
+        -- A table detached from this one keeps its statement triggers (removing them needs its
+        -- owner): its truncates are none of ours.
+        IF TG_RELID <> @table_literal@::pg_catalog.regclass
+           AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_partition_tree(@table_literal@::pg_catalog.regclass) p
+                            WHERE p.relid = TG_RELID) THEN
+            RETURN NULL;
+        END IF;
+        -- A partition's bound goes along (partition_bound.rs): the target empties exactly its
+        -- rows, however it is partitioned itself.
         main_op := 'T';
-        main := pg_catalog.format('%I.%I', TG_TABLE_SCHEMA, TG_TABLE_NAME);
+        main := pg_catalog.format('%I.%I', TG_TABLE_SCHEMA, TG_TABLE_NAME)
+             || COALESCE(E'\n' || pg_catalog.pg_get_partition_constraintdef(TG_RELID), '');
     ELSE
         IF pg_catalog.pg_trigger_depth() > 1
            OR pg_catalog.current_setting('pgshift.@tag@_open', true) NOT IN ('', '0', '1') THEN
@@ -64,6 +74,7 @@ BEGIN
         ELSE
             nested := pg_catalog.current_setting('pgshift.@tag@_nested', true) IS NOT DISTINCT FROM 'on';
         END IF;
+@partition_seen@
         IF TG_OP = 'DELETE' THEN
             main_op := 'D';
             main := OLD::text;

@@ -296,10 +296,17 @@ impl TableCopy {
             t,
         )
         .await?;
+        // Which partitions the rows came from, while the chunk's locks keep them attached.
+        let partitions = if t.partitioned {
+            super::partitions::listed(&mut source_tx, t).await?
+        } else {
+            Vec::new()
+        };
         source_tx
             .commit()
             .await
             .context(|| "closing the copy transaction on the source".into())?;
+        super::partitions::note_seen(src, &self.schema, t, &partitions).await?;
         let added = if touched {
             self.merge(&mut tx, chunk).await?
         } else {

@@ -8,6 +8,8 @@ mod copy;
 pub mod cutover;
 mod error;
 pub mod key_ops;
+pub mod partition_bound;
+pub(crate) mod partitions;
 pub mod pg;
 pub mod resync;
 pub mod rotation;
@@ -18,6 +20,7 @@ mod status;
 mod supervisor;
 mod target;
 mod ticker;
+mod truncate;
 
 pub use error::{EngineError, EngineResult};
 pub use source::install as install_capture;

@@ -87,6 +87,14 @@ fn table_capture_sql(schema: &str, table: &TableSpec, ops: &[key_ops::ColumnOps]
         .collect::<Vec<_>>()
         .join("\n    ");
     expand_generations(TABLE_CAPTURE_SQL)
+        .replace(
+            "@partition_seen@",
+            if table.partitioned {
+                PARTITION_SEEN
+            } else {
+                ""
+            },
+        )
         .replace("@settings@", &settings)
         .replace("@old_key@", &row_text("OLD", key()))
         .replace("@new_key@", &row_text("NEW", key()))
@@ -102,10 +110,25 @@ fn table_capture_sql(schema: &str, table: &TableSpec, ops: &[key_ops::ColumnOps]
         // inheritance parent alone, as its children are tables of their own.
         .replace("@scan@", &table.relation_only())
         .replace("@no@", &table.no.to_string())
+        .replace("@table_literal@", &quote_literal(&table.sql_name()))
         .replace("@table@", &table.sql_name())
         .replace("@tag@", schema)
         .replace("@schema@", &quote_ident(schema))
 }
+
+/// For a partitioned table: a row written to a partition the source watch has not followed yet
+/// leaves a note of that partition (once per transaction and partition), so the watch takes its
+/// rows off the target even if the partition is dropped before the watch ever sees it.
+const PARTITION_SEEN: &str = "
+        IF TG_RELID::pg_catalog.text IS DISTINCT FROM pg_catalog.current_setting('pgshift.@tag@_part', true) THEN
+            IF NOT EXISTS (SELECT 1 FROM @schema@.partition WHERE relid = TG_RELID) THEN
+                INSERT INTO @schema@.partition (relid, table_no, name, leaf, bound, followed)
+                VALUES (TG_RELID, @no@, pg_catalog.format('%I.%I', TG_TABLE_SCHEMA, TG_TABLE_NAME), true,
+                        pg_catalog.pg_get_partition_constraintdef(TG_RELID), false)
+                ON CONFLICT (relid) DO NOTHING;
+            END IF;
+            PERFORM pg_catalog.set_config('pgshift.@tag@_part', TG_RELID::pg_catalog.text, true);
+        END IF;";
 
 /// The install script of the migration's schema. `@tag@` names the transaction-local settings
 /// of this migration: the schema name is pgshift's own (`pgshift_` and hex digits), a valid
@@ -383,62 +406,32 @@ pub async fn check_partition_layout(
     }
 }
 
-/// Gives partitions created or attached since install their statement triggers (row triggers
-/// reach them by themselves). Returns the partitions it covered. A partition whose
-/// lock is busy is tried again on the next call: the short lock timeout keeps the
-/// application's writers from queueing behind pgshift.
-pub async fn capture_new_partitions(
+/// Gives a partition that joined the table since install its statement triggers (row triggers
+/// reach it by themselves), unless it still has them from an earlier time in the table.
+pub(super) async fn add_statement_triggers(
     conn: &mut PgConnection,
-    migration: &MigrationRecord,
-) -> EngineResult<Vec<String>> {
-    let schema = migration.schema_name();
-    let mut covered = Vec::new();
-    for table in migration.tables.iter().filter(|t| t.partitioned) {
-        let name = format!("!{schema}_{}_truncate", table.no);
-        let missing: Vec<String> = sqlx::query_scalar(
-            "SELECT format('%I.%I', n.nspname, c.relname)
-               FROM pg_partition_tree($1::regclass) p
-               JOIN pg_class c ON c.oid = p.relid
-               JOIN pg_namespace n ON n.oid = c.relnamespace
-              WHERE p.level > 0
-                AND NOT EXISTS (SELECT 1 FROM pg_trigger g WHERE g.tgrelid = p.relid AND g.tgname = $2)",
-        )
-        .bind(table.sql_name())
-        .bind(&name)
-        .fetch_all(&mut *conn)
-        .await
-        .context(|| format!("looking for new partitions of {}", table.display_name()))?;
-        for relation in missing {
-            let mut tx = conn
-                .begin()
-                .await
-                .context(|| "opening a transaction on the source".into())?;
-            sqlx::query("SET LOCAL lock_timeout = '100ms'")
-                .execute(&mut *tx)
-                .await
-                .context(|| "setting lock_timeout".into())?;
-            let created =
-                super::pg::run_script(&mut tx, &statement_triggers_sql(&schema, table, &relation))
-                    .await;
-            if created.is_ok() {
-                for suffix in STATEMENT_TRIGGERS {
-                    fire_always(&mut tx, &relation, &trigger_name(&schema, table, suffix)).await?;
-                }
-            }
-            match created {
-                Ok(()) => {
-                    tx.commit()
-                        .await
-                        .context(|| format!("capturing truncates of {relation}"))?;
-                    covered.push(relation);
-                }
-                Err(err) => {
-                    tracing::debug!(%relation, error = %err, "new partition busy; capturing its truncates later");
-                }
-            }
-        }
+    schema: &str,
+    table: &TableSpec,
+    relation: &str,
+) -> EngineResult<()> {
+    let present: bool = sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM pg_trigger WHERE tgrelid = $1::regclass AND tgname = $2)",
+    )
+    .bind(relation)
+    .bind(format!("!{schema}_{}_truncate", table.no))
+    .fetch_one(&mut *conn)
+    .await
+    .context(|| format!("looking for the capture triggers of {relation}"))?;
+    if present {
+        return Ok(());
     }
-    Ok(covered)
+    super::pg::run_script(conn, &statement_triggers_sql(schema, table, relation))
+        .await
+        .context(|| format!("installing the statement capture triggers on {relation}"))?;
+    for suffix in STATEMENT_TRIGGERS {
+        fire_always(conn, relation, &trigger_name(schema, table, suffix)).await?;
+    }
+    Ok(())
 }
 
 /// Installs the queue, the tick function and a trigger set per table, and takes the first tick
@@ -482,6 +475,9 @@ pub async fn install(conn: &mut PgConnection, migration: &MigrationRecord) -> En
             for suffix in STATEMENT_TRIGGERS {
                 fire_always(&mut tx, &relation, &trigger_name(&schema, table, suffix)).await?;
             }
+        }
+        if table.partitioned {
+            super::partitions::record(&mut tx, &schema, table).await?;
         }
     }
     sqlx::query(&format!("SELECT {}.tick()", quote_ident(&schema)))
