@@ -4,7 +4,7 @@
 mod apply;
 mod batch;
 pub mod catalog;
-mod copy;
+pub(crate) mod copy;
 pub mod cutover;
 mod error;
 pub mod key_ops;
