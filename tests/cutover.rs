@@ -1036,3 +1036,54 @@ async fn freeze_check_finds_changes_without_capture() {
         "{after:?}"
     );
 }
+
+/// The long_transactions gate sees what would stall the freeze: a prepared transaction (two-phase
+/// commit: no session in pg_stat_activity) and a session writing straight into a partition (its
+/// lock is on the partition, not the parent). Both used to pass the gate unseen.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn long_transactions_gate_sees_prepared_transactions_and_partitions() {
+    let case = pgshift_tests::case::Case::start(
+        "CREATE TABLE reading (id int, at date, v int, PRIMARY KEY (id, at)) PARTITION BY RANGE (at);
+         CREATE TABLE reading_2025 PARTITION OF reading FOR VALUES FROM ('2025-01-01') TO ('2026-01-01');",
+        "INSERT INTO reading VALUES (1, '2025-02-02', 1);",
+    )
+    .await;
+    let gate = |op: &Value| {
+        step(op, "preflight")["detail"]["gates"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|g| g["name"] == "long_transactions")
+            .cloned()
+            .unwrap_or_else(|| panic!("no long_transactions gate in {op}"))
+    };
+    let body = json!({"dry_run": true, "max_lag_seconds": 1});
+
+    case.source
+        .psql(
+            "app",
+            "BEGIN; INSERT INTO reading_2025 VALUES (2, '2025-03-03', 2); PREPARE TRANSACTION 'batch-7';",
+        )
+        .await;
+    let mut open = case.src.begin().await.unwrap();
+    sqlx::query("UPDATE reading_2025 SET v = v + 1 WHERE id = 1")
+        .execute(&mut *open)
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    let op = cutover(&case.server, "m", body.clone()).await;
+    let g = gate(&op);
+    assert_eq!(g["passed"], false, "{op}");
+    let reason = g["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("prepared transaction 'batch-7'"),
+        "{reason}"
+    );
+    assert!(reason.contains("pid "), "{reason}");
+
+    open.commit().await.unwrap();
+    case.source.psql("app", "COMMIT PREPARED 'batch-7';").await;
+    let op = cutover(&case.server, "m", body).await;
+    assert_eq!(gate(&op)["passed"], true, "{op}");
+    case.drain_and_compare(&[("reading", "id, at")]).await;
+}
