@@ -1087,3 +1087,52 @@ async fn long_transactions_gate_sees_prepared_transactions_and_partitions() {
     assert_eq!(gate(&op)["passed"], true, "{op}");
     case.drain_and_compare(&[("reading", "id, at")]).await;
 }
+
+/// Issue 13 item 8: after the cutover, a session with session_replication_role = replica (a
+/// restore job, another replication tool) cannot write to the old server either: the freeze
+/// fires for it where pgshift's role owns the table, and the gate says so. It used to commit an
+/// INSERT and a TRUNCATE on the old server.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_freeze_holds_for_replica_role_sessions() {
+    let case = pgshift_tests::case::Case::start(
+        "CREATE TABLE t (id int PRIMARY KEY, v text);",
+        "INSERT INTO t VALUES (1, 'a');",
+    )
+    .await;
+    let op = cutover(&case.server, "m", relaxed(json!({}))).await;
+    assert_eq!(op["state"], "succeeded", "{op}");
+    let gate = step(&op, "preflight")["detail"]["gates"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|g| g["name"] == "replica_sessions")
+        .cloned()
+        .unwrap_or_else(|| panic!("no replica_sessions gate in {op}"));
+    assert!(
+        gate["reason"]
+            .as_str()
+            .unwrap()
+            .contains("fire for replica-role sessions too"),
+        "{gate}"
+    );
+    for sql in [
+        "SET session_replication_role = replica; INSERT INTO t VALUES (2, 'b')",
+        "SET session_replication_role = replica; TRUNCATE t",
+    ] {
+        let mut conn = case.src.acquire().await.unwrap();
+        let err = sqlx::raw_sql(sql)
+            .execute(&mut *conn)
+            .await
+            .expect_err(sql)
+            .to_string();
+        assert!(err.contains("is frozen"), "{sql}: {err}");
+        let _ = sqlx::raw_sql("RESET session_replication_role")
+            .execute(&mut *conn)
+            .await;
+    }
+    let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM t")
+        .fetch_one(&case.src)
+        .await
+        .unwrap();
+    assert_eq!(rows, 1);
+}

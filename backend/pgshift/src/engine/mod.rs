@@ -15,7 +15,7 @@ pub mod resync;
 pub mod rotation;
 pub mod row_format;
 mod runner;
-mod source;
+pub(crate) mod source;
 mod status;
 mod supervisor;
 mod target;

@@ -342,7 +342,11 @@ fn column_drift(table: &TableSpec, now: &[(String, String)]) -> Option<String> {
 /// (restore jobs, ETL, other replication tools), which skip ordinary triggers. That needs the
 /// table's owner; without it the trigger stays as it is, and the cutover's gates say which
 /// tables such sessions could change unseen.
-async fn fire_always(conn: &mut PgConnection, relation: &str, trigger: &str) -> EngineResult<()> {
+pub(crate) async fn fire_always(
+    conn: &mut PgConnection,
+    relation: &str,
+    trigger: &str,
+) -> EngineResult<()> {
     sqlx::query("SAVEPOINT pgshift_always")
         .execute(&mut *conn)
         .await

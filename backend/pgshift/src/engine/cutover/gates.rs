@@ -109,6 +109,7 @@ pub async fn check(
         }
     }
     gates.push(long_transactions(src, input).await?);
+    gates.push(replica_sessions(src, input).await?);
     gates.push(target_ready(dst, input.tables).await?);
     gates.push(foreign_keys(dst, input).await?);
     gates.push(match sequences::drift(src, dst, input.tables).await {
@@ -188,6 +189,37 @@ async fn long_transactions(src: &mut PgConnection, input: &GateInput<'_>) -> Eng
             input.long_transaction_seconds,
             found.join(", ")
         ),
+    ))
+}
+
+/// Sessions with `session_replication_role = replica` (restore jobs, other replication tools)
+/// skip ordinary triggers. pgshift makes its capture and freeze triggers fire for them where its
+/// role owns the table; elsewhere such a session's writes are neither captured nor frozen. That
+/// needs ownership pgshift does not have, so the gate passes, naming the tables.
+async fn replica_sessions(src: &mut PgConnection, input: &GateInput<'_>) -> EngineResult<Gate> {
+    let names: Vec<String> = input.tables.iter().map(|t| t.sql_name()).collect();
+    let exposed: Vec<String> = sqlx::query_scalar(
+        "WITH migrated AS (SELECT unnest($1::text[])::regclass AS rel),
+              rels AS (SELECT rel AS relid FROM migrated
+                       UNION SELECT p.relid FROM migrated m, pg_partition_tree(m.rel) p)
+         SELECT c.oid::regclass::text FROM pg_class c JOIN rels r ON r.relid = c.oid
+          WHERE NOT pg_has_role(c.relowner, 'USAGE') ORDER BY 1",
+    )
+    .bind(&names)
+    .fetch_all(&mut *src)
+    .await
+    .context(|| "reading the owners of the migrated tables".into())?;
+    Ok(Gate::new(
+        "replica_sessions",
+        true,
+        if exposed.is_empty() {
+            "capture and the freeze fire for replica-role sessions too".to_string()
+        } else {
+            format!(
+                "sessions with session_replication_role = replica would change these unseen and write through the freeze (pgshift's role does not own them; make it their owner to close this): {}",
+                exposed.join(", ")
+            )
+        },
     ))
 }
 
