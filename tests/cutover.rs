@@ -1136,3 +1136,32 @@ async fn the_freeze_holds_for_replica_role_sessions() {
         .unwrap();
     assert_eq!(rows, 1);
 }
+
+/// Issue 13 item 16: arming the way back waits only briefly behind a lock on the new server (the
+/// old one is frozen meanwhile), then fails naming the lock, and the old server takes writes
+/// again. It used to wait 30 s per table.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn arming_the_way_back_gives_up_quickly_behind_a_lock() {
+    let case = pgshift_tests::case::Case::start(
+        "CREATE TABLE t (id int PRIMARY KEY, v text);",
+        "INSERT INTO t VALUES (1, 'a');",
+    )
+    .await;
+    // Conflicts with CREATE TRIGGER, not with the worker's writes.
+    let mut holder = case.dst.begin().await.unwrap();
+    sqlx::query("LOCK TABLE t IN SHARE UPDATE EXCLUSIVE MODE")
+        .execute(&mut *holder)
+        .await
+        .unwrap();
+    let op = cutover(&case.server, "m", relaxed(json!({"reverse": true}))).await;
+    assert_eq!(op["state"], "failed", "{op}");
+    let error = op["error"].as_str().unwrap();
+    assert!(error.contains("stayed locked"), "{op}");
+    assert!(error.contains("3000 ms"), "{op}");
+    holder.rollback().await.unwrap();
+    sqlx::query("INSERT INTO t VALUES (2, 'b')")
+        .execute(&case.src)
+        .await
+        .unwrap_or_else(|e| panic!("the old server is not writable after {op}: {e}"));
+    case.drain_and_compare(&[("t", "id")]).await;
+}
