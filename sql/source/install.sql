@@ -53,16 +53,25 @@ CREATE TABLE @schema@.tick (
 
 -- The partitions of each partitioned table as pgshift last saw them (engine/partitions.rs):
 -- one that appears or goes is noticed against this list. bound: the partition constraint's
--- text, which says which rows left with a partition that went. followed = false: a partition
--- the capture wrote rows of before the source watch saw it (table_capture.sql), so that one
--- created and dropped between two looks still has its rows taken off the target.
+-- text, which says which rows left with a partition that went. attached: the xmin of its
+-- pg_inherits row, which a DETACH and ATTACH again (same table, same oid) changes.
 CREATE TABLE @schema@.partition (
     relid    oid PRIMARY KEY,
     table_no integer NOT NULL,
     name     text NOT NULL,
     leaf     boolean NOT NULL,
     bound    text,
-    followed boolean NOT NULL DEFAULT true
+    attached text
+);
+-- Partitions the capture (table_capture.sql) or the copy wrote or read rows of before the
+-- source watch followed them, so that one created and dropped between two looks still has its
+-- rows taken off the target. No key: an application's transaction never waits on another's
+-- note (duplicates are harmless; the watch reads them once).
+CREATE TABLE @schema@.partition_seen (
+    relid    oid NOT NULL,
+    table_no integer NOT NULL,
+    name     text NOT NULL,
+    bound    text
 );
 
 CREATE FUNCTION @schema@.tick() RETURNS bigint LANGUAGE sql SET search_path = pg_catalog, pg_temp AS $$

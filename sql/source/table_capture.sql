@@ -23,8 +23,8 @@
 -- nested statement deleted). Such a nested statement is captured, and ends, before the outer
 -- statement's captures fire: its end is marked with the time of the client statement (see
 -- statement_bound() in install.sql), and a capture that finds its own client statement's mark
--- records the row as it is now, read by key, instead of NEW (nothing if the row is gone; after
--- a delete, the row that took its key, if any). Statements run one after another inside one
+-- states each key the change touched as it is now on the source, read by key ('U' with the row
+-- holding it, or 'D' when none does), instead of OLD and NEW. Statements run one after another inside one
 -- client statement (a function, a DO block) pay the re-read too; separate client statements
 -- pay nothing but the mark.
 --
@@ -41,13 +41,17 @@
 
 CREATE FUNCTION @schema@.capture_@no@() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER
     SET search_path = pg_catalog, pg_temp
+    SET standard_conforming_strings = on
     @settings@
 AS $f$
 DECLARE
-    gone text;     -- 'K': the row as it was before its key changed
-    main_op "char";
-    main text;     -- 'U', 'D' or 'T'
-    now_row text;  -- 'U': the row now holding the key, read after a nested change
+    -- Up to two events, in order: (op1, data1) then (op2, data2).
+    op1 "char";
+    data1 text;
+    op2 "char";
+    data2 text;
+    found_row text;
+    key_changed boolean;
     nested boolean;
     ended text;
 BEGIN
@@ -64,10 +68,13 @@ BEGIN
             RETURN NULL;
         END IF;
         -- A partition's bound goes along (partition_bound.rs): the target empties exactly its
-        -- rows, however it is partitioned itself.
-        main_op := 'T';
-        main := pg_catalog.format('%I.%I', TG_TABLE_SCHEMA, TG_TABLE_NAME)
-             || COALESCE(E'\n' || pg_catalog.pg_get_partition_constraintdef(TG_RELID), '');
+        -- rows, however it is partitioned itself. A DEFAULT partition without siblings has no
+        -- constraint: it holds every row. (standard_conforming_strings is pinned above, so the
+        -- bound's literals are written as the target reads them.)
+        op1 := 'T';
+        data1 := pg_catalog.format('%I.%I', TG_TABLE_SCHEMA, TG_TABLE_NAME)
+             || CASE WHEN TG_RELID = @table_literal@::pg_catalog.regclass THEN ''
+                     ELSE E'\n' || COALESCE(pg_catalog.pg_get_partition_constraintdef(TG_RELID), 'true') END;
     ELSE
         nested := false;
         IF pg_catalog.pg_trigger_depth() > 1 THEN
@@ -85,21 +92,34 @@ BEGIN
             END IF;
         END IF;
 @partition_seen@
-        IF TG_OP = 'DELETE' THEN
-            main_op := 'D';
-            main := OLD::text;
-            IF nested THEN
-                SELECT (x.*)::text INTO now_row FROM @scan@ x WHERE @old_match@;
+        key_changed := TG_OP = 'UPDATE' AND NOT pg_catalog.record_image_eq(@old_key@, @new_key@);
+        IF NOT nested THEN
+            IF key_changed THEN
+                op1 := 'K';
+                data1 := OLD::text;
+            END IF;
+            IF TG_OP = 'DELETE' THEN
+                op2 := 'D';
+                data2 := OLD::text;
+            ELSE
+                op2 := 'U';
+                data2 := NEW::text;
             END IF;
         ELSE
-            IF TG_OP = 'UPDATE' AND NOT pg_catalog.record_image_eq(@old_key@, @new_key@) THEN
-                gone := OLD::text;
+            -- After a nested change neither OLD nor NEW is sure to be what the target holds or
+            -- should hold: each key the change touched is stated as it is now on the source, the
+            -- row holding it ('U') or its absence ('D', carried by the old or new row's text,
+            -- whose key it is).
+            IF TG_OP <> 'INSERT' THEN
+                SELECT (x.*)::text INTO found_row FROM @scan@ x WHERE @old_match@;
+                op1 := CASE WHEN found_row IS NULL THEN 'D' ELSE 'U' END;
+                data1 := COALESCE(found_row, OLD::text);
             END IF;
-            IF nested THEN
-                SELECT (x.*)::text INTO now_row FROM @scan@ x WHERE @new_match@;
-            ELSE
-                main_op := 'U';
-                main := NEW::text;
+            IF TG_OP = 'INSERT' OR key_changed THEN
+                found_row := NULL;
+                SELECT (x.*)::text INTO found_row FROM @scan@ x WHERE @new_match@;
+                op2 := CASE WHEN found_row IS NULL THEN 'D' ELSE 'U' END;
+                data2 := COALESCE(found_row, NEW::text);
             END IF;
         END IF;
     END IF;
@@ -108,17 +128,13 @@ BEGIN
     CASE pg_catalog.pg_sequence_last_value('@schema@.generation_seq'::pg_catalog.regclass) % 3
 @events[
     WHEN @gen@ THEN
-        IF gone IS NOT NULL THEN
+        IF op1 IS NOT NULL THEN
             INSERT INTO @schema@.event_@gen@ (ev_gen, ev_txid, ev_table, ev_op, ev_data)
-            VALUES (@gen@, pg_catalog.txid_current(), @no@, 'K', gone);
+            VALUES (@gen@, pg_catalog.txid_current(), @no@, op1, data1);
         END IF;
-        IF main_op IS NOT NULL THEN
+        IF op2 IS NOT NULL THEN
             INSERT INTO @schema@.event_@gen@ (ev_gen, ev_txid, ev_table, ev_op, ev_data)
-            VALUES (@gen@, pg_catalog.txid_current(), @no@, main_op, main);
-        END IF;
-        IF now_row IS NOT NULL THEN
-            INSERT INTO @schema@.event_@gen@ (ev_gen, ev_txid, ev_table, ev_op, ev_data)
-            VALUES (@gen@, pg_catalog.txid_current(), @no@, 'U', now_row);
+            VALUES (@gen@, pg_catalog.txid_current(), @no@, op2, data2);
         END IF;
 ]events@
     END CASE;

@@ -106,6 +106,10 @@ pub fn is_plain(bound: &str, columns: &[&str]) -> bool {
             }
             let word: String = chars[start..i].iter().collect();
             let lower = word.to_lowercase();
+            // `E'…'`, `U&'…'`, `B'…'`, `X'…'`: a prefixed literal lexes differently.
+            if chars.get(i) == Some(&'\'') {
+                return false;
+            }
             if in_cast {
                 // Type names: `date`, `character varying`, `pg_catalog.int4`, `public.mood`.
                 if cast_words == 0 || TYPE_NAME_WORDS.contains(&lower.as_str()) {
@@ -159,6 +163,12 @@ pub fn is_plain(bound: &str, columns: &[&str]) -> bool {
             in_cast = false;
             i += 1;
         } else if "<>=!~+-*/%".contains(c) {
+            // A comment hides what follows from PostgreSQL but not from this scanner.
+            if (c == '-' && chars.get(i + 1) == Some(&'-'))
+                || (c == '/' && chars.get(i + 1) == Some(&'*'))
+            {
+                return false;
+            }
             in_cast = false;
             i += 1;
         } else {
@@ -211,6 +221,9 @@ mod tests {
             "(id = pg_catalog.pg_sleep (1))",
             "('unterminated",
             "('x'::date AND pg_sleep(1) IS NULL)",
+            "(id = 1 /* ' */ OR nextval(16384::regclass) > 0 /* ' */)",
+            "(id = 1 -- '\n OR true)",
+            "(id = e'\\' OR true)",
             "('x'::date AND other IS NULL)",
             "('x'::\"public\".\"t\" \"other\")",
         ] {

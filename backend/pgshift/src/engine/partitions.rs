@@ -34,20 +34,29 @@ pub struct Partition {
     name: String,
     leaf: bool,
     bound: Option<String>,
+    /// The xmin of the partition's pg_inherits row: a new one after DETACH and ATTACH again.
+    attached: Option<String>,
 }
 
-/// Records the partitions of `table` as they are now (at install, and after each change).
+/// Records the partitions of `table` as they are now (at install, and after each change), and
+/// forgets the notes of partitions seen meanwhile.
 pub async fn record(conn: &mut PgConnection, schema: &str, table: &TableSpec) -> EngineResult<()> {
     let s = quote_ident(schema);
-    sqlx::query(&format!("DELETE FROM {s}.partition WHERE table_no = $1"))
-        .bind(table.no)
-        .execute(&mut *conn)
-        .await
-        .context(|| "forgetting the recorded partitions".into())?;
+    super::pg::run_script(
+        &mut *conn,
+        &format!(
+            "DELETE FROM {s}.partition WHERE table_no = {no};
+             DELETE FROM {s}.partition_seen WHERE table_no = {no};",
+            no = table.no
+        ),
+    )
+    .await
+    .context(|| "forgetting the recorded partitions".into())?;
     sqlx::query(&format!(
-        "INSERT INTO {s}.partition (relid, table_no, name, leaf, bound)
+        "INSERT INTO {s}.partition (relid, table_no, name, leaf, bound, attached)
          SELECT p.relid, $1, format('%I.%I', n.nspname, c.relname), p.isleaf,
-                pg_get_partition_constraintdef(p.relid)
+                coalesce(pg_get_partition_constraintdef(p.relid), 'true'),
+                (SELECT i.xmin::text FROM pg_inherits i WHERE i.inhrelid = p.relid)
            FROM pg_partition_tree($2::regclass) p
            JOIN pg_class c ON c.oid = p.relid
            JOIN pg_namespace n ON n.oid = c.relnamespace
@@ -76,11 +85,13 @@ pub async fn note_seen(
     table: &TableSpec,
     partitions: &[Partition],
 ) -> EngineResult<()> {
+    let s = quote_ident(schema);
     for p in partitions.iter().filter(|p| p.leaf) {
         sqlx::query(&format!(
-            "INSERT INTO {}.partition (relid, table_no, name, leaf, bound, followed)
-             VALUES ($1, $2, $3, true, $4, false) ON CONFLICT (relid) DO NOTHING",
-            quote_ident(schema)
+            "INSERT INTO {s}.partition_seen (relid, table_no, name, bound)
+             SELECT $1, $2, $3, $4
+              WHERE NOT EXISTS (SELECT 1 FROM {s}.partition WHERE relid = $1)
+                AND NOT EXISTS (SELECT 1 FROM {s}.partition_seen WHERE relid = $1)"
         ))
         .bind(p.relid)
         .bind(table.no)
@@ -96,7 +107,8 @@ pub async fn note_seen(
 async fn found(conn: &mut PgConnection, table: &TableSpec) -> EngineResult<Vec<Partition>> {
     sqlx::query_as(
         "SELECT p.relid::oid AS relid, format('%I.%I', n.nspname, c.relname) AS name, p.isleaf AS leaf,
-                pg_get_partition_constraintdef(p.relid) AS bound
+                coalesce(pg_get_partition_constraintdef(p.relid), 'true') AS bound,
+                (SELECT i.xmin::text FROM pg_inherits i WHERE i.inhrelid = p.relid) AS attached
            FROM pg_partition_tree($1::regclass) p
            JOIN pg_class c ON c.oid = p.relid
            JOIN pg_namespace n ON n.oid = c.relnamespace
@@ -108,29 +120,37 @@ async fn found(conn: &mut PgConnection, table: &TableSpec) -> EngineResult<Vec<P
     .context(|| format!("listing the partitions of {}", table.display_name()))
 }
 
-/// The recorded partitions of `table`: (followed by the watch, seen only by the capture).
+/// relid, name, leaf, bound, attached, followed.
+type RecordedRow = (Oid, String, bool, Option<String>, Option<String>, bool);
+
+/// The recorded partitions of `table`: (followed by the watch, or only noted as seen).
 async fn recorded(
     conn: &mut PgConnection,
     schema: &str,
     table: &TableSpec,
 ) -> EngineResult<Vec<(Partition, bool)>> {
-    let rows: Vec<(Oid, String, bool, Option<String>, bool)> = sqlx::query_as(&format!(
-        "SELECT relid, name, leaf, bound, followed FROM {}.partition WHERE table_no = $1",
-        quote_ident(schema)
-    ))
-    .bind(table.no)
-    .fetch_all(&mut *conn)
-    .await
-    .context(|| "reading the recorded partitions".into())?;
+    let s = quote_ident(schema);
+    let rows: Vec<RecordedRow> =
+        sqlx::query_as(&format!(
+            "SELECT relid, name, leaf, bound, attached, true FROM {s}.partition WHERE table_no = $1
+             UNION ALL
+             SELECT DISTINCT ON (relid) relid, name, true, bound, NULL, false FROM {s}.partition_seen
+              WHERE table_no = $1 AND relid NOT IN (SELECT relid FROM {s}.partition)"
+        ))
+        .bind(table.no)
+        .fetch_all(&mut *conn)
+        .await
+        .context(|| "reading the recorded partitions".into())?;
     Ok(rows
         .into_iter()
-        .map(|(relid, name, leaf, bound, followed)| {
+        .map(|(relid, name, leaf, bound, attached, followed)| {
             (
                 Partition {
                     relid,
                     name,
                     leaf,
                     bound,
+                    attached,
                 },
                 followed,
             )
@@ -138,25 +158,31 @@ async fn recorded(
         .collect())
 }
 
-/// (appeared, gone) between what was recorded and what is found. A partition only the capture
-/// has seen still counts as appeared (its earlier rows may never have been captured); one that
-/// is gone counts as gone whoever recorded it.
+/// (appeared, gone) between what was recorded and what is found. A partition only noted as
+/// seen still counts as appeared (its earlier rows may never have been captured); one that is
+/// gone counts as gone whoever recorded it; one detached and attached again (a new pg_inherits
+/// row) counts as both: rows may have changed while it was out, unseen.
 fn changes(
     recorded: &[(Partition, bool)],
     found: &[Partition],
 ) -> (Vec<Partition>, Vec<Partition>) {
+    let same = |r: &Partition, f: &Partition| r.relid == f.relid && r.attached == f.attached;
     let appeared = found
         .iter()
-        .filter(|f| {
-            !recorded
-                .iter()
-                .any(|(r, followed)| *followed && r.relid == f.relid)
-        })
+        .filter(|f| !recorded.iter().any(|(r, followed)| *followed && same(r, f)))
         .cloned()
         .collect();
     let gone = recorded
         .iter()
-        .filter(|(r, _)| !found.iter().any(|f| f.relid == r.relid))
+        .filter(|(r, followed)| {
+            !found.iter().any(|f| {
+                if *followed {
+                    same(r, f)
+                } else {
+                    r.relid == f.relid
+                }
+            })
+        })
         .map(|(r, _)| r.clone())
         .collect();
     (appeared, gone)

@@ -121,11 +121,11 @@ fn table_capture_sql(schema: &str, table: &TableSpec, ops: &[key_ops::ColumnOps]
 /// rows off the target even if the partition is dropped before the watch ever sees it.
 const PARTITION_SEEN: &str = "
         IF TG_RELID::pg_catalog.text IS DISTINCT FROM pg_catalog.current_setting('pgshift.@tag@_part', true) THEN
-            IF NOT EXISTS (SELECT 1 FROM @schema@.partition WHERE relid = TG_RELID) THEN
-                INSERT INTO @schema@.partition (relid, table_no, name, leaf, bound, followed)
-                VALUES (TG_RELID, @no@, pg_catalog.format('%I.%I', TG_TABLE_SCHEMA, TG_TABLE_NAME), true,
-                        pg_catalog.pg_get_partition_constraintdef(TG_RELID), false)
-                ON CONFLICT (relid) DO NOTHING;
+            IF NOT EXISTS (SELECT 1 FROM @schema@.partition WHERE relid = TG_RELID)
+               AND NOT EXISTS (SELECT 1 FROM @schema@.partition_seen WHERE relid = TG_RELID) THEN
+                INSERT INTO @schema@.partition_seen (relid, table_no, name, bound)
+                VALUES (TG_RELID, @no@, pg_catalog.format('%I.%I', TG_TABLE_SCHEMA, TG_TABLE_NAME),
+                        COALESCE(pg_catalog.pg_get_partition_constraintdef(TG_RELID), 'true'));
             END IF;
             PERFORM pg_catalog.set_config('pgshift.@tag@_part', TG_RELID::pg_catalog.text, true);
         END IF;";
@@ -281,6 +281,10 @@ async fn check_triggers_enabled(
              JOIN pg_proc p ON p.oid = c.tgfoid
              JOIN pg_namespace n ON n.oid = p.pronamespace
              JOIN pg_trigger o ON o.tgrelid = c.tgrelid AND o.oid <> c.oid AND NOT o.tgisinternal
+             -- pgshift's own triggers (another migration's capture on a table attached here)
+             -- are not the application's.
+             JOIN pg_proc op ON op.oid = o.tgfoid
+             JOIN pg_namespace opn ON opn.oid = op.pronamespace AND opn.nspname NOT LIKE 'pgshift\_%'
             WHERE n.nspname = $1 AND p.proname LIKE 'capture\_%' AND c.tgtype & 1 = 1
               AND o.tgtype & 1 = 1 AND o.tgtype & 66 = 0
               AND o.tgname COLLATE "C" < c.tgname COLLATE "C"
