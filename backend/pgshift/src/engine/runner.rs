@@ -347,9 +347,26 @@ impl SourceWatch {
                 .acquire()
                 .await
                 .context(|| "connecting to the source".into())?;
-            source::check_columns(&mut conn, &self.record).await?;
-            for change in super::partitions::follow(&mut conn, &self.record).await? {
-                tracing::info!(migration = %self.record.name, "{change}");
+            let looked = async {
+                source::check_columns(&mut conn, &self.record).await?;
+                super::partitions::follow(&mut conn, &self.record).await
+            }
+            .await;
+            match looked {
+                Ok(changes) => {
+                    for change in changes {
+                        tracing::info!(migration = %self.record.name, "{change}");
+                    }
+                }
+                // The application's DDL (a partition attached or dropped) can deadlock with the
+                // watch's catalog reads or its hold on the table: look again next time rather
+                // than fail the migration.
+                Err(err)
+                    if matches!(err.sqlstate().as_deref(), Some("40P01" | "55P03" | "40001")) =>
+                {
+                    tracing::debug!(migration = %self.record.name, error = %err, "source watch: busy, looking again later");
+                }
+                Err(err) => return Err(err),
             }
             drop(conn);
             tokio::select! {
