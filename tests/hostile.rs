@@ -1,0 +1,204 @@
+//! Hostile clients and hostile tenants (issue 12): the server stays up, small and honest under
+//! abuse. Load-shaped tests are bounded in count and time, on loopback, and compare figures taken
+//! within one run rather than against fixed times.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::stream::{self, StreamExt};
+use pgshift::auth::Role;
+use pgshift_tests::dashboard::create_user;
+use pgshift_tests::init_tracing;
+use pgshift_tests::server::TestServer;
+use reqwest::StatusCode;
+
+/// Resident memory of this process (the test server runs inside it), in KiB.
+fn resident_kib() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").expect("/proc/self/status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS in /proc/self/status")
+}
+
+fn client(connections: usize) -> reqwest::Client {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .pool_max_idle_per_host(connections)
+        .timeout(Duration::from_secs(120))
+        .build()
+        .unwrap()
+}
+
+async fn sign_in(
+    client: &reqwest::Client,
+    base: &str,
+    name: &str,
+    password: &str,
+) -> reqwest::Response {
+    client
+        .post(format!("{base}/ui/sign-in"))
+        .form(&[("name", name), ("password", password), ("next", "/ui")])
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("sign-in for {name} got no answer: {e}"))
+}
+
+/// 60 concurrent wrong passwords for one name: the throttle is decided before any hash, so at
+/// most its limit get as far as a password check; the rest are refused with `Retry-After`.
+#[tokio::test]
+async fn concurrent_wrong_passwords_cannot_race_the_throttle() {
+    init_tracing();
+    let server = TestServer::start().await;
+    create_user(
+        &server.data_dir,
+        "olga",
+        Role::Operator,
+        "operator-password-1",
+    )
+    .await;
+    let http = client(64);
+    let base = server.base.clone();
+    let answers: Vec<(StatusCode, Option<String>)> = stream::iter(0..60)
+        .map(|_| {
+            let http = http.clone();
+            let base = base.clone();
+            async move {
+                let r = sign_in(&http, &base, "olga", "guess-guess-guess").await;
+                let retry = r
+                    .headers()
+                    .get("retry-after")
+                    .map(|v| v.to_str().unwrap().to_string());
+                (r.status(), retry)
+            }
+        })
+        .buffer_unordered(60)
+        .collect()
+        .await;
+    let checked = answers
+        .iter()
+        .filter(|(s, _)| *s == StatusCode::UNAUTHORIZED)
+        .count();
+    assert!(
+        checked <= 5,
+        "{checked} of 60 concurrent attempts got a password check: {answers:?}"
+    );
+    for (status, retry) in &answers {
+        match *status {
+            StatusCode::UNAUTHORIZED => {}
+            StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE => {
+                let secs: u64 = retry
+                    .as_deref()
+                    .unwrap_or_else(|| panic!("{status} without Retry-After"))
+                    .parse()
+                    .expect("Retry-After in seconds");
+                assert!(secs >= 1);
+            }
+            other => panic!("unexpected answer {other}: {answers:?}"),
+        }
+    }
+    // The right password is refused too while the name is throttled.
+    let r = sign_in(&http, &base, "olga", "operator-password-1").await;
+    assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
+}
+
+/// 400 concurrent sign-ins from one address: `/healthz` keeps answering throughout, and resident
+/// memory after the flood stays within a small multiple of what it was before (each password
+/// hash takes 19 MiB; unbounded, 400 of them at once take gigabytes and keep them).
+#[tokio::test]
+async fn a_sign_in_flood_keeps_memory_flat_and_healthz_answering() {
+    init_tracing();
+    let server = TestServer::start().await;
+    let base = server.base.clone();
+    let http = client(400);
+    // Warm up: two sign-ins at once (the hashing threads and their memory exist from here on).
+    let warm: Vec<StatusCode> = futures_util::future::join_all(["warm-1", "warm-2"].map(|n| {
+        let http = http.clone();
+        let base = base.clone();
+        async move { sign_in(&http, &base, n, "not-the-password").await.status() }
+    }))
+    .await;
+    assert!(
+        warm.iter().all(|s| *s == StatusCode::UNAUTHORIZED),
+        "{warm:?}"
+    );
+    let before = resident_kib();
+
+    let flooding = Arc::new(AtomicBool::new(true));
+    let peak = Arc::new(std::sync::atomic::AtomicU64::new(before));
+    let sampler = {
+        let flooding = flooding.clone();
+        let peak = peak.clone();
+        tokio::spawn(async move {
+            while flooding.load(Ordering::Relaxed) {
+                peak.fetch_max(resident_kib(), Ordering::Relaxed);
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+    };
+    let health = {
+        let flooding = flooding.clone();
+        let http = client(1);
+        let base = base.clone();
+        tokio::spawn(async move {
+            let mut answered = 0u32;
+            while flooding.load(Ordering::Relaxed) {
+                let r = http
+                    .get(format!("{base}/healthz"))
+                    .timeout(Duration::from_secs(30))
+                    .send()
+                    .await
+                    .expect("/healthz answers during the flood");
+                assert_eq!(r.status(), StatusCode::OK);
+                answered += 1;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            answered
+        })
+    };
+    let statuses: Vec<StatusCode> = stream::iter(0..400)
+        .map(|i| {
+            let http = http.clone();
+            let base = base.clone();
+            async move {
+                sign_in(&http, &base, &format!("flood-{i}"), "not-the-password")
+                    .await
+                    .status()
+            }
+        })
+        .buffer_unordered(400)
+        .collect()
+        .await;
+    flooding.store(false, Ordering::Relaxed);
+    sampler.await.unwrap();
+    let answered = health.await.expect("/healthz answered every time");
+    let after = resident_kib();
+    let peak = peak.load(Ordering::Relaxed).max(after);
+    let count = |s: StatusCode| statuses.iter().filter(|x| **x == s).count();
+    eprintln!(
+        "flood: {} checked (401), {} throttled (429), {} busy (503); /healthz answered {answered} times; resident {before} KiB before, peak {peak} KiB, {after} KiB after",
+        count(StatusCode::UNAUTHORIZED),
+        count(StatusCode::TOO_MANY_REQUESTS),
+        count(StatusCode::SERVICE_UNAVAILABLE),
+    );
+    assert!(answered >= 1, "/healthz was never asked during the flood");
+    assert!(
+        statuses.iter().all(|s| matches!(
+            *s,
+            StatusCode::UNAUTHORIZED
+                | StatusCode::TOO_MANY_REQUESTS
+                | StatusCode::SERVICE_UNAVAILABLE
+        )),
+        "{statuses:?}"
+    );
+    assert!(
+        peak * 2 <= before * 5,
+        "resident memory grew from {before} KiB to a peak of {peak} KiB during the flood"
+    );
+    assert!(
+        after * 2 <= before * 5,
+        "resident memory stayed at {after} KiB after the flood (was {before} KiB)"
+    );
+}
