@@ -9,9 +9,10 @@ use std::time::Duration;
 use futures_util::stream::{self, StreamExt};
 use pgshift::auth::Role;
 use pgshift_tests::dashboard::create_user;
-use pgshift_tests::init_tracing;
 use pgshift_tests::server::TestServer;
+use pgshift_tests::{init_tracing, PgCluster};
 use reqwest::StatusCode;
+use serde_json::json;
 
 /// Resident memory of this process (the test server runs inside it), in KiB.
 fn resident_kib() -> u64 {
@@ -258,4 +259,69 @@ async fn junk_methods_and_paths_do_not_grow_metrics() {
         after <= before * 2,
         "the scrape grew from {before} to {after} bytes"
     );
+}
+
+/// A migration whose table pattern has 22 `*`s, against a source whose table has a 63-character
+/// name: refused at once as matching nothing (a backtracking matcher never finished, and held a
+/// runtime thread meanwhile), and `/healthz` answers throughout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pattern_of_many_stars_is_matched_in_linear_time() {
+    init_tracing();
+    let pg = PgCluster::start().await;
+    pg.create_database("src").await;
+    pg.create_database("dst").await;
+    let table = "a".repeat(63);
+    for db in ["src", "dst"] {
+        pg.psql(db, &format!("CREATE TABLE {table} (id int PRIMARY KEY)"))
+            .await;
+    }
+    let server = TestServer::start().await;
+    server.add_cluster("c", &pg.admin_dsn()).await;
+    let pattern = format!("{}b", "*a".repeat(22));
+    let create = server.post(
+        "/migrations",
+        json!({
+            "name": "stars",
+            "source": {"cluster": "c", "database": "src"},
+            "target": {"cluster": "c", "database": "dst"},
+            "tables": [pattern],
+        }),
+    );
+    let health = async {
+        for _ in 0..5 {
+            let r = server
+                .client
+                .get(format!("{}/healthz", server.base))
+                .send()
+                .await
+                .expect("/healthz answers");
+            assert_eq!(r.status(), StatusCode::OK);
+        }
+    };
+    // A hang fails here (before the client's own 60 s timeout), and the server is left behind
+    // rather than dropped: dropping waits for its threads, one of which would never finish.
+    let Ok(((status, body), ())) = tokio::time::timeout(Duration::from_secs(30), async {
+        tokio::join!(create, health)
+    })
+    .await
+    else {
+        std::mem::forget(server);
+        panic!("creating a migration with 22 stars in a pattern did not finish within 30 s");
+    };
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    assert_eq!(body["error"]["code"], "pattern_matches_nothing", "{body}");
+    // Patterns longer than any table name can be are refused as such.
+    let (status, body) = server
+        .post(
+            "/migrations",
+            json!({
+                "name": "long",
+                "source": {"cluster": "c", "database": "src"},
+                "target": {"cluster": "c", "database": "dst"},
+                "tables": ["*".repeat(10_000)],
+            }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    assert_eq!(body["error"]["code"], "invalid_pattern", "{body}");
 }
