@@ -650,8 +650,15 @@ async fn webhook_receives_each_step() {
 async fn operation_routes_check_roles() {
     init_tracing();
     let server = TestServer::start().await;
-    let keys = pgshift::auth::Keys::load_or_create(&server.data_dir).unwrap();
-    let token = |role| keys.issue("ops", role, Duration::from_secs(600));
+    let mut tokens = std::collections::BTreeMap::new();
+    for role in [
+        pgshift::auth::Role::Viewer,
+        pgshift::auth::Role::Operator,
+        pgshift::auth::Role::Admin,
+    ] {
+        tokens.insert(role, server.token_for(role, "ops").await);
+    }
+    let token = |role| tokens[&role].clone();
     let id = uuid::Uuid::new_v4();
     let routes: [(&str, String, pgshift::auth::Role); 6] = [
         (

@@ -66,7 +66,10 @@ impl TestServer {
             handle.block_on(async move {
                 let app = Application::build(config).await.expect("pgshift builds");
                 let base = format!("http://{}", app.local_addr());
-                let token = app.issue_token(Role::Admin, Duration::from_secs(3600));
+                let token = app
+                    .issue_token(Role::Admin, Duration::from_secs(3600))
+                    .await
+                    .expect("a token for the tests");
                 let _ = ready_tx.send((base, token));
                 app.run_until_stopped(async {
                     let _ = rx.await;
@@ -116,6 +119,24 @@ impl TestServer {
         self.shutdown.take();
         self.owns_dir = false;
         self.data_dir.clone()
+    }
+
+    /// A new token with `role` for `subject`, issued and recorded beside the server (as
+    /// `pgshift token create` does: nothing in the audit trail).
+    pub async fn token_for(&self, role: Role, subject: &str) -> String {
+        let store = pgshift::store::open(None, &self.data_dir)
+            .await
+            .expect("the test server's store opens");
+        let keys = pgshift::auth::Keys::load_or_create(&self.data_dir).expect("the server's key");
+        let new = pgshift::service::tokens::NewToken {
+            role,
+            subject: subject.into(),
+            ttl_hours: Some(1),
+        };
+        pgshift::service::tokens::issue(store.as_ref(), &keys, new, "tests")
+            .await
+            .expect("a recorded token")
+            .token
     }
 
     pub fn url(&self, path: &str) -> String {

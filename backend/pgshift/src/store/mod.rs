@@ -174,9 +174,10 @@ pub trait Store: Send + Sync + 'static {
     /// Marks the token revoked at `at` (a second revocation keeps the first time). `false` when
     /// no token has that id.
     async fn revoke_token(&self, id: Uuid, at: DateTime<Utc>) -> StoreResult<bool>;
-    /// Whether the token with this id was revoked; read on every authenticated request, so that
-    /// a revocation holds at once on every instance sharing the store.
-    async fn token_revoked(&self, id: Uuid) -> StoreResult<bool>;
+    /// Whether the token with this id was revoked, `None` when no token with this id was ever
+    /// recorded; read on every authenticated request, so that a revocation holds at once on
+    /// every instance sharing the store.
+    async fn token_revoked(&self, id: Uuid) -> StoreResult<Option<bool>>;
     /// Stores a new operation.
     async fn insert_operation(&self, op: &Operation) -> StoreResult<()>;
     /// Saves an operation's state, steps, result, error and times (by id).

@@ -424,14 +424,13 @@ impl Store for PostgresStore {
         Ok(done.rows_affected() > 0)
     }
 
-    async fn token_revoked(&self, id: Uuid) -> StoreResult<bool> {
-        let revoked: Option<bool> = sqlx::query_scalar(
+    async fn token_revoked(&self, id: Uuid) -> StoreResult<Option<bool>> {
+        Ok(sqlx::query_scalar(
             "SELECT revoked_at IS NOT NULL FROM pgshift_meta.token WHERE id = $1",
         )
         .bind(id)
         .fetch_optional(&self.pool)
-        .await?;
-        Ok(revoked.unwrap_or(false))
+        .await?)
     }
 
     async fn insert_operation(&self, op: &Operation) -> StoreResult<()> {

@@ -382,13 +382,13 @@ impl Store for SqliteStore {
         Ok(done.rows_affected() > 0)
     }
 
-    async fn token_revoked(&self, id: Uuid) -> StoreResult<bool> {
-        let revoked: Option<bool> =
+    async fn token_revoked(&self, id: Uuid) -> StoreResult<Option<bool>> {
+        Ok(
             sqlx::query_scalar("SELECT revoked_at IS NOT NULL FROM token WHERE id = ?")
                 .bind(id.to_string())
                 .fetch_optional(&self.pool)
-                .await?;
-        Ok(revoked.unwrap_or(false))
+                .await?,
+        )
     }
 
     async fn insert_operation(&self, op: &Operation) -> StoreResult<()> {
