@@ -378,7 +378,8 @@ async fn roles_on_pages_and_a_migration_driven_from_the_dashboard() {
         StatusCode::BAD_REQUEST
     );
 
-    // Resync: a button on each table row for operators, none for viewers; it copies the table
+    // Resync: a link on each table row for operators, none for viewers, to a confirmation page
+    // where the table's name is typed (no script: the CSP would block it); it copies the table
     // again (damaged on the target behind pgshift's back first) and the table ends synced.
     let page = viewer.get("/ui/migrations/shop").await;
     assert!(
@@ -390,6 +391,30 @@ async fn roles_on_pages_and_a_migration_driven_from_the_dashboard() {
         page.body.contains("data-resync=\"public.accounts\""),
         "{}",
         page.body
+    );
+    assert!(!page.body.contains("onsubmit="), "{}", page.body);
+    let page = operator
+        .get("/ui/migrations/shop/tables/public.accounts/resync")
+        .await;
+    assert_eq!(page.status, StatusCode::OK, "{}", page.body);
+    assert!(
+        page.body.contains("id=\"resync-confirm\"") && page.body.contains("id=\"resync-form\""),
+        "{}",
+        page.body
+    );
+    assert_eq!(
+        viewer
+            .get("/ui/migrations/shop/tables/public.accounts/resync")
+            .await
+            .status,
+        StatusCode::FORBIDDEN
+    );
+    assert_eq!(
+        operator
+            .get("/ui/migrations/shop/tables/public.nothing/resync")
+            .await
+            .status,
+        StatusCode::NOT_FOUND
     );
     let page = viewer
         .post(
@@ -403,10 +428,28 @@ async fn roles_on_pages_and_a_migration_driven_from_the_dashboard() {
         .execute(&dst)
         .await
         .unwrap();
+    // Without the typed name (a one-click form, as the page had before): refused, nothing done.
     let page = operator
         .post(
             "/ui/migrations/shop/tables/public.accounts/resync",
             &[("csrf", &operator_csrf)],
+        )
+        .await;
+    assert_eq!(
+        page.status,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "{}",
+        page.body
+    );
+    let damaged: i64 = sqlx::query_scalar("SELECT count(*) FROM accounts WHERE owner = 'damaged'")
+        .fetch_one(&dst)
+        .await
+        .unwrap();
+    assert!(damaged > 0, "the table was resynced without confirmation");
+    let page = operator
+        .post(
+            "/ui/migrations/shop/tables/public.accounts/resync",
+            &[("csrf", &operator_csrf), ("confirm", "public.accounts")],
         )
         .await;
     assert_eq!(page.status, StatusCode::SEE_OTHER, "{}", page.body);

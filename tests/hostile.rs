@@ -325,3 +325,57 @@ async fn a_pattern_of_many_stars_is_matched_in_linear_time() {
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
     assert_eq!(body["error"]["code"], "invalid_pattern", "{body}");
 }
+
+/// No template puts anything inside inline JavaScript: no `on…=` handler attributes, no inline
+/// `<script>` bodies, no `javascript:` URLs. The dashboard's Content-Security-Policy blocks
+/// inline script anyway, so a confirmation written that way never asked (and a table named
+/// `x');…` would have been code); confirmations are typed fields and pages instead.
+#[test]
+fn no_template_has_inline_javascript() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../web/templates");
+    let mut found = Vec::new();
+    let mut checked = 0;
+    for entry in std::fs::read_dir(&dir).expect("web/templates") {
+        let path = entry.unwrap().path();
+        if path.extension().is_none_or(|e| e != "html") {
+            continue;
+        }
+        checked += 1;
+        let text = std::fs::read_to_string(&path).unwrap();
+        let lower = text.to_ascii_lowercase();
+        let bytes = lower.as_bytes();
+        for (i, _) in lower.match_indices("on") {
+            // An attribute: whitespace before `on`, letters after it, then `=`.
+            let before = i.checked_sub(1).map(|j| bytes[j]);
+            let rest = &lower[i + 2..];
+            let letters = rest.bytes().take_while(u8::is_ascii_lowercase).count();
+            let after = rest[letters..].trim_start();
+            if matches!(before, Some(b' ' | b'\n' | b'\t' | b'"' | b'\''))
+                && letters > 0
+                && after.starts_with('=')
+            {
+                found.push(format!("{}: on{}=", path.display(), &rest[..letters]));
+            }
+        }
+        for (i, _) in lower.match_indices("<script") {
+            let tag_end = lower[i..].find('>').map(|e| i + e).unwrap_or(lower.len());
+            let tag = &lower[i..tag_end];
+            let body_empty = lower[tag_end + 1..].starts_with("</script>");
+            if !tag.contains(" src=") || !body_empty {
+                found.push(format!("{}: inline <script>", path.display()));
+            }
+        }
+        if lower.contains("javascript:") {
+            found.push(format!("{}: javascript: URL", path.display()));
+        }
+    }
+    assert!(
+        checked >= 10,
+        "only {checked} templates found in {}",
+        dir.display()
+    );
+    assert!(
+        found.is_empty(),
+        "inline JavaScript in templates: {found:#?}"
+    );
+}

@@ -47,7 +47,7 @@ pub fn router() -> Router<AppState> {
         .route("/migrations/{name}/{action}", post(migration::action))
         .route(
             "/migrations/{name}/tables/{table}/resync",
-            post(migration::resync),
+            get(migration::resync_page).post(migration::resync),
         )
         .route("/migrations/{name}/cutover", post(cutover::start))
         .route("/migrations/{name}/cutover/abort", post(cutover::abort))
