@@ -49,10 +49,27 @@ impl TestServer {
         s
     }
 
+    /// A server with a fresh data directory, test settings, and `configure` applied to its
+    /// configuration.
+    pub async fn start_configured(configure: impl FnOnce(&mut ServeConfig)) -> Self {
+        let dir = std::env::temp_dir().join(format!("pgshift-server-{}", uuid::Uuid::new_v4()));
+        let mut config = ServeConfig::new("127.0.0.1:0".parse().unwrap(), dir.clone());
+        config.engine = test_settings();
+        configure(&mut config);
+        let mut s = Self::start_with(config).await;
+        s.owns_dir = true;
+        s
+    }
+
     /// A server on `data_dir` (which may hold an earlier server's state).
     pub async fn start_in(data_dir: &Path, engine: EngineSettings) -> Self {
         let mut config = ServeConfig::new("127.0.0.1:0".parse().unwrap(), data_dir.to_path_buf());
         config.engine = engine;
+        Self::start_with(config).await
+    }
+
+    async fn start_with(config: ServeConfig) -> Self {
+        let data_dir = config.data_dir.clone();
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
@@ -86,7 +103,7 @@ impl TestServer {
                 .timeout(Duration::from_secs(60))
                 .build()
                 .unwrap(),
-            data_dir: data_dir.to_path_buf(),
+            data_dir,
             owns_dir: false,
             shutdown: Some(tx),
             runtime: Some(runtime),

@@ -74,7 +74,11 @@ impl Application {
                 secrets,
                 sign_in_throttle: Default::default(),
                 lag_history: Default::default(),
-                operations: Default::default(),
+                operations: crate::service::operations::Operations::new(
+                    crate::service::operations::WebhookPolicy::new(
+                        config.webhook_allowed_networks.clone(),
+                    ),
+                ),
             }),
         })
     }
