@@ -12,6 +12,7 @@ mod migration;
 mod new_migration;
 mod session;
 mod sign_in;
+mod users;
 mod verify;
 mod view;
 
@@ -60,6 +61,8 @@ pub fn router() -> Router<AppState> {
             "/migrations/{name}/verify",
             get(verify::fragment).post(verify::start),
         )
+        .route("/users", get(users::page))
+        .route("/users/{name}/{action}", post(users::action))
         .route("/static/{*path}", get(assets::serve))
         .fallback(not_found)
         .layer(axum::middleware::map_response(security_headers));

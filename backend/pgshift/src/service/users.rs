@@ -135,16 +135,10 @@ pub async fn create(
     password: &str,
 ) -> ServiceResult<User> {
     check_name("user", name)?;
-    if password.chars().count() < MIN_PASSWORD_LEN {
-        return Err(ServiceError::invalid(
-            "weak_password",
-            format!("the password must have at least {MIN_PASSWORD_LEN} characters"),
-        ));
-    }
     let user = User {
         id: Uuid::new_v4(),
         name: name.to_string(),
-        password_hash: hash_password(password),
+        password_hash: new_password_hash(password).await?,
         role,
         created_at: Utc::now(),
     };
@@ -155,6 +149,95 @@ pub async fn create(
         other => other.into(),
     })?;
     tracing::info!(user = %user.name, role = %user.role, "user created");
+    Ok(user)
+}
+
+/// Checks a new password's length, then hashes it off the async runtime.
+async fn new_password_hash(password: &str) -> ServiceResult<String> {
+    if password.chars().count() < MIN_PASSWORD_LEN {
+        return Err(ServiceError::invalid(
+            "weak_password",
+            format!("the password must have at least {MIN_PASSWORD_LEN} characters"),
+        ));
+    }
+    let password = password.to_string();
+    Ok(
+        tokio::task::spawn_blocking(move || hash_password(&password))
+            .await
+            .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic())),
+    )
+}
+
+/// Every dashboard user, by name.
+pub async fn list(store: &dyn Store) -> ServiceResult<Vec<User>> {
+    Ok(store.list_users().await?)
+}
+
+async fn find(store: &dyn Store, name: &str) -> ServiceResult<User> {
+    store
+        .user_by_name(name)
+        .await?
+        .ok_or_else(|| ServiceError::NotFound(format!("user {name:?}")))
+}
+
+/// Refuses a change that would leave no admin (nobody could manage users from the dashboard).
+async fn keep_an_admin(
+    store: &dyn Store,
+    user: &User,
+    new_role: Option<Role>,
+) -> ServiceResult<()> {
+    if user.role != Role::Admin || new_role == Some(Role::Admin) {
+        return Ok(());
+    }
+    let admins = store
+        .list_users()
+        .await?
+        .iter()
+        .filter(|u| u.role == Role::Admin)
+        .count();
+    if admins <= 1 {
+        return Err(ServiceError::conflict(
+            "last_admin",
+            format!(
+                "{:?} is the only admin; make another user admin first",
+                user.name
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Removes a user; their sessions end at once.
+pub async fn remove(store: &dyn Store, name: &str) -> ServiceResult<()> {
+    let user = find(store, name).await?;
+    keep_an_admin(store, &user, None).await?;
+    if !store.delete_user(user.id).await? {
+        return Err(ServiceError::NotFound(format!("user {name:?}")));
+    }
+    tracing::info!(user = %user.name, "user removed; their sessions ended");
+    Ok(())
+}
+
+/// Sets a user's password (at least [`MIN_PASSWORD_LEN`] characters); their sessions end at once.
+pub async fn set_password(store: &dyn Store, name: &str, password: &str) -> ServiceResult<User> {
+    let mut user = find(store, name).await?;
+    user.password_hash = new_password_hash(password).await?;
+    if !store.update_user(&user).await? {
+        return Err(ServiceError::NotFound(format!("user {name:?}")));
+    }
+    tracing::info!(user = %user.name, "user's password set; their sessions ended");
+    Ok(user)
+}
+
+/// Sets a user's role; their sessions end at once.
+pub async fn set_role(store: &dyn Store, name: &str, role: Role) -> ServiceResult<User> {
+    let mut user = find(store, name).await?;
+    keep_an_admin(store, &user, Some(role)).await?;
+    user.role = role;
+    if !store.update_user(&user).await? {
+        return Err(ServiceError::NotFound(format!("user {name:?}")));
+    }
+    tracing::info!(user = %user.name, role = %role, "user's role set; their sessions ended");
     Ok(user)
 }
 

@@ -484,6 +484,18 @@ impl Store for SqliteStore {
         users::count_users(&self.pool).await
     }
 
+    async fn list_users(&self) -> StoreResult<Vec<super::User>> {
+        users::list_users(&self.pool).await
+    }
+
+    async fn update_user(&self, user: &super::User) -> StoreResult<bool> {
+        users::update_user(&self.pool, user).await
+    }
+
+    async fn delete_user(&self, id: Uuid) -> StoreResult<bool> {
+        users::delete_user(&self.pool, id).await
+    }
+
     async fn insert_session(&self, session: &super::UserSession) -> StoreResult<()> {
         users::insert_session(&self.pool, session).await
     }
