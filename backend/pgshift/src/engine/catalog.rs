@@ -15,6 +15,8 @@ pub struct CatalogTable {
     pub name: String,
     pub partitioned: bool,
     pub key: Vec<String>,
+    /// The unique index the key comes from when the table has no primary key.
+    pub key_index: Option<String>,
     pub columns: Vec<ColumnSpec>,
 }
 
@@ -24,15 +26,29 @@ impl CatalogTable {
     }
 }
 
+/// Tables with the key pgshift identifies their rows by: the primary key, or else the unique
+/// index over NOT NULL columns with the fewest columns (then by name; immediate, valid, no
+/// predicate, no expression), which identifies a row just as well (issue 10). Only an index's
+/// key columns count, not its INCLUDE columns.
 const TABLES_SQL: &str = r#"
+WITH unique_keys AS (
+    SELECT i.indrelid, i.indisprimary, i.indexrelid::regclass::text AS index_name,
+           array_agg(a.attname::text ORDER BY k.ord) AS cols, bool_and(a.attnotnull) AS not_null
+      FROM pg_index i
+      CROSS JOIN LATERAL unnest(i.indkey::int2[]) WITH ORDINALITY AS k(attnum, ord)
+      JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
+     WHERE i.indisunique AND i.indimmediate AND i.indisvalid AND i.indpred IS NULL
+       AND i.indexprs IS NULL AND k.ord <= i.indnkeyatts
+     GROUP BY i.indrelid, i.indisprimary, i.indexrelid)
 SELECT c.oid::oid AS oid, n.nspname::text AS schema, c.relname::text AS name, c.relkind = 'p' AS partitioned,
-       coalesce((SELECT array_agg(a.attname::text ORDER BY k.ord)
-                   FROM pg_index i
-                   CROSS JOIN LATERAL unnest(i.indkey::int2[]) WITH ORDINALITY AS k(attnum, ord)
-                   JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
-                  WHERE i.indrelid = c.oid AND i.indisprimary), '{}') AS key
+       coalesce(pk.cols, uk.cols, '{}') AS key,
+       CASE WHEN pk.cols IS NULL THEN uk.index_name END AS key_index
   FROM pg_class c
   JOIN pg_namespace n ON n.oid = c.relnamespace
+  LEFT JOIN unique_keys pk ON pk.indrelid = c.oid AND pk.indisprimary
+  LEFT JOIN LATERAL (SELECT u.cols, u.index_name FROM unique_keys u
+                      WHERE u.indrelid = c.oid AND NOT u.indisprimary AND u.not_null
+                      ORDER BY cardinality(u.cols), u.index_name LIMIT 1) uk ON true
  WHERE c.relkind IN ('r', 'p') AND NOT c.relispartition
    AND n.nspname NOT IN ('pg_catalog', 'information_schema')
    AND n.nspname !~ '^pg_toast' AND n.nspname !~ '^pg_temp' AND n.nspname !~ '^pgshift_'
@@ -61,6 +77,7 @@ pub async fn user_tables(conn: &mut PgConnection) -> EngineResult<Vec<CatalogTab
             name: row.get("name"),
             partitioned: row.get("partitioned"),
             key: row.get("key"),
+            key_index: row.get("key_index"),
             columns: Vec::new(),
         });
     }
@@ -188,7 +205,7 @@ pub fn select_tables(
         return Err(EngineError::invalid(
             "no_primary_key",
             format!(
-                "table(s) without a primary key: {}. pgshift identifies rows by primary key to replicate updates and deletes; add a primary key or leave these tables out with table patterns",
+                "table(s) without a primary key or a unique index over NOT NULL columns: {}. pgshift identifies rows by such a key to replicate updates and deletes; add one or leave these tables out with table patterns",
                 keyless.join(", ")
             ),
         ));
@@ -340,6 +357,89 @@ pub async fn check_keys_comparable(
                     context: format!("checking the key of {}", t.display_name()),
                     source: e,
                 })
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Strings whose order and equality tell collations apart: case, accents, ligatures,
+/// punctuation and digits sort differently under C, libc and ICU locales, and a
+/// case-insensitive (nondeterministic) collation finds some of them equal.
+const COLLATION_PROBES: &[&str] = &[
+    "a", "A", "b", "B", "ä", "Ä", "z", "Z", "æ", "ß", "ss", "_x", "-x", " a", "a b", "ab", "1",
+    "10", "9", "é", "e", "f", "ø", "o", "ǅ", "i", "I", "ı", "İ",
+];
+
+/// How one side orders and equates the probes under each collatable key column of `table`:
+/// the column's own collation (a named one, or the database's default) applied to the column's
+/// own type.
+async fn key_collation_behaviour(
+    conn: &mut PgConnection,
+    table: &TableSpec,
+) -> EngineResult<Vec<(String, String)>> {
+    let columns: Vec<(String, String, Option<String>)> = sqlx::query_as(
+        "SELECT a.attname::text, format_type(a.atttypid, a.atttypmod),
+                CASE WHEN a.attcollation = 100 THEN NULL
+                     ELSE format('%I.%I', n.nspname, c.collname) END
+           FROM pg_attribute a
+           JOIN pg_collation c ON c.oid = a.attcollation
+           JOIN pg_namespace n ON n.oid = c.collnamespace
+          WHERE a.attrelid = $1::regclass AND a.attname = ANY($2) AND a.attcollation <> 0",
+    )
+    .bind(table.sql_name())
+    .bind(&table.key)
+    .fetch_all(&mut *conn)
+    .await
+    .context(|| format!("reading the key collations of {}", table.display_name()))?;
+    let mut out = Vec::new();
+    for (column, type_name, collation) in columns {
+        let collate = collation
+            .map(|c| format!(" COLLATE {c}"))
+            .unwrap_or_default();
+        let behaviour: String = sqlx::query_scalar(&format!(
+            "SELECT string_agg(x::text, '|' ORDER BY x::{type_name}{collate}, x COLLATE \"C\")
+                    || ' distinct ' || count(DISTINCT x::{type_name}{collate})
+               FROM unnest($1::text[]) AS x"
+        ))
+        .bind(COLLATION_PROBES)
+        .fetch_one(&mut *conn)
+        .await
+        .context(|| {
+            format!(
+                "comparing the collation of {}.{column}",
+                table.display_name()
+            )
+        })?;
+        out.push((column, behaviour));
+    }
+    Ok(out)
+}
+
+/// Refuses a table whose key columns order or compare text differently on the two sides (a
+/// different collation, or the same name under another locale or library version). The copy
+/// cuts key ranges in the source's order and looks them up in the target's, and verification
+/// and repair compare ranges: under two orders a range means different rows on each side.
+pub async fn check_key_collations(
+    src: &mut PgConnection,
+    dst: &mut PgConnection,
+    tables: &[TableSpec],
+) -> EngineResult<()> {
+    for t in tables {
+        let source = key_collation_behaviour(src, t).await?;
+        let target = key_collation_behaviour(dst, t).await?;
+        for (column, behaviour) in &source {
+            let Some((_, other)) = target.iter().find(|(c, _)| c == column) else {
+                continue;
+            };
+            if other != behaviour {
+                return Err(EngineError::invalid(
+                    "key_collation_differs",
+                    format!(
+                        "table {}: key column {column} orders or compares text differently on the two sides (another collation, or the same collation from another locale library); give it the same collation on the target, or leave the table out",
+                        t.display_name()
+                    ),
+                ));
             }
         }
     }

@@ -4,20 +4,23 @@
 mod apply;
 mod batch;
 pub mod catalog;
-mod copy;
+pub(crate) mod copy;
 pub mod cutover;
 mod error;
 pub mod key_ops;
+pub mod partition_bound;
+pub(crate) mod partitions;
 pub mod pg;
 pub mod resync;
 pub mod rotation;
 pub mod row_format;
 mod runner;
-mod source;
+pub(crate) mod source;
 mod status;
 mod supervisor;
 mod target;
 mod ticker;
+mod truncate;
 
 pub use error::{EngineError, EngineResult};
 pub use source::install as install_capture;

@@ -10,6 +10,10 @@ use crate::store::MigrationRecord;
 
 const TARGET_INSTALL_SQL: &str = include_str!("../../../../../sql/target/install.sql");
 
+/// The longest arming waits for one lock on either server: the old server's writes are blocked
+/// meanwhile.
+const ARM_LOCK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
+
 /// Installs capture for `reverse` on its source (the new server) and its bookkeeping on its
 /// target (the old server) with every table synced as of the capture's first tick.
 pub async fn arm(
@@ -18,7 +22,8 @@ pub async fn arm(
     reverse: &MigrationRecord,
 ) -> EngineResult<()> {
     let schema = reverse.schema_name();
-    source::install(new_side, reverse).await?;
+    // Armed while the old server is frozen: never wait long behind a lock on either side.
+    source::install_within(new_side, reverse, ARM_LOCK_TIMEOUT).await?;
     let (tick_id, snapshot, tick_time, event_seq): (i64, String, chrono::DateTime<chrono::Utc>, i64) =
         sqlx::query_as(&format!(
             "SELECT tick_id, tick_snapshot::text, tick_time, tick_event_seq FROM {}.tick ORDER BY tick_id LIMIT 1",
@@ -32,6 +37,13 @@ pub async fn arm(
         .begin()
         .await
         .context(|| "opening the reverse install on the old server".into())?;
+    sqlx::query(&format!(
+        "SET LOCAL lock_timeout = '{}ms'",
+        ARM_LOCK_TIMEOUT.as_millis()
+    ))
+    .execute(&mut *tx)
+    .await
+    .context(|| "setting lock_timeout".into())?;
     pg::run_script(&mut tx, &TARGET_INSTALL_SQL.replace("@schema@", &quoted))
         .await
         .context(|| "installing the reverse migration's bookkeeping on the old server".into())?;
