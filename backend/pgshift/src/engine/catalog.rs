@@ -37,8 +37,11 @@ WITH unique_keys AS (
       FROM pg_index i
       CROSS JOIN LATERAL unnest(i.indkey::int2[]) WITH ORDINALITY AS k(attnum, ord)
       JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
-     WHERE i.indisunique AND i.indimmediate AND i.indisvalid AND i.indpred IS NULL
+     WHERE i.indisunique AND i.indisvalid AND i.indpred IS NULL
        AND i.indexprs IS NULL AND k.ord <= i.indnkeyatts
+       -- A deferrable primary key is still the key (and refused by check_keys_immediate with
+       -- the reason); a deferrable unique index is not a candidate.
+       AND (i.indisprimary OR i.indimmediate)
      GROUP BY i.indrelid, i.indisprimary, i.indexrelid)
 SELECT c.oid::oid AS oid, n.nspname::text AS schema, c.relname::text AS name, c.relkind = 'p' AS partitioned,
        coalesce(pk.cols, uk.cols, '{}') AS key,
