@@ -2,9 +2,7 @@
 //! which object, from where, with what result), readable at `GET /api/v1/audit`, and never holds
 //! a request body's secrets.
 
-use std::time::Duration;
-
-use pgshift::auth::{Keys, Role};
+use pgshift::auth::Role;
 use pgshift_tests::server::TestServer;
 use pgshift_tests::{init_tracing, PgCluster};
 use reqwest::StatusCode;
@@ -88,8 +86,7 @@ async fn every_change_is_audited_without_secrets() {
     .await;
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
     // 4. A viewer trying to start a migration.
-    let keys = Keys::load_or_create(&server.data_dir).unwrap();
-    let viewer = keys.issue("alice", Role::Viewer, Duration::from_secs(600));
+    let viewer = server.token_for(Role::Viewer, "alice").await;
     let (status, body) = send(
         client
             .post(server.url("/migrations/shop/start"))

@@ -594,12 +594,16 @@ async fn webhook_receiver() -> (String, Arc<Mutex<Vec<Value>>>) {
 }
 
 /// The webhook receives every step, in order, without secrets; an unreachable webhook is shown
-/// in the result and does not stop the cutover.
+/// in the result and does not stop the cutover. (The receiver is on loopback, which the server's
+/// configuration must allow.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn webhook_receives_each_step() {
     init_tracing();
     let pair = pair(200).await;
-    let server = TestServer::start().await;
+    let server = TestServer::start_configured(|c| {
+        c.webhook_allowed_networks = vec!["127.0.0.0/8".parse().unwrap()];
+    })
+    .await;
     start_synced(&server, &pair, "shop").await;
     // Unreachable: the cutover goes on and says so.
     let dead = {
@@ -667,8 +671,15 @@ async fn webhook_receives_each_step() {
 async fn operation_routes_check_roles() {
     init_tracing();
     let server = TestServer::start().await;
-    let keys = pgshift::auth::Keys::load_or_create(&server.data_dir).unwrap();
-    let token = |role| keys.issue("ops", role, Duration::from_secs(600));
+    let mut tokens = std::collections::BTreeMap::new();
+    for role in [
+        pgshift::auth::Role::Viewer,
+        pgshift::auth::Role::Operator,
+        pgshift::auth::Role::Admin,
+    ] {
+        tokens.insert(role, server.token_for(role, "ops").await);
+    }
+    let token = |role| tokens[&role].clone();
     let id = uuid::Uuid::new_v4();
     let routes: [(&str, String, pgshift::auth::Role); 6] = [
         (
@@ -1164,4 +1175,119 @@ async fn arming_the_way_back_gives_up_quickly_behind_a_lock() {
         .await
         .unwrap_or_else(|e| panic!("the old server is not writable after {op}: {e}"));
     case.drain_and_compare(&[("t", "id")]).await;
+}
+
+/// Accepts connections on `addr`, counts them, and answers every request with `answer`.
+async fn canned_http(addr: &str, answer: String) -> (u16, Arc<Mutex<u32>>) {
+    let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let count = Arc::new(Mutex::new(0));
+    let seen = count.clone();
+    tokio::spawn(async move {
+        while let Ok((mut sock, _)) = listener.accept().await {
+            *seen.lock().unwrap() += 1;
+            let answer = answer.clone();
+            tokio::spawn(async move {
+                let mut buf = [0u8; 8192];
+                let mut got = Vec::new();
+                while !String::from_utf8_lossy(&got).contains("\r\n\r\n") {
+                    match sock.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => got.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let _ = sock.write_all(answer.as_bytes()).await;
+            });
+        }
+    });
+    (port, count)
+}
+
+/// Webhooks go only where the server's configuration allows: loopback, private and link-local
+/// destinations are refused unless listed (checked on resolved addresses, so `localhost` too);
+/// a redirect from an allowed destination to another one is not followed; deliveries are
+/// recorded only as delivered or not (no status to probe with); the URL's path is never shown.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn webhooks_go_only_to_allowed_destinations_and_follow_no_redirect() {
+    init_tracing();
+    let pair = pair(50).await;
+    // Only 127.0.0.2 is allowed; 127.0.0.1 stands for an internal service.
+    let server = TestServer::start_configured(|c| {
+        c.webhook_allowed_networks = vec!["127.0.0.2/32".parse().unwrap()];
+    })
+    .await;
+    start_synced(&server, &pair, "shop").await;
+    let (internal, internal_hits) = canned_http(
+        "127.0.0.1:0",
+        "HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n".into(),
+    )
+    .await;
+    for url in [
+        format!("http://127.0.0.1:{internal}/internal-admin/reset"),
+        format!("http://localhost:{internal}/internal-admin/reset"),
+        format!("http://[::1]:{internal}/"),
+        format!("http://[::ffff:127.0.0.1]:{internal}/"),
+        "http://169.254.169.254/latest/meta-data".into(),
+        "http://10.0.0.1/hook".into(),
+        "http://192.168.1.1/hook".into(),
+    ] {
+        let (status, body) = server
+            .post(
+                "/migrations/shop/cutover",
+                json!({"dry_run": true, "webhook_url": url}),
+            )
+            .await;
+        assert_eq!(status, 422, "{url}: {body}");
+        assert_eq!(
+            body["error"]["code"], "webhook_not_allowed",
+            "{url}: {body}"
+        );
+    }
+    // An allowed destination that redirects to the internal one.
+    let (outside, outside_hits) = canned_http(
+        "127.0.0.2:0",
+        format!(
+            "HTTP/1.1 307 Temporary Redirect\r\nlocation: http://127.0.0.1:{internal}/internal-admin/reset\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+        ),
+    )
+    .await;
+    let secret = "T0001/B0002/slack-style-secret";
+    let op = cutover(
+        &server,
+        "shop",
+        relaxed(json!({"dry_run": true, "webhook_url": format!("http://127.0.0.2:{outside}/services/{secret}")})),
+    )
+    .await;
+    assert_eq!(op["state"], "succeeded", "{op}");
+    assert!(
+        *outside_hits.lock().unwrap() > 0,
+        "the allowed destination was never called"
+    );
+    assert_eq!(
+        *internal_hits.lock().unwrap(),
+        0,
+        "the redirect to the internal service was followed"
+    );
+    let webhook = &op["result"]["webhook"];
+    assert_eq!(webhook["delivered"], 0, "{op}");
+    let failures = webhook["failures"].as_array().unwrap();
+    assert!(!failures.is_empty(), "{op}");
+    for f in failures {
+        let f = f.as_str().unwrap();
+        assert!(f.ends_with(": not delivered"), "{f}");
+    }
+    let shown = format!("http://127.0.0.2:{outside}/…");
+    assert_eq!(webhook["url"], shown, "{op}");
+    assert_eq!(op["request"]["webhook_url"], shown, "{op}");
+    let (_, again) = server
+        .get(&format!("/operations/{}", op["id"].as_str().unwrap()))
+        .await;
+    let (_, list) = server.get("/migrations/shop/operations").await;
+    for text in [op.to_string(), again.to_string(), list.to_string()] {
+        assert!(!text.contains("slack-style-secret"), "{text}");
+        assert!(
+            !text.contains("307"),
+            "the answer's status is reported: {text}"
+        );
+    }
 }

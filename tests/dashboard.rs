@@ -378,7 +378,8 @@ async fn roles_on_pages_and_a_migration_driven_from_the_dashboard() {
         StatusCode::BAD_REQUEST
     );
 
-    // Resync: a button on each table row for operators, none for viewers; it copies the table
+    // Resync: a link on each table row for operators, none for viewers, to a confirmation page
+    // where the table's name is typed (no script: the CSP would block it); it copies the table
     // again (damaged on the target behind pgshift's back first) and the table ends synced.
     let page = viewer.get("/ui/migrations/shop").await;
     assert!(
@@ -390,6 +391,30 @@ async fn roles_on_pages_and_a_migration_driven_from_the_dashboard() {
         page.body.contains("data-resync=\"public.accounts\""),
         "{}",
         page.body
+    );
+    assert!(!page.body.contains("onsubmit="), "{}", page.body);
+    let page = operator
+        .get("/ui/migrations/shop/tables/public.accounts/resync")
+        .await;
+    assert_eq!(page.status, StatusCode::OK, "{}", page.body);
+    assert!(
+        page.body.contains("id=\"resync-confirm\"") && page.body.contains("id=\"resync-form\""),
+        "{}",
+        page.body
+    );
+    assert_eq!(
+        viewer
+            .get("/ui/migrations/shop/tables/public.accounts/resync")
+            .await
+            .status,
+        StatusCode::FORBIDDEN
+    );
+    assert_eq!(
+        operator
+            .get("/ui/migrations/shop/tables/public.nothing/resync")
+            .await
+            .status,
+        StatusCode::NOT_FOUND
     );
     let page = viewer
         .post(
@@ -403,10 +428,28 @@ async fn roles_on_pages_and_a_migration_driven_from_the_dashboard() {
         .execute(&dst)
         .await
         .unwrap();
+    // Without the typed name (a one-click form, as the page had before): refused, nothing done.
     let page = operator
         .post(
             "/ui/migrations/shop/tables/public.accounts/resync",
             &[("csrf", &operator_csrf)],
+        )
+        .await;
+    assert_eq!(
+        page.status,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "{}",
+        page.body
+    );
+    let damaged: i64 = sqlx::query_scalar("SELECT count(*) FROM accounts WHERE owner = 'damaged'")
+        .fetch_one(&dst)
+        .await
+        .unwrap();
+    assert!(damaged > 0, "the table was resynced without confirmation");
+    let page = operator
+        .post(
+            "/ui/migrations/shop/tables/public.accounts/resync",
+            &[("csrf", &operator_csrf), ("confirm", "public.accounts")],
         )
         .await;
     assert_eq!(page.status, StatusCode::SEE_OTHER, "{}", page.body);
@@ -732,4 +775,134 @@ async fn cutover_panel_roles_gates_and_a_cutover() {
         "{}",
         page.body
     );
+}
+
+/// Admins manage users from the dashboard: a new role, a new password or removal ends that
+/// user's sessions at once; nobody else may; the last admin stays.
+#[tokio::test]
+async fn admins_manage_users_and_their_sessions_end_at_once() {
+    init_tracing();
+    let server = server_with_users().await;
+    let mut olga = UiClient::new(&server.base);
+    olga.sign_in("olga", OPERATOR_PW).await;
+    let mut vera = UiClient::new(&server.base);
+    vera.sign_in("vera", VIEWER_PW).await;
+    assert_eq!(olga.get("/ui/users").await.status, StatusCode::FORBIDDEN);
+    let olga_csrf = olga.csrf().await;
+    let page = olga
+        .post(
+            "/ui/users/vera/role",
+            &[("csrf", &olga_csrf), ("role", "admin")],
+        )
+        .await;
+    assert_eq!(page.status, StatusCode::FORBIDDEN);
+
+    let mut adam = UiClient::new(&server.base);
+    adam.sign_in("adam", ADMIN_PW).await;
+    let page = adam.get("/ui/users").await;
+    assert_eq!(page.status, StatusCode::OK, "{}", page.body);
+    for row in [
+        r#"data-user="adam" data-role="admin""#,
+        r#"data-user="olga" data-role="operator""#,
+        r#"data-user="vera" data-role="viewer""#,
+    ] {
+        assert!(page.body.contains(row), "{row}: {}", page.body);
+    }
+    assert!(!page.body.contains("$argon2"), "a hash on the page");
+    let csrf = page.csrf();
+    let page = adam
+        .post(
+            "/ui/users/olga/role",
+            &[("csrf", "forged"), ("role", "viewer")],
+        )
+        .await;
+    assert_eq!(page.status, StatusCode::FORBIDDEN);
+
+    // A new role: olga's session ends; signed in again, she is a viewer.
+    let page = adam
+        .post(
+            "/ui/users/olga/role",
+            &[("csrf", &csrf), ("role", "viewer")],
+        )
+        .await;
+    assert_eq!(page.status, StatusCode::SEE_OTHER, "{}", page.body);
+    let page = olga.get("/ui").await;
+    assert_eq!(
+        page.status,
+        StatusCode::SEE_OTHER,
+        "olga's session outlived her role"
+    );
+    olga.sign_in("olga", OPERATOR_PW).await;
+    assert!(olga.get("/ui").await.body.contains("olga · viewer"));
+
+    // A new password: vera's session ends, and only the new password works.
+    let page = adam
+        .post(
+            "/ui/users/vera/password",
+            &[("csrf", &csrf), ("password", "short")],
+        )
+        .await;
+    assert_eq!(page.status, StatusCode::UNPROCESSABLE_ENTITY);
+    let page = adam
+        .post(
+            "/ui/users/vera/password",
+            &[("csrf", &csrf), ("password", "vera-new-password-2")],
+        )
+        .await;
+    assert_eq!(page.status, StatusCode::SEE_OTHER, "{}", page.body);
+    assert_eq!(vera.get("/ui").await.status, StatusCode::SEE_OTHER);
+    let page = vera
+        .post("/ui/sign-in", &[("name", "vera"), ("password", VIEWER_PW)])
+        .await;
+    assert_eq!(page.status, StatusCode::UNAUTHORIZED);
+    vera.sign_in("vera", "vera-new-password-2").await;
+
+    // Removal needs the name typed; then the session ends and the user cannot sign in.
+    let page = adam.post("/ui/users/olga/remove", &[("csrf", &csrf)]).await;
+    assert_eq!(page.status, StatusCode::UNPROCESSABLE_ENTITY);
+    let page = adam
+        .post(
+            "/ui/users/olga/remove",
+            &[("csrf", &csrf), ("confirm", "olga")],
+        )
+        .await;
+    assert_eq!(page.status, StatusCode::SEE_OTHER, "{}", page.body);
+    assert_eq!(olga.get("/ui").await.status, StatusCode::SEE_OTHER);
+    let page = olga
+        .post(
+            "/ui/sign-in",
+            &[("name", "olga"), ("password", OPERATOR_PW)],
+        )
+        .await;
+    assert_eq!(page.status, StatusCode::UNAUTHORIZED);
+    assert!(!adam
+        .get("/ui/users")
+        .await
+        .body
+        .contains(r#"data-user="olga""#));
+
+    // The only admin cannot demote or remove themselves (the server's first admin, `admin`,
+    // made a viewer first).
+    let page = adam
+        .post(
+            "/ui/users/admin/role",
+            &[("csrf", &csrf), ("role", "viewer")],
+        )
+        .await;
+    assert_eq!(page.status, StatusCode::SEE_OTHER, "{}", page.body);
+    let page = adam
+        .post(
+            "/ui/users/adam/role",
+            &[("csrf", &csrf), ("role", "operator")],
+        )
+        .await;
+    assert_eq!(page.status, StatusCode::CONFLICT, "{}", page.body);
+    let page = adam
+        .post(
+            "/ui/users/adam/remove",
+            &[("csrf", &csrf), ("confirm", "adam")],
+        )
+        .await;
+    assert_eq!(page.status, StatusCode::CONFLICT, "{}", page.body);
+    assert_eq!(adam.get("/ui/users").await.status, StatusCode::OK);
 }

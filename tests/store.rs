@@ -526,7 +526,10 @@ async fn serve(
     config.engine = test_settings();
     let app = Application::build(config).await.expect("pgshift builds");
     let base = format!("http://{}", app.local_addr());
-    let token = app.issue_token(Role::Admin, Duration::from_secs(3600));
+    let token = app
+        .issue_token(Role::Admin, Duration::from_secs(3600))
+        .await
+        .expect("a token for the tests");
     let (tx, rx) = oneshot::channel::<()>();
     let handle = tokio::spawn(async move {
         app.run_until_stopped(async {
@@ -646,14 +649,14 @@ async fn token_conformance(store: &dyn Store) {
         store.list_tokens().await.unwrap(),
         [first.clone(), second.clone()]
     );
-    assert!(!store.token_revoked(first.id).await.unwrap());
-    // Unknown ids are not revoked (tokens issued before tokens were recorded stay valid).
-    assert!(!store.token_revoked(Uuid::new_v4()).await.unwrap());
+    assert_eq!(store.token_revoked(first.id).await.unwrap(), Some(false));
+    // Unknown ids are told apart (the server refuses tokens it never recorded).
+    assert_eq!(store.token_revoked(Uuid::new_v4()).await.unwrap(), None);
 
     let at = now();
     assert!(store.revoke_token(first.id, at).await.unwrap());
-    assert!(store.token_revoked(first.id).await.unwrap());
-    assert!(!store.token_revoked(second.id).await.unwrap());
+    assert_eq!(store.token_revoked(first.id).await.unwrap(), Some(true));
+    assert_eq!(store.token_revoked(second.id).await.unwrap(), Some(false));
     assert!(store
         .revoke_token(first.id, at + chrono::Duration::seconds(5))
         .await
@@ -759,6 +762,55 @@ async fn users_conformance(store: &dyn store::Store) {
     assert!(store.session_by_hash("live").await.unwrap().is_none());
     // Deleting an unknown session is no error.
     store.delete_session("live").await.unwrap();
+
+    // Updating or removing a user ends their sessions in the same step.
+    let bob = User {
+        id: Uuid::new_v4(),
+        name: "bob".into(),
+        ..user.clone()
+    };
+    store.insert_user(&bob).await.unwrap();
+    let names: Vec<String> = store
+        .list_users()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|u| u.name)
+        .collect();
+    assert_eq!(names, ["alice", "bob"]);
+    store
+        .insert_session(&session("alice-1", 1_900_000_000))
+        .await
+        .unwrap();
+    let bobs = UserSession {
+        user_id: bob.id,
+        ..session("bob-1", 1_900_000_000)
+    };
+    store.insert_session(&bobs).await.unwrap();
+    let changed = User {
+        role: Role::Viewer,
+        password_hash: "$argon2id$v=19$m=19456,t=2,p=1$c2FsdA$bmV3".into(),
+        ..user.clone()
+    };
+    assert!(store.update_user(&changed).await.unwrap());
+    let found = store.user_by_id(user.id).await.unwrap().unwrap();
+    assert_eq!(
+        (found.role, found.password_hash),
+        (changed.role, changed.password_hash)
+    );
+    assert!(store.session_by_hash("alice-1").await.unwrap().is_none());
+    assert!(store.session_by_hash("bob-1").await.unwrap().is_some());
+    assert!(store.delete_user(bob.id).await.unwrap());
+    assert!(store.session_by_hash("bob-1").await.unwrap().is_none());
+    assert!(store.user_by_name("bob").await.unwrap().is_none());
+    assert!(!store.delete_user(bob.id).await.unwrap());
+    assert!(!store
+        .update_user(&User {
+            id: Uuid::new_v4(),
+            ..user.clone()
+        })
+        .await
+        .unwrap());
 }
 
 #[tokio::test]

@@ -169,11 +169,18 @@ async fn bad_tokens_are_refused() {
         )
         .unwrap()
     };
-    let iss = keys.verify(&server.token).unwrap().iss;
+    let own = keys.verify(&server.token).unwrap();
+    let iss = own.iss;
+    // The id of a token the server issued and recorded.
+    let recorded = own.jti;
     let now = chrono::Utc::now().timestamp();
     let claims = |exp: i64| {
         json!({"sub": "x", "role": "admin", "iss": iss, "iat": now - 60, "exp": exp,
-               "jti": uuid::Uuid::new_v4().to_string()})
+               "jti": recorded})
+    };
+    let with = |mut claims: Value, key: &str, value: Value| {
+        claims[key] = value;
+        claims
     };
     let other_dir = std::env::temp_dir().join(format!("pgshift-other-{}", uuid::Uuid::new_v4()));
     let foreign = Keys::load_or_create(&other_dir).unwrap();
@@ -202,20 +209,44 @@ async fn bad_tokens_are_refused() {
             foreign.issue("x", Role::Admin, Duration::from_secs(60)),
         ),
         ("garbage", "abc.def.ghi".into()),
+        (
+            "not valid yet (nbf an hour ahead)",
+            sign(&secret, with(claims(now + 7200), "nbf", json!(now + 3600))),
+        ),
+        (
+            "an id the server never recorded",
+            sign(
+                &secret,
+                with(
+                    claims(now + 3600),
+                    "jti",
+                    json!(uuid::Uuid::new_v4().to_string()),
+                ),
+            ),
+        ),
+        (
+            "an id that is no UUID",
+            sign(&secret, with(claims(now + 3600), "jti", json!("x"))),
+        ),
     ];
     for (what, token) in &cases {
         let (status, body) = call(server.client.get(server.url("/tokens")), token).await;
         assert_eq!(status, StatusCode::UNAUTHORIZED, "{what}: {body}");
         assert_eq!(body["error"]["code"], "unauthorized", "{what}");
     }
-    // The same signature with the server's own claims still works (the cases above are refused
-    // for what they are, not by accident).
-    let (status, _) = call(
-        server.client.get(server.url("/tokens")),
-        &sign(&secret, claims(now + 3600)),
-    )
-    .await;
-    assert_eq!(status, StatusCode::OK);
+    // The same signature with the server's own claims (a recorded id, `nbf` passed) still
+    // works: the cases above are refused for what they are, not by accident.
+    for good in [
+        claims(now + 3600),
+        with(claims(now + 3600), "nbf", json!(now - 10)),
+    ] {
+        let (status, body) = call(
+            server.client.get(server.url("/tokens")),
+            &sign(&secret, good),
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+    }
     std::fs::remove_dir_all(other_dir).unwrap();
 }
 
@@ -339,7 +370,10 @@ async fn serve(
     config.engine = test_settings();
     let app = Application::build(config).await.expect("pgshift builds");
     let base = format!("http://{}/api/v1", app.local_addr());
-    let token = app.issue_token(Role::Admin, Duration::from_secs(3600));
+    let token = app
+        .issue_token(Role::Admin, Duration::from_secs(3600))
+        .await
+        .expect("a token for the tests");
     let (tx, rx) = oneshot::channel::<()>();
     let handle = tokio::spawn(async move {
         app.run_until_stopped(async {

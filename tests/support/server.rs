@@ -49,10 +49,27 @@ impl TestServer {
         s
     }
 
+    /// A server with a fresh data directory, test settings, and `configure` applied to its
+    /// configuration.
+    pub async fn start_configured(configure: impl FnOnce(&mut ServeConfig)) -> Self {
+        let dir = std::env::temp_dir().join(format!("pgshift-server-{}", uuid::Uuid::new_v4()));
+        let mut config = ServeConfig::new("127.0.0.1:0".parse().unwrap(), dir.clone());
+        config.engine = test_settings();
+        configure(&mut config);
+        let mut s = Self::start_with(config).await;
+        s.owns_dir = true;
+        s
+    }
+
     /// A server on `data_dir` (which may hold an earlier server's state).
     pub async fn start_in(data_dir: &Path, engine: EngineSettings) -> Self {
         let mut config = ServeConfig::new("127.0.0.1:0".parse().unwrap(), data_dir.to_path_buf());
         config.engine = engine;
+        Self::start_with(config).await
+    }
+
+    async fn start_with(config: ServeConfig) -> Self {
+        let data_dir = config.data_dir.clone();
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
@@ -66,7 +83,10 @@ impl TestServer {
             handle.block_on(async move {
                 let app = Application::build(config).await.expect("pgshift builds");
                 let base = format!("http://{}", app.local_addr());
-                let token = app.issue_token(Role::Admin, Duration::from_secs(3600));
+                let token = app
+                    .issue_token(Role::Admin, Duration::from_secs(3600))
+                    .await
+                    .expect("a token for the tests");
                 let _ = ready_tx.send((base, token));
                 app.run_until_stopped(async {
                     let _ = rx.await;
@@ -83,7 +103,7 @@ impl TestServer {
                 .timeout(Duration::from_secs(60))
                 .build()
                 .unwrap(),
-            data_dir: data_dir.to_path_buf(),
+            data_dir,
             owns_dir: false,
             shutdown: Some(tx),
             runtime: Some(runtime),
@@ -116,6 +136,24 @@ impl TestServer {
         self.shutdown.take();
         self.owns_dir = false;
         self.data_dir.clone()
+    }
+
+    /// A new token with `role` for `subject`, issued and recorded beside the server (as
+    /// `pgshift token create` does: nothing in the audit trail).
+    pub async fn token_for(&self, role: Role, subject: &str) -> String {
+        let store = pgshift::store::open(None, &self.data_dir)
+            .await
+            .expect("the test server's store opens");
+        let keys = pgshift::auth::Keys::load_or_create(&self.data_dir).expect("the server's key");
+        let new = pgshift::service::tokens::NewToken {
+            role,
+            subject: subject.into(),
+            ttl_hours: Some(1),
+        };
+        pgshift::service::tokens::issue(store.as_ref(), &keys, new, "tests")
+            .await
+            .expect("a recorded token")
+            .token
     }
 
     pub fn url(&self, path: &str) -> String {

@@ -74,7 +74,11 @@ impl Application {
                 secrets,
                 sign_in_throttle: Default::default(),
                 lag_history: Default::default(),
-                operations: Default::default(),
+                operations: crate::service::operations::Operations::new(
+                    crate::service::operations::WebhookPolicy::new(
+                        config.webhook_allowed_networks.clone(),
+                    ),
+                ),
             }),
         })
     }
@@ -94,9 +98,20 @@ impl Application {
         crate::http::router(self.app.clone())
     }
 
-    /// A token signed by this server (tests and the first admin).
-    pub fn issue_token(&self, role: Role, ttl: Duration) -> String {
-        self.app.keys.issue("pgshift", role, ttl)
+    /// A token signed by this server and recorded (tests), valid for `ttl` rounded up to hours.
+    pub async fn issue_token(
+        &self,
+        role: Role,
+        ttl: Duration,
+    ) -> Result<String, crate::service::ServiceError> {
+        let new = crate::service::tokens::NewToken {
+            role,
+            subject: "pgshift".into(),
+            ttl_hours: Some(ttl.as_secs().div_ceil(3600).max(1)),
+        };
+        crate::service::tokens::issue(self.app.store.as_ref(), &self.app.keys, new, "pgshift")
+            .await
+            .map(|issued| issued.token)
     }
 
     /// Resumes running migrations, serves requests until `shutdown` resolves, then stops every

@@ -55,6 +55,9 @@ pub struct Claims {
     pub role: Role,
     pub iss: String,
     pub iat: i64,
+    /// Not valid before this time (tokens issued before pgshift set it have none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nbf: Option<i64>,
     pub exp: i64,
     pub jti: String,
 }
@@ -132,6 +135,7 @@ impl Keys {
             role,
             iss: self.server_id.clone(),
             iat: now,
+            nbf: Some(now),
             exp: now + ttl.as_secs() as i64,
             jti: Uuid::new_v4().to_string(),
         };
@@ -140,10 +144,12 @@ impl Keys {
         (token, claims)
     }
 
-    /// Verifies signature (HS256 only: `alg: none` and others are refused), expiry and issuer.
+    /// Verifies signature (HS256 only: `alg: none` and others are refused), expiry, not-before
+    /// and issuer. Whether the token's id is recorded (and not revoked) is the caller's check.
     pub fn verify(&self, token: &str) -> Option<Claims> {
         let mut validation = Validation::new(Algorithm::HS256);
         validation.set_issuer(&[&self.server_id]);
+        validation.validate_nbf = true;
         validation.leeway = 5;
         jsonwebtoken::decode::<Claims>(token, &self.decoding, &validation)
             .ok()

@@ -95,6 +95,70 @@ enum UserCommand {
         )]
         metadata: Option<String>,
     },
+    /// List dashboard users.
+    List {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        data: DataDir,
+        /// Metadata database, as for `serve` [default: SQLite in the data directory].
+        #[arg(
+            long,
+            env = "PGSHIFT_METADATA",
+            value_name = "URL",
+            hide_env_values = true
+        )]
+        metadata: Option<String>,
+    },
+    /// Remove a dashboard user; their sessions end at once.
+    Remove {
+        name: String,
+        #[command(flatten)]
+        data: DataDir,
+        /// Metadata database, as for `serve` [default: SQLite in the data directory].
+        #[arg(
+            long,
+            env = "PGSHIFT_METADATA",
+            value_name = "URL",
+            hide_env_values = true
+        )]
+        metadata: Option<String>,
+    },
+    /// Set a user's password (generated and printed once without --password-stdin); their sessions end at once.
+    SetPassword {
+        name: String,
+        /// Read the password from the first line of standard input (at least 12 characters).
+        #[arg(long)]
+        password_stdin: bool,
+        #[command(flatten)]
+        data: DataDir,
+        /// Metadata database, as for `serve` [default: SQLite in the data directory].
+        #[arg(
+            long,
+            env = "PGSHIFT_METADATA",
+            value_name = "URL",
+            hide_env_values = true
+        )]
+        metadata: Option<String>,
+    },
+    /// Set a user's role; their sessions end at once.
+    SetRole {
+        name: String,
+        /// viewer, operator or admin.
+        #[arg(long)]
+        role: Role,
+        #[command(flatten)]
+        data: DataDir,
+        /// Metadata database, as for `serve` [default: SQLite in the data directory].
+        #[arg(
+            long,
+            env = "PGSHIFT_METADATA",
+            value_name = "URL",
+            hide_env_values = true
+        )]
+        metadata: Option<String>,
+    },
 }
 
 fn init_tracing() {
@@ -176,6 +240,7 @@ pub fn main() {
                     metadata,
                 },
         } => user_create(&name, role, password_stdin, data, metadata),
+        Command::User { command } => user_manage(command),
     };
     std::process::exit(code);
 }
@@ -232,6 +297,121 @@ fn user_create(
                 eprintln!("pgshift: created {} user {:?}", user.role, user.name);
             }
             0
+        }
+        Err(e) => {
+            eprintln!("pgshift: {e}");
+            1
+        }
+    }
+}
+
+/// The password for `user create` or `user set-password`: the first line of standard input, or
+/// a generated one (`true`: print it once).
+fn read_or_generate_password(password_stdin: bool) -> Result<(String, bool), String> {
+    if password_stdin {
+        let mut line = String::new();
+        std::io::stdin()
+            .read_line(&mut line)
+            .map_err(|e| format!("cannot read the password from standard input: {e}"))?;
+        Ok((line.trim_end_matches(['\r', '\n']).to_string(), false))
+    } else {
+        Ok((crate::service::users::generate_password(), true))
+    }
+}
+
+/// `pgshift user list|remove|set-password|set-role`, straight on the metadata store the server
+/// uses. A changed or removed user's sessions end at once (the server reads them from the store
+/// on every request). Exit codes: 1 refused or failed, 2 bad configuration, 4 no such user.
+fn user_manage(command: UserCommand) -> i32 {
+    use crate::service::{users, ServiceError};
+    let (data, metadata) = match &command {
+        UserCommand::Create { data, metadata, .. }
+        | UserCommand::List { data, metadata, .. }
+        | UserCommand::Remove { data, metadata, .. }
+        | UserCommand::SetPassword { data, metadata, .. }
+        | UserCommand::SetRole { data, metadata, .. } => (data, metadata.clone()),
+    };
+    let (file, _) = match config::load_file(data.config.as_deref()) {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("pgshift: {e}");
+            return 2;
+        }
+    };
+    let metadata = metadata.or_else(|| file.metadata.clone());
+    let dir = config::data_dir(&file, data.data_dir.clone());
+    let password = match &command {
+        UserCommand::SetPassword { password_stdin, .. } => {
+            match read_or_generate_password(*password_stdin) {
+                Ok(p) => Some(p),
+                Err(e) => {
+                    eprintln!("pgshift: {e}");
+                    return 1;
+                }
+            }
+        }
+        _ => None,
+    };
+    let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
+    let result: Result<String, ServiceError> = runtime.block_on(async {
+        let store = crate::store::open(metadata.as_deref(), &dir).await?;
+        let store = store.as_ref();
+        match command {
+            UserCommand::List { json, .. } => {
+                let list = users::list(store).await?;
+                if json {
+                    let rows: Vec<serde_json::Value> = list
+                        .iter()
+                        .map(|u| {
+                            serde_json::json!({"name": u.name, "role": u.role, "created_at": u.created_at})
+                        })
+                        .collect();
+                    Ok(serde_json::to_string_pretty(&rows).expect("users serialize") + "\n")
+                } else {
+                    let rows: Vec<Vec<String>> = list
+                        .iter()
+                        .map(|u| {
+                            vec![
+                                u.name.clone(),
+                                u.role.to_string(),
+                                u.created_at.format("%Y-%m-%d %H:%M").to_string(),
+                            ]
+                        })
+                        .collect();
+                    Ok(crate::client::table::render(&["NAME", "ROLE", "CREATED"], &rows))
+                }
+            }
+            UserCommand::Remove { name, .. } => {
+                users::remove(store, &name).await?;
+                eprintln!("pgshift: removed user {name:?}; their sessions ended");
+                Ok(String::new())
+            }
+            UserCommand::SetPassword { name, .. } => {
+                let (password, generated) = password.expect("read above");
+                users::set_password(store, &name, &password).await?;
+                eprintln!("pgshift: set the password of {name:?}; their sessions ended");
+                Ok(if generated {
+                    format!("{password}\n")
+                } else {
+                    String::new()
+                })
+            }
+            UserCommand::SetRole { name, role, .. } => {
+                users::set_role(store, &name, role).await?;
+                eprintln!("pgshift: {name:?} is now {role}; their sessions ended");
+                Ok(String::new())
+            }
+            UserCommand::Create { .. } => unreachable!("handled by user_create"),
+        }
+    });
+    match result {
+        Ok(out) => {
+            print!("{out}");
+            0
+        }
+        Err(e @ ServiceError::NotFound(_)) => {
+            eprintln!("pgshift: {e}");
+            4
         }
         Err(e) => {
             eprintln!("pgshift: {e}");

@@ -22,6 +22,9 @@ pub struct ServeConfig {
     /// in `data_dir`. May carry a password: `Debug` leaves it out.
     pub metadata: Option<String>,
     pub engine: EngineSettings,
+    /// Networks where cutover webhooks may go besides public addresses (loopback, private and
+    /// link-local addresses are refused unless listed here).
+    pub webhook_allowed_networks: Vec<ipnet::IpNet>,
 }
 
 impl std::fmt::Debug for ServeConfig {
@@ -34,6 +37,7 @@ impl std::fmt::Debug for ServeConfig {
                 &self.metadata.as_deref().map(crate::store::redact_url),
             )
             .field("engine", &self.engine)
+            .field("webhook_allowed_networks", &self.webhook_allowed_networks)
             .finish()
     }
 }
@@ -45,6 +49,7 @@ impl ServeConfig {
             data_dir,
             metadata: None,
             engine: EngineSettings::default(),
+            webhook_allowed_networks: Vec::new(),
         }
     }
 }
@@ -74,6 +79,9 @@ pub struct FileConfig {
     pub metadata: Option<String>,
     pub copy_parallelism: Option<i64>,
     pub copy_chunk_rows: Option<i64>,
+    /// Networks (`10.1.0.0/16`, `127.0.0.1/32`, `fd00::/8`) where webhooks may go besides public
+    /// addresses.
+    pub webhook_allowed_networks: Option<Vec<String>>,
 }
 
 /// Values from the environment or flags; they win over the file.
@@ -154,6 +162,17 @@ pub fn resolve(file: FileConfig, over: Overrides) -> Result<ServeConfig, ConfigE
         }
         config.engine.copy_chunk_rows = n;
     }
+    for net in file.webhook_allowed_networks.unwrap_or_default() {
+        let parsed = net
+            .parse::<ipnet::IpNet>()
+            .or_else(|_| net.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+            .map_err(|_| {
+                ConfigError::Invalid(format!(
+                    "webhook_allowed_networks: {net:?} is not a network like 10.1.0.0/16 or an address"
+                ))
+            })?;
+        config.webhook_allowed_networks.push(parsed.trunc());
+    }
     Ok(config)
 }
 
@@ -207,5 +226,20 @@ mod tests {
         assert!(err.to_string().contains("copy_parallelism"));
         let err = resolve(parse("listen = \"nowhere\""), Overrides::default()).unwrap_err();
         assert!(err.to_string().contains("listen"));
+        let err = resolve(
+            parse("webhook_allowed_networks = [\"10.0.0.0/33\"]"),
+            Overrides::default(),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("webhook_allowed_networks"));
+        let config = resolve(
+            parse("webhook_allowed_networks = [\"10.1.2.3/16\", \"::1\"]"),
+            Overrides::default(),
+        )
+        .unwrap();
+        assert_eq!(
+            config.webhook_allowed_networks,
+            ["10.1.0.0/16".parse().unwrap(), "::1/128".parse().unwrap()]
+        );
     }
 }

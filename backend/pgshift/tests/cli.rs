@@ -495,6 +495,149 @@ fn user_create_and_first_admin() {
         }
     });
 
+    // Managing users: list, set-role, set-password, remove; a changed user's sessions end at once.
+    let user = |args: &[&str], stdin: Option<&str>| {
+        let mut cmd = Command::new(&bin);
+        cmd.arg("user")
+            .args(args)
+            .arg("--data-dir")
+            .arg(&data)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn().unwrap();
+        if let Some(text) = stdin {
+            child
+                .stdin
+                .take()
+                .unwrap()
+                .write_all(text.as_bytes())
+                .unwrap();
+        }
+        child.wait_with_output().unwrap()
+    };
+    runtime.block_on(async {
+        let client = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .unwrap();
+        let sign_in = |name: &'static str, password: String| {
+            let client = client.clone();
+            let addr = addr.clone();
+            async move {
+                let resp = client
+                    .post(format!("http://{addr}/ui/sign-in"))
+                    .form(&[("name", name), ("password", password.as_str())])
+                    .send()
+                    .await
+                    .unwrap();
+                let cookie = resp
+                    .headers()
+                    .get("set-cookie")
+                    .map(|v| v.to_str().unwrap().split(';').next().unwrap().to_string());
+                (resp.status().as_u16(), cookie)
+            }
+        };
+        let page = |cookie: String| {
+            let client = client.clone();
+            let addr = addr.clone();
+            async move {
+                client
+                    .get(format!("http://{addr}/ui"))
+                    .header("cookie", cookie)
+                    .send()
+                    .await
+                    .unwrap()
+                    .status()
+                    .as_u16()
+            }
+        };
+        let (status, carl) = sign_in("carl", carl_password.clone()).await;
+        assert_eq!(status, 303);
+        let carl = carl.unwrap();
+        let (_, bob) = sign_in("bob", "bob-password-long".into()).await;
+        let bob = bob.unwrap();
+        assert_eq!(page(carl.clone()).await, 200);
+
+        let out = user(&["list", "--json"], None);
+        assert!(out.status.success());
+        let list: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let roles: Vec<(String, String)> = list
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|u| {
+                (
+                    u["name"].as_str().unwrap().into(),
+                    u["role"].as_str().unwrap().into(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            roles,
+            [
+                ("admin".into(), "admin".into()),
+                ("bob".into(), "operator".into()),
+                ("carl".into(), "operator".into())
+            ]
+        );
+        assert!(
+            !String::from_utf8_lossy(&out.stdout).contains("argon2"),
+            "hashes listed"
+        );
+
+        let out = user(&["set-role", "carl", "--role", "viewer"], None);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(
+            page(carl.clone()).await,
+            303,
+            "carl's session outlived the role change"
+        );
+        assert_eq!(page(bob.clone()).await, 200, "bob's session ended too");
+
+        let out = user(
+            &["set-password", "bob", "--password-stdin"],
+            Some("bob-new-password-2\n"),
+        );
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(out.stdout.is_empty());
+        assert_eq!(
+            page(bob.clone()).await,
+            303,
+            "bob's session outlived the new password"
+        );
+        assert_eq!(sign_in("bob", "bob-password-long".into()).await.0, 401);
+        assert_eq!(sign_in("bob", "bob-new-password-2".into()).await.0, 303);
+
+        let (_, carl) = sign_in("carl", carl_password.clone()).await;
+        let out = user(&["remove", "carl"], None);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(
+            page(carl.unwrap()).await,
+            303,
+            "a removed user's session still works"
+        );
+        let out = user(&["remove", "carl"], None);
+        assert_eq!(out.status.code(), Some(4));
+        let out = user(&["remove", "admin"], None);
+        assert_eq!(out.status.code(), Some(1));
+        assert!(String::from_utf8_lossy(&out.stderr).contains("only admin"));
+        let out = user(&["set-role", "admin", "--role", "viewer"], None);
+        assert_eq!(out.status.code(), Some(1));
+    });
+
     drop(stop);
     assert!(server.wait().unwrap().success());
     let all = log.join().unwrap().join("\n");

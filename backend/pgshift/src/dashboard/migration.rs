@@ -39,15 +39,14 @@ pub struct Live {
     pub last_tick: String,
     pub applied_tick: String,
     pub tables: Vec<TableRow>,
-    /// The form token for the per-table Resync buttons: set only for operators, while the
-    /// migration runs.
-    pub resync_csrf: Option<String>,
+    /// Whether to show the per-table Resync links (to a confirmation page): only to operators,
+    /// while the migration runs.
+    pub can_resync: bool,
 }
 
 /// Operators may resync a table of a running migration.
-fn resync_csrf(who: &SignedIn, record: &crate::store::MigrationRecord) -> Option<String> {
-    (who.user.role >= Role::Operator && record.desired_state == crate::store::DesiredState::Running)
-        .then(|| who.session.csrf_token.clone())
+fn can_resync(who: &SignedIn, record: &crate::store::MigrationRecord) -> bool {
+    who.user.role >= Role::Operator && record.desired_state == crate::store::DesiredState::Running
 }
 
 #[derive(Template)]
@@ -109,7 +108,7 @@ fn live(app: &AppState, m: &MigrationView, id: Option<uuid::Uuid>) -> Live {
         last_tick: view::count_text(m.last_tick),
         applied_tick: view::count_text(m.applied_tick),
         tables,
-        resync_csrf: None,
+        can_resync: false,
     }
 }
 
@@ -132,7 +131,7 @@ pub async fn page(
         .map_err(crate::service::ServiceError::from)?;
     let cutover = super::cutover::panel(&app, &who, &record).await?;
     let mut live = live(&app, &m, Some(record.id));
-    live.resync_csrf = resync_csrf(&who, &record);
+    live.can_resync = can_resync(&who, &record);
     render(&MigrationPage {
         nav: Nav::new("overview", &who),
         live,
@@ -154,17 +153,51 @@ pub async fn live_fragment(
     let record = migrations::find(&app, &name).await?;
     let m = migrations::get(&app, &name).await?;
     let mut live = live(&app, &m, Some(record.id));
-    live.resync_csrf = resync_csrf(&who, &record);
+    live.can_resync = can_resync(&who, &record);
     render(&LivePartial { live })
+}
+
+#[derive(Template)]
+#[template(path = "resync_confirm.html")]
+struct ResyncConfirm<'a> {
+    nav: Nav,
+    migration: &'a str,
+    table: &'a str,
+}
+
+/// `GET /ui/migrations/{name}/tables/{table}/resync`: the confirmation page (the table's name
+/// typed again; no script, so it works under the page's Content-Security-Policy).
+pub async fn resync_page(
+    State(app): State<AppState>,
+    who: SignedIn,
+    Path((name, table)): Path<(String, String)>,
+) -> Result<Response, PageError> {
+    who.require(Role::Operator)?;
+    let record = migrations::find(&app, &name).await?;
+    if !record.tables.iter().any(|t| t.display_name() == table) {
+        return Err(PageError::new(
+            StatusCode::NOT_FOUND,
+            format!("Migration {name} has no table {table}."),
+        ));
+    }
+    render(&ResyncConfirm {
+        nav: Nav::new("overview", &who),
+        migration: &record.name,
+        table: &table,
+    })
 }
 
 #[derive(Deserialize)]
 pub struct ResyncForm {
     #[serde(default)]
     csrf: String,
+    /// The table's name, typed again.
+    #[serde(default)]
+    confirm: String,
 }
 
-/// `POST /ui/migrations/{name}/tables/{table}/resync`: operators copy one table again.
+/// `POST /ui/migrations/{name}/tables/{table}/resync`: operators copy one table again, once its
+/// name is typed on the confirmation page.
 pub async fn resync(
     State(app): State<AppState>,
     who: SignedIn,
@@ -173,6 +206,12 @@ pub async fn resync(
 ) -> Result<Response, PageError> {
     who.require(Role::Operator)?;
     who.check_csrf(&f.csrf)?;
+    if f.confirm.trim() != table {
+        return Err(PageError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            format!("To resync the table, type its name ({table}) in the confirmation field."),
+        ));
+    }
     let result = migrations::resync_table(&app, &name, &table)
         .await
         .map(|_| ())

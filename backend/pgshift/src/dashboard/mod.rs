@@ -12,6 +12,7 @@ mod migration;
 mod new_migration;
 mod session;
 mod sign_in;
+mod users;
 mod verify;
 mod view;
 
@@ -47,7 +48,7 @@ pub fn router() -> Router<AppState> {
         .route("/migrations/{name}/{action}", post(migration::action))
         .route(
             "/migrations/{name}/tables/{table}/resync",
-            post(migration::resync),
+            get(migration::resync_page).post(migration::resync),
         )
         .route("/migrations/{name}/cutover", post(cutover::start))
         .route("/migrations/{name}/cutover/abort", post(cutover::abort))
@@ -60,6 +61,8 @@ pub fn router() -> Router<AppState> {
             "/migrations/{name}/verify",
             get(verify::fragment).post(verify::start),
         )
+        .route("/users", get(users::page))
+        .route("/users/{name}/{action}", post(users::action))
         .route("/static/{*path}", get(assets::serve))
         .fallback(not_found)
         .layer(axum::middleware::map_response(security_headers));

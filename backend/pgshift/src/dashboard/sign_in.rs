@@ -2,7 +2,7 @@
 
 use askama::Template;
 use axum::extract::{Query, State};
-use axum::http::{header, HeaderMap, Method, StatusCode};
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::Form;
 use serde::Deserialize;
@@ -54,7 +54,8 @@ pub struct SignInForm {
 }
 
 /// `POST /ui/sign-in`: the same answer for an unknown user and a wrong password; repeated
-/// failures are refused for a while (429).
+/// failures are refused for a while (429), and sign-ins beyond what the password hashing can
+/// take at once are refused as busy (503); both with `Retry-After`.
 pub async fn submit(
     State(app): State<AppState>,
     session::ClientAddr(client): session::ClientAddr,
@@ -81,10 +82,13 @@ pub async fn submit(
             );
             Ok(response)
         }
-        Err(err @ (SignInError::BadCredentials | SignInError::Throttled(_))) => {
-            let status = match err {
-                SignInError::Throttled(_) => StatusCode::TOO_MANY_REQUESTS,
-                _ => StatusCode::UNAUTHORIZED,
+        Err(
+            err @ (SignInError::BadCredentials | SignInError::Throttled(_) | SignInError::Busy(_)),
+        ) => {
+            let (status, retry_after) = match err {
+                SignInError::Throttled(secs) => (StatusCode::TOO_MANY_REQUESTS, Some(secs)),
+                SignInError::Busy(secs) => (StatusCode::SERVICE_UNAVAILABLE, Some(secs)),
+                _ => (StatusCode::UNAUTHORIZED, None),
             };
             let mut response = render(&SignInPage {
                 next,
@@ -92,6 +96,11 @@ pub async fn submit(
                 error: Some(err.to_string()),
             })?;
             *response.status_mut() = status;
+            if let Some(secs) = retry_after {
+                response
+                    .headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+            }
             Ok(response)
         }
         Err(SignInError::Service(e)) => Err(e.into()),

@@ -59,10 +59,20 @@ impl FromRequestParts<AppState> for Caller {
             unauthorized("the token is invalid, expired or not issued by this server")
         })?;
         // Asked of the store on every request, not cached: a revocation made through any
-        // instance sharing the store holds on the very next request everywhere.
-        if let Ok(id) = uuid::Uuid::parse_str(&claims.jti) {
-            if state.store.token_revoked(id).await? {
-                return Err(unauthorized("the token has been revoked"));
+        // instance sharing the store holds on the very next request everywhere. Only recorded
+        // tokens are accepted: one signed with the key but never issued (a leaked key, a token
+        // from before token records) is refused.
+        let recorded = match uuid::Uuid::parse_str(&claims.jti) {
+            Ok(id) => state.store.token_revoked(id).await?,
+            Err(_) => None,
+        };
+        match recorded {
+            Some(false) => {}
+            Some(true) => return Err(unauthorized("the token has been revoked")),
+            None => {
+                return Err(unauthorized(
+                    "the token is not one this server issued; issue a new one",
+                ))
             }
         }
         parts.extensions.insert(AuthenticatedClaims(claims.clone()));

@@ -72,20 +72,38 @@ pub async fn preview(
         .iter()
         .map(|p| p.trim().to_string())
         .filter(|p| !p.is_empty())
+        .take(catalog::MAX_PATTERNS)
         .collect();
-    let selected = |name: &str| {
-        patterns.is_empty() || patterns.iter().any(|p| catalog::pattern_matches(p, name))
-    };
-    let unmatched_patterns = patterns
+    // Matching many patterns against many tables is CPU work: off the async runtime.
+    let (all, selected, unmatched_patterns) = tokio::task::spawn_blocking(move || {
+        let compiled = patterns
+            .iter()
+            .map(|p| catalog::TablePattern::new(p))
+            .collect::<Result<Vec<_>, _>>()?;
+        let names: Vec<String> = all
+            .iter()
+            .map(catalog::CatalogTable::display_name)
+            .collect();
+        let selected: Vec<bool> = names
+            .iter()
+            .map(|n| compiled.is_empty() || compiled.iter().any(|p| p.matches(n)))
+            .collect();
+        let unmatched: Vec<String> = patterns
+            .iter()
+            .zip(&compiled)
+            .filter(|(_, p)| !names.iter().any(|n| p.matches(n)))
+            .map(|(text, _)| text.clone())
+            .collect();
+        Ok::<_, crate::engine::EngineError>((all, selected, unmatched))
+    })
+    .await
+    .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))?;
+    let matched: Vec<&catalog::CatalogTable> = all
         .iter()
-        .filter(|p| {
-            !all.iter()
-                .any(|t| catalog::pattern_matches(p, &t.display_name()))
-        })
-        .cloned()
+        .zip(&selected)
+        .filter(|(_, s)| **s)
+        .map(|(t, _)| t)
         .collect();
-    let matched: Vec<&catalog::CatalogTable> =
-        all.iter().filter(|t| selected(&t.display_name())).collect();
     let not_selected = all.len() - matched.len();
     let truncated = matched.len() > MAX_CHECKED;
     let mut tables = Vec::new();

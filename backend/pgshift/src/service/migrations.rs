@@ -170,7 +170,12 @@ pub async fn create(app: &App, new: NewMigration) -> ServiceResult<MigrationView
     )
     .await?;
     let all = catalog::user_tables(&mut src).await?;
-    let selected = catalog::select_tables(&all, new.tables.as_deref())?;
+    // Matching many patterns against many tables is CPU work: off the async runtime.
+    let patterns = new.tables.clone();
+    let selected =
+        tokio::task::spawn_blocking(move || catalog::select_tables(&all, patterns.as_deref()))
+            .await
+            .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))?;
     let tables = catalog::specs(&selected);
     catalog::check_source(&mut src, &tables).await?;
     catalog::check_target(&mut dst, &tables).await?;

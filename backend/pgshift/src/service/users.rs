@@ -3,11 +3,11 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use argon2::password_hash::{rand_core::OsRng, PasswordHash, PasswordHasher, SaltString};
-use argon2::{Argon2, PasswordVerifier};
+use argon2::Argon2;
 use base64::Engine as _;
 use chrono::Utc;
 use rand::RngCore;
@@ -40,14 +40,61 @@ pub fn hash_password(password: &str) -> String {
         .to_string()
 }
 
+#[cfg(test)]
 fn verify_password(password: &str, hash: &str) -> bool {
-    PasswordHash::new(hash)
-        .map(|parsed| {
-            argon2()
-                .verify_password(password.as_bytes(), &parsed)
-                .is_ok()
-        })
-        .unwrap_or(false)
+    verify_password_in(password, hash, &mut Vec::new())
+}
+
+/// The most memory a stored hash may ask for (64 MiB); the default is 19 MiB.
+const MAX_HASH_BLOCKS: usize = 64 * 1024;
+
+/// Checks `password` against a PHC-format argon2 hash, computing it in `memory` (grown to the
+/// hash's size when smaller, and kept by the caller for the next check): as argon2's own
+/// `verify_password`, without allocating 19 MiB anew each time, which the allocator would keep
+/// per thread.
+fn verify_password_in(password: &str, hash: &str, memory: &mut Vec<argon2::Block>) -> bool {
+    let Ok(parsed) = PasswordHash::new(hash) else {
+        return false;
+    };
+    let (Some(salt), Some(expected)) = (parsed.salt, parsed.hash) else {
+        return false;
+    };
+    let Ok(algorithm) = argon2::Algorithm::try_from(parsed.algorithm) else {
+        return false;
+    };
+    let Ok(version) = parsed
+        .version
+        .map(argon2::Version::try_from)
+        .transpose()
+        .map(Option::unwrap_or_default)
+    else {
+        return false;
+    };
+    let Ok(params) = argon2::Params::try_from(&parsed) else {
+        return false;
+    };
+    let blocks = params.block_count();
+    if blocks > MAX_HASH_BLOCKS {
+        return false;
+    }
+    if memory.len() < blocks {
+        memory.resize(blocks, argon2::Block::default());
+    }
+    let mut salt_bytes = [0u8; 64];
+    let Ok(salt) = salt.decode_b64(&mut salt_bytes) else {
+        return false;
+    };
+    let mut computed = vec![0u8; expected.len()];
+    Argon2::new(algorithm, version, params)
+        .hash_password_into_with_memory(
+            password.as_bytes(),
+            salt,
+            &mut computed,
+            &mut memory[..blocks],
+        )
+        .is_ok()
+        // `Output`'s equality is constant-time.
+        && argon2::password_hash::Output::new(&computed).is_ok_and(|c| c == expected)
 }
 
 /// A hash of a random password, verified against when the user does not exist, so a sign-in
@@ -88,16 +135,10 @@ pub async fn create(
     password: &str,
 ) -> ServiceResult<User> {
     check_name("user", name)?;
-    if password.chars().count() < MIN_PASSWORD_LEN {
-        return Err(ServiceError::invalid(
-            "weak_password",
-            format!("the password must have at least {MIN_PASSWORD_LEN} characters"),
-        ));
-    }
     let user = User {
         id: Uuid::new_v4(),
         name: name.to_string(),
-        password_hash: hash_password(password),
+        password_hash: new_password_hash(password).await?,
         role,
         created_at: Utc::now(),
     };
@@ -108,6 +149,95 @@ pub async fn create(
         other => other.into(),
     })?;
     tracing::info!(user = %user.name, role = %user.role, "user created");
+    Ok(user)
+}
+
+/// Checks a new password's length, then hashes it off the async runtime.
+async fn new_password_hash(password: &str) -> ServiceResult<String> {
+    if password.chars().count() < MIN_PASSWORD_LEN {
+        return Err(ServiceError::invalid(
+            "weak_password",
+            format!("the password must have at least {MIN_PASSWORD_LEN} characters"),
+        ));
+    }
+    let password = password.to_string();
+    Ok(
+        tokio::task::spawn_blocking(move || hash_password(&password))
+            .await
+            .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic())),
+    )
+}
+
+/// Every dashboard user, by name.
+pub async fn list(store: &dyn Store) -> ServiceResult<Vec<User>> {
+    Ok(store.list_users().await?)
+}
+
+async fn find(store: &dyn Store, name: &str) -> ServiceResult<User> {
+    store
+        .user_by_name(name)
+        .await?
+        .ok_or_else(|| ServiceError::NotFound(format!("user {name:?}")))
+}
+
+/// Refuses a change that would leave no admin (nobody could manage users from the dashboard).
+async fn keep_an_admin(
+    store: &dyn Store,
+    user: &User,
+    new_role: Option<Role>,
+) -> ServiceResult<()> {
+    if user.role != Role::Admin || new_role == Some(Role::Admin) {
+        return Ok(());
+    }
+    let admins = store
+        .list_users()
+        .await?
+        .iter()
+        .filter(|u| u.role == Role::Admin)
+        .count();
+    if admins <= 1 {
+        return Err(ServiceError::conflict(
+            "last_admin",
+            format!(
+                "{:?} is the only admin; make another user admin first",
+                user.name
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Removes a user; their sessions end at once.
+pub async fn remove(store: &dyn Store, name: &str) -> ServiceResult<()> {
+    let user = find(store, name).await?;
+    keep_an_admin(store, &user, None).await?;
+    if !store.delete_user(user.id).await? {
+        return Err(ServiceError::NotFound(format!("user {name:?}")));
+    }
+    tracing::info!(user = %user.name, "user removed; their sessions ended");
+    Ok(())
+}
+
+/// Sets a user's password (at least [`MIN_PASSWORD_LEN`] characters); their sessions end at once.
+pub async fn set_password(store: &dyn Store, name: &str, password: &str) -> ServiceResult<User> {
+    let mut user = find(store, name).await?;
+    user.password_hash = new_password_hash(password).await?;
+    if !store.update_user(&user).await? {
+        return Err(ServiceError::NotFound(format!("user {name:?}")));
+    }
+    tracing::info!(user = %user.name, "user's password set; their sessions ended");
+    Ok(user)
+}
+
+/// Sets a user's role; their sessions end at once.
+pub async fn set_role(store: &dyn Store, name: &str, role: Role) -> ServiceResult<User> {
+    let mut user = find(store, name).await?;
+    keep_an_admin(store, &user, Some(role)).await?;
+    user.role = role;
+    if !store.update_user(&user).await? {
+        return Err(ServiceError::NotFound(format!("user {name:?}")));
+    }
+    tracing::info!(user = %user.name, role = %role, "user's role set; their sessions ended");
     Ok(user)
 }
 
@@ -150,75 +280,236 @@ pub enum SignInError {
     BadCredentials,
     #[error("too many failed sign-ins; try again in {0} s")]
     Throttled(u64),
+    /// Every password-hashing slot is taken and the queue is full: try again shortly.
+    #[error("too many sign-ins at once; try again in {0} s")]
+    Busy(u64),
     #[error(transparent)]
     Service(#[from] ServiceError),
 }
 
-/// Failed sign-ins per user name and per client address, kept in memory: after
-/// [`SignInThrottle::MAX_FAILURES`] failures within [`SignInThrottle::WINDOW`] further attempts
-/// are refused until the window ends. Bounded: the oldest entries go past `MAX_KEYS`.
-#[derive(Default)]
+/// What the throttle counts attempts against: a user name (by its SHA-256, so a key's size does
+/// not depend on what a client sends) or a client address.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+enum ThrottleKey {
+    User([u8; 32]),
+    Addr(IpAddr),
+}
+
+impl ThrottleKey {
+    /// Attempts allowed per window: an address gets more tries than one name, as several
+    /// people may sign in from behind it.
+    fn limit(self) -> u32 {
+        match self {
+            ThrottleKey::User(_) => SignInThrottle::MAX_FAILURES,
+            ThrottleKey::Addr(_) => SignInThrottle::MAX_FAILURES * 4,
+        }
+    }
+}
+
+#[derive(Clone, Copy)]
+struct Strikes {
+    count: u32,
+    since: Instant,
+}
+
+/// The attempts a sign-in reserved; given back when it succeeds or never ran its check.
+pub struct Reservation {
+    user: ThrottleKey,
+    addr: Option<ThrottleKey>,
+}
+
+/// The sign-in gate, in memory:
+///
+/// - Attempts per user name and per client address: each attempt is counted, atomically, before
+///   any password is hashed, and given back when it succeeds; after [`Self::MAX_FAILURES`] within
+///   [`Self::WINDOW`] (four times that for an address) further attempts are refused until the
+///   window ends. The table holds at most [`Self::MAX_KEYS`] keys: expired ones go first, then
+///   the oldest.
+/// - Password hashing (argon2id, 19 MiB each): at most [`Self::HASHERS`] at once, at most
+///   [`Self::QUEUED`] more waiting (each at most [`Self::QUEUE_WAIT`]); beyond that a sign-in is
+///   refused at once as busy. Memory stays bounded however many requests arrive.
 pub struct SignInThrottle {
-    failures: Mutex<HashMap<String, (u32, Instant)>>,
+    strikes: Mutex<HashMap<ThrottleKey, Strikes>>,
+    hashers: Hashers,
+}
+
+impl Default for SignInThrottle {
+    fn default() -> Self {
+        Self {
+            strikes: Mutex::new(HashMap::new()),
+            hashers: Hashers::start(Self::HASHERS, Self::QUEUED),
+        }
+    }
+}
+
+type HashJob = Box<dyn FnOnce(&mut Vec<argon2::Block>) + Send>;
+
+/// A fixed set of threads that compute password hashes, fed by a bounded queue. Each thread
+/// keeps its own argon2 memory (19 MiB) and reuses it for every hash: allocating it anew per hash
+/// on tokio's blocking pool, which grows to hundreds of threads under a flood, left the
+/// allocator holding gigabytes. They end when the queue's sender (the throttle) is dropped.
+struct Hashers {
+    queue: std::sync::mpsc::SyncSender<HashJob>,
+}
+
+impl Hashers {
+    fn start(threads: usize, queued: usize) -> Self {
+        let (queue, jobs) = std::sync::mpsc::sync_channel::<HashJob>(queued);
+        let jobs = Arc::new(Mutex::new(jobs));
+        for i in 0..threads {
+            let jobs = jobs.clone();
+            let spawned = std::thread::Builder::new()
+                .name(format!("pgshift-hash-{i}"))
+                .spawn(move || {
+                    let mut memory = Vec::new();
+                    loop {
+                        let job = match jobs.lock() {
+                            Ok(rx) => rx.recv(),
+                            Err(_) => return,
+                        };
+                        match job {
+                            Ok(job) => job(&mut memory),
+                            Err(_) => return,
+                        }
+                    }
+                });
+            if let Err(e) = spawned {
+                tracing::error!(error = %e, "cannot start a password-hashing thread");
+            }
+        }
+        Self { queue }
+    }
 }
 
 impl SignInThrottle {
     pub const MAX_FAILURES: u32 = 5;
     pub const WINDOW: Duration = Duration::from_secs(15 * 60);
-    const MAX_KEYS: usize = 10_000;
+    pub const MAX_KEYS: usize = 10_000;
+    /// Password hashes computed at once.
+    pub const HASHERS: usize = 2;
+    /// Sign-ins waiting for a hashing thread; more are refused at once.
+    pub const QUEUED: usize = 16;
+    /// The longest a sign-in waits for its hash, queue included.
+    pub const HASH_WAIT: Duration = Duration::from_secs(10);
+    /// `Retry-After` of a sign-in refused as busy.
+    pub const BUSY_RETRY_SECS: u64 = 2;
 
-    fn keys(name: &str, ip: Option<IpAddr>) -> Vec<String> {
-        let mut keys = vec![format!("user:{}", name.to_lowercase())];
-        if let Some(ip) = ip {
-            keys.push(format!("ip:{ip}"));
-        }
-        keys
+    fn user_key(name: &str) -> ThrottleKey {
+        ThrottleKey::User(Sha256::digest(name.to_lowercase().as_bytes()).into())
     }
 
-    /// Failures allowed for a key: an address gets more tries than one name, as several people
-    /// may sign in from behind it.
-    fn limit(key: &str) -> u32 {
-        if key.starts_with("ip:") {
-            Self::MAX_FAILURES * 4
-        } else {
-            Self::MAX_FAILURES
-        }
-    }
-
-    /// Seconds until `name` from `ip` may try again, if it is throttled now.
-    fn blocked_for(&self, name: &str, ip: Option<IpAddr>) -> Option<u64> {
-        let failures = self.failures.lock().expect("throttle lock");
+    /// Counts one attempt for `name` from `ip`, or says for how many seconds they are refused.
+    /// Check and count happen under one lock: concurrent attempts cannot all pass the check.
+    pub fn reserve(&self, name: &str, ip: Option<IpAddr>) -> Result<Reservation, u64> {
+        let reservation = Reservation {
+            user: Self::user_key(name),
+            addr: ip.map(ThrottleKey::Addr),
+        };
+        let keys: Vec<ThrottleKey> = std::iter::once(reservation.user)
+            .chain(reservation.addr)
+            .collect();
+        let mut strikes = self.strikes.lock().expect("throttle lock");
         let now = Instant::now();
-        Self::keys(name, ip)
+        let blocked = keys
             .iter()
-            .filter_map(|k| failures.get(k).map(|f| (k, f)))
-            .filter(|(k, (n, since))| {
-                *n >= Self::limit(k) && now.duration_since(*since) < Self::WINDOW
+            .filter_map(|k| strikes.get(k).map(|s| (k, s)))
+            .filter(|(k, s)| s.count >= k.limit() && now.duration_since(s.since) < Self::WINDOW)
+            .map(|(_, s)| {
+                (Self::WINDOW - now.duration_since(s.since))
+                    .as_secs()
+                    .max(1)
             })
-            .map(|(_, (_, since))| (Self::WINDOW - now.duration_since(*since)).as_secs().max(1))
-            .max()
-    }
-
-    fn failed(&self, name: &str, ip: Option<IpAddr>) {
-        let mut failures = self.failures.lock().expect("throttle lock");
-        let now = Instant::now();
-        if failures.len() >= Self::MAX_KEYS {
-            failures.retain(|_, (_, since)| now.duration_since(*since) < Self::WINDOW);
+            .max();
+        if let Some(secs) = blocked {
+            return Err(secs);
         }
-        for key in Self::keys(name, ip) {
-            let entry = failures.entry(key).or_insert((0, now));
-            if now.duration_since(entry.1) >= Self::WINDOW {
-                *entry = (0, now);
+        Self::make_room(&mut strikes, now, keys.len());
+        for key in keys {
+            let entry = strikes.entry(key).or_insert(Strikes {
+                count: 0,
+                since: now,
+            });
+            if now.duration_since(entry.since) >= Self::WINDOW {
+                *entry = Strikes {
+                    count: 0,
+                    since: now,
+                };
             }
-            entry.0 += 1;
+            entry.count += 1;
+        }
+        Ok(reservation)
+    }
+
+    /// Keeps the table under [`Self::MAX_KEYS`]: drops expired keys, then the oldest tenth.
+    fn make_room(strikes: &mut HashMap<ThrottleKey, Strikes>, now: Instant, adding: usize) {
+        if strikes.len() + adding <= Self::MAX_KEYS {
+            return;
+        }
+        strikes.retain(|_, s| now.duration_since(s.since) < Self::WINDOW);
+        if strikes.len() + adding <= Self::MAX_KEYS {
+            return;
+        }
+        let mut ages: Vec<(Instant, ThrottleKey)> =
+            strikes.iter().map(|(k, s)| (s.since, *k)).collect();
+        let evict = (strikes.len() + adding - Self::MAX_KEYS)
+            .max(Self::MAX_KEYS / 10)
+            .min(ages.len());
+        if evict == 0 {
+            return;
+        }
+        ages.select_nth_unstable_by_key(evict - 1, |(since, _)| *since);
+        for (_, key) in &ages[..evict] {
+            strikes.remove(key);
+        }
+        tracing::warn!(
+            evicted = evict,
+            "sign-in throttle full: forgot the oldest failed attempts"
+        );
+    }
+
+    /// Gives the attempt back: it never reached the password check.
+    fn refund(&self, r: &Reservation) {
+        let mut strikes = self.strikes.lock().expect("throttle lock");
+        for key in std::iter::once(r.user).chain(r.addr) {
+            if let Some(s) = strikes.get_mut(&key) {
+                s.count = s.count.saturating_sub(1);
+            }
         }
     }
 
-    fn succeeded(&self, name: &str) {
-        self.failures
-            .lock()
-            .expect("throttle lock")
-            .remove(&format!("user:{}", name.to_lowercase()));
+    /// A correct password: the name's failures are forgotten, the address's attempt given back.
+    fn succeeded(&self, r: &Reservation) {
+        let mut strikes = self.strikes.lock().expect("throttle lock");
+        strikes.remove(&r.user);
+        if let Some(s) = r.addr.and_then(|a| strikes.get_mut(&a)) {
+            s.count = s.count.saturating_sub(1);
+        }
+    }
+
+    /// Keys in the table now (tests check the cap).
+    pub fn len(&self) -> usize {
+        self.strikes.lock().expect("throttle lock").len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Runs `f` (a password hash) on one of the hashing threads; `None` when the queue is full
+    /// or the answer takes longer than [`Self::HASH_WAIT`]. A job whose caller stopped waiting
+    /// before it started is skipped.
+    async fn hashing<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Vec<argon2::Block>) -> T + Send + 'static,
+    ) -> Option<T> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let job: HashJob = Box::new(move |memory| {
+            if !tx.is_closed() {
+                let _ = tx.send(f(memory));
+            }
+        });
+        self.hashers.queue.try_send(job).ok()?;
+        tokio::time::timeout(Self::HASH_WAIT, rx).await.ok()?.ok()
     }
 }
 
@@ -237,26 +528,34 @@ pub async fn sign_in(
     password: &str,
     ip: Option<IpAddr>,
 ) -> Result<NewSession, SignInError> {
-    if let Some(secs) = throttle.blocked_for(name, ip) {
-        return Err(SignInError::Throttled(secs));
-    }
-    let user = store.user_by_name(name).await.map_err(ServiceError::from)?;
+    let reservation = throttle.reserve(name, ip).map_err(SignInError::Throttled)?;
+    let user = match store.user_by_name(name).await {
+        Ok(user) => user,
+        Err(e) => {
+            throttle.refund(&reservation);
+            return Err(ServiceError::from(e).into());
+        }
+    };
     let hash = user
         .as_ref()
         .map_or_else(|| decoy_hash().to_string(), |u| u.password_hash.clone());
     let password = password.to_string();
-    let ok = tokio::task::spawn_blocking(move || verify_password(&password, &hash))
+    let Some(ok) = throttle
+        .hashing(move |memory| verify_password_in(&password, &hash, memory))
         .await
-        .unwrap_or(false);
+    else {
+        throttle.refund(&reservation);
+        tracing::warn!(ip = ?ip, "dashboard sign-in refused: every password-hashing slot is busy");
+        return Err(SignInError::Busy(SignInThrottle::BUSY_RETRY_SECS));
+    };
     let user = match (user, ok) {
         (Some(user), true) => user,
         _ => {
-            throttle.failed(name, ip);
             tracing::info!(ip = ?ip, "dashboard sign-in refused");
             return Err(SignInError::BadCredentials);
         }
     };
-    throttle.succeeded(name);
+    throttle.succeeded(&reservation);
     let now = Utc::now();
     if let Err(err) = store.delete_expired_sessions(now).await {
         tracing::warn!(error = %err, "cannot delete expired sessions");
@@ -327,17 +626,69 @@ mod tests {
     }
 
     #[test]
-    fn throttle_blocks_after_repeated_failures_per_name() {
+    fn throttle_counts_each_attempt_before_it_runs() {
         let t = SignInThrottle::default();
         let ip = Some("10.1.2.3".parse().unwrap());
         for _ in 0..SignInThrottle::MAX_FAILURES {
-            assert!(t.blocked_for("Alice", ip).is_none());
-            t.failed("alice", ip);
+            t.reserve("Alice", ip).expect("within the limit");
         }
-        assert!(t.blocked_for("alice", None).is_some());
-        assert!(t.blocked_for("bob", None).is_none());
-        // The address has fewer strikes than the name: another user there may still try.
-        assert!(t.blocked_for("bob", ip).is_none());
+        assert!(t.reserve("alice", None).is_err());
+        assert!(t.reserve("bob", None).is_ok());
+        // The address has more strikes than the name: another user there may still try.
+        assert!(t.reserve("carol", ip).is_ok());
+        // A success forgets the name's failures.
+        let r = t.reserve("dave", ip).unwrap();
+        t.succeeded(&r);
+        for _ in 0..SignInThrottle::MAX_FAILURES {
+            t.reserve("dave", None).unwrap();
+        }
+    }
+
+    #[test]
+    fn throttle_table_has_a_size_cap() {
+        let t = SignInThrottle::default();
+        for i in 0..(SignInThrottle::MAX_KEYS * 3) {
+            let _ = t.reserve(&format!("user-{i}-{}", "x".repeat(1000)), None);
+        }
+        assert!(t.len() <= SignInThrottle::MAX_KEYS, "{}", t.len());
+        // The newest keys are the ones kept.
+        let last = format!(
+            "user-{}-{}",
+            SignInThrottle::MAX_KEYS * 3 - 1,
+            "x".repeat(1000)
+        );
+        for _ in 1..SignInThrottle::MAX_FAILURES {
+            t.reserve(&last, None).unwrap();
+        }
+        assert!(t.reserve(&last, None).is_err());
+    }
+
+    #[tokio::test]
+    async fn at_most_a_few_hashes_run_at_once_and_the_queue_is_bounded() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let t = Arc::new(SignInThrottle::default());
+        let running = Arc::new(AtomicUsize::new(0));
+        let most = Arc::new(AtomicUsize::new(0));
+        let calls = (0..100).map(|_| {
+            let (t, running, most) = (t.clone(), running.clone(), most.clone());
+            async move {
+                t.hashing(move |_| {
+                    let now = running.fetch_add(1, Ordering::SeqCst) + 1;
+                    most.fetch_max(now, Ordering::SeqCst);
+                    std::thread::sleep(Duration::from_millis(20));
+                    running.fetch_sub(1, Ordering::SeqCst);
+                })
+                .await
+            }
+        });
+        let done = futures_util::future::join_all(calls).await;
+        let ran = done.iter().filter(|d| d.is_some()).count();
+        assert!(most.load(Ordering::SeqCst) <= SignInThrottle::HASHERS);
+        assert!(ran >= 1, "nothing ran");
+        assert!(
+            ran <= SignInThrottle::HASHERS + SignInThrottle::QUEUED,
+            "{ran} of 100 ran: the queue is not bounded"
+        );
     }
 
     #[test]

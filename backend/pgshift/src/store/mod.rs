@@ -174,9 +174,10 @@ pub trait Store: Send + Sync + 'static {
     /// Marks the token revoked at `at` (a second revocation keeps the first time). `false` when
     /// no token has that id.
     async fn revoke_token(&self, id: Uuid, at: DateTime<Utc>) -> StoreResult<bool>;
-    /// Whether the token with this id was revoked; read on every authenticated request, so that
-    /// a revocation holds at once on every instance sharing the store.
-    async fn token_revoked(&self, id: Uuid) -> StoreResult<bool>;
+    /// Whether the token with this id was revoked, `None` when no token with this id was ever
+    /// recorded; read on every authenticated request, so that a revocation holds at once on
+    /// every instance sharing the store.
+    async fn token_revoked(&self, id: Uuid) -> StoreResult<Option<bool>>;
     /// Stores a new operation.
     async fn insert_operation(&self, op: &Operation) -> StoreResult<()>;
     /// Saves an operation's state, steps, result, error and times (by id).
@@ -198,6 +199,13 @@ pub trait Store: Send + Sync + 'static {
     async fn user_by_name(&self, name: &str) -> StoreResult<Option<User>>;
     async fn user_by_id(&self, id: Uuid) -> StoreResult<Option<User>>;
     async fn count_users(&self) -> StoreResult<i64>;
+    /// Every user, by name.
+    async fn list_users(&self) -> StoreResult<Vec<User>>;
+    /// Writes the user's password hash and role (by id) and deletes every session of theirs, in
+    /// one transaction; `false` when no user has that id.
+    async fn update_user(&self, user: &User) -> StoreResult<bool>;
+    /// Deletes the user and every session of theirs; `false` when no user has that id.
+    async fn delete_user(&self, id: Uuid) -> StoreResult<bool>;
     async fn insert_session(&self, session: &UserSession) -> StoreResult<()>;
     /// The session with this token hash, expired or not (the caller checks `expires_at`).
     async fn session_by_hash(&self, token_hash: &str) -> StoreResult<Option<UserSession>>;

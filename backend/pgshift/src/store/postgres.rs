@@ -424,14 +424,13 @@ impl Store for PostgresStore {
         Ok(done.rows_affected() > 0)
     }
 
-    async fn token_revoked(&self, id: Uuid) -> StoreResult<bool> {
-        let revoked: Option<bool> = sqlx::query_scalar(
+    async fn token_revoked(&self, id: Uuid) -> StoreResult<Option<bool>> {
+        Ok(sqlx::query_scalar(
             "SELECT revoked_at IS NOT NULL FROM pgshift_meta.token WHERE id = $1",
         )
         .bind(id)
         .fetch_optional(&self.pool)
-        .await?;
-        Ok(revoked.unwrap_or(false))
+        .await?)
     }
 
     async fn insert_operation(&self, op: &Operation) -> StoreResult<()> {
@@ -528,6 +527,18 @@ impl Store for PostgresStore {
 
     async fn count_users(&self) -> StoreResult<i64> {
         users::count_users(&self.pool).await
+    }
+
+    async fn list_users(&self) -> StoreResult<Vec<super::User>> {
+        users::list_users(&self.pool).await
+    }
+
+    async fn update_user(&self, user: &super::User) -> StoreResult<bool> {
+        users::update_user(&self.pool, user).await
+    }
+
+    async fn delete_user(&self, id: Uuid) -> StoreResult<bool> {
+        users::delete_user(&self.pool, id).await
     }
 
     async fn insert_session(&self, session: &super::UserSession) -> StoreResult<()> {

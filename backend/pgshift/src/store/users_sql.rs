@@ -85,6 +85,45 @@ pub mod sqlite {
             .await?)
     }
 
+    pub async fn list_users(pool: &SqlitePool) -> StoreResult<Vec<User>> {
+        let rows = sqlx::query("SELECT * FROM app_user ORDER BY name")
+            .fetch_all(pool)
+            .await?;
+        rows.iter().map(user).collect()
+    }
+
+    pub async fn update_user(pool: &SqlitePool, u: &User) -> StoreResult<bool> {
+        let mut tx = pool.begin().await?;
+        let updated = sqlx::query("UPDATE app_user SET password_hash = ?, role = ? WHERE id = ?")
+            .bind(&u.password_hash)
+            .bind(u.role.to_string())
+            .bind(u.id.to_string())
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        sqlx::query("DELETE FROM user_session WHERE user_id = ?")
+            .bind(u.id.to_string())
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(updated > 0)
+    }
+
+    pub async fn delete_user(pool: &SqlitePool, id: Uuid) -> StoreResult<bool> {
+        let mut tx = pool.begin().await?;
+        sqlx::query("DELETE FROM user_session WHERE user_id = ?")
+            .bind(id.to_string())
+            .execute(&mut *tx)
+            .await?;
+        let deleted = sqlx::query("DELETE FROM app_user WHERE id = ?")
+            .bind(id.to_string())
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        tx.commit().await?;
+        Ok(deleted > 0)
+    }
+
     pub async fn insert_session(pool: &SqlitePool, s: &UserSession) -> StoreResult<()> {
         sqlx::query("INSERT INTO user_session (token_hash, user_id, csrf_token, created_at, expires_at) VALUES (?, ?, ?, ?, ?)")
             .bind(&s.token_hash)
@@ -187,6 +226,47 @@ pub mod postgres {
                 .fetch_one(pool)
                 .await?,
         )
+    }
+
+    pub async fn list_users(pool: &PgPool) -> StoreResult<Vec<User>> {
+        let rows = sqlx::query("SELECT * FROM pgshift_meta.app_user ORDER BY name")
+            .fetch_all(pool)
+            .await?;
+        rows.iter().map(user).collect()
+    }
+
+    pub async fn update_user(pool: &PgPool, u: &User) -> StoreResult<bool> {
+        let mut tx = pool.begin().await?;
+        let updated = sqlx::query(
+            "UPDATE pgshift_meta.app_user SET password_hash = $1, role = $2 WHERE id = $3",
+        )
+        .bind(&u.password_hash)
+        .bind(u.role.to_string())
+        .bind(u.id)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        sqlx::query("DELETE FROM pgshift_meta.user_session WHERE user_id = $1")
+            .bind(u.id)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(updated > 0)
+    }
+
+    pub async fn delete_user(pool: &PgPool, id: Uuid) -> StoreResult<bool> {
+        let mut tx = pool.begin().await?;
+        sqlx::query("DELETE FROM pgshift_meta.user_session WHERE user_id = $1")
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        let deleted = sqlx::query("DELETE FROM pgshift_meta.app_user WHERE id = $1")
+            .bind(id)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        tx.commit().await?;
+        Ok(deleted > 0)
     }
 
     pub async fn insert_session(pool: &PgPool, s: &UserSession) -> StoreResult<()> {

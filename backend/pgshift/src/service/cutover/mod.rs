@@ -57,17 +57,14 @@ fn seconds(what: &str, value: Option<f64>, default: f64) -> ServiceResult<f64> {
     Ok(v)
 }
 
-fn check_webhook(url: &str) -> ServiceResult<()> {
-    let ok = reqwest::Url::parse(url)
-        .map(|u| matches!(u.scheme(), "http" | "https") && u.host().is_some())
-        .unwrap_or(false);
-    if ok {
-        Ok(())
-    } else {
-        Err(ServiceError::invalid(
-            "invalid_webhook_url",
-            "webhook_url must be an http:// or https:// URL",
-        ))
+async fn check_webhook(app: &App, url: &str) -> ServiceResult<()> {
+    use super::operations::WebhookRefused;
+    match app.operations.webhooks.check(url).await {
+        Ok(()) => Ok(()),
+        Err(e @ WebhookRefused::NotAllowed(_)) => {
+            Err(ServiceError::invalid("webhook_not_allowed", e.to_string()))
+        }
+        Err(e) => Err(ServiceError::invalid("invalid_webhook_url", e.to_string())),
     }
 }
 
@@ -100,7 +97,7 @@ pub async fn start_cutover(
     let max_lag = seconds("max_lag_seconds", req.max_lag_seconds, 5.0)?;
     let timeout = seconds("timeout_seconds", req.timeout_seconds, 30.0)?;
     if let Some(url) = &req.webhook_url {
-        check_webhook(url)?;
+        check_webhook(app, url).await?;
     }
     let reverse_name = if req.reverse.unwrap_or(false) {
         let n = req
@@ -125,12 +122,15 @@ pub async fn start_cutover(
         "checksums": req.checksums.unwrap_or(true),
         "reverse": reverse_name.is_some(),
         "reverse_name": reverse_name,
-        "webhook_url": req.webhook_url.as_deref().map(crate::store::redact_url),
+        "webhook_url": req.webhook_url.as_deref().map(super::operations::redact_webhook_url),
     });
     let op = new_operation(&record, "cutover", requested_by, shown);
     let cancel = app.operations.claim(record.id, op.id)?;
-    let mut recorder = match Recorder::create(app.store.clone(), op, req.webhook_url.clone()).await
-    {
+    let webhook = req
+        .webhook_url
+        .clone()
+        .map(|url| (url, app.operations.webhooks.clone()));
+    let mut recorder = match Recorder::create(app.store.clone(), op, webhook).await {
         Ok(r) => r,
         Err(e) => {
             app.operations.release(record.id);
