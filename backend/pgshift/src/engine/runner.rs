@@ -45,8 +45,9 @@ impl Run {
             match attempt.await {
                 Ok(()) | Err(EngineError::Cancelled) => break,
                 Err(err) => {
-                    let message = err.to_string();
-                    tracing::warn!(migration = %self.record.name, error = %message, "migration attempt failed; retrying");
+                    // The status and the record show what callers may read; the log, everything.
+                    let message = err.shown();
+                    tracing::warn!(migration = %self.record.name, error = %err, "migration attempt failed; retrying");
                     self.status.failed(&message, err.table_no());
                     if let Err(e) = self
                         .store

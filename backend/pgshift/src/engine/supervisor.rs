@@ -74,16 +74,12 @@ impl Supervisor {
     }
 
     async fn cluster(&self, id: Uuid) -> EngineResult<Cluster> {
-        self.store
-            .cluster_by_id(id)
-            .await
-            .map_err(|e| EngineError::invalid("store", e.to_string()))?
-            .ok_or_else(|| {
-                EngineError::invalid(
-                    "cluster_missing",
-                    "a cluster of this migration no longer exists",
-                )
-            })
+        self.store.cluster_by_id(id).await?.ok_or_else(|| {
+            EngineError::invalid(
+                "cluster_missing",
+                "a cluster of this migration no longer exists",
+            )
+        })
     }
 
     /// Connection options for `database` on the cluster, from its decrypted DSN.
@@ -241,11 +237,7 @@ impl Supervisor {
 
     /// Starts every migration the store says should be running (at server start).
     pub async fn resume_all(&self) -> EngineResult<()> {
-        let records = self
-            .store
-            .list_migrations()
-            .await
-            .map_err(|e| EngineError::invalid("store", e.to_string()))?;
+        let records = self.store.list_migrations().await?;
         for record in records
             .iter()
             .filter(|r| r.desired_state == DesiredState::Running)

@@ -85,6 +85,11 @@ impl From<EngineError> for ApiError {
             EngineError::Busy(_) => {
                 ApiError::new(StatusCode::CONFLICT, "tables_busy", err.to_string())
             }
+            // An outage of pgshift's own store: a 5xx, detail logged (see `From<StoreError>`).
+            EngineError::Store(_) => match err {
+                EngineError::Store(e) => ApiError::from(e),
+                _ => ApiError::internal(&"error classification"),
+            },
             EngineError::Cancelled => ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "shutting_down",

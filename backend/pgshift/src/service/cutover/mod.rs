@@ -219,7 +219,11 @@ impl Cutover<'_> {
                         OperationState::Aborted,
                         "aborted on request; source writes restored".to_string(),
                     ),
-                    Stop::Failed(e) => (OperationState::Failed, e.to_string()),
+                    Stop::Failed(e) => {
+                        // The record says what callers may read; the log keeps the detail.
+                        tracing::warn!(migration = %self.record.name, error = %e, "cutover failed");
+                        (OperationState::Failed, e.shown())
+                    }
                 };
                 if rec
                     .op
@@ -238,7 +242,7 @@ impl Cutover<'_> {
                         }
                         Err(e) => {
                             tracing::error!(migration = %self.record.name, error = %e, "cannot lift the freeze after a failed cutover");
-                            rec.end(StepOutcome::Failed, json!({"error": e.to_string()}))
+                            rec.end(StepOutcome::Failed, json!({"error": e.shown()}))
                                 .await
                         }
                     }
@@ -282,8 +286,7 @@ impl Cutover<'_> {
             .app
             .store
             .cluster_by_id(self.record.target.cluster_id)
-            .await
-            .map_err(|e| EngineError::invalid("store", e.to_string()))?
+            .await?
             .map(|c| c.name)
             .unwrap_or_default();
         Ok(freeze::message(
@@ -450,7 +453,7 @@ impl Cutover<'_> {
         {
             // The run is stopped but the record says running: restart it and give writes back.
             let _ = self.app.supervisor.start(&self.record).await;
-            return Err(Stop::Failed(EngineError::invalid("store", e.to_string())));
+            return Err(Stop::Failed(EngineError::Store(e)));
         }
         *frozen = false;
         self.reverse = None;
@@ -484,7 +487,7 @@ impl Cutover<'_> {
             .store
             .delete_migration(r.id)
             .await
-            .map_err(|e| EngineError::invalid("store", e.to_string()))
+            .map_err(EngineError::from)
     }
 
     /// Stores and installs the reverse migration (new → old), its tables synced as of now.
@@ -507,11 +510,7 @@ impl Cutover<'_> {
             created_at: now,
             updated_at: now,
         };
-        self.app
-            .store
-            .insert_migration(&record)
-            .await
-            .map_err(|e| EngineError::invalid("store", e.to_string()))?;
+        self.app.store.insert_migration(&record).await?;
         if let Err(e) = reverse::arm(dst, src, &record).await {
             let _ = reverse::disarm(dst, src, &record).await;
             let _ = self.app.store.delete_migration(record.id).await;

@@ -99,7 +99,8 @@ pub async fn start_verify(
                 .await
             }
             Err(e) => {
-                rec.finish(OperationState::Failed, Some(result), Some(e.to_string()))
+                tracing::warn!(migration = %record.name, error = %e, "verification failed");
+                rec.finish(OperationState::Failed, Some(result), Some(e.shown()))
                     .await
             }
         }
