@@ -8,8 +8,10 @@ use std::time::Duration;
 
 use tokio::net::TcpListener;
 
-use crate::auth::{KeyError, Keys, Role};
-use crate::config::{ensure_data_dir, ServeConfig};
+use crate::auth::{KeyError, Keys};
+use crate::base::DataDir;
+use crate::base::Role;
+use crate::config::ServeConfig;
 use crate::engine::Supervisor;
 use crate::secrets::{SecretError, Secrets};
 use crate::service::App;
@@ -44,10 +46,12 @@ pub struct Application {
 
 impl Application {
     pub async fn build(config: ServeConfig) -> Result<Self, StartError> {
-        ensure_data_dir(&config.data_dir).map_err(|source| StartError::DataDir {
-            path: config.data_dir.display().to_string(),
-            source,
-        })?;
+        DataDir::new(&config.data_dir)
+            .create()
+            .map_err(|source| StartError::DataDir {
+                path: config.data_dir.display().to_string(),
+                source,
+            })?;
         let keys = Keys::load_or_create(&config.data_dir)?;
         let store = crate::store::open(config.metadata.as_deref(), &config.data_dir).await?;
         let secrets = Arc::new(Secrets::load(&config.data_dir)?);

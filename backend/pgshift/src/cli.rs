@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use clap::{Parser, Subcommand};
 
 use crate::app::Application;
-use crate::auth::Role;
+use crate::base::Role;
 use crate::cli_tokens::TokenCommand;
 use crate::client::ClientCommand;
 use crate::config::{self, ServeConfig};
@@ -211,7 +211,9 @@ fn user_create(
     let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
     let result = runtime.block_on(async {
         if metadata.is_none() {
-            config::ensure_data_dir(&dir).map_err(|e| e.to_string())?;
+            crate::base::DataDir::new(&dir)
+                .create()
+                .map_err(|e| e.to_string())?;
         }
         let store = crate::store::open(metadata.as_deref(), &dir)
             .await

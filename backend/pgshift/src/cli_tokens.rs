@@ -6,7 +6,8 @@ use std::path::PathBuf;
 
 use clap::Subcommand;
 
-use crate::auth::{Keys, Role};
+use crate::auth::Keys;
+use crate::base::Role;
 use crate::client::{table, Exit};
 use crate::config;
 use crate::service::tokens::{self, NewToken, DEFAULT_TTL_HOURS};
@@ -169,7 +170,7 @@ async fn open(
         None
     };
     if metadata.is_none() {
-        config::ensure_data_dir(&data_dir).map_err(|e| {
+        crate::base::DataDir::new(&data_dir).create().map_err(|e| {
             Failure(
                 Exit::Api,
                 format!(

@@ -31,7 +31,7 @@ impl std::fmt::Debug for ServeConfig {
             .field("data_dir", &self.data_dir)
             .field(
                 "metadata",
-                &self.metadata.as_deref().map(crate::store::redact_url),
+                &self.metadata.as_deref().map(crate::base::redact_url),
             )
             .field("engine", &self.engine)
             .finish()
@@ -47,19 +47,6 @@ impl ServeConfig {
             engine: EngineSettings::default(),
         }
     }
-}
-
-/// Creates the data directory (private to this user) if it does not exist.
-pub fn ensure_data_dir(dir: &std::path::Path) -> std::io::Result<()> {
-    if !dir.exists() {
-        std::fs::create_dir_all(dir)?;
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::PermissionsExt;
-            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
-        }
-    }
-    Ok(())
 }
 
 /// The file looked for in the working directory when no `--config` is given.

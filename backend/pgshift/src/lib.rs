@@ -8,6 +8,7 @@
 
 pub mod app;
 pub mod auth;
+pub mod base;
 pub mod cli;
 pub mod cli_tokens;
 pub mod client;

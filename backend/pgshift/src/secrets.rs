@@ -24,6 +24,8 @@ use chacha20poly1305::{XChaCha20Poly1305, XNonce};
 use rand::RngCore;
 use serde::{Deserialize, Serialize};
 
+use crate::base::DataDir;
+
 /// The environment variable holding the keyring.
 pub const ENV_VAR: &str = "PGSHIFT_SECRET_KEYS";
 /// The keyring file in the data directory, used when the environment variable is unset.
@@ -183,7 +185,6 @@ impl Secrets {
             source,
         };
         if !path.exists() {
-            crate::config::ensure_data_dir(data_dir).map_err(io)?;
             let mut key = [0u8; KEY_LEN];
             rand::thread_rng().fill_bytes(&mut key);
             let file = KeyFile {
@@ -193,7 +194,7 @@ impl Secrets {
                 }],
             };
             let body = serde_json::to_vec_pretty(&file).expect("key file serializes");
-            match write_private(&path, &body) {
+            match DataDir::new(data_dir).write_private(KEY_FILE, &body) {
                 Ok(()) => tracing::info!(path = %shown, "created the secret key file"),
                 // Another process created it first: use theirs.
                 Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
@@ -294,20 +295,6 @@ impl Secrets {
             .map_err(|_| SecretError::Decrypt(key.id.clone()))?;
         String::from_utf8(plaintext).map_err(|_| SecretError::Malformed)
     }
-}
-
-fn write_private(path: &Path, body: &[u8]) -> std::io::Result<()> {
-    use std::io::Write;
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create_new(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        options.mode(0o600);
-    }
-    let mut file = options.open(path)?;
-    file.write_all(body)?;
-    file.sync_all()
 }
 
 fn warn_if_readable_by_others(path: &Path) {

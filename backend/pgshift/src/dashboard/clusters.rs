@@ -12,7 +12,7 @@ use super::error::{render, PageError};
 use super::session::SignedIn;
 use super::sign_in::CsrfForm;
 use super::view::Nav;
-use crate::auth::Role;
+use crate::base::Role;
 use crate::http::AppState;
 use crate::service::cluster_probe::{self, ConnectionReport};
 use crate::service::clusters::{self, ClusterView, NewCluster};

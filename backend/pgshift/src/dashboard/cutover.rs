@@ -21,7 +21,7 @@ use super::audit::{self, Action};
 use super::cutover_steps::{operation_view, OperationView};
 use super::error::{render, PageError};
 use super::session::SignedIn;
-use crate::auth::Role;
+use crate::base::Role;
 use crate::engine::cutover::gates::Gate;
 use crate::http::AppState;
 use crate::service::cutover::{self, CutoverRequest};

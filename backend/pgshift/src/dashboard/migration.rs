@@ -14,7 +14,7 @@ use super::audit::{self, Action};
 use super::error::{render, PageError};
 use super::session::SignedIn;
 use super::view::{self, MigrationRow, Nav, Progress};
-use crate::auth::Role;
+use crate::base::Role;
 use crate::http::AppState;
 use crate::service::lag_history::LagSeries;
 use crate::service::migrations::{self, MigrationView};

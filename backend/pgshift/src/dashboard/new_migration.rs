@@ -12,7 +12,7 @@ use super::audit::{self, Action};
 use super::error::{render, PageError};
 use super::session::SignedIn;
 use super::view::Nav;
-use crate::auth::Role;
+use crate::base::Role;
 use crate::http::AppState;
 use crate::service::clusters::{self, ClusterView};
 use crate::service::migration_preview::{self, Preview};

@@ -12,7 +12,7 @@ use axum::http::request::Parts;
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 
 use super::error::PageError;
-use crate::auth::Role;
+use crate::base::Role;
 use crate::http::AppState;
 use crate::service::users;
 use crate::store::{User, UserSession};

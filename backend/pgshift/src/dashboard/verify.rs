@@ -11,7 +11,7 @@ use serde::Deserialize;
 use super::audit::{self, Action};
 use super::error::{render, PageError};
 use super::session::SignedIn;
-use crate::auth::Role;
+use crate::base::Role;
 use crate::http::AppState;
 use crate::service::cutover::{self, VerifyRequest};
 use crate::service::operations;

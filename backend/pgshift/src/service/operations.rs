@@ -138,7 +138,7 @@ struct Webhook {
 
 impl Webhook {
     fn start(url: String) -> Self {
-        let shown = crate::store::redact_url(&url);
+        let shown = crate::base::redact_url(&url);
         let (tx, mut rx) = mpsc::unbounded_channel::<Value>();
         let label = shown.clone();
         let task = tokio::spawn(async move {

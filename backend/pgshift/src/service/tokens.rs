@@ -9,7 +9,8 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use super::{ServiceError, ServiceResult};
-use crate::auth::{Keys, Role};
+use crate::auth::Keys;
+use crate::base::Role;
 use crate::store::{Store, TokenRecord};
 
 /// Lifetime of a token when none is asked for: 30 days.

@@ -15,7 +15,7 @@ use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
 use super::{check_name, ServiceError, ServiceResult};
-use crate::auth::Role;
+use crate::base::Role;
 use crate::store::{Store, StoreError, User, UserSession};
 
 /// How long a dashboard session lasts from sign-in (absolute, not sliding).

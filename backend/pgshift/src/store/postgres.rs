@@ -32,7 +32,7 @@ impl PostgresStore {
     pub async fn open(url: &str) -> StoreResult<Self> {
         Self::connect(url)
             .await
-            .map_err(|e| scrub(e, &super::url_secrets(url)))
+            .map_err(|e| scrub(e, &crate::base::redact::url_secrets(url)))
     }
 
     async fn connect(url: &str) -> StoreResult<Self> {

@@ -11,7 +11,7 @@ fn time(secs: i64) -> StoreResult<DateTime<Utc>> {
         .ok_or_else(|| StoreError::Corrupt(format!("timestamp {secs}")))
 }
 
-fn role(s: &str) -> StoreResult<crate::auth::Role> {
+fn role(s: &str) -> StoreResult<crate::base::Role> {
     s.parse()
         .map_err(|_| StoreError::Corrupt(format!("user role {s:?}")))
 }

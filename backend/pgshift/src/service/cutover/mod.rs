@@ -125,7 +125,7 @@ pub async fn start_cutover(
         "checksums": req.checksums.unwrap_or(true),
         "reverse": reverse_name.is_some(),
         "reverse_name": reverse_name,
-        "webhook_url": req.webhook_url.as_deref().map(crate::store::redact_url),
+        "webhook_url": req.webhook_url.as_deref().map(crate::base::redact_url),
     });
     let op = new_operation(&record, "cutover", requested_by, shown);
     let cancel = app.operations.claim(record.id, op.id)?;

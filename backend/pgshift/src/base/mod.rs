@@ -1,0 +1,12 @@
+//! The foundation layer: small items every other layer may use, importing nothing from the rest
+//! of the crate: roles, SQL quoting, URL redaction and the data directory.
+
+pub mod data_dir;
+pub mod quote;
+pub mod redact;
+mod role;
+
+pub use data_dir::DataDir;
+pub use quote::{quote_ident, quote_literal};
+pub use redact::redact_url;
+pub use role::Role;
