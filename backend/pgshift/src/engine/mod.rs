@@ -13,6 +13,7 @@ pub mod resync;
 pub mod rotation;
 pub mod row_format;
 mod runner;
+mod settings;
 mod source;
 mod status;
 mod supervisor;
@@ -20,9 +21,10 @@ mod target;
 mod ticker;
 
 pub use error::{EngineError, EngineResult};
+pub use settings::EngineSettings;
 pub use source::install as install_capture;
 pub use status::{MigrationStatus, RuntimeState, TableStatus};
-pub use supervisor::{EngineSettings, Supervisor};
+pub use supervisor::Supervisor;
 pub use ticker::TickerSettings;
 
 // Quoting lives in the foundation (the store's records quote their names too); engine code
