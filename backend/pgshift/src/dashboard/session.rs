@@ -138,7 +138,7 @@ impl SignedIn {
 
     /// Refuses a form whose CSRF token is not this session's.
     pub fn check_csrf(&self, submitted: &str) -> Result<(), PageError> {
-        if users::constant_time_eq(submitted, &self.session.csrf_token) {
+        if constant_time_eq(submitted, &self.session.csrf_token) {
             Ok(())
         } else {
             Err(PageError::new(
@@ -197,5 +197,28 @@ impl FromRequestParts<AppState> for SignedIn {
             }),
             None => Err(PageError::SignIn { next, htmx }),
         }
+    }
+}
+
+/// Compares the submitted CSRF token with the session's in time independent of where they
+/// differ, so the token cannot be guessed byte by byte from response times.
+fn constant_time_eq(a: &str, b: &str) -> bool {
+    a.len() == b.len()
+        && a.bytes()
+            .zip(b.bytes())
+            .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+            == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_compare_whole() {
+        let t = crate::service::users::random_token();
+        assert!(constant_time_eq(&t, &t.clone()));
+        assert!(!constant_time_eq(&t, "x"));
+        assert!(!constant_time_eq("ab", "ac"));
     }
 }
