@@ -1,4 +1,6 @@
-//! Building and running the server: `Application::build` binds the listener (port 0 in tests),
+//! Start-up layer: building and running the server. `Application::build` opens what the server
+//! works with (the data directory, keys, the store, the supervisor) and binds the listener (port
+//! 0 in tests); [`router`] puts the API, the dashboard and the health routes together;
 //! `run_until_stopped` serves until the shutdown future resolves, then stops every migration.
 
 use std::future::Future;
@@ -14,7 +16,12 @@ use crate::base::Role;
 use crate::config::ServeConfig;
 use crate::engine::Supervisor;
 use crate::secrets::{SecretError, Secrets};
-use crate::service::App;
+use axum::routing::get;
+use axum::Router;
+use tower_http::limit::RequestBodyLimitLayer;
+use tower_http::trace::TraceLayer;
+
+use crate::service::{App, AppState};
 use crate::store::StoreError;
 
 #[derive(Debug, thiserror::Error)]
@@ -94,8 +101,8 @@ impl Application {
     }
 
     /// The router this application serves (tests read the routes it has from it).
-    pub fn router(&self) -> axum::Router {
-        crate::http::router(self.app.clone())
+    pub fn router(&self) -> Router {
+        router(self.app.clone())
     }
 
     /// A token signed by this server (tests and the first admin).
@@ -119,7 +126,7 @@ impl Application {
         let sampler_cancel = tokio_util::sync::CancellationToken::new();
         let sampler =
             crate::service::lag_history::spawn_sampler(self.app.clone(), sampler_cancel.clone());
-        let router = crate::http::router(self.app.clone());
+        let router = router(self.app.clone());
         // The peer address goes into the audit trail and the sign-in throttle.
         let result = axum::serve(
             self.listener,
@@ -134,4 +141,22 @@ impl Application {
         tracing::info!("pgshift stopped");
         result
     }
+}
+
+/// The server's routes: the API under `/api/v1`, the dashboard under `/ui`, health, readiness and
+/// metrics at the top; every request counted and traced, every body at most 1 MiB.
+pub fn router(app: AppState) -> Router {
+    let (operations, http_metrics) = crate::http::operations(app.clone());
+    Router::new()
+        .nest("/api/v1", crate::http::api(app.clone()))
+        .route("/healthz", get(crate::http::healthz))
+        .merge(crate::dashboard::router())
+        .with_state(app)
+        .merge(operations)
+        .layer(axum::middleware::from_fn_with_state(
+            http_metrics,
+            crate::http::track,
+        ))
+        .layer(RequestBodyLimitLayer::new(1024 * 1024))
+        .layer(TraceLayer::new_for_http())
 }

@@ -13,9 +13,9 @@ use super::session::SignedIn;
 use super::sign_in::CsrfForm;
 use super::view::Nav;
 use crate::base::Role;
-use crate::http::AppState;
 use crate::service::cluster_probe::{self, ConnectionReport};
 use crate::service::clusters::{self, ClusterView, NewCluster};
+use crate::service::AppState;
 
 #[derive(Template)]
 #[template(path = "clusters.html")]

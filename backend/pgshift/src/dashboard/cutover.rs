@@ -23,9 +23,9 @@ use super::error::{render, PageError};
 use super::session::SignedIn;
 use crate::base::Role;
 use crate::engine::cutover::gates::Gate;
-use crate::http::AppState;
 use crate::service::cutover::{self, CutoverRequest};
 use crate::service::operations;
+use crate::service::AppState;
 use crate::store::{DesiredState, MigrationRecord, Operation, OperationState};
 
 /// One gate of the checklist.

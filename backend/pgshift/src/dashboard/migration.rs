@@ -15,9 +15,9 @@ use super::error::{render, PageError};
 use super::session::SignedIn;
 use super::view::{self, MigrationRow, Nav, Progress};
 use crate::base::Role;
-use crate::http::AppState;
 use crate::service::lag_history::LagSeries;
 use crate::service::migrations::{self, MigrationView};
+use crate::service::AppState;
 use crate::store::{AuditEntry, AuditFilter};
 
 /// One table's row on the page.

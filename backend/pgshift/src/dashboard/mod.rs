@@ -22,8 +22,8 @@ use axum::response::{Redirect, Response};
 use axum::routing::{get, post};
 use axum::Router;
 
-use crate::http::AppState;
 use crate::service::migrations;
+use crate::service::AppState;
 use error::{render, PageError};
 use session::SignedIn;
 use view::{MigrationRow, Nav};

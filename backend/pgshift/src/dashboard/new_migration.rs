@@ -13,10 +13,10 @@ use super::error::{render, PageError};
 use super::session::SignedIn;
 use super::view::Nav;
 use crate::base::Role;
-use crate::http::AppState;
 use crate::service::clusters::{self, ClusterView};
 use crate::service::migration_preview::{self, Preview};
 use crate::service::migrations::{self, EndpointRef, NewMigration};
+use crate::service::AppState;
 
 #[derive(Deserialize, Default)]
 pub struct MigrationForm {

@@ -13,8 +13,8 @@ use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 
 use super::error::PageError;
 use crate::base::Role;
-use crate::http::AppState;
 use crate::service::users;
+use crate::service::AppState;
 use crate::store::{User, UserSession};
 
 pub const COOKIE: &str = "pgshift_session";
@@ -63,7 +63,7 @@ pub fn clear_cookie(headers: &HeaderMap) -> HeaderValue {
 }
 
 /// The client's address: the peer's, or the one a local reverse proxy forwards (the same rule as
-/// the API's audit trail, [`crate::http::client_addr`]).
+/// the API's audit trail, [`crate::service::audit::client_addr`]).
 pub struct ClientAddr(pub Option<IpAddr>);
 
 impl ClientAddr {
@@ -72,7 +72,7 @@ impl ClientAddr {
             .extensions
             .get::<ConnectInfo<SocketAddr>>()
             .map(|ConnectInfo(addr)| *addr);
-        ClientAddr(crate::http::client_addr(peer, &parts.headers))
+        ClientAddr(crate::service::audit::client_addr(peer, &parts.headers))
     }
 }
 

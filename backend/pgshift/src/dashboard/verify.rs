@@ -12,9 +12,9 @@ use super::audit::{self, Action};
 use super::error::{render, PageError};
 use super::session::SignedIn;
 use crate::base::Role;
-use crate::http::AppState;
 use crate::service::cutover::{self, VerifyRequest};
 use crate::service::operations;
+use crate::service::AppState;
 use crate::store::{Operation, OperationState};
 
 /// One table's verdict.

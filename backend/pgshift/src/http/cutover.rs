@@ -6,10 +6,10 @@ use axum::http::StatusCode;
 use axum::Json;
 
 use super::auth::{Authorized, Operator};
-use super::json::ApiJson;
-use super::openapi::{
+use super::error::{
     AuthErrors, BodyErrors, DatabaseErrors, NotFoundErrors, OperationConflicts, RoleErrors,
 };
+use super::json::ApiJson;
 use super::{ApiError, AppState, Caller};
 use crate::service::cutover::{self, CutoverRequest, VerifyRequest};
 use crate::store::Operation;

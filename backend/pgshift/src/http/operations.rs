@@ -6,7 +6,7 @@ use axum::http::StatusCode;
 use axum::Json;
 
 use super::auth::{Authorized, Operator, Viewer};
-use super::openapi::{AuthErrors, NotFoundErrors, OperationConflicts, RoleErrors};
+use super::error::{AuthErrors, NotFoundErrors, OperationConflicts, RoleErrors};
 use super::{ApiError, AppState};
 use crate::service::operations;
 use crate::store::Operation;

@@ -5,8 +5,8 @@ use axum::http::StatusCode;
 use axum::Json;
 
 use super::auth::{Admin, Authorized};
+use super::error::{AuthErrors, BodyErrors, NotFoundErrors, RoleErrors};
 use super::json::ApiJson;
-use super::openapi::{AuthErrors, BodyErrors, NotFoundErrors, RoleErrors};
 use super::{ApiError, AppState, Caller};
 use crate::service::tokens::{self, IssuedToken, NewToken, TokenView};
 
