@@ -44,6 +44,11 @@ impl Supervisor {
         }
     }
 
+    /// The metadata store the supervisor reads clusters and migrations from.
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
     async fn cluster(&self, id: Uuid) -> EngineResult<Cluster> {
         self.store.cluster_by_id(id).await?.ok_or_else(|| {
             EngineError::invalid(

@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use super::{App, ServiceError, ServiceResult};
-use crate::engine::{cutover, pg};
+use crate::engine::cutover::{self, StepRecorder};
 use crate::store::{DesiredState, Operation, OperationState, OperationStep, StepOutcome, Store};
 
 struct Running {
@@ -234,8 +234,12 @@ impl Recorder {
             }));
         }
     }
+}
 
-    pub async fn begin(&mut self, name: &str) {
+/// The engine reports each step of a cutover or verification here.
+#[async_trait::async_trait]
+impl StepRecorder for Recorder {
+    async fn begin(&mut self, name: &str) {
         self.op.steps.push(OperationStep {
             name: name.into(),
             outcome: StepOutcome::Running,
@@ -247,8 +251,7 @@ impl Recorder {
         self.save().await;
     }
 
-    /// Ends the current step.
-    pub async fn end(&mut self, outcome: StepOutcome, detail: Value) {
+    async fn end(&mut self, outcome: StepOutcome, detail: Value) {
         if let Some(step) = self.op.steps.last_mut() {
             step.outcome = outcome;
             step.finished_at = Some(Utc::now());
@@ -258,6 +261,15 @@ impl Recorder {
         self.save().await;
     }
 
+    fn step_open(&self) -> bool {
+        self.op
+            .steps
+            .last()
+            .is_some_and(|s| s.outcome == StepOutcome::Running)
+    }
+}
+
+impl Recorder {
     /// Finishes the operation; a still-running step ends as failed.
     pub async fn finish(
         &mut self,
@@ -386,7 +398,5 @@ async fn unfreeze_source(
     app: &App,
     record: &crate::store::MigrationRecord,
 ) -> crate::engine::EngineResult<bool> {
-    let (source, _) = app.supervisor.endpoints(record).await?;
-    let mut src = pg::connect("the source", &source).await?;
-    cutover::freeze::unfreeze(&mut src, &record.schema_name()).await
+    cutover::sequence::lift_freeze(&app.supervisor, record).await
 }
