@@ -11,8 +11,8 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 
 use crate::auth::{KeyError, Keys};
-use crate::base::DataDir;
 use crate::base::Role;
+use crate::base::{DataDir, TaskSet};
 use crate::config::ServeConfig;
 use crate::engine::Supervisor;
 use crate::secrets::{SecretError, Secrets};
@@ -66,8 +66,8 @@ impl Application {
             store.as_ref(),
             std::env::var(crate::service::users::ADMIN_PASSWORD_ENV).ok(),
         )
-        .await
-        .map_err(StartError::FirstAdmin)?;
+            .await
+            .map_err(StartError::FirstAdmin)?;
         let supervisor = Supervisor::new(store.clone(), secrets.clone(), config.engine.clone());
         let listener =
             TcpListener::bind(config.listen)
@@ -123,9 +123,12 @@ impl Application {
             tracing::error!(error = %err, "cannot resume migrations");
         }
         tracing::info!(addr = %self.local_addr(), "pgshift listening");
-        let sampler_cancel = tokio_util::sync::CancellationToken::new();
-        let sampler =
-            crate::service::lag_history::spawn_sampler(self.app.clone(), sampler_cancel.clone());
+        // The server's own background tasks, beside the supervisor's runs and the operations.
+        let background: TaskSet<&'static str> = TaskSet::new("background task");
+        let app = self.app.clone();
+        background.spawn("lag sampler", (), |cancel| {
+            crate::service::lag_history::run_sampler(app, cancel)
+        });
         let router = router(self.app.clone());
         // The peer address goes into the audit trail and the sign-in throttle.
         let result = axum::serve(
@@ -134,8 +137,7 @@ impl Application {
         )
         .with_graceful_shutdown(shutdown)
         .await;
-        sampler_cancel.cancel();
-        let _ = sampler.await;
+        background.shutdown(Duration::from_secs(30)).await;
         self.app.operations.shutdown(Duration::from_secs(30)).await;
         self.app.supervisor.shutdown(Duration::from_secs(30)).await;
         tracing::info!("pgshift stopped");

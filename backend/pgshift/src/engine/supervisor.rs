@@ -5,31 +5,25 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::task::JoinHandle;
-use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use super::runner::Run;
 use super::settings::EngineSettings;
 use super::status::{MigrationStatus, RuntimeState, StatusHandle};
 use super::{pg, source, target, EngineError, EngineResult};
+use crate::base::TaskSet;
 use crate::secrets::Secrets;
 use crate::store::{Cluster, DesiredState, MigrationRecord, Store};
 use sqlx::postgres::PgConnectOptions;
-
-struct RunHandle {
-    cancel: CancellationToken,
-    join: JoinHandle<()>,
-}
 
 /// Owns every migration's run. Lives in the application state, not in a global.
 pub struct Supervisor {
     store: Arc<dyn Store>,
     secrets: Arc<Secrets>,
     settings: EngineSettings,
-    runs: Mutex<HashMap<Uuid, RunHandle>>,
+    /// One run per migration.
+    runs: TaskSet<Uuid>,
     statuses: Mutex<HashMap<Uuid, StatusHandle>>,
-    shutdown: CancellationToken,
 }
 
 impl Supervisor {
@@ -38,9 +32,8 @@ impl Supervisor {
             store,
             secrets,
             settings,
-            runs: Mutex::new(HashMap::new()),
+            runs: TaskSet::new("migration run"),
             statuses: Mutex::new(HashMap::new()),
-            shutdown: CancellationToken::new(),
         }
     }
 
@@ -93,10 +86,9 @@ impl Supervisor {
         let target = self
             .options(record.target.cluster_id, &record.target.database)
             .await?;
-        let mut runs = self.runs.lock().expect("runs lock");
-        if runs.get(&record.id).is_some_and(|r| !r.join.is_finished()) {
+        let Ok(cancel) = self.runs.reserve(record.id, ()) else {
             return Ok(());
-        }
+        };
         let status = StatusHandle::new(&record.tables);
         self.statuses
             .lock()
@@ -110,15 +102,12 @@ impl Supervisor {
             status,
             store: self.store.clone(),
         };
-        let cancel = self.shutdown.child_token();
-        let token = cancel.clone();
         let name = record.name.clone();
-        let join = tokio::spawn(async move {
+        self.runs.start(&record.id, async move {
             tracing::info!(migration = %name, "migration running");
-            run.run(token).await;
+            run.run(cancel).await;
             tracing::info!(migration = %name, "migration stopped");
         });
-        runs.insert(record.id, RunHandle { cancel, join });
         Ok(())
     }
 
@@ -126,13 +115,7 @@ impl Supervisor {
     /// go with it: a stopped migration's status is read from the databases.
     pub async fn stop(&self, id: Uuid) {
         self.statuses.lock().expect("statuses lock").remove(&id);
-        let handle = self.runs.lock().expect("runs lock").remove(&id);
-        if let Some(handle) = handle {
-            handle.cancel.cancel();
-            if let Err(e) = handle.join.await {
-                tracing::error!(error = %e, "a migration run panicked");
-            }
-        }
+        self.runs.stop(&id).await;
     }
 
     /// Live status of a migration this process has run since it started.
@@ -198,7 +181,7 @@ impl Supervisor {
             .options(record.source.cluster_id, &record.source.database)
             .await?;
         let mut src = pg::connect("the source", &source).await?;
-        source::uninstall(&mut src, &schema, Some(&self.shutdown)).await?;
+        source::uninstall(&mut src, &schema, Some(&self.runs.stopping())).await?;
         let target = self
             .options(record.target.cluster_id, &record.target.database)
             .await?;
@@ -227,16 +210,6 @@ impl Supervisor {
 
     /// Cancels every run and waits up to `timeout`, naming the runs that did not stop.
     pub async fn shutdown(&self, timeout: Duration) {
-        self.shutdown.cancel();
-        let runs: Vec<(Uuid, RunHandle)> = self.runs.lock().expect("runs lock").drain().collect();
-        let deadline = tokio::time::Instant::now() + timeout;
-        for (id, handle) in runs {
-            if tokio::time::timeout_at(deadline, handle.join)
-                .await
-                .is_err()
-            {
-                tracing::warn!(migration = %id, "migration run did not stop in time");
-            }
-        }
+        self.runs.shutdown(timeout).await;
     }
 }

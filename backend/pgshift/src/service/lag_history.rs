@@ -122,18 +122,17 @@ impl LagHistory {
     }
 }
 
-/// Samples every running migration each [`SAMPLE_EVERY`] until `cancel` fires.
-pub fn spawn_sampler(app: Arc<App>, cancel: CancellationToken) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
-        let mut interval = tokio::time::interval(SAMPLE_EVERY);
-        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-        loop {
-            tokio::select! {
-                _ = cancel.cancelled() => break,
-                _ = interval.tick() => sample(&app).await,
-            }
+/// Samples every running migration each [`SAMPLE_EVERY`] until `cancel` fires (a background
+/// task the application starts).
+pub async fn run_sampler(app: Arc<App>, cancel: CancellationToken) {
+    let mut interval = tokio::time::interval(SAMPLE_EVERY);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => break,
+            _ = interval.tick() => sample(&app).await,
         }
-    })
+    }
 }
 
 async fn sample(app: &App) {

@@ -143,13 +143,12 @@ pub async fn start_cutover(
     };
     let task_app = app.clone();
     let id = record.id;
-    let join = tokio::spawn(async move {
+    app.operations.start(id, async move {
         let end = sequence::run(&task_app.supervisor, record, plan, cancel, &mut recorder).await;
         recorder
             .finish(end.state, Some(end.result), end.error)
             .await;
     });
-    app.operations.attach(id, join);
     Ok(snapshot)
 }
 

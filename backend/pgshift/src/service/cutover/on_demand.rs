@@ -71,10 +71,9 @@ pub async fn start_verify(
     let task_app = app.clone();
     let id = record.id;
     let plan = on_demand::VerifyPlan { repair, range_rows };
-    let join = tokio::spawn(async move {
+    app.operations.start(id, async move {
         let end = on_demand::run(&task_app.supervisor, &record, plan, cancel, &mut rec).await;
         rec.finish(end.state, Some(end.result), end.error).await;
     });
-    app.operations.attach(id, join);
     Ok(snapshot)
 }
