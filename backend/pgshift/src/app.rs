@@ -61,11 +61,11 @@ impl Application {
             })?;
         let keys = Keys::load_or_create(&config.data_dir)?;
         let store = crate::store::open(config.metadata.as_deref(), &config.data_dir).await?;
-        let secrets = Arc::new(Secrets::load(&config.data_dir)?);
-        crate::service::users::ensure_first_admin(
-            store.as_ref(),
-            std::env::var(crate::service::users::ADMIN_PASSWORD_ENV).ok(),
-        )
+        let secrets = Arc::new(Secrets::load_with(
+            config.secret_keys.as_deref(),
+            &config.data_dir,
+        )?);
+        crate::service::users::ensure_first_admin(store.as_ref(), config.admin_password.clone())
             .await
             .map_err(StartError::FirstAdmin)?;
         let supervisor = Supervisor::new(store.clone(), secrets.clone(), config.engine.clone());

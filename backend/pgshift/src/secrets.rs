@@ -26,7 +26,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::base::DataDir;
 
-/// The environment variable holding the keyring.
+/// The environment variable holding the keyring (read by `config`, handed to [`Secrets::load_with`]).
 pub const ENV_VAR: &str = "PGSHIFT_SECRET_KEYS";
 /// The keyring file in the data directory, used when the environment variable is unset.
 pub const KEY_FILE: &str = "secret-keys.json";
@@ -139,14 +139,9 @@ impl Secrets {
         Ok(Self { keys: out })
     }
 
-    /// Keys from `PGSHIFT_SECRET_KEYS` when set (and not blank), otherwise from the key file in
-    /// `data_dir`, created with one random key on first use.
-    pub fn load(data_dir: &Path) -> Result<Self, SecretError> {
-        let env = std::env::var(ENV_VAR).ok();
-        Self::load_with(env.as_deref(), data_dir)
-    }
-
-    /// `load` with the environment variable's value given (tests).
+    /// Keys from `env`, the value of `PGSHIFT_SECRET_KEYS` as the configuration read it, when
+    /// set and not blank; otherwise from the key file in `data_dir`, created with one random key
+    /// on first use.
     pub fn load_with(env: Option<&str>, data_dir: &Path) -> Result<Self, SecretError> {
         match env {
             Some(v) if !v.trim().is_empty() => Self::from_spec(v),
