@@ -1,4 +1,5 @@
-//! Bearer tokens: JWTs signed (HS256) with a key kept in the data directory. The key file also
+//! Store-and-keys layer (beside the store, importing only the foundation): bearer tokens, JWTs
+//! signed (HS256) with a key kept in the data directory. The key file also
 //! names this server, and tokens carry that name as issuer, so a token made for another server
 //! is refused even if it were signed with a key of the same length.
 

@@ -1,5 +1,6 @@
-//! The command line: `pgshift serve`, `pgshift token create|list|revoke`, `pgshift user create`,
-//! and the client commands (`pgshift cluster …`, `pgshift migration …`, see [`crate::client`]).
+//! Command-line layer: the command line: `pgshift serve`, `pgshift token create|list|revoke`,
+//! `pgshift user create`, and the client commands (`pgshift cluster …`, `pgshift migration …`, see
+//! [`crate::client`]).
 
 use clap::{Parser, Subcommand};
 

@@ -1,5 +1,6 @@
-//! `pgshift token create|list|revoke`: run beside the server (same data directory or metadata
-//! store), without going through the API, so that the first admin token can be made.
+//! Command-line layer: `pgshift token create|list|revoke`: run beside the server (same data
+//! directory or metadata store), without going through the API, so that the first admin token can
+//! be made.
 
 use std::io::Write;
 

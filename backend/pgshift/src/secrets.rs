@@ -1,5 +1,6 @@
-//! Secrets at rest: cluster DSNs (which carry passwords) are stored encrypted with an AEAD
-//! (XChaCha20-Poly1305) under a keyring of 32-byte keys, each with an id.
+//! Store-and-keys layer (beside the store, importing only the foundation): secrets at rest: cluster
+//! DSNs (which carry passwords) are stored encrypted with an AEAD (XChaCha20-Poly1305) under a
+//! keyring of 32-byte keys, each with an id.
 //!
 //! Stored format: `enc:v1:<key id>:<base64 nonce>:<base64 ciphertext>`. The key id is bound to
 //! the ciphertext as associated data. The first key of the keyring is the active one and

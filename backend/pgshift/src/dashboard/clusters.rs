@@ -1,4 +1,4 @@
-//! The clusters page: list, add (with a connection test first), remove.
+//! Dashboard layer: the clusters page: list, add (with a connection test first), remove.
 
 use askama::Template;
 use axum::extract::{Path, State};

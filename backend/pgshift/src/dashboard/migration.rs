@@ -1,5 +1,5 @@
-//! A migration's page: live figures and tables (a fragment polled every 2 s), the lag chart,
-//! the actions the user's role allows, and this migration's audit trail.
+//! Dashboard layer: a migration's page: live figures and tables (a fragment polled every 2 s), the
+//! lag chart, the actions the user's role allows, and this migration's audit trail.
 
 use std::time::Duration;
 

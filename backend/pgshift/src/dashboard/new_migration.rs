@@ -1,5 +1,5 @@
-//! The new-migration form: source and target, table patterns with a live preview of what they
-//! select and what the engine will refuse, then create.
+//! Dashboard layer: the new-migration form: source and target, table patterns with a live preview
+//! of what they select and what the engine will refuse, then create.
 
 use askama::Template;
 use axum::extract::{Query, State};

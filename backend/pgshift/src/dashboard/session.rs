@@ -1,4 +1,5 @@
-//! Dashboard sessions: the cookie, the signed-in user as an extractor, role and CSRF checks.
+//! Dashboard layer: dashboard sessions: the cookie, the signed-in user as an extractor, role and
+//! CSRF checks.
 //!
 //! The cookie is `HttpOnly; SameSite=Strict; Path=/ui` (and `Secure` behind HTTPS), holding a
 //! random value whose SHA-256 names the stored session, so sign-out and expiry take effect at

@@ -1,4 +1,4 @@
-//! Signing in and out.
+//! Dashboard layer: signing in and out.
 
 use askama::Template;
 use axum::extract::{Query, State};

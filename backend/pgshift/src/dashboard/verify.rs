@@ -1,6 +1,6 @@
-//! Verification on demand from the cutover panel: an operator starts `service::cutover::
-//! start_verify` (as `POST /api/v1/migrations/{name}/verify` does), and the panel shows each
-//! table's verdict, `match` or `differs`, polled while the comparison runs.
+//! Dashboard layer: verification on demand from the cutover panel: an operator starts
+//! `service::cutover:: start_verify` (as `POST /api/v1/migrations/{name}/verify` does), and the
+//! panel shows each table's verdict, `match` or `differs`, polled while the comparison runs.
 
 use askama::Template;
 use axum::extract::{Path, State};

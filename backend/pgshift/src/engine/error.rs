@@ -1,5 +1,5 @@
-//! Engine errors, classified so that callers know whether to retry, ask the operator, or report
-//! the caller's mistake.
+//! Engine layer: engine errors, classified so that callers know whether to retry, ask the operator,
+//! or report the caller's mistake.
 
 use crate::store::StoreError;
 

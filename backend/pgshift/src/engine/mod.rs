@@ -1,5 +1,7 @@
-//! The migration engine: capture on the source, ticks, the initial copy and exactly-once apply
-//! on the target, and the supervisor that runs them for every active migration.
+//! The engine layer: everything that talks to the migrated servers. Capture on the source, ticks,
+//! the initial copy and exactly-once apply on the target (with its bookkeeping), the supervisor
+//! that runs them for every active migration, and the cutover. Imports only the store, secrets
+//! and the foundation; the service layer calls it.
 
 mod apply;
 mod batch;

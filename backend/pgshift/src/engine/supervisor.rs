@@ -1,5 +1,6 @@
-//! The supervisor: one run per active migration, started and stopped on request, resumed when
-//! the server starts, and all shut down together.
+//! Engine layer: the supervisor: one run per active migration (a task in its `TaskSet`), started
+//! and stopped on request, resumed when the server starts, and all shut down together; it also
+//! resolves a migration's clusters to connection options.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};

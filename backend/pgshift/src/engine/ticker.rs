@@ -1,5 +1,5 @@
-//! The ticker: takes ticks on the source often enough for sub-second lag under load, backs off
-//! when idle, rotates the three event tables and truncates the one the worker is past.
+//! Engine layer: the ticker: takes ticks on the source often enough for sub-second lag under load,
+//! backs off when idle, rotates the three event tables and truncates the one the worker is past.
 
 use std::time::{Duration, Instant};
 

@@ -1,4 +1,4 @@
-//! Bearer-token authentication and role checks for the API.
+//! HTTP layer: bearer-token authentication and role checks for the API.
 
 use std::marker::PhantomData;
 

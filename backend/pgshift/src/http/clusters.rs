@@ -1,4 +1,4 @@
-//! `/api/v1/clusters`
+//! HTTP layer: `/api/v1/clusters`
 
 use axum::extract::{Path, State};
 use axum::http::StatusCode;

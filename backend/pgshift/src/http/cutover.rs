@@ -1,5 +1,5 @@
-//! `/api/v1/migrations/{name}/cutover`, `/cutover/abort` and `/verify`: each starts (or stops)
-//! an operation; poll it at `/api/v1/operations/{id}`.
+//! HTTP layer: `/api/v1/migrations/{name}/cutover`, `/cutover/abort` and `/verify`: each starts (or
+//! stops) an operation; poll it at `/api/v1/operations/{id}`.
 
 use axum::extract::{Path, State};
 use axum::http::StatusCode;

@@ -1,4 +1,4 @@
-//! `/api/v1/migrations`
+//! HTTP layer: `/api/v1/migrations`
 
 use axum::extract::{Path, State};
 use axum::http::StatusCode;

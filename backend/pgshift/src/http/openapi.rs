@@ -1,4 +1,4 @@
-//! The OpenAPI 3 document at `GET /api/v1/openapi.json`, generated from the handlers'
+//! HTTP layer: the OpenAPI 3 document at `GET /api/v1/openapi.json`, generated from the handlers'
 //! `#[utoipa::path]` annotations and the JSON types' `ToSchema` derives, so it cannot drift from
 //! the code. A new route is one annotation on its handler and one line in `paths(...)` below;
 //! tests/openapi.rs fails for any route the router serves that the document leaves out.

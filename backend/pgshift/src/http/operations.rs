@@ -1,5 +1,5 @@
-//! `/api/v1/operations/{id}` and `/api/v1/migrations/{name}/operations`: polling cutovers and
-//! verifications.
+//! HTTP layer: `/api/v1/operations/{id}` and `/api/v1/migrations/{name}/operations`: polling
+//! cutovers and verifications.
 
 use axum::extract::{Path, State};
 use axum::http::StatusCode;

@@ -1,4 +1,4 @@
-//! `/api/v1/tokens`: issue, list and revoke bearer tokens (admins only).
+//! HTTP layer: `/api/v1/tokens`: issue, list and revoke bearer tokens (admins only).
 
 use axum::extract::{Path, State};
 use axum::http::StatusCode;

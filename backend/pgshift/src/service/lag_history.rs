@@ -1,4 +1,5 @@
-//! Lag, pending events and throughput of each migration over time, for the dashboard's charts.
+//! Service layer: lag, pending events and throughput of each migration over time, for the
+//! dashboard's charts.
 //!
 //! Kept in memory, not in the metadata store: a sample every [`SAMPLE_EVERY`] for at most
 //! [`RETENTION`] per migration (17,280 samples of 32 bytes, about 0.5 MiB per migration), dropped

@@ -1,7 +1,7 @@
-//! Operations: long-running actions on a migration that callers start and then poll. One runs
-//! per migration at a time; each records its steps in the store as they happen, optionally
-//! reports them to a webhook, can be aborted, and is finished (as failed, the source unfrozen)
-//! at the next start if pgshift died while it ran.
+//! Service layer: operations: long-running actions on a migration that callers start and then poll.
+//! One runs per migration at a time; each records its steps in the store as they happen, optionally
+//! reports them to a webhook, can be aborted, and is finished (as failed, the source unfrozen) at
+//! the next start if pgshift died while it ran.
 
 use std::future::Future;
 use std::sync::Arc;

@@ -1,5 +1,6 @@
-//! The metadata store: cluster definitions and migrations, behind one trait so that a
-//! PostgreSQL backend can sit beside the embedded SQLite one.
+//! The store layer: pgshift's metadata (clusters, migrations, operations, the audit trail, tokens,
+//! users and sessions) behind one trait, so that a PostgreSQL backend can sit beside the embedded
+//! SQLite one. Imports only the foundation; the engine and the service layer call it.
 
 mod model;
 mod operation;

@@ -1,4 +1,4 @@
-//! Records kept in the metadata store.
+//! Store layer: records kept in the metadata store.
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};

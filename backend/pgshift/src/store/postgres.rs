@@ -1,5 +1,6 @@
-//! The shared metadata store: PostgreSQL, for several pgshift instances working from one store.
-//! Everything pgshift owns sits in the schema `pgshift_meta` (sqlx's `_sqlx_migrations` too).
+//! Store layer: the shared metadata store: PostgreSQL, for several pgshift instances working from
+//! one store. Everything pgshift owns sits in the schema `pgshift_meta` (sqlx's `_sqlx_migrations`
+//! too).
 
 use std::str::FromStr;
 use std::time::Duration;

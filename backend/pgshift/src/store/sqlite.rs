@@ -1,4 +1,4 @@
-//! The embedded metadata store: one SQLite file in the data directory.
+//! Store layer: the embedded metadata store: one SQLite file in the data directory.
 
 use std::path::Path;
 use std::str::FromStr;

@@ -1,5 +1,6 @@
-//! Users and sessions in both metadata backends. The SQL is the same but for placeholders and
-//! id types, so each backend gets a small module here and its `Store` impl delegates to it.
+//! Store layer: users and sessions in both metadata backends. The SQL is the same but for
+//! placeholders and id types, so each backend gets a small module here and its `Store` impl
+//! delegates to it.
 
 use chrono::{DateTime, TimeZone, Utc};
 

@@ -1,6 +1,6 @@
-//! The way back: a second migration from the new server to the old one, armed while the source is
-//! frozen and the target drained, so both hold the same rows and its tables start synced (no
-//! copy). Rolling back is then a cutover of that migration.
+//! Engine layer (cutover): the way back: a second migration from the new server to the old one,
+//! armed while the source is frozen and the target drained, so both hold the same rows and its
+//! tables start synced (no copy). Rolling back is then a cutover of that migration.
 
 use sqlx::PgConnection;
 

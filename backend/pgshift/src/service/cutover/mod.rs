@@ -11,13 +11,15 @@ use serde_json::json;
 
 mod on_demand;
 
+/// A preflight gate's verdict, as [`preflight`] returns it.
+pub use crate::engine::cutover::gates::Gate;
 pub use on_demand::{start_verify, VerifyRequest};
 
 use super::migrations::find;
 use super::operations::{new_operation, Recorder};
 use super::{check_name, App, ServiceError, ServiceResult};
 use crate::engine::cutover::sequence::{self, CutoverPlan};
-use crate::engine::cutover::{gates, sequences};
+use crate::engine::cutover::sequences;
 use crate::store::{DesiredState, MigrationRecord, Operation};
 
 /// `POST /api/v1/migrations/{name}/cutover`
@@ -188,7 +190,7 @@ pub async fn preflight(
     name: &str,
     max_lag_seconds: Option<f64>,
     reverse: bool,
-) -> ServiceResult<Vec<gates::Gate>> {
+) -> ServiceResult<Vec<Gate>> {
     let record = find(app, name).await?;
     require_running(&record)?;
     let max_lag = seconds("max_lag_seconds", max_lag_seconds, 5.0)?;
