@@ -1,12 +1,17 @@
 //! The store layer: pgshift's metadata (clusters, migrations, operations, the audit trail, tokens,
 //! users and sessions) behind one trait, so that a PostgreSQL backend can sit beside the embedded
 //! SQLite one. Imports only the foundation; the engine and the service layer call it.
+//!
+//! Layout: the records in `model.rs` and `operation.rs`; one module per backend (`sqlite/`,
+//! `postgres/`: its `Store` impl, with its users and sessions in `users.rs`); and `rows.rs`,
+//! which decodes every record from a row once for both backends (each backend only says how it
+//! reads a column of each kind) and maps unique violations.
 
 mod model;
 mod operation;
 mod postgres;
+mod rows;
 mod sqlite;
-mod users_sql;
 
 pub use model::{
     AuditEntry, AuditFilter, Cluster, ColumnSpec, DesiredState, Endpoint, MigrationRecord,

@@ -1,0 +1,85 @@
+//! Store layer (PostgreSQL): dashboard users and their sessions. Times are Unix seconds here, as
+//! in the SQLite backend, so expiry compares as integers.
+
+use sqlx::postgres::PgPool;
+use uuid::Uuid;
+
+use chrono::{DateTime, Utc};
+
+use crate::store::rows::{self, map_unique};
+use crate::store::{StoreResult, User, UserSession};
+
+pub async fn insert_user(pool: &PgPool, u: &User) -> StoreResult<()> {
+    sqlx::query("INSERT INTO pgshift_meta.app_user (id, name, password_hash, role, created_at) VALUES ($1, $2, $3, $4, $5)")
+        .bind(u.id)
+        .bind(&u.name)
+        .bind(&u.password_hash)
+        .bind(u.role.to_string())
+        .bind(u.created_at.timestamp())
+        .execute(pool)
+        .await
+        .map_err(|e| map_unique(e, format!("user {:?}", u.name)))?;
+    Ok(())
+}
+
+pub async fn user_by_name(pool: &PgPool, name: &str) -> StoreResult<Option<User>> {
+    let row = sqlx::query("SELECT * FROM pgshift_meta.app_user WHERE name = $1")
+        .bind(name)
+        .fetch_optional(pool)
+        .await?;
+    row.as_ref().map(rows::user).transpose()
+}
+
+pub async fn user_by_id(pool: &PgPool, id: Uuid) -> StoreResult<Option<User>> {
+    let row = sqlx::query("SELECT * FROM pgshift_meta.app_user WHERE id = $1")
+        .bind(id)
+        .fetch_optional(pool)
+        .await?;
+    row.as_ref().map(rows::user).transpose()
+}
+
+pub async fn count_users(pool: &PgPool) -> StoreResult<i64> {
+    Ok(
+        sqlx::query_scalar("SELECT count(*) FROM pgshift_meta.app_user")
+            .fetch_one(pool)
+            .await?,
+    )
+}
+
+pub async fn insert_session(pool: &PgPool, s: &UserSession) -> StoreResult<()> {
+    sqlx::query("INSERT INTO pgshift_meta.user_session (token_hash, user_id, csrf_token, created_at, expires_at) VALUES ($1, $2, $3, $4, $5)")
+        .bind(&s.token_hash)
+        .bind(s.user_id)
+        .bind(&s.csrf_token)
+        .bind(s.created_at.timestamp())
+        .bind(s.expires_at.timestamp())
+        .execute(pool)
+        .await?;
+    Ok(())
+}
+
+pub async fn session_by_hash(pool: &PgPool, hash: &str) -> StoreResult<Option<UserSession>> {
+    let row = sqlx::query("SELECT * FROM pgshift_meta.user_session WHERE token_hash = $1")
+        .bind(hash)
+        .fetch_optional(pool)
+        .await?;
+    row.as_ref().map(rows::session).transpose()
+}
+
+pub async fn delete_session(pool: &PgPool, hash: &str) -> StoreResult<()> {
+    sqlx::query("DELETE FROM pgshift_meta.user_session WHERE token_hash = $1")
+        .bind(hash)
+        .execute(pool)
+        .await?;
+    Ok(())
+}
+
+pub async fn delete_expired(pool: &PgPool, now: DateTime<Utc>) -> StoreResult<u64> {
+    Ok(
+        sqlx::query("DELETE FROM pgshift_meta.user_session WHERE expires_at < $1")
+            .bind(now.timestamp())
+            .execute(pool)
+            .await?
+            .rows_affected(),
+    )
+}

@@ -1,0 +1,73 @@
+//! Store layer (SQLite): dashboard users and their sessions. Times are Unix seconds here, as in
+//! the PostgreSQL backend, so expiry compares as integers.
+
+use sqlx::sqlite::SqlitePool;
+
+use chrono::{DateTime, Utc};
+
+use crate::store::rows::{self, map_unique};
+use crate::store::{StoreResult, User, UserSession};
+
+pub async fn insert_user(pool: &SqlitePool, u: &User) -> StoreResult<()> {
+    sqlx::query(
+        "INSERT INTO app_user (id, name, password_hash, role, created_at) VALUES (?, ?, ?, ?, ?)",
+    )
+    .bind(u.id.to_string())
+    .bind(&u.name)
+    .bind(&u.password_hash)
+    .bind(u.role.to_string())
+    .bind(u.created_at.timestamp())
+    .execute(pool)
+    .await
+    .map_err(|e| map_unique(e, format!("user {:?}", u.name)))?;
+    Ok(())
+}
+
+pub async fn user_by(pool: &SqlitePool, column: &str, value: &str) -> StoreResult<Option<User>> {
+    // `column` is one of two literals chosen by the caller, never user input.
+    let sql = format!("SELECT * FROM app_user WHERE {column} = ?");
+    let row = sqlx::query(&sql).bind(value).fetch_optional(pool).await?;
+    row.as_ref().map(rows::user).transpose()
+}
+
+pub async fn count_users(pool: &SqlitePool) -> StoreResult<i64> {
+    Ok(sqlx::query_scalar("SELECT count(*) FROM app_user")
+        .fetch_one(pool)
+        .await?)
+}
+
+pub async fn insert_session(pool: &SqlitePool, s: &UserSession) -> StoreResult<()> {
+    sqlx::query("INSERT INTO user_session (token_hash, user_id, csrf_token, created_at, expires_at) VALUES (?, ?, ?, ?, ?)")
+        .bind(&s.token_hash)
+        .bind(s.user_id.to_string())
+        .bind(&s.csrf_token)
+        .bind(s.created_at.timestamp())
+        .bind(s.expires_at.timestamp())
+        .execute(pool)
+        .await?;
+    Ok(())
+}
+
+pub async fn session_by_hash(pool: &SqlitePool, hash: &str) -> StoreResult<Option<UserSession>> {
+    let row = sqlx::query("SELECT * FROM user_session WHERE token_hash = ?")
+        .bind(hash)
+        .fetch_optional(pool)
+        .await?;
+    row.as_ref().map(rows::session).transpose()
+}
+
+pub async fn delete_session(pool: &SqlitePool, hash: &str) -> StoreResult<()> {
+    sqlx::query("DELETE FROM user_session WHERE token_hash = ?")
+        .bind(hash)
+        .execute(pool)
+        .await?;
+    Ok(())
+}
+
+pub async fn delete_expired(pool: &SqlitePool, now: DateTime<Utc>) -> StoreResult<u64> {
+    Ok(sqlx::query("DELETE FROM user_session WHERE expires_at < ?")
+        .bind(now.timestamp())
+        .execute(pool)
+        .await?
+        .rows_affected())
+}
