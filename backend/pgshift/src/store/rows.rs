@@ -2,7 +2,7 @@
 //! a column of each kind ([`Columns`]: SQLite keeps ids, times and JSON as text, PostgreSQL as
 //! uuid, timestamptz and jsonb); the records are assembled from columns here, once.
 
-use chrono::{DateTime, TimeZone, Utc};
+use chrono::{DateTime, Utc};
 use serde_json::Value;
 use uuid::Uuid;
 
@@ -24,14 +24,6 @@ pub(super) trait Columns {
     fn json(&self, column: &str) -> StoreResult<Value> {
         self.opt_json(column)?
             .ok_or_else(|| StoreError::Corrupt(format!("{column} is empty")))
-    }
-
-    /// Users' and sessions' times: Unix seconds in both backends.
-    fn epoch(&self, column: &str) -> StoreResult<DateTime<Utc>> {
-        let secs = self.int(column)?;
-        Utc.timestamp_opt(secs, 0)
-            .single()
-            .ok_or_else(|| StoreError::Corrupt(format!("timestamp {secs}")))
     }
 }
 
@@ -148,7 +140,7 @@ pub(super) fn user(row: &impl Columns) -> StoreResult<User> {
         name: row.text("name")?,
         password_hash: row.text("password_hash")?,
         role: role("user", &row.text("role")?)?,
-        created_at: row.epoch("created_at")?,
+        created_at: row.time("created_at")?,
     })
 }
 
@@ -157,7 +149,7 @@ pub(super) fn session(row: &impl Columns) -> StoreResult<UserSession> {
         token_hash: row.text("token_hash")?,
         user_id: row.uuid("user_id")?,
         csrf_token: row.text("csrf_token")?,
-        created_at: row.epoch("created_at")?,
-        expires_at: row.epoch("expires_at")?,
+        created_at: row.time("created_at")?,
+        expires_at: row.time("expires_at")?,
     })
 }

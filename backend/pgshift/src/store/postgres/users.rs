@@ -1,5 +1,5 @@
-//! Store layer (PostgreSQL): dashboard users and their sessions. Times are Unix seconds here, as
-//! in the SQLite backend, so expiry compares as integers.
+//! Store layer (PostgreSQL): dashboard users and their sessions, their times timestamptz as in
+//! every other table.
 
 use sqlx::postgres::PgPool;
 use uuid::Uuid;
@@ -15,7 +15,7 @@ pub async fn insert_user(pool: &PgPool, u: &User) -> StoreResult<()> {
         .bind(&u.name)
         .bind(&u.password_hash)
         .bind(u.role.to_string())
-        .bind(u.created_at.timestamp())
+        .bind(u.created_at)
         .execute(pool)
         .await
         .map_err(|e| map_unique(e, format!("user {:?}", u.name)))?;
@@ -51,8 +51,8 @@ pub async fn insert_session(pool: &PgPool, s: &UserSession) -> StoreResult<()> {
         .bind(&s.token_hash)
         .bind(s.user_id)
         .bind(&s.csrf_token)
-        .bind(s.created_at.timestamp())
-        .bind(s.expires_at.timestamp())
+        .bind(s.created_at)
+        .bind(s.expires_at)
         .execute(pool)
         .await?;
     Ok(())
@@ -77,7 +77,7 @@ pub async fn delete_session(pool: &PgPool, hash: &str) -> StoreResult<()> {
 pub async fn delete_expired(pool: &PgPool, now: DateTime<Utc>) -> StoreResult<u64> {
     Ok(
         sqlx::query("DELETE FROM pgshift_meta.user_session WHERE expires_at < $1")
-            .bind(now.timestamp())
+            .bind(now)
             .execute(pool)
             .await?
             .rows_affected(),

@@ -1,10 +1,11 @@
-//! Store layer (SQLite): dashboard users and their sessions. Times are Unix seconds here, as in
-//! the PostgreSQL backend, so expiry compares as integers.
+//! Store layer (SQLite): dashboard users and their sessions. Times are fixed-width RFC 3339 text,
+//! as in every other table, so expiry compares as text.
 
 use sqlx::sqlite::SqlitePool;
 
 use chrono::{DateTime, Utc};
 
+use super::micros;
 use crate::store::rows::{self, map_unique};
 use crate::store::{StoreResult, User, UserSession};
 
@@ -16,7 +17,7 @@ pub async fn insert_user(pool: &SqlitePool, u: &User) -> StoreResult<()> {
     .bind(&u.name)
     .bind(&u.password_hash)
     .bind(u.role.to_string())
-    .bind(u.created_at.timestamp())
+    .bind(micros(&u.created_at))
     .execute(pool)
     .await
     .map_err(|e| map_unique(e, format!("user {:?}", u.name)))?;
@@ -41,8 +42,8 @@ pub async fn insert_session(pool: &SqlitePool, s: &UserSession) -> StoreResult<(
         .bind(&s.token_hash)
         .bind(s.user_id.to_string())
         .bind(&s.csrf_token)
-        .bind(s.created_at.timestamp())
-        .bind(s.expires_at.timestamp())
+        .bind(micros(&s.created_at))
+        .bind(micros(&s.expires_at))
         .execute(pool)
         .await?;
     Ok(())
@@ -66,7 +67,7 @@ pub async fn delete_session(pool: &SqlitePool, hash: &str) -> StoreResult<()> {
 
 pub async fn delete_expired(pool: &SqlitePool, now: DateTime<Utc>) -> StoreResult<u64> {
     Ok(sqlx::query("DELETE FROM user_session WHERE expires_at < ?")
-        .bind(now.timestamp())
+        .bind(micros(&now))
         .execute(pool)
         .await?
         .rows_affected())
