@@ -41,6 +41,12 @@ async fn cutover_under_load_loses_nothing() {
         "{m}"
     );
 
+    // A sequence reset the common way (setval(…, false): the next nextval returns 1000) has
+    // no last value but must still move.
+    pair.source
+        .psql("app", "SELECT setval('invoice_no', 1000, false);")
+        .await;
+
     let mut writers = Writers::spawn(pair.source.dsn("app"), 4);
     wait_for("writers to commit", Duration::from_secs(30), || async {
         (writers.committed() > 200).then_some(())
@@ -136,7 +142,7 @@ async fn cutover_under_load_loses_nothing() {
     for (seq, column_max) in [
         ("item_id_seq", "SELECT max(id) FROM item"),
         ("ledger_id_seq", "SELECT max(id) FROM ledger"),
-        ("invoice_no", "SELECT 42::bigint"),
+        ("invoice_no", "SELECT 999::bigint"),
     ] {
         let max: i64 = sqlx::query_scalar(column_max)
             .fetch_one(&pair.src)
@@ -368,11 +374,22 @@ async fn abort_at_each_step_leaves_the_source_writable() {
             "CREATE SEQUENCE extra_seq; SELECT nextval('extra_seq');",
         )
         .await;
+    // The gate refuses before anything changes (it used to pass, and the cutover failed only
+    // after the freeze).
     let op = cutover(&server, "shop", relaxed(json!({}))).await;
     assert_eq!(op["state"], "failed", "{op}");
-    assert_eq!(step(&op, "sequences")["outcome"], "failed", "{op}");
-    assert!(op["error"].as_str().unwrap().contains("extra_seq"), "{op}");
-    assert_restored(&server, &pair, &op).await;
+    assert_eq!(step_names(&op), ["preflight"], "{op}");
+    let gates = step(&op, "preflight")["detail"]["gates"]
+        .as_array()
+        .unwrap()
+        .clone();
+    let failed: Vec<_> = gates.iter().filter(|g| g["passed"] == false).collect();
+    assert_eq!(failed.len(), 1, "{gates:?}");
+    assert_eq!(failed[0]["name"], "sequences", "{gates:?}");
+    assert!(
+        failed[0]["reason"].as_str().unwrap().contains("extra_seq"),
+        "{gates:?}"
+    );
     pair.source.psql("app", "DROP SEQUENCE extra_seq").await;
 
     // Verify: a row written on the target behind pgshift's back. Counts only, so that it is

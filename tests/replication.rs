@@ -112,8 +112,35 @@ async fn randomized_writes_during_copy_and_catch_up_end_identical() {
     for w in writers {
         w.await.unwrap();
     }
+    // The source watch has followed every partition that came or went.
+    wait_for(
+        "the source watch to follow the partitions",
+        DRAIN,
+        || async {
+            let behind: i64 = sqlx::query_scalar(&format!(
+                "SELECT count(*) FROM (
+                 (SELECT relid FROM pg_partition_tree('region_event') WHERE level > 0
+                  EXCEPT SELECT relid FROM {schema}.partition)
+                 UNION ALL
+                 (SELECT relid FROM {schema}.partition
+                  EXCEPT SELECT relid FROM pg_partition_tree('region_event') WHERE level > 0)) d"
+            ))
+            .fetch_one(&pair.src)
+            .await
+            .unwrap();
+            (behind == 0).then_some(())
+        },
+    )
+    .await;
     let m = wait_drained(&server, "shop", &pair.src, DRAIN).await;
     assert_identical(&pair).await;
+    let churned: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM pg_class WHERE relname ~ '^region_event_[rs][0-9]+$'",
+    )
+    .fetch_one(&pair.src)
+    .await
+    .unwrap();
+    eprintln!("partitions created or attached by the workload: {churned}");
     let fired: i64 =
         sqlx::query_scalar("SELECT count(*) FROM customer WHERE name = 'TRIGGER FIRED'")
             .fetch_one(&pair.dst)

@@ -146,3 +146,43 @@ async fn verify_compares_every_current_column() {
     );
     assert_eq!(table(result, "public.Odd Pair")["state"], "match");
 }
+
+/// Repair writes the source's rows exactly: values a JSON round trip would change (a `json`
+/// document's spacing, order and repeated keys; a float's -0; a timestamp's infinity) arrive as
+/// they are, so the verification after the repair matches instead of differing forever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn repair_writes_every_value_exactly() {
+    let case = pgshift_tests::case::Case::start(
+        "CREATE TABLE doc (id int PRIMARY KEY, j json, f float8, r real, at timestamptz,
+                           g int GENERATED ALWAYS AS (id * 2) STORED,
+                           n int GENERATED ALWAYS AS IDENTITY);",
+        "INSERT INTO doc (id, j, f, r, at) VALUES
+             (1, '{\"b\": 1,   \"a\": 2, \"a\": 3}', '-0', '-0', 'infinity'),
+             (2, '[1, 2.50, \"x\"]', 0.1::float8 + 0.2, 1 / 3.0::real, '2020-01-01 00:00:00.123456+00');",
+    )
+    .await;
+    case.target
+        .psql("app", "UPDATE doc SET j = '{}', f = 1, r = 1, at = now();")
+        .await;
+    let (status, op) = case
+        .server
+        .post("/migrations/m/verify", json!({"repair": true}))
+        .await;
+    assert_eq!(status, 202, "{op}");
+    let op = pgshift_tests::cutover::wait_operation(
+        &case.server,
+        op["id"].as_str().unwrap(),
+        Duration::from_secs(120),
+    )
+    .await;
+    assert_eq!(op["state"], "succeeded", "{op}");
+    assert_eq!(
+        op["result"]["repaired"].as_array().unwrap().len(),
+        1,
+        "{op}"
+    );
+    for t in op["result"]["after_repair"].as_array().unwrap() {
+        assert_eq!(t["state"], "match", "{op}");
+    }
+    case.drain_and_compare(&[("doc", "id")]).await;
+}

@@ -51,6 +51,20 @@ CREATE TABLE @schema@.tick (
     tick_time      timestamptz NOT NULL DEFAULT clock_timestamp()
 );
 
+-- The partitions of each partitioned table as pgshift last saw them (engine/partitions.rs):
+-- one that appears or goes is noticed against this list. bound: the partition constraint's
+-- text, which says which rows left with a partition that went. followed = false: a partition
+-- the capture wrote rows of before the source watch saw it (table_capture.sql), so that one
+-- created and dropped between two looks still has its rows taken off the target.
+CREATE TABLE @schema@.partition (
+    relid    oid PRIMARY KEY,
+    table_no integer NOT NULL,
+    name     text NOT NULL,
+    leaf     boolean NOT NULL,
+    bound    text,
+    followed boolean NOT NULL DEFAULT true
+);
+
 CREATE FUNCTION @schema@.tick() RETURNS bigint LANGUAGE sql SET search_path = pg_catalog, pg_temp AS $$
     INSERT INTO @schema@.tick (tick_id, tick_snapshot, tick_event_seq)
     SELECT coalesce(max(tick_id), 0) + 1,
@@ -59,3 +73,30 @@ CREATE FUNCTION @schema@.tick() RETURNS bigint LANGUAGE sql SET search_path = pg
       FROM @schema@.tick
     RETURNING tick_id
 $$;
+
+-- Counts the captured statements running in this transaction (statement_triggers.sql), in a
+-- transaction-local setting named after the migration: a subtransaction's rollback restores
+-- it with everything else. When the outermost one ends, the "nested" mark that makes row
+-- captures read the row as it is now (table_capture.sql) is cleared. Not SECURITY DEFINER: it
+-- touches no table.
+CREATE FUNCTION @schema@.statement_bound() RETURNS trigger LANGUAGE plpgsql
+    SET search_path = pg_catalog, pg_temp AS $f$
+DECLARE
+    open integer := COALESCE(
+        NULLIF(pg_catalog.current_setting('pgshift.@tag@_open', true), ''), '0')::integer;
+BEGIN
+    IF pg_catalog.current_setting('pgshift.replicating', true) = 'on' THEN
+        RETURN NULL;
+    END IF;
+    IF TG_WHEN = 'BEFORE' THEN
+        open := open + 1;
+    ELSE
+        open := GREATEST(open - 1, 0);
+        IF open = 0 THEN
+            PERFORM pg_catalog.set_config('pgshift.@tag@_nested', '', true);
+        END IF;
+    END IF;
+    PERFORM pg_catalog.set_config('pgshift.@tag@_open', open::text, true);
+    RETURN NULL;
+END
+$f$;

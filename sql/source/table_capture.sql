@@ -16,12 +16,23 @@
 -- running). The function pins the settings that shape the text, so the application session's
 -- own DateStyle, TimeZone or extra_float_digits change nothing.
 --
+-- A row's capture can fire after a later change of the same row was already captured: when
+-- another row's AFTER trigger (or a foreign key's cascade, or a function called by the
+-- statement) changes it while this statement's AFTER events are still queued. NEW then holds an
+-- older version, and replaying it last would leave the target stale (or resurrect a row the
+-- nested statement deleted). Such a nested change is always captured first, by a capture that
+-- runs inside a trigger (pg_trigger_depth() > 1) or while another captured statement is open
+-- (the statement triggers of statement_triggers.sql count them): it marks the transaction, and
+-- from then until the outermost captured statement ends every capture records the row as it
+-- is now, read by key, instead of NEW (nothing if the row is gone; after a delete, the row that
+-- took its key, if any). Ordinary statements pay for none of that.
+--
 -- 'U' carries the row as it now is (insert, update); 'D' the row as it was (delete); 'K' the
 -- row as it was before an update changed its key (compared as binary images, so a respelling
 -- counts as a change), which the target deletes only while it still holds exactly that row:
 -- under a deferrable key, a statement shifting keys (id = id + 1) writes a key before the row
 -- that had it leaves, and replaying row by row must not delete the newcomer. 'T' carries the
--- truncated relation's quoted name.
+-- truncated relation's quoted name (and a partition's bound on the next line).
 --
 -- SECURITY DEFINER: the application's role needs no privilege on pgshift's schema, so capture
 -- never fails an application transaction on permissions. search_path is pinned and every name
@@ -31,33 +42,73 @@ CREATE FUNCTION @schema@.capture_@no@() RETURNS trigger LANGUAGE plpgsql SECURIT
     SET search_path = pg_catalog, pg_temp
     @settings@
 AS $f$
+DECLARE
+    gone text;     -- 'K': the row as it was before its key changed
+    main_op "char";
+    main text;     -- 'U', 'D' or 'T'
+    now_row text;  -- 'U': the row now holding the key, read after a nested change
+    nested boolean;
 BEGIN
     -- pgshift's own sessions (apply, copy, repair) are never captured: see pg.rs SESSION_SETTINGS.
     IF pg_catalog.current_setting('pgshift.replicating', true) = 'on' THEN
         RETURN NULL;
+    END IF;
+    IF TG_OP = 'TRUNCATE' THEN
+        -- A table detached from this one keeps its statement triggers (removing them needs its
+        -- owner): its truncates are none of ours.
+        IF TG_RELID <> @table_literal@::pg_catalog.regclass
+           AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_partition_tree(@table_literal@::pg_catalog.regclass) p
+                            WHERE p.relid = TG_RELID) THEN
+            RETURN NULL;
+        END IF;
+        -- A partition's bound goes along (partition_bound.rs): the target empties exactly its
+        -- rows, however it is partitioned itself.
+        main_op := 'T';
+        main := pg_catalog.format('%I.%I', TG_TABLE_SCHEMA, TG_TABLE_NAME)
+             || COALESCE(E'\n' || pg_catalog.pg_get_partition_constraintdef(TG_RELID), '');
+    ELSE
+        IF pg_catalog.pg_trigger_depth() > 1
+           OR pg_catalog.current_setting('pgshift.@tag@_open', true) NOT IN ('', '0', '1') THEN
+            PERFORM pg_catalog.set_config('pgshift.@tag@_nested', 'on', true);
+            nested := true;
+        ELSE
+            nested := pg_catalog.current_setting('pgshift.@tag@_nested', true) IS NOT DISTINCT FROM 'on';
+        END IF;
+@partition_seen@
+        IF TG_OP = 'DELETE' THEN
+            main_op := 'D';
+            main := OLD::text;
+            IF nested THEN
+                SELECT x::text INTO now_row FROM @scan@ x WHERE @old_match@;
+            END IF;
+        ELSE
+            IF TG_OP = 'UPDATE' AND NOT pg_catalog.record_image_eq(@old_key@, @new_key@) THEN
+                gone := OLD::text;
+            END IF;
+            IF nested THEN
+                SELECT x::text INTO now_row FROM @scan@ x WHERE @new_match@;
+            ELSE
+                main_op := 'U';
+                main := NEW::text;
+            END IF;
+        END IF;
     END IF;
     -- pg_sequence_last_value reads the sequence as a plain SELECT would (not subject to MVCC:
     -- a rotation is seen at once) at a fraction of the cost, once per row.
     CASE pg_catalog.pg_sequence_last_value('@schema@.generation_seq'::pg_catalog.regclass) % 3
 @events[
     WHEN @gen@ THEN
-        IF TG_OP = 'INSERT' THEN
+        IF gone IS NOT NULL THEN
             INSERT INTO @schema@.event_@gen@ (ev_gen, ev_txid, ev_table, ev_op, ev_data)
-            VALUES (@gen@, pg_catalog.txid_current(), @no@, 'U', NEW::text);
-        ELSIF TG_OP = 'UPDATE' THEN
-            IF NOT pg_catalog.record_image_eq(@old_key@, @new_key@) THEN
-                INSERT INTO @schema@.event_@gen@ (ev_gen, ev_txid, ev_table, ev_op, ev_data)
-                VALUES (@gen@, pg_catalog.txid_current(), @no@, 'K', OLD::text);
-            END IF;
+            VALUES (@gen@, pg_catalog.txid_current(), @no@, 'K', gone);
+        END IF;
+        IF main_op IS NOT NULL THEN
             INSERT INTO @schema@.event_@gen@ (ev_gen, ev_txid, ev_table, ev_op, ev_data)
-            VALUES (@gen@, pg_catalog.txid_current(), @no@, 'U', NEW::text);
-        ELSIF TG_OP = 'DELETE' THEN
+            VALUES (@gen@, pg_catalog.txid_current(), @no@, main_op, main);
+        END IF;
+        IF now_row IS NOT NULL THEN
             INSERT INTO @schema@.event_@gen@ (ev_gen, ev_txid, ev_table, ev_op, ev_data)
-            VALUES (@gen@, pg_catalog.txid_current(), @no@, 'D', OLD::text);
-        ELSE
-            INSERT INTO @schema@.event_@gen@ (ev_gen, ev_txid, ev_table, ev_op, ev_data)
-            VALUES (@gen@, pg_catalog.txid_current(), @no@, 'T',
-                    pg_catalog.format('%I.%I', TG_TABLE_SCHEMA, TG_TABLE_NAME));
+            VALUES (@gen@, pg_catalog.txid_current(), @no@, 'U', now_row);
         END IF;
 ]events@
     END CASE;

@@ -67,6 +67,26 @@ CREATE TABLE region_event_eu PARTITION OF region_event FOR VALUES IN ('eu');
 CREATE TABLE region_event_us PARTITION OF region_event FOR VALUES IN ('us');
 CREATE TABLE region_event_other PARTITION OF region_event DEFAULT;
 CREATE TABLE "ünïcödé Tåble" ("ключ" integer PRIMARY KEY, "värde" text);
+-- The application's own triggers, changing rows the firing statement also changed while that
+-- statement's captures are still queued: a ripple to the next customer, and a deleted row that
+-- puts its neighbour's key back. (On the target they never fire for replicated rows.)
+CREATE FUNCTION ripple() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF pg_trigger_depth() = 1 AND NEW.note LIKE 'ripple%' THEN
+        UPDATE customer SET score = coalesce(score, 0) + 1, note = 'rippled by ' || NEW.id
+         WHERE id = NEW.id + 1;
+    END IF;
+    RETURN NULL;
+END $$;
+CREATE TRIGGER ripple AFTER UPDATE ON customer FOR EACH ROW EXECUTE FUNCTION ripple();
+CREATE FUNCTION phoenix() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF pg_trigger_depth() = 1 AND OLD."värde" LIKE 'phoenix%' THEN
+        INSERT INTO "ünïcödé Tåble" VALUES (OLD."ключ" + 1, 'reborn') ON CONFLICT DO NOTHING;
+    END IF;
+    RETURN NULL;
+END $$;
+CREATE TRIGGER phoenix AFTER DELETE ON "ünïcödé Tåble" FOR EACH ROW EXECUTE FUNCTION phoenix();
 "#;
 
 /// Tables to compare, with their ORDER BY.
@@ -204,7 +224,7 @@ fn random_transaction(rng: &mut StdRng, next_id: &AtomicU64, max_id: i64) -> Vec
     let mut ops = Vec::new();
     for _ in 0..rng.gen_range(1..=4) {
         let c = rng.gen_range(1..=max_id);
-        let op = match rng.gen_range(0..100) {
+        let op = match rng.gen_range(0..114) {
             0..=14 => {
                 let id = next_id.fetch_add(1, Ordering::Relaxed) as i64;
                 format!(
@@ -243,6 +263,47 @@ fn random_transaction(rng: &mut StdRng, next_id: &AtomicU64, max_id: i64) -> Vec
             92..=93 => format!("DELETE FROM \"ünïcödé Tåble\" WHERE \"ключ\" = {c}"),
             94 => "TRUNCATE \"ünïcödé Tåble\"".into(),
             95..=96 => format!("INSERT INTO \"ünïcödé Tåble\" VALUES ({c}, 'neu') ON CONFLICT (\"ключ\") DO UPDATE SET \"värde\" = 'upsert'"),
+            // Application triggers change rows this statement also changed (see SCHEMA).
+            100..=104 => format!(
+                "UPDATE customer SET note = 'ripple {}', updated = now() WHERE id BETWEEN {c} AND {c} + 3",
+                rng.gen_range(0..100)
+            ),
+            105..=107 => format!(
+                "UPDATE \"ünïcödé Tåble\" SET \"värde\" = 'phoenix' WHERE \"ключ\" BETWEEN {c} AND {c} + 2; \
+                 DELETE FROM \"ünïcödé Tåble\" WHERE \"ключ\" BETWEEN {c} AND {c} + 2"
+            ),
+            // Partitions come and go while rows are written (pg_partman's daily routine, an
+            // archive detached, a table loaded aside and attached). Region values r…/s… are
+            // never written otherwise, so no default partition holds rows of their range.
+            110 => {
+                let n = next_id.fetch_add(1, Ordering::Relaxed);
+                format!(
+                    "CREATE TABLE region_event_r{n} PARTITION OF region_event FOR VALUES IN ('r{n}'); \
+                     INSERT INTO region_event SELECT g, 'r{n}', '{{\"new\": 1}}' FROM generate_series(1, 20) g"
+                )
+            }
+            111 => {
+                let n = next_id.fetch_add(1, Ordering::Relaxed);
+                format!(
+                    "CREATE TABLE region_event_s{n} (LIKE region_event); \
+                     INSERT INTO region_event_s{n} SELECT g, 's{n}', '{{\"aside\": 1}}' FROM generate_series(1, 20) g; \
+                     ALTER TABLE region_event ATTACH PARTITION region_event_s{n} FOR VALUES IN ('s{n}')"
+                )
+            }
+            112..=113 => {
+                let how = if rng.gen_bool(0.5) {
+                    "format('ALTER TABLE region_event DETACH PARTITION %I', r)"
+                } else {
+                    "format('DROP TABLE %I', r)"
+                };
+                format!(
+                    "DO $$ DECLARE r text; BEGIN \
+                       SELECT c.relname INTO r FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid \
+                        WHERE i.inhparent = 'region_event'::regclass AND c.relname ~ '^region_event_[rs][0-9]+$' \
+                        ORDER BY random() LIMIT 1; \
+                       IF r IS NOT NULL THEN EXECUTE {how}; END IF; END $$"
+                )
+            }
             // Swap two customers' unique emails within one transaction.
             _ => format!(
                 "UPDATE customer SET email = 'swap-' || id WHERE id = {c}; UPDATE customer SET email = 'c{c}-swapped@example.com' WHERE id = {}",

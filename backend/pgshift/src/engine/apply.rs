@@ -10,7 +10,7 @@ use sqlx::PgConnection;
 
 use super::batch::{Event, Op};
 use super::error::Context;
-use super::{key_ops, quote_ident, row_format, EngineError, EngineResult};
+use super::{key_ops, quote_ident, row_format, EngineResult};
 use crate::store::TableSpec;
 
 /// Prepared SQL for one table. Every statement reads its rows from one `text[]` parameter of
@@ -20,16 +20,18 @@ pub struct TablePlan {
     pub no: i32,
     pub display: String,
     /// The replicated table, quoted.
-    table: String,
+    pub(super) table: String,
+    /// The source's column names: what a partition bound may mention (see partition_bound).
+    pub(super) columns: Vec<String>,
     /// Upsert statements run in order on the same parameter.
     upsert: Vec<String>,
     delete: String,
     /// Deletes the old rows of key changes where the target row is still exactly that row.
     delete_unchanged: String,
     /// `TRUNCATE` or `DELETE` of the whole table.
-    truncate: String,
-    /// Empties the table a truncated partition belongs to when TRUNCATE is not possible.
-    referenced_by_others: bool,
+    pub(super) truncate: String,
+    /// Another table's foreign key points here: a truncated partition is emptied by DELETE.
+    pub(super) referenced_by_others: bool,
     tombstone: String,
     reset_copy: String,
 }
@@ -173,6 +175,7 @@ impl TablePlan {
             no: table.no,
             display: table.display_name(),
             table: t,
+            columns: table.columns.iter().map(|c| c.name.clone()).collect(),
             upsert,
             delete,
             delete_unchanged,
@@ -267,7 +270,7 @@ async fn run(
         }
         Op::Truncate => {
             for relation in data {
-                truncate(conn, plan, relation).await?;
+                super::truncate::replay(conn, plan, relation, false).await?;
             }
             if (ctx.tombstone_tables)(plan.no) {
                 sqlx::query(&plan.reset_copy)
@@ -277,58 +280,17 @@ async fn run(
                     .context(|| format!("restarting the copy of {}", plan.display))?;
             }
         }
+        // A partition pgshift's source watch has just seen: empty its range here, then the
+        // events that follow bring its rows. While the table is still being copied the copy
+        // reads the partition itself, and emptying would restart it (pg_partman adds one a day).
+        Op::Appeared => {
+            if !(ctx.tombstone_tables)(plan.no) {
+                for relation in data {
+                    super::truncate::replay(conn, plan, relation, true).await?;
+                }
+            }
+        }
     }
-    Ok(())
-}
-
-/// Replays a TRUNCATE of `relation`: the table itself, or one of its partitions (which empties
-/// that partition alone, as it did on the source).
-async fn truncate(conn: &mut PgConnection, plan: &TablePlan, relation: &str) -> EngineResult<()> {
-    let found: Option<(bool, bool, bool)> = sqlx::query_as(
-        "SELECT c.oid = $2::regclass, c.relkind = 'p',
-                EXISTS (SELECT 1 FROM pg_partition_tree($2::regclass) p WHERE p.relid = c.oid)
-           FROM pg_class c WHERE c.oid = to_regclass($1)",
-    )
-    .bind(relation)
-    .bind(&plan.table)
-    .fetch_optional(&mut *conn)
-    .await
-    .context(|| format!("looking for {relation} on the target"))?;
-    let partitioned = match found {
-        Some((true, _, _)) => {
-            sqlx::query(&plan.truncate)
-                .execute(&mut *conn)
-                .await
-                .context(|| format!("applying a truncate to {}", plan.display))?;
-            return Ok(());
-        }
-        // A partition detached since: it keeps pgshift's truncate trigger on the source, but it
-        // is no longer part of the migrated table here either, so its truncate is none of ours.
-        Some((false, _, false)) => {
-            tracing::debug!(%relation, table = %plan.display, "skipping the truncate of a relation outside the table");
-            return Ok(());
-        }
-        Some((false, partitioned, true)) => partitioned,
-        None => {
-            return Err(EngineError::invalid(
-                "partition_missing",
-                format!(
-                    "{relation}, a partition of {}, was truncated on the source but does not exist on the target",
-                    plan.display
-                ),
-            ))
-        }
-    };
-    // The name came from the source's own format('%I.%I'); it names an existing relation here.
-    let sql = match (plan.referenced_by_others, partitioned) {
-        (true, _) => format!("DELETE FROM {relation}"),
-        (false, true) => format!("TRUNCATE {relation}"),
-        (false, false) => format!("TRUNCATE ONLY {relation}"),
-    };
-    sqlx::query(&sql)
-        .execute(&mut *conn)
-        .await
-        .context(|| format!("applying a truncate to {relation}"))?;
     Ok(())
 }
 

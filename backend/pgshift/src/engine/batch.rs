@@ -70,6 +70,9 @@ pub enum Op {
     /// holds exactly that row.
     KeyChange,
     Truncate,
+    /// A partition that appeared on the source (created or attached): its range is emptied
+    /// here before the rows it holds follow as upserts.
+    Appeared,
 }
 
 /// The query selecting the batch between two ticks, PgQ style: transactions that finished
@@ -161,6 +164,7 @@ pub async fn fetch(conn: &mut PgConnection, limit: usize) -> EngineResult<Vec<Ev
                 "D" => Op::Delete,
                 "K" => Op::KeyChange,
                 "T" => Op::Truncate,
+                "A" => Op::Appeared,
                 other => {
                     return Err(EngineError::invalid(
                         "corrupt_event",

@@ -293,13 +293,20 @@ impl TableCopy {
             &mut tx,
             chunk.copy_out,
             &format!("COPY {into} ({}) FROM STDIN", chunk.cols),
-            t,
+            &t.display_name(),
         )
         .await?;
+        // Which partitions the rows came from, while the chunk's locks keep them attached.
+        let partitions = if t.partitioned {
+            super::partitions::listed(&mut source_tx, t).await?
+        } else {
+            Vec::new()
+        };
         source_tx
             .commit()
             .await
             .context(|| "closing the copy transaction on the source".into())?;
+        super::partitions::note_seen(src, &self.schema, t, &partitions).await?;
         let added = if touched {
             self.merge(&mut tx, chunk).await?
         } else {
@@ -427,27 +434,29 @@ struct Chunk<'a> {
 }
 
 /// Streams `COPY … TO STDOUT` on the source into `COPY … FROM STDIN` on the target.
-async fn stream(
+/// Streams `copy_out` on the source into `copy_in` on the target (COPY's text format round-trips
+/// every value exactly); `what` names the table in errors.
+pub(crate) async fn stream(
     src: &mut PgConnection,
     dst: &mut PgConnection,
     copy_out: &str,
     copy_in: &str,
-    table: &TableSpec,
+    what: &str,
 ) -> EngineResult<u64> {
     let mut input = dst
         .copy_in_raw(copy_in)
         .await
-        .context(|| format!("starting the copy into {}", table.display_name()))?;
+        .context(|| format!("starting the copy into {what}"))?;
     let mut output = src
         .copy_out_raw(copy_out)
         .await
-        .context(|| format!("starting the copy out of {}", table.display_name()))?;
+        .context(|| format!("starting the copy out of {what}"))?;
     loop {
         match output.try_next().await {
             Ok(Some(bytes)) => {
                 if let Err(err) = input.send(bytes).await {
                     return Err(EngineError::Database {
-                        context: format!("copying {}", table.display_name()),
+                        context: format!("copying {what}"),
                         source: err,
                     });
                 }
@@ -456,7 +465,7 @@ async fn stream(
             Err(err) => {
                 let _ = input.abort("the source failed").await;
                 return Err(EngineError::Database {
-                    context: format!("reading {} from the source", table.display_name()),
+                    context: format!("reading {what} from the source"),
                     source: err,
                 });
             }
@@ -466,5 +475,5 @@ async fn stream(
     input
         .finish()
         .await
-        .context(|| format!("finishing the copy into {}", table.display_name()))
+        .context(|| format!("finishing the copy into {what}"))
 }

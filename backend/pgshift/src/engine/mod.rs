@@ -6,10 +6,12 @@
 mod apply;
 mod batch;
 pub mod catalog;
-mod copy;
+pub(crate) mod copy;
 pub mod cutover;
 mod error;
 pub mod key_ops;
+pub mod partition_bound;
+pub(crate) mod partitions;
 pub mod pg;
 pub mod resync;
 pub mod rotation;
@@ -21,6 +23,7 @@ mod status;
 mod supervisor;
 mod target;
 mod ticker;
+mod truncate;
 
 pub use error::{EngineError, EngineResult};
 pub use settings::EngineSettings;

@@ -315,7 +315,8 @@ async fn target_facts(
 
 /// Watches the source's tables every `every` (the ticker's idle interval): a column change ends
 /// the attempt with the table and column named (nothing is applied with the old column list),
-/// and partitions created meanwhile get their TRUNCATE capture (pg_partman adds one a day).
+/// and partitions that joined or left a table are followed (see partitions.rs; pg_partman adds
+/// one a day).
 struct SourceWatch {
     source: PgPool,
     record: MigrationRecord,
@@ -331,8 +332,8 @@ impl SourceWatch {
                 .await
                 .context(|| "connecting to the source".into())?;
             source::check_columns(&mut conn, &self.record).await?;
-            for relation in source::capture_new_partitions(&mut conn, &self.record).await? {
-                tracing::info!(migration = %self.record.name, %relation, "capturing truncates of a new partition");
+            for change in super::partitions::follow(&mut conn, &self.record).await? {
+                tracing::info!(migration = %self.record.name, "{change}");
             }
             drop(conn);
             tokio::select! {

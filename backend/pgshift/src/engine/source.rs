@@ -3,13 +3,13 @@
 use sqlx::{Connection, PgConnection, Row};
 
 use super::error::Context;
-use super::{quote_ident, quote_literal, row_format, EngineResult};
+use super::{key_ops, quote_ident, quote_literal, row_format, EngineResult};
 use crate::store::{MigrationRecord, TableSpec};
 
 const INSTALL_SQL: &str = include_str!("../../../../sql/source/install.sql");
 const TABLE_CAPTURE_SQL: &str = include_str!("../../../../sql/source/table_capture.sql");
 const TABLE_TRIGGERS_SQL: &str = include_str!("../../../../sql/source/table_triggers.sql");
-const TRUNCATE_TRIGGER_SQL: &str = include_str!("../../../../sql/source/truncate_trigger.sql");
+const STATEMENT_TRIGGERS_SQL: &str = include_str!("../../../../sql/source/statement_triggers.sql");
 
 /// Whether capture for this migration is installed on the source.
 pub async fn is_installed(conn: &mut PgConnection, schema: &str) -> EngineResult<bool> {
@@ -20,12 +20,14 @@ pub async fn is_installed(conn: &mut PgConnection, schema: &str) -> EngineResult
         .context(|| "looking for the capture schema on the source".into())
 }
 
-/// Refuses a capture schema installed by an older pgshift, whose events are JSON: its rows
-/// cannot be read as record text.
+/// Refuses a capture schema installed by an older pgshift: one whose events are JSON (its rows
+/// cannot be read as record text), or one without the statement triggers that keep nested
+/// changes in order (table_capture.sql).
 pub async fn check_format(conn: &mut PgConnection, schema: &str) -> EngineResult<()> {
     let current: bool = sqlx::query_scalar(
         "SELECT EXISTS (SELECT 1 FROM pg_attribute
-                         WHERE attrelid = to_regclass(format('%I.event', $1::text)) AND attname = 'ev_data')",
+                         WHERE attrelid = to_regclass(format('%I.event', $1::text)) AND attname = 'ev_data')
+            AND to_regproc(format('%I.statement_bound', $1::text)) IS NOT NULL",
     )
     .bind(schema)
     .fetch_one(conn)
@@ -36,7 +38,7 @@ pub async fn check_format(conn: &mut PgConnection, schema: &str) -> EngineResult
     }
     Err(super::EngineError::invalid(
         "capture_outdated",
-        "the capture on the source was installed by an older pgshift that recorded rows as JSON; remove the migration and create it again",
+        "the capture on the source was installed by an older pgshift with another capture format; remove the migration and create it again",
     ))
 }
 
@@ -69,8 +71,15 @@ fn row_text<'a>(alias: &str, columns: impl Iterator<Item = &'a str>) -> String {
     format!("ROW({list})")
 }
 
-fn table_capture_sql(schema: &str, table: &TableSpec) -> String {
+/// The capture function of one table. `ops` are the key's operators on the source: the
+/// function finds a row by key when a nested change makes NEW too old to record.
+fn table_capture_sql(schema: &str, table: &TableSpec, ops: &[key_ops::ColumnOps]) -> String {
     let key = || table.key.iter().map(String::as_str);
+    let columns = |alias: &str| -> Vec<String> {
+        key()
+            .map(|c| format!("{alias}.{}", quote_ident(c)))
+            .collect()
+    };
     let settings = row_format::OUTPUT_SETTINGS
         .iter()
         .filter(|(name, _)| row_format::CAPTURE_SETTINGS.contains(name))
@@ -78,11 +87,55 @@ fn table_capture_sql(schema: &str, table: &TableSpec) -> String {
         .collect::<Vec<_>>()
         .join("\n    ");
     expand_generations(TABLE_CAPTURE_SQL)
+        .replace(
+            "@partition_seen@",
+            if table.partitioned {
+                PARTITION_SEEN
+            } else {
+                ""
+            },
+        )
         .replace("@settings@", &settings)
         .replace("@old_key@", &row_text("OLD", key()))
         .replace("@new_key@", &row_text("NEW", key()))
+        .replace(
+            "@old_match@",
+            &key_ops::key_equal(ops, &columns("x"), &columns("OLD")),
+        )
+        .replace(
+            "@new_match@",
+            &key_ops::key_equal(ops, &columns("x"), &columns("NEW")),
+        )
+        // A partitioned table is read whole (the row may have moved to another partition); an
+        // inheritance parent alone, as its children are tables of their own.
+        .replace("@scan@", &table.relation_only())
         .replace("@no@", &table.no.to_string())
+        .replace("@table_literal@", &quote_literal(&table.sql_name()))
         .replace("@table@", &table.sql_name())
+        .replace("@tag@", schema)
+        .replace("@schema@", &quote_ident(schema))
+}
+
+/// For a partitioned table: a row written to a partition the source watch has not followed yet
+/// leaves a note of that partition (once per transaction and partition), so the watch takes its
+/// rows off the target even if the partition is dropped before the watch ever sees it.
+const PARTITION_SEEN: &str = "
+        IF TG_RELID::pg_catalog.text IS DISTINCT FROM pg_catalog.current_setting('pgshift.@tag@_part', true) THEN
+            IF NOT EXISTS (SELECT 1 FROM @schema@.partition WHERE relid = TG_RELID) THEN
+                INSERT INTO @schema@.partition (relid, table_no, name, leaf, bound, followed)
+                VALUES (TG_RELID, @no@, pg_catalog.format('%I.%I', TG_TABLE_SCHEMA, TG_TABLE_NAME), true,
+                        pg_catalog.pg_get_partition_constraintdef(TG_RELID), false)
+                ON CONFLICT (relid) DO NOTHING;
+            END IF;
+            PERFORM pg_catalog.set_config('pgshift.@tag@_part', TG_RELID::pg_catalog.text, true);
+        END IF;";
+
+/// The install script of the migration's schema. `@tag@` names the transaction-local settings
+/// of this migration: the schema name is pgshift's own (`pgshift_` and hex digits), a valid
+/// setting name as it is.
+fn install_sql(schema: &str) -> String {
+    INSTALL_SQL
+        .replace("@tag@", schema)
         .replace("@schema@", &quote_ident(schema))
 }
 
@@ -100,9 +153,14 @@ fn row_trigger_sql(schema: &str, table: &TableSpec) -> String {
         .replace("@schema@", &quote_ident(schema))
 }
 
-fn truncate_trigger_sql(schema: &str, table: &TableSpec, relation: &str) -> String {
-    TRUNCATE_TRIGGER_SQL
-        .replace("@trigger@", &trigger_name(schema, table, "_truncate"))
+/// The statement-level triggers of one relation of a table, and their names.
+const STATEMENT_TRIGGERS: [&str; 3] = ["_truncate", "_begin", "_end"];
+
+fn statement_triggers_sql(schema: &str, table: &TableSpec, relation: &str) -> String {
+    STATEMENT_TRIGGERS_SQL
+        .replace("@truncate@", &trigger_name(schema, table, "_truncate"))
+        .replace("@begin@", &trigger_name(schema, table, "_begin"))
+        .replace("@end@", &trigger_name(schema, table, "_end"))
         .replace("@relation@", relation)
         .replace("@no@", &table.no.to_string())
         .replace("@schema@", &quote_ident(schema))
@@ -200,7 +258,8 @@ async fn check_triggers_enabled(
            FROM pg_trigger t
            JOIN pg_proc p ON p.oid = t.tgfoid
            JOIN pg_namespace n ON n.oid = p.pronamespace
-          WHERE n.nspname = $1 AND t.tgenabled = 'D' AND p.proname LIKE 'capture\\_%'
+          WHERE n.nspname = $1 AND t.tgenabled = 'D'
+            AND (p.proname LIKE 'capture\\_%' OR p.proname = 'statement_bound')
           LIMIT 1",
     )
     .bind(&schema)
@@ -347,60 +406,32 @@ pub async fn check_partition_layout(
     }
 }
 
-/// Gives partitions created or attached since install their TRUNCATE capture trigger (row
-/// triggers reach them by themselves). Returns the partitions it covered. A partition whose
-/// lock is busy is tried again on the next call: the short lock timeout keeps the
-/// application's writers from queueing behind pgshift.
-pub async fn capture_new_partitions(
+/// Gives a partition that joined the table since install its statement triggers (row triggers
+/// reach it by themselves), unless it still has them from an earlier time in the table.
+pub(super) async fn add_statement_triggers(
     conn: &mut PgConnection,
-    migration: &MigrationRecord,
-) -> EngineResult<Vec<String>> {
-    let schema = migration.schema_name();
-    let mut covered = Vec::new();
-    for table in migration.tables.iter().filter(|t| t.partitioned) {
-        let name = format!("!{schema}_{}_truncate", table.no);
-        let missing: Vec<String> = sqlx::query_scalar(
-            "SELECT format('%I.%I', n.nspname, c.relname)
-               FROM pg_partition_tree($1::regclass) p
-               JOIN pg_class c ON c.oid = p.relid
-               JOIN pg_namespace n ON n.oid = c.relnamespace
-              WHERE p.level > 0
-                AND NOT EXISTS (SELECT 1 FROM pg_trigger g WHERE g.tgrelid = p.relid AND g.tgname = $2)",
-        )
-        .bind(table.sql_name())
-        .bind(&name)
-        .fetch_all(&mut *conn)
-        .await
-        .context(|| format!("looking for new partitions of {}", table.display_name()))?;
-        for relation in missing {
-            let mut tx = conn
-                .begin()
-                .await
-                .context(|| "opening a transaction on the source".into())?;
-            sqlx::query("SET LOCAL lock_timeout = '100ms'")
-                .execute(&mut *tx)
-                .await
-                .context(|| "setting lock_timeout".into())?;
-            let created =
-                super::pg::run_script(&mut tx, &truncate_trigger_sql(&schema, table, &relation))
-                    .await;
-            if created.is_ok() {
-                fire_always(&mut tx, &relation, &quote_ident(&name)).await?;
-            }
-            match created {
-                Ok(()) => {
-                    tx.commit()
-                        .await
-                        .context(|| format!("capturing truncates of {relation}"))?;
-                    covered.push(relation);
-                }
-                Err(err) => {
-                    tracing::debug!(%relation, error = %err, "new partition busy; capturing its truncates later");
-                }
-            }
-        }
+    schema: &str,
+    table: &TableSpec,
+    relation: &str,
+) -> EngineResult<()> {
+    let present: bool = sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM pg_trigger WHERE tgrelid = $1::regclass AND tgname = $2)",
+    )
+    .bind(relation)
+    .bind(format!("!{schema}_{}_truncate", table.no))
+    .fetch_one(&mut *conn)
+    .await
+    .context(|| format!("looking for the capture triggers of {relation}"))?;
+    if present {
+        return Ok(());
     }
-    Ok(covered)
+    super::pg::run_script(conn, &statement_triggers_sql(schema, table, relation))
+        .await
+        .context(|| format!("installing the statement capture triggers on {relation}"))?;
+    for suffix in STATEMENT_TRIGGERS {
+        fire_always(conn, relation, &trigger_name(schema, table, suffix)).await?;
+    }
+    Ok(())
 }
 
 /// Installs the queue, the tick function and a trigger set per table, and takes the first tick
@@ -417,15 +448,13 @@ pub async fn install(conn: &mut PgConnection, migration: &MigrationRecord) -> En
         .execute(&mut *tx)
         .await
         .context(|| "setting lock_timeout".into())?;
-    super::pg::run_script(
-        &mut tx,
-        &INSTALL_SQL.replace("@schema@", &quote_ident(&schema)),
-    )
-    .await
-    .context(|| "installing the capture schema on the source".into())?;
+    super::pg::run_script(&mut tx, &install_sql(&schema))
+        .await
+        .context(|| "installing the capture schema on the source".into())?;
     for table in &migration.tables {
         check_partition_layout(&mut tx, table).await?;
-        super::pg::run_script(&mut tx, &table_capture_sql(&schema, table))
+        let ops = key_ops::key_operators(&mut tx, table).await?;
+        super::pg::run_script(&mut tx, &table_capture_sql(&schema, table, &ops))
             .await
             .context(|| format!("installing capture functions for {}", table.display_name()))?;
         super::pg::run_script(&mut tx, &row_trigger_sql(&schema, table))
@@ -436,20 +465,19 @@ pub async fn install(conn: &mut PgConnection, migration: &MigrationRecord) -> En
             relations.extend(partitions(&mut tx, table).await?);
         }
         for relation in relations {
-            super::pg::run_script(&mut tx, &truncate_trigger_sql(&schema, table, &relation))
+            super::pg::run_script(&mut tx, &statement_triggers_sql(&schema, table, &relation))
                 .await
-                .context(|| format!("installing the truncate capture trigger on {relation}"))?;
-            let name = if relation == table.sql_name() {
-                trigger_name(&schema, table, "")
-            } else {
-                // Partitions' row triggers are clones that follow the parent's setting.
-                String::new()
-            };
-            for trigger in [name, trigger_name(&schema, table, "_truncate")] {
-                if !trigger.is_empty() {
-                    fire_always(&mut tx, &relation, &trigger).await?;
-                }
+                .context(|| format!("installing the statement capture triggers on {relation}"))?;
+            // Partitions' row triggers are clones that follow the parent's setting.
+            if relation == table.sql_name() {
+                fire_always(&mut tx, &relation, &trigger_name(&schema, table, "")).await?;
             }
+            for suffix in STATEMENT_TRIGGERS {
+                fire_always(&mut tx, &relation, &trigger_name(&schema, table, suffix)).await?;
+            }
+        }
+        if table.partitioned {
+            super::partitions::record(&mut tx, &schema, table).await?;
         }
     }
     sqlx::query(&format!("SELECT {}.tick()", quote_ident(&schema)))

@@ -113,24 +113,28 @@ pub async fn check(
     gates.push(foreign_keys(dst, input).await?);
     gates.push(match sequences::drift(src, dst, input.tables).await {
         Ok(all) => {
-            let missing: Vec<&str> = all
-                .iter()
-                .filter(|s| s.behind && s.target.is_none() && s.source.is_some())
-                .map(|s| s.name.as_str())
-                .collect();
-            Gate::new(
-                "sequences",
-                true,
-                if missing.is_empty() {
-                    format!("{} sequences readable", all.len())
-                } else {
+            // Checked before anything changes: the step after the freeze cannot create it.
+            let missing = sequences::missing(&all);
+            if missing.is_empty() {
+                Gate::new(
+                    "sequences",
+                    true,
                     format!(
-                        "{} sequences readable; never used on the target yet: {}",
+                        "{} sequences readable; {} behind on the target, moved at the cutover",
                         all.len(),
+                        all.iter().filter(|s| s.behind).count()
+                    ),
+                )
+            } else {
+                Gate::new(
+                    "sequences",
+                    false,
+                    format!(
+                        "missing on the target (create them there): {}",
                         missing.join(", ")
-                    )
-                },
-            )
+                    ),
+                )
+            }
         }
         Err(e) => Gate::new("sequences", false, e.to_string()),
     });

@@ -10,19 +10,36 @@ use crate::engine::error::Context;
 use crate::engine::{EngineError, EngineResult};
 use crate::store::TableSpec;
 
-/// One sequence on both sides. Values are `last_value` once the sequence was used (`None`
-/// before its first `nextval`, or when the sequence is missing on that side).
+/// One sequence on both sides. `source`/`target` are `last_value` once the sequence was used
+/// (`None` before its first `nextval`, or when the sequence is missing on that side);
+/// `source_next`/`target_next` are what the next `nextval` hands out, which is what counts:
+/// a sequence reset with `setval(…, false)` has a next value but no last one.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct SequenceDrift {
     /// `schema.name`, unquoted.
     pub name: String,
     pub source: Option<i64>,
     pub target: Option<i64>,
-    /// The target would hand out a value the source already used.
+    pub source_next: Option<i64>,
+    pub target_next: Option<i64>,
+    /// The sequence does not exist on the target (the cutover's gates refuse).
+    pub missing_on_target: bool,
+    /// The target would hand out a value the source already used or will hand out next.
     pub behind: bool,
     #[serde(skip)]
     #[schema(ignore)]
     quoted: String,
+    /// The source's next value, exactly (past i64 when the sequence is exhausted).
+    #[serde(skip)]
+    #[schema(ignore)]
+    next: i128,
+}
+
+/// One side's reading of a sequence.
+struct Reading {
+    last: Option<i64>,
+    next: i128,
+    ascending: bool,
 }
 
 /// The sequences to move, quoted (`"schema"."name"`) with their display names, read on the source.
@@ -56,12 +73,8 @@ async fn sequence_names(
     Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
 }
 
-/// `last_value` if the sequence was used, and whether it counts up. `Ok(None)` when missing.
-async fn read(
-    conn: &mut PgConnection,
-    quoted: &str,
-    side: &str,
-) -> EngineResult<Option<(Option<i64>, bool)>> {
+/// The sequence's last and next values and its direction. `Ok(None)` when missing.
+async fn read(conn: &mut PgConnection, quoted: &str, side: &str) -> EngineResult<Option<Reading>> {
     let exists: bool = sqlx::query_scalar("SELECT to_regclass($1) IS NOT NULL")
         .bind(quoted)
         .fetch_one(&mut *conn)
@@ -71,7 +84,10 @@ async fn read(
         return Ok(None);
     }
     let row = sqlx::query(&format!(
-        "SELECT last_value, is_called, (SELECT seqincrement > 0 FROM pg_sequence WHERE seqrelid = $1::regclass) FROM {quoted}"
+        "SELECT q.last_value, q.is_called, s.seqincrement > 0,
+                (CASE WHEN q.is_called THEN q.last_value::numeric + s.seqincrement
+                      ELSE q.last_value END)::text
+           FROM {quoted} q, pg_sequence s WHERE s.seqrelid = $1::regclass"
     ))
     .bind(quoted)
     .fetch_one(&mut *conn)
@@ -88,7 +104,18 @@ async fn read(
         },
     })?;
     let called: bool = row.get(1);
-    Ok(Some((called.then(|| row.get(0)), row.get(2))))
+    let next: String = row.get(3);
+    let next = next.parse::<i128>().map_err(|_| {
+        EngineError::invalid(
+            "sequence_unreadable",
+            format!("sequence {quoted} on the {side} has an unreadable next value {next:?}"),
+        )
+    })?;
+    Ok(Some(Reading {
+        last: called.then(|| row.get(0)),
+        next,
+        ascending: row.get(2),
+    }))
 }
 
 /// Each sequence's value on both sides.
@@ -99,66 +126,71 @@ pub async fn drift(
 ) -> EngineResult<Vec<SequenceDrift>> {
     let mut out = Vec::new();
     for (quoted, name) in sequence_names(src, tables).await? {
-        let Some((source, ascending)) = read(src, &quoted, "source").await? else {
+        let Some(source) = read(src, &quoted, "source").await? else {
             continue;
         };
         let target = read(dst, &quoted, "target").await?;
-        let missing = target.is_none();
-        let target = target.and_then(|(v, _)| v);
-        let behind = missing
-            || match (source, target) {
-                (None, _) => false,
-                (Some(_), None) => true,
-                (Some(s), Some(t)) => {
-                    if ascending {
-                        t < s
-                    } else {
-                        t > s
-                    }
-                }
-            };
+        let behind = match &target {
+            None => true,
+            Some(t) if source.ascending => t.next < source.next,
+            Some(t) => t.next > source.next,
+        };
         out.push(SequenceDrift {
             name,
-            source,
-            target,
+            source: source.last,
+            target: target.as_ref().and_then(|t| t.last),
+            source_next: i64::try_from(source.next).ok(),
+            target_next: target.as_ref().and_then(|t| i64::try_from(t.next).ok()),
+            missing_on_target: target.is_none(),
             behind,
             quoted,
+            next: source.next,
         });
     }
     Ok(out)
 }
 
-/// Sets every sequence that is behind on the target to the source's value; returns what moved.
-/// A sequence missing on the target is an error naming it.
+/// The sequences that exist on the source but not on the target, named for the gate.
+pub fn missing(all: &[SequenceDrift]) -> Vec<&str> {
+    all.iter()
+        .filter(|s| s.missing_on_target)
+        .map(|s| s.name.as_str())
+        .collect()
+}
+
+/// Sets every sequence that is behind on the target so that its next value is the source's
+/// next value, whatever either side's `is_called` says; a sequence ahead is never moved back.
+/// Returns what moved. A sequence missing on the target is an error naming it.
 pub async fn move_forward(
     src: &mut PgConnection,
     dst: &mut PgConnection,
     tables: &[TableSpec],
 ) -> EngineResult<Vec<SequenceDrift>> {
     let all = drift(src, dst, tables).await?;
+    if let Some(name) = missing(&all).first() {
+        return Err(EngineError::invalid(
+            "sequence_missing",
+            format!("sequence {name} exists on the source but not on the target; create it there"),
+        ));
+    }
     let mut moved = Vec::new();
     for s in all {
         if !s.behind {
             continue;
         }
-        let Some(value) = s.source else { continue };
-        let exists: bool = sqlx::query_scalar("SELECT to_regclass($1) IS NOT NULL")
-            .bind(&s.quoted)
-            .fetch_one(&mut *dst)
-            .await
-            .context(|| format!("looking for sequence {} on the target", s.name))?;
-        if !exists {
+        let Ok(next) = i64::try_from(s.next) else {
             return Err(EngineError::invalid(
-                "sequence_missing",
+                "sequence_exhausted",
                 format!(
-                    "sequence {} exists on the source but not on the target; create it there",
+                    "sequence {} is exhausted on the source; the target's cannot be set past it",
                     s.name
                 ),
             ));
-        }
-        sqlx::query("SELECT setval($1::regclass, $2, true)")
+        };
+        // is_called = false: the target's next nextval returns exactly `next`.
+        sqlx::query("SELECT setval($1::regclass, $2, false)")
             .bind(&s.quoted)
-            .bind(value)
+            .bind(next)
             .execute(&mut *dst)
             .await
             .map_err(|e| match &e {
@@ -174,7 +206,7 @@ pub async fn move_forward(
                 },
             })?;
         moved.push(SequenceDrift {
-            target: Some(value),
+            target_next: Some(next),
             behind: false,
             ..s
         });

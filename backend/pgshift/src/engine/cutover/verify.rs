@@ -401,7 +401,10 @@ pub fn range_json(lo: Option<&KeyBound>, hi: Option<&KeyBound>) -> Value {
 
 /// Replaces the target's rows in (lo, hi] with the source's, over the columns both sides have.
 /// The caller holds the source table still (brief lock) and has drained the target, so the range
-/// is exact; `dst` is a target transaction with `session_replication_role = replica`.
+/// is exact; `dst` is a target transaction with `session_replication_role = replica`. Rows
+/// travel by COPY's text format, as the initial copy's do: every value of every type arrives
+/// exactly (a JSON round trip would normalise `json` text and lose a float's `-0`, and verify
+/// would then find the repaired range different forever).
 pub async fn copy_range(
     src: &mut PgConnection,
     dst: &mut PgConnection,
@@ -423,39 +426,44 @@ pub async fn copy_range(
         .map(|c| quote_ident(&c.name))
         .collect();
     let select: Vec<String> = cols.iter().map(|c| format!("t.{c}")).collect();
-    // Rows travel as JSON text (never parsed here: floats must not pass through f64 parsing),
-    // typed on arrival by the target's own column types.
-    let read = format!(
-        "SELECT coalesce(jsonb_agg(to_jsonb(r)), '[]')::text FROM (SELECT {} FROM {} WHERE {}) r",
+    // COPY takes no parameters: the bounds go in as literals quoted here and typed by the
+    // source's own key column types.
+    let copy_out = format!(
+        "COPY (SELECT {} FROM {} WHERE {}) TO STDOUT",
         select.join(", "),
         shape.from(Side::Source),
-        range_clause(shape, Side::Source, lo, hi)
+        range_literals(shape, Side::Source, lo, hi)
     );
-    let rows: String = bind_bounds(sqlx::query(&read), lo, hi)
-        .fetch_one(&mut *src)
-        .await
-        .context(|| format!("reading a key range of {} on the source", shape.name))?
-        .get(0);
-    let count: i64 = sqlx::query_scalar("SELECT jsonb_array_length($1::jsonb)::bigint")
-        .bind(&rows)
-        .fetch_one(&mut *dst)
-        .await
-        .context(|| "counting copied rows".into())?;
-    let overriding = if shape.columns.iter().any(|c| c.identity_always) {
-        "OVERRIDING SYSTEM VALUE"
-    } else {
-        ""
+    let copy_in = format!("COPY {} ({}) FROM STDIN", shape.sql_name(), cols.join(", "));
+    crate::engine::copy::stream(src, dst, &copy_out, &copy_in, &shape.name).await
+}
+
+/// [`range_clause`] with the bounds written in as literals.
+fn range_literals(
+    shape: &TableShape,
+    side: Side,
+    lo: Option<&KeyBound>,
+    hi: Option<&KeyBound>,
+) -> String {
+    let types = shape.key_types(side);
+    let cols = tuple(shape.key_columns());
+    let bound = |values: &KeyBound| {
+        tuple(
+            values
+                .iter()
+                .zip(&types)
+                .map(|(v, ty)| format!("{}::{ty}", crate::engine::quote_literal(v)))
+                .collect(),
+        )
     };
-    sqlx::query(&format!(
-        "INSERT INTO {t} ({cols}) {overriding} SELECT {cols} FROM jsonb_populate_recordset(NULL::{t}, $1::jsonb)",
-        t = shape.sql_name(),
-        cols = cols.join(", ")
-    ))
-    .bind(rows)
-    .execute(&mut *dst)
-    .await
-    .context(|| format!("writing a key range of {} on the target", shape.name))?;
-    Ok(count as u64)
+    let mut parts = vec!["true".to_string()];
+    if let Some(lo) = lo {
+        parts.push(format!("{cols} > {}", bound(lo)));
+    }
+    if let Some(hi) = hi {
+        parts.push(format!("{cols} <= {}", bound(hi)));
+    }
+    parts.join(" AND ")
 }
 
 #[cfg(test)]
