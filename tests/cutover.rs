@@ -1105,3 +1105,132 @@ async fn a_store_failure_during_a_cutover_is_a_server_error_without_its_detail()
         .unwrap();
     sqlite.close().await;
 }
+
+/// The long_transactions gate sees what would stall the freeze: a prepared transaction (two-phase
+/// commit: no session in pg_stat_activity) and a session writing straight into a partition (its
+/// lock is on the partition, not the parent). Both used to pass the gate unseen.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn long_transactions_gate_sees_prepared_transactions_and_partitions() {
+    let case = pgshift_tests::case::Case::start(
+        "CREATE TABLE reading (id int, at date, v int, PRIMARY KEY (id, at)) PARTITION BY RANGE (at);
+         CREATE TABLE reading_2025 PARTITION OF reading FOR VALUES FROM ('2025-01-01') TO ('2026-01-01');",
+        "INSERT INTO reading VALUES (1, '2025-02-02', 1);",
+    )
+    .await;
+    let gate = |op: &Value| {
+        step(op, "preflight")["detail"]["gates"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|g| g["name"] == "long_transactions")
+            .cloned()
+            .unwrap_or_else(|| panic!("no long_transactions gate in {op}"))
+    };
+    let body = json!({"dry_run": true, "max_lag_seconds": 1});
+
+    case.source
+        .psql(
+            "app",
+            "BEGIN; INSERT INTO reading_2025 VALUES (2, '2025-03-03', 2); PREPARE TRANSACTION 'batch-7';",
+        )
+        .await;
+    let mut open = case.src.begin().await.unwrap();
+    sqlx::query("UPDATE reading_2025 SET v = v + 1 WHERE id = 1")
+        .execute(&mut *open)
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    let op = cutover(&case.server, "m", body.clone()).await;
+    let g = gate(&op);
+    assert_eq!(g["passed"], false, "{op}");
+    let reason = g["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("prepared transaction 'batch-7'"),
+        "{reason}"
+    );
+    assert!(reason.contains("pid "), "{reason}");
+
+    open.commit().await.unwrap();
+    case.source.psql("app", "COMMIT PREPARED 'batch-7';").await;
+    let op = cutover(&case.server, "m", body).await;
+    assert_eq!(gate(&op)["passed"], true, "{op}");
+    case.drain_and_compare(&[("reading", "id, at")]).await;
+}
+
+/// Issue 13 item 8: after the cutover, a session with session_replication_role = replica (a
+/// restore job, another replication tool) cannot write to the old server either: the freeze
+/// fires for it where pgshift's role owns the table, and the gate says so. It used to commit an
+/// INSERT and a TRUNCATE on the old server.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_freeze_holds_for_replica_role_sessions() {
+    let case = pgshift_tests::case::Case::start(
+        "CREATE TABLE t (id int PRIMARY KEY, v text);",
+        "INSERT INTO t VALUES (1, 'a');",
+    )
+    .await;
+    let op = cutover(&case.server, "m", relaxed(json!({}))).await;
+    assert_eq!(op["state"], "succeeded", "{op}");
+    let gate = step(&op, "preflight")["detail"]["gates"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|g| g["name"] == "replica_sessions")
+        .cloned()
+        .unwrap_or_else(|| panic!("no replica_sessions gate in {op}"));
+    assert!(
+        gate["reason"]
+            .as_str()
+            .unwrap()
+            .contains("fire for replica-role sessions too"),
+        "{gate}"
+    );
+    for sql in [
+        "SET session_replication_role = replica; INSERT INTO t VALUES (2, 'b')",
+        "SET session_replication_role = replica; TRUNCATE t",
+    ] {
+        let mut conn = case.src.acquire().await.unwrap();
+        let err = sqlx::raw_sql(sql)
+            .execute(&mut *conn)
+            .await
+            .expect_err(sql)
+            .to_string();
+        assert!(err.contains("is frozen"), "{sql}: {err}");
+        let _ = sqlx::raw_sql("RESET session_replication_role")
+            .execute(&mut *conn)
+            .await;
+    }
+    let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM t")
+        .fetch_one(&case.src)
+        .await
+        .unwrap();
+    assert_eq!(rows, 1);
+}
+
+/// Issue 13 item 16: arming the way back waits only briefly behind a lock on the new server (the
+/// old one is frozen meanwhile), then fails naming the lock, and the old server takes writes
+/// again. It used to wait 30 s per table.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn arming_the_way_back_gives_up_quickly_behind_a_lock() {
+    let case = pgshift_tests::case::Case::start(
+        "CREATE TABLE t (id int PRIMARY KEY, v text);",
+        "INSERT INTO t VALUES (1, 'a');",
+    )
+    .await;
+    // Conflicts with CREATE TRIGGER, not with the worker's writes.
+    let mut holder = case.dst.begin().await.unwrap();
+    sqlx::query("LOCK TABLE t IN SHARE UPDATE EXCLUSIVE MODE")
+        .execute(&mut *holder)
+        .await
+        .unwrap();
+    let op = cutover(&case.server, "m", relaxed(json!({"reverse": true}))).await;
+    assert_eq!(op["state"], "failed", "{op}");
+    let error = op["error"].as_str().unwrap();
+    assert!(error.contains("stayed locked"), "{op}");
+    assert!(error.contains("3000 ms"), "{op}");
+    holder.rollback().await.unwrap();
+    sqlx::query("INSERT INTO t VALUES (2, 'b')")
+        .execute(&case.src)
+        .await
+        .unwrap_or_else(|e| panic!("the old server is not writable after {op}: {e}"));
+    case.drain_and_compare(&[("t", "id")]).await;
+}

@@ -186,3 +186,46 @@ async fn repair_writes_every_value_exactly() {
     }
     case.drain_and_compare(&[("doc", "id")]).await;
 }
+
+/// Issue 13 item 6: repair never deletes a row the source still has. Here the target's key
+/// collation changed after creation (ICU on the target, "C" on the source: the creation check
+/// cannot see a later change, nor a locale library upgraded under the same name), so a key range
+/// cut in the source's order names other rows on the target. Repair used to delete the target's
+/// rows of each range by the target's order and insert the source's by the source's: rows in
+/// between were lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn repair_never_deletes_a_row_the_source_has() {
+    let case = pgshift_tests::case::Case::start(
+        "CREATE TABLE word (w text COLLATE \"C\" PRIMARY KEY, n int NOT NULL);",
+        "INSERT INTO word SELECT w, row_number() OVER () FROM unnest(
+             ARRAY['a', 'B', 'c', 'D', 'e', 'F', 'g', 'H', 'i', 'J', 'A', 'b', 'C', 'd', 'E', 'f']) AS w;",
+    )
+    .await;
+    case.target
+        .psql(
+            "app",
+            "ALTER TABLE word ALTER COLUMN w TYPE text COLLATE \"und-x-icu\";
+             UPDATE word SET n = -1 WHERE w = 'e';
+             DELETE FROM word WHERE w = 'H';
+             INSERT INTO word VALUES ('zz', 0);",
+        )
+        .await;
+    let (status, op) = case
+        .server
+        .post(
+            "/migrations/m/verify",
+            json!({"repair": true, "range_rows": 3}),
+        )
+        .await;
+    assert_eq!(status, 202, "{op}");
+    let op = pgshift_tests::cutover::wait_operation(
+        &case.server,
+        op["id"].as_str().unwrap(),
+        Duration::from_secs(120),
+    )
+    .await;
+    assert_eq!(op["state"], "succeeded", "{op}");
+    // Every row as on the source: the tampered one fixed, the deleted one back, the extra one
+    // gone, and nothing else lost.
+    case.drain_and_compare(&[("word", "w COLLATE \"C\"")]).await;
+}

@@ -4,12 +4,17 @@
 -- back (reads go on) until commit; from then on every write fails with the message. Only the
 -- TRIGGER privilege is needed, no superuser and no ownership of the tables. The function lives
 -- in pgshift's schema: dropping it with CASCADE (or removing the migration) lifts the freeze.
--- Not SECURITY DEFINER: it only raises. Sessions with session_replication_role = replica (a
--- reverse migration applying changes here) do not fire it.
+-- Not SECURITY DEFINER: it only raises. The triggers fire for sessions with
+-- session_replication_role = replica too (restore jobs, other replication tools) where
+-- pgshift's role owns the table (ENABLE ALWAYS; the gates name the tables where it does not).
+-- pgshift's own sessions (a reverse migration applying changes here) are let through.
 
 CREATE OR REPLACE FUNCTION @schema@.cutover_freeze() RETURNS trigger LANGUAGE plpgsql
     SET search_path = pg_catalog, pg_temp AS $f$
 BEGIN
+    IF pg_catalog.current_setting('pgshift.replicating', true) = 'on' THEN
+        RETURN NULL;
+    END IF;
     RAISE EXCEPTION USING
         ERRCODE = 'read_only_sql_transaction',
         MESSAGE = format('%I.%I is frozen: %s', TG_TABLE_SCHEMA, TG_TABLE_NAME, @message@),

@@ -51,6 +51,8 @@ const BASE_SETTINGS: &[(&str, &str)] = &[
     ("synchronous_commit", "on"),
     ("full_page_writes", "on"),
     ("max_connections", "100"),
+    // Applications use two-phase commit; the cutover's gates must see prepared transactions.
+    ("max_prepared_transactions", "10"),
     ("shared_buffers", "128MB"),
     ("log_min_messages", "warning"),
     ("logging_collector", "off"),

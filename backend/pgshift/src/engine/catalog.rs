@@ -312,6 +312,89 @@ pub async fn check_keys_comparable(
     Ok(())
 }
 
+/// Strings whose order and equality tell collations apart: case, accents, ligatures,
+/// punctuation and digits sort differently under C, libc and ICU locales, and a
+/// case-insensitive (nondeterministic) collation finds some of them equal.
+const COLLATION_PROBES: &[&str] = &[
+    "a", "A", "b", "B", "ä", "Ä", "z", "Z", "æ", "ß", "ss", "_x", "-x", " a", "a b", "ab", "1",
+    "10", "9", "é", "e", "f", "ø", "o", "ǅ", "i", "I", "ı", "İ",
+];
+
+/// How one side orders and equates the probes under each collatable key column of `table`:
+/// the column's own collation (a named one, or the database's default) applied to the column's
+/// own type.
+async fn key_collation_behaviour(
+    conn: &mut PgConnection,
+    table: &TableSpec,
+) -> EngineResult<Vec<(String, String)>> {
+    let columns: Vec<(String, String, Option<String>)> = sqlx::query_as(
+        "SELECT a.attname::text, format_type(a.atttypid, a.atttypmod),
+                CASE WHEN a.attcollation = 100 THEN NULL
+                     ELSE format('%I.%I', n.nspname, c.collname) END
+           FROM pg_attribute a
+           JOIN pg_collation c ON c.oid = a.attcollation
+           JOIN pg_namespace n ON n.oid = c.collnamespace
+          WHERE a.attrelid = $1::regclass AND a.attname = ANY($2) AND a.attcollation <> 0",
+    )
+    .bind(table.sql_name())
+    .bind(&table.key)
+    .fetch_all(&mut *conn)
+    .await
+    .context(|| format!("reading the key collations of {}", table.display_name()))?;
+    let mut out = Vec::new();
+    for (column, type_name, collation) in columns {
+        let collate = collation
+            .map(|c| format!(" COLLATE {c}"))
+            .unwrap_or_default();
+        let behaviour: String = sqlx::query_scalar(&format!(
+            "SELECT string_agg(x::text, '|' ORDER BY x::{type_name}{collate}, x COLLATE \"C\")
+                    || ' distinct ' || count(DISTINCT x::{type_name}{collate})
+               FROM unnest($1::text[]) AS x"
+        ))
+        .bind(COLLATION_PROBES)
+        .fetch_one(&mut *conn)
+        .await
+        .context(|| {
+            format!(
+                "comparing the collation of {}.{column}",
+                table.display_name()
+            )
+        })?;
+        out.push((column, behaviour));
+    }
+    Ok(out)
+}
+
+/// Refuses a table whose key columns order or compare text differently on the two sides (a
+/// different collation, or the same name under another locale or library version). The copy
+/// cuts key ranges in the source's order and looks them up in the target's, and verification
+/// and repair compare ranges: under two orders a range means different rows on each side.
+pub async fn check_key_collations(
+    src: &mut PgConnection,
+    dst: &mut PgConnection,
+    tables: &[TableSpec],
+) -> EngineResult<()> {
+    for t in tables {
+        let source = key_collation_behaviour(src, t).await?;
+        let target = key_collation_behaviour(dst, t).await?;
+        for (column, behaviour) in &source {
+            let Some((_, other)) = target.iter().find(|(c, _)| c == column) else {
+                continue;
+            };
+            if other != behaviour {
+                return Err(EngineError::invalid(
+                    "key_collation_differs",
+                    format!(
+                        "table {}: key column {column} orders or compares text differently on the two sides (another collation, or the same collation from another locale library); give it the same collation on the target, or leave the table out",
+                        t.display_name()
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Refuses tables whose primary key is deferrable on the source. Capture records each row as
 /// it changes; under a deferrable key one statement may move a key onto another row's before
 /// that row moves on (`id = id + 1`), and replaying such a statement row by row can delete the

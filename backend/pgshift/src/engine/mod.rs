@@ -18,7 +18,7 @@ pub mod rotation;
 pub mod row_format;
 mod runner;
 mod settings;
-mod source;
+pub(crate) mod source;
 mod status;
 mod supervisor;
 mod target;

@@ -342,7 +342,11 @@ fn column_drift(table: &TableSpec, now: &[(String, String)]) -> Option<String> {
 /// (restore jobs, ETL, other replication tools), which skip ordinary triggers. That needs the
 /// table's owner; without it the trigger stays as it is, and the cutover's gates say which
 /// tables such sessions could change unseen.
-async fn fire_always(conn: &mut PgConnection, relation: &str, trigger: &str) -> EngineResult<()> {
+pub(crate) async fn fire_always(
+    conn: &mut PgConnection,
+    relation: &str,
+    trigger: &str,
+) -> EngineResult<()> {
     sqlx::query("SAVEPOINT pgshift_always")
         .execute(&mut *conn)
         .await
@@ -438,16 +442,48 @@ pub(super) async fn add_statement_triggers(
 /// inside the same transaction. Every event therefore belongs to a transaction that is not
 /// visible in that first tick, so the worker starting from it misses nothing.
 pub async fn install(conn: &mut PgConnection, migration: &MigrationRecord) -> EngineResult<()> {
+    // Creating triggers waits for writers of each table; don't queue behind a long transaction forever.
+    install_within(conn, migration, std::time::Duration::from_secs(30)).await
+}
+
+/// [`install`], waiting at most `lock_timeout` for each table's lock; a table that stays locked
+/// fails the install naming it (error code `lock_timeout`).
+pub async fn install_within(
+    conn: &mut PgConnection,
+    migration: &MigrationRecord,
+    lock_timeout: std::time::Duration,
+) -> EngineResult<()> {
+    let installed = install_in_one(conn, migration, lock_timeout).await;
+    match installed {
+        Err(e) if e.sqlstate().as_deref() == Some("55P03") => Err(super::EngineError::invalid(
+            "lock_timeout",
+            format!(
+                "installing capture on {}: a table stayed locked for over {} ms (another transaction holds it; see pg_stat_activity): {e}",
+                migration.name,
+                lock_timeout.as_millis()
+            ),
+        )),
+        other => other,
+    }
+}
+
+async fn install_in_one(
+    conn: &mut PgConnection,
+    migration: &MigrationRecord,
+    lock_timeout: std::time::Duration,
+) -> EngineResult<()> {
     let schema = migration.schema_name();
     let mut tx = conn
         .begin()
         .await
         .context(|| "opening the install transaction on the source".into())?;
-    // Creating triggers waits for writers of each table; don't queue behind a long transaction forever.
-    sqlx::query("SET LOCAL lock_timeout = '30s'")
-        .execute(&mut *tx)
-        .await
-        .context(|| "setting lock_timeout".into())?;
+    sqlx::query(&format!(
+        "SET LOCAL lock_timeout = '{}ms'",
+        lock_timeout.as_millis().max(1)
+    ))
+    .execute(&mut *tx)
+    .await
+    .context(|| "setting lock_timeout".into())?;
     super::pg::run_script(&mut tx, &install_sql(&schema))
         .await
         .context(|| "installing the capture schema on the source".into())?;

@@ -137,16 +137,26 @@ pub async fn install(
 /// Installs the bookkeeping of a reverse migration on the old server with every table synced as
 /// of `first_tick`: both sides hold the same rows (the source is frozen and the target drained),
 /// so nothing is copied.
+///
+/// The old server is frozen meanwhile: no lock is waited for longer than `lock_timeout`.
 pub async fn install_synced(
     conn: &mut PgConnection,
     reverse: &MigrationRecord,
     first_tick: &SourceTick,
+    lock_timeout: std::time::Duration,
 ) -> EngineResult<()> {
     let quoted = quote_ident(&reverse.schema_name());
     let mut tx = conn
         .begin()
         .await
         .context(|| "opening the reverse install on the old server".into())?;
+    sqlx::query(&format!(
+        "SET LOCAL lock_timeout = '{}ms'",
+        lock_timeout.as_millis()
+    ))
+    .execute(&mut *tx)
+    .await
+    .context(|| "setting lock_timeout".into())?;
     super::pg::run_script(&mut tx, &INSTALL_SQL.replace("@schema@", &quoted))
         .await
         .context(|| "installing the reverse migration's bookkeeping on the old server".into())?;

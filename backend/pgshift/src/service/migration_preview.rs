@@ -98,7 +98,12 @@ pub async fn preview(
                 Err(e) => Some(problem_text(e)?),
                 Ok(()) => match catalog::check_target(&mut dst, &spec).await {
                     Err(e) => Some(problem_text(e)?),
-                    Ok(()) => None,
+                    Ok(()) => {
+                        match catalog::check_key_collations(&mut src, &mut dst, &spec).await {
+                            Err(e) => Some(problem_text(e)?),
+                            Ok(()) => None,
+                        }
+                    }
                 },
             }
         };

@@ -174,6 +174,7 @@ pub async fn create(app: &App, new: NewMigration) -> ServiceResult<MigrationView
     let tables = catalog::specs(&selected);
     catalog::check_source(&mut src, &tables).await?;
     catalog::check_target(&mut dst, &tables).await?;
+    catalog::check_key_collations(&mut src, &mut dst, &tables).await?;
     let now = Utc::now();
     let record = MigrationRecord {
         id: Uuid::new_v4(),

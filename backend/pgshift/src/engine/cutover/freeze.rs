@@ -77,11 +77,12 @@ async fn create_trigger(
     relation: &str,
     lock_timeout: Duration,
 ) -> EngineResult<()> {
+    let trigger = quote_ident(&format!("{schema}_freeze_{no}"));
     let sql = FREEZE_TABLE_SQL
-        .replace("@trigger@", &quote_ident(&format!("{schema}_freeze_{no}")))
+        .replace("@trigger@", &trigger)
         .replace("@relation@", relation)
         .replace("@schema@", &quote_ident(schema));
-    pg::run_script(conn, &sql).await.map_err(|e| {
+    pg::run_script(&mut *conn, &sql).await.map_err(|e| {
         if matches!(&e, sqlx::Error::Database(db) if db.code().as_deref() == Some("55P03")) {
             EngineError::invalid(
                 "lock_timeout",
@@ -96,7 +97,10 @@ async fn create_trigger(
                 source: e,
             }
         }
-    })
+    })?;
+    // Replica-role sessions skip ordinary triggers; where pgshift owns the table the freeze
+    // holds for them too.
+    crate::engine::source::fire_always(conn, relation, &trigger).await
 }
 
 /// Creates the freeze function and triggers inside `tx`: on return the tables are locked against

@@ -7,6 +7,10 @@ use sqlx::PgConnection;
 use crate::engine::{source, target, ticker, EngineResult};
 use crate::store::MigrationRecord;
 
+/// The longest arming waits for one lock on either server: the old server's writes are blocked
+/// meanwhile.
+const ARM_LOCK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
+
 /// Installs capture for `reverse` on its source (the new server) and its bookkeeping on its
 /// target (the old server) with every table synced as of the capture's first tick.
 pub async fn arm(
@@ -15,9 +19,10 @@ pub async fn arm(
     reverse: &MigrationRecord,
 ) -> EngineResult<()> {
     let schema = reverse.schema_name();
-    source::install(new_side, reverse).await?;
+    // Armed while the old server is frozen: never wait long behind a lock on either side.
+    source::install_within(new_side, reverse, ARM_LOCK_TIMEOUT).await?;
     let first = ticker::first_tick(new_side, &schema).await?;
-    target::install_synced(old_side, reverse, &first).await
+    target::install_synced(old_side, reverse, &first, ARM_LOCK_TIMEOUT).await
 }
 
 /// Undoes a half-armed reverse migration (the cutover failed after arming it).
