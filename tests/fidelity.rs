@@ -368,3 +368,28 @@ async fn pgshift_sessions_are_not_captured() {
     .unwrap();
     assert_eq!(events, 0);
 }
+
+/// Issue 10, "tables without a primary key": a unique index over NOT NULL columns identifies a
+/// row just as well and is used as the key (only an index's key columns, not its INCLUDE
+/// columns). Updates, key changes and deletes arrive.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_unique_index_over_not_null_columns_serves_as_the_key() {
+    let case = Case::start(
+        "CREATE TABLE account (tenant int NOT NULL, email text NOT NULL, balance int, note text,
+                               UNIQUE (tenant, email));
+         CREATE TABLE code (n int NOT NULL, label text, UNIQUE (n) INCLUDE (label));",
+        "INSERT INTO account SELECT g % 3, 'user' || g || '@example.com', g, NULL FROM generate_series(1, 300) g;
+         INSERT INTO code SELECT g, 'label ' || g FROM generate_series(1, 100) g;",
+    )
+    .await;
+    case.write_and_compare(
+        "UPDATE account SET balance = balance * 2 WHERE tenant = 1;
+         UPDATE account SET email = upper(email) WHERE tenant = 2 AND balance < 50;
+         DELETE FROM account WHERE balance > 250;
+         UPDATE code SET label = NULL WHERE n < 10;
+         UPDATE code SET n = n + 1000 WHERE n > 90;
+         DELETE FROM code WHERE n = 50;",
+        &[("account", "tenant, email"), ("code", "n")],
+    )
+    .await;
+}

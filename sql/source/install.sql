@@ -74,29 +74,21 @@ CREATE FUNCTION @schema@.tick() RETURNS bigint LANGUAGE sql SET search_path = pg
     RETURNING tick_id
 $$;
 
--- Counts the captured statements running in this transaction (statement_triggers.sql), in a
--- transaction-local setting named after the migration: a subtransaction's rollback restores
--- it with everything else. When the outermost one ends, the "nested" mark that makes row
--- captures read the row as it is now (table_capture.sql) is cleared. Not SECURITY DEFINER: it
--- touches no table.
+-- Marks the end of a captured statement (statement_triggers.sql) with the time of the client
+-- statement it belongs to, in a transaction-local setting named after the migration (a rolled
+-- back savepoint restores it). A row capture that finds its own client statement's mark knows
+-- that another captured statement ended inside it: a nested one (a function the statement
+-- called, a trigger's statement), which may have changed rows whose captures are still queued
+-- (table_capture.sql). The time is written as whole microseconds since the epoch, which no
+-- session setting changes. Not SECURITY DEFINER: it touches no table.
 CREATE FUNCTION @schema@.statement_bound() RETURNS trigger LANGUAGE plpgsql
     SET search_path = pg_catalog, pg_temp AS $f$
-DECLARE
-    open integer := COALESCE(
-        NULLIF(pg_catalog.current_setting('pgshift.@tag@_open', true), ''), '0')::integer;
 BEGIN
     IF pg_catalog.current_setting('pgshift.replicating', true) = 'on' THEN
         RETURN NULL;
     END IF;
-    IF TG_WHEN = 'BEFORE' THEN
-        open := open + 1;
-    ELSE
-        open := GREATEST(open - 1, 0);
-        IF open = 0 THEN
-            PERFORM pg_catalog.set_config('pgshift.@tag@_nested', '', true);
-        END IF;
-    END IF;
-    PERFORM pg_catalog.set_config('pgshift.@tag@_open', open::text, true);
+    PERFORM pg_catalog.set_config('pgshift.@tag@_ended',
+        (pg_catalog.date_part('epoch', pg_catalog.statement_timestamp()) * 1000000)::bigint::text, true);
     RETURN NULL;
 END
 $f$;

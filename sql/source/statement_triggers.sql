@@ -3,13 +3,10 @@
 -- at a partition fires only that partition's, so each partition carries its own; the source
 -- watch adds them to partitions created later.
 --
--- TRUNCATE is captured as an event. The other two count the captured statements still running
--- in this transaction: a row capture that fires while two are open belongs to a statement
--- nested in another (a function called by it), whose queued captures may hold rows older than
--- the ones just captured (see table_capture.sql).
+-- TRUNCATE is captured as an event. The end of every other statement is marked (see
+-- statement_bound() in install.sql): a row capture that fires after a statement nested in its
+-- own ended may hold a row older than the one just captured (see table_capture.sql).
 CREATE TRIGGER @truncate@ AFTER TRUNCATE ON @relation@
     FOR EACH STATEMENT EXECUTE FUNCTION @schema@.capture_@no@();
-CREATE TRIGGER @begin@ BEFORE INSERT OR UPDATE OR DELETE ON @relation@
-    FOR EACH STATEMENT EXECUTE FUNCTION @schema@.statement_bound();
 CREATE TRIGGER @end@ AFTER INSERT OR UPDATE OR DELETE ON @relation@
     FOR EACH STATEMENT EXECUTE FUNCTION @schema@.statement_bound();

@@ -20,12 +20,13 @@
 -- another row's AFTER trigger (or a foreign key's cascade, or a function called by the
 -- statement) changes it while this statement's AFTER events are still queued. NEW then holds an
 -- older version, and replaying it last would leave the target stale (or resurrect a row the
--- nested statement deleted). Such a nested change is always captured first, by a capture that
--- runs inside a trigger (pg_trigger_depth() > 1) or while another captured statement is open
--- (the statement triggers of statement_triggers.sql count them): it marks the transaction, and
--- from then until the outermost captured statement ends every capture records the row as it
--- is now, read by key, instead of NEW (nothing if the row is gone; after a delete, the row that
--- took its key, if any). Ordinary statements pay for none of that.
+-- nested statement deleted). Such a nested statement is captured, and ends, before the outer
+-- statement's captures fire: its end is marked with the time of the client statement (see
+-- statement_bound() in install.sql), and a capture that finds its own client statement's mark
+-- records the row as it is now, read by key, instead of NEW (nothing if the row is gone; after
+-- a delete, the row that took its key, if any). Statements run one after another inside one
+-- client statement (a function, a DO block) pay the re-read too; separate client statements
+-- pay nothing but the mark.
 --
 -- 'U' carries the row as it now is (insert, update); 'D' the row as it was (delete); 'K' the
 -- row as it was before an update changed its key (compared as binary images, so a respelling
@@ -48,6 +49,7 @@ DECLARE
     main text;     -- 'U', 'D' or 'T'
     now_row text;  -- 'U': the row now holding the key, read after a nested change
     nested boolean;
+    ended text;
 BEGIN
     -- pgshift's own sessions (apply, copy, repair) are never captured: see pg.rs SESSION_SETTINGS.
     IF pg_catalog.current_setting('pgshift.replicating', true) = 'on' THEN
@@ -67,26 +69,34 @@ BEGIN
         main := pg_catalog.format('%I.%I', TG_TABLE_SCHEMA, TG_TABLE_NAME)
              || COALESCE(E'\n' || pg_catalog.pg_get_partition_constraintdef(TG_RELID), '');
     ELSE
-        IF pg_catalog.pg_trigger_depth() > 1
-           OR pg_catalog.current_setting('pgshift.@tag@_open', true) NOT IN ('', '0', '1') THEN
-            PERFORM pg_catalog.set_config('pgshift.@tag@_nested', 'on', true);
+        nested := false;
+        IF pg_catalog.pg_trigger_depth() > 1 THEN
+            -- Inside a trigger: a nested change itself. Marked here too, for a relation whose
+            -- statement trigger the source watch has not added yet.
+            PERFORM pg_catalog.set_config('pgshift.@tag@_ended',
+                (pg_catalog.date_part('epoch', pg_catalog.statement_timestamp()) * 1000000)::bigint::text, true);
             nested := true;
         ELSE
-            nested := pg_catalog.current_setting('pgshift.@tag@_nested', true) IS NOT DISTINCT FROM 'on';
+            -- Read first: until a captured statement ends in this transaction there is no mark,
+            -- and nothing to compute.
+            ended := pg_catalog.current_setting('pgshift.@tag@_ended', true);
+            IF ended <> '' THEN
+                nested := ended = (pg_catalog.date_part('epoch', pg_catalog.statement_timestamp()) * 1000000)::bigint::text;
+            END IF;
         END IF;
 @partition_seen@
         IF TG_OP = 'DELETE' THEN
             main_op := 'D';
             main := OLD::text;
             IF nested THEN
-                SELECT x::text INTO now_row FROM @scan@ x WHERE @old_match@;
+                SELECT (x.*)::text INTO now_row FROM @scan@ x WHERE @old_match@;
             END IF;
         ELSE
             IF TG_OP = 'UPDATE' AND NOT pg_catalog.record_image_eq(@old_key@, @new_key@) THEN
                 gone := OLD::text;
             END IF;
             IF nested THEN
-                SELECT x::text INTO now_row FROM @scan@ x WHERE @new_match@;
+                SELECT (x.*)::text INTO now_row FROM @scan@ x WHERE @new_match@;
             ELSE
                 main_op := 'U';
                 main := NEW::text;

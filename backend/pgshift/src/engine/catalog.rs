@@ -15,6 +15,8 @@ pub struct CatalogTable {
     pub name: String,
     pub partitioned: bool,
     pub key: Vec<String>,
+    /// The unique index the key comes from when the table has no primary key.
+    pub key_index: Option<String>,
     pub columns: Vec<ColumnSpec>,
 }
 
@@ -24,15 +26,32 @@ impl CatalogTable {
     }
 }
 
+/// Tables with the key pgshift identifies their rows by: the primary key, or else the unique
+/// index over NOT NULL columns with the fewest columns (then by name; immediate, valid, no
+/// predicate, no expression), which identifies a row just as well (issue 10). Only an index's
+/// key columns count, not its INCLUDE columns.
 const TABLES_SQL: &str = r#"
+WITH unique_keys AS (
+    SELECT i.indrelid, i.indisprimary, i.indexrelid::regclass::text AS index_name,
+           array_agg(a.attname::text ORDER BY k.ord) AS cols, bool_and(a.attnotnull) AS not_null
+      FROM pg_index i
+      CROSS JOIN LATERAL unnest(i.indkey::int2[]) WITH ORDINALITY AS k(attnum, ord)
+      JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
+     WHERE i.indisunique AND i.indisvalid AND i.indpred IS NULL
+       AND i.indexprs IS NULL AND k.ord <= i.indnkeyatts
+       -- A deferrable primary key is still the key (and refused by check_keys_immediate with
+       -- the reason); a deferrable unique index is not a candidate.
+       AND (i.indisprimary OR i.indimmediate)
+     GROUP BY i.indrelid, i.indisprimary, i.indexrelid)
 SELECT c.oid::oid AS oid, n.nspname::text AS schema, c.relname::text AS name, c.relkind = 'p' AS partitioned,
-       coalesce((SELECT array_agg(a.attname::text ORDER BY k.ord)
-                   FROM pg_index i
-                   CROSS JOIN LATERAL unnest(i.indkey::int2[]) WITH ORDINALITY AS k(attnum, ord)
-                   JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
-                  WHERE i.indrelid = c.oid AND i.indisprimary), '{}') AS key
+       coalesce(pk.cols, uk.cols, '{}') AS key,
+       CASE WHEN pk.cols IS NULL THEN uk.index_name END AS key_index
   FROM pg_class c
   JOIN pg_namespace n ON n.oid = c.relnamespace
+  LEFT JOIN unique_keys pk ON pk.indrelid = c.oid AND pk.indisprimary
+  LEFT JOIN LATERAL (SELECT u.cols, u.index_name FROM unique_keys u
+                      WHERE u.indrelid = c.oid AND NOT u.indisprimary AND u.not_null
+                      ORDER BY cardinality(u.cols), u.index_name LIMIT 1) uk ON true
  WHERE c.relkind IN ('r', 'p') AND NOT c.relispartition
    AND n.nspname NOT IN ('pg_catalog', 'information_schema')
    AND n.nspname !~ '^pg_toast' AND n.nspname !~ '^pg_temp' AND n.nspname !~ '^pgshift_'
@@ -61,6 +80,7 @@ pub async fn user_tables(conn: &mut PgConnection) -> EngineResult<Vec<CatalogTab
             name: row.get("name"),
             partitioned: row.get("partitioned"),
             key: row.get("key"),
+            key_index: row.get("key_index"),
             columns: Vec::new(),
         });
     }
@@ -154,7 +174,7 @@ pub fn select_tables(
         return Err(EngineError::invalid(
             "no_primary_key",
             format!(
-                "table(s) without a primary key: {}. pgshift identifies rows by primary key to replicate updates and deletes; add a primary key or leave these tables out with table patterns",
+                "table(s) without a primary key or a unique index over NOT NULL columns: {}. pgshift identifies rows by such a key to replicate updates and deletes; add one or leave these tables out with table patterns",
                 keyless.join(", ")
             ),
         ));

@@ -262,7 +262,10 @@ async fn follow_table(
                     schema,
                     table.no,
                     "U",
-                    &format!("SELECT x::text FROM {} x WHERE {bound}", table.sql_name()),
+                    &format!(
+                        "SELECT (x.*)::text FROM {} x WHERE {bound}",
+                        table.sql_name()
+                    ),
                 )
                 .await?
             }
@@ -290,7 +293,7 @@ async fn follow_table(
             schema,
             table.no,
             "U",
-            &format!("SELECT x::text FROM ONLY {} x", p.name),
+            &format!("SELECT (x.*)::text FROM ONLY {} x", p.name),
         )
         .await?;
         said.push(format!(

@@ -154,12 +154,11 @@ fn row_trigger_sql(schema: &str, table: &TableSpec) -> String {
 }
 
 /// The statement-level triggers of one relation of a table, and their names.
-const STATEMENT_TRIGGERS: [&str; 3] = ["_truncate", "_begin", "_end"];
+const STATEMENT_TRIGGERS: [&str; 2] = ["_truncate", "_end"];
 
 fn statement_triggers_sql(schema: &str, table: &TableSpec, relation: &str) -> String {
     STATEMENT_TRIGGERS_SQL
         .replace("@truncate@", &trigger_name(schema, table, "_truncate"))
-        .replace("@begin@", &trigger_name(schema, table, "_begin"))
         .replace("@end@", &trigger_name(schema, table, "_end"))
         .replace("@relation@", relation)
         .replace("@no@", &table.no.to_string())

@@ -91,7 +91,7 @@ pub async fn preview(
     let mut tables = Vec::new();
     for t in matched.iter().copied().take(MAX_CHECKED) {
         let problem = if t.key.is_empty() {
-            Some("no primary key: pgshift identifies rows by primary key; add one or leave the table out".to_string())
+            Some("no primary key and no unique index over NOT NULL columns: pgshift identifies rows by such a key; add one or leave the table out".to_string())
         } else {
             let spec = catalog::specs(std::slice::from_ref(t));
             match catalog::check_source(&mut src, &spec).await {
@@ -107,10 +107,20 @@ pub async fn preview(
                 },
             }
         };
+        let notes = t
+            .key_index
+            .iter()
+            .map(|index| {
+                format!(
+                    "no primary key: rows are identified by unique index {index} over NOT NULL columns ({})",
+                    t.key.join(", ")
+                )
+            })
+            .collect();
         tables.push(PreviewTable {
             name: t.display_name(),
             problem,
-            notes: Vec::new(),
+            notes,
         });
     }
     let checked: Vec<catalog::CatalogTable> = matched
