@@ -1048,6 +1048,75 @@ async fn freeze_check_finds_changes_without_capture() {
     );
 }
 
+/// A metadata store that fails while a cutover is asked for is the server's fault, not the
+/// caller's: a request that meets it answers a 5xx (it used to be a 422 quoting the store), the
+/// cutover's operation fails, the dashboard's checklist says the check failed, and none of them
+/// says more than that (the store's own error text stays in the log).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_store_failure_during_a_cutover_is_a_server_error_without_its_detail() {
+    use pgshift::auth::Role;
+    use pgshift_tests::dashboard::{create_user, UiClient};
+    init_tracing();
+    let pair = pair(100).await;
+    let server = TestServer::start().await;
+    start_synced(&server, &pair, "shop").await;
+    create_user(&server.data_dir, "olga", Role::Operator, "olga-password-1").await;
+    let mut ui = UiClient::new(&server.base);
+    ui.sign_in("olga", "olga-password-1").await;
+
+    // The cluster table goes away behind the server's back: reading the migration still works,
+    // finding its servers' connection details does not.
+    let db = server.data_dir.join("pgshift.db");
+    let sqlite = sqlx::SqlitePool::connect(&format!("sqlite://{}", db.display()))
+        .await
+        .unwrap();
+    sqlx::query("ALTER TABLE cluster RENAME TO cluster_away")
+        .execute(&sqlite)
+        .await
+        .unwrap();
+    let leaked = |text: &str| text.contains("cluster_away") || text.contains("no such table");
+
+    // Starting the running migration again looks its clusters up at once.
+    let (status, body) = server.post("/migrations/shop/start", json!({})).await;
+    assert_eq!(status, 500, "{body}");
+    assert_eq!(body["error"]["code"], "internal", "{body}");
+    assert!(!leaked(&body.to_string()), "{body}");
+
+    // The cutover looks them up in its operation.
+    let (status, op) = server
+        .post(
+            "/migrations/shop/cutover",
+            relaxed(json!({"dry_run": true})),
+        )
+        .await;
+    assert_eq!(status, 202, "{op}");
+    let op = wait_operation(&server, op["id"].as_str().unwrap(), Duration::from_secs(60)).await;
+    assert_eq!(op["state"], "failed", "{op}");
+    assert_eq!(
+        op["error"], "the metadata store failed; the pgshift log has the details",
+        "{op}"
+    );
+    assert!(!leaked(&op.to_string()), "{op}");
+
+    // The dashboard's checklist shows the failure in place of the gates.
+    let gates = ui
+        .get("/ui/migrations/shop/cutover/gates?max_lag_seconds=60")
+        .await;
+    assert_eq!(gates.status, 200, "{}", gates.body);
+    assert!(
+        gates.body.contains("the server log has the details"),
+        "{}",
+        gates.body
+    );
+    assert!(!leaked(&gates.body), "{}", gates.body);
+
+    sqlx::query("ALTER TABLE cluster_away RENAME TO cluster")
+        .execute(&sqlite)
+        .await
+        .unwrap();
+    sqlite.close().await;
+}
+
 /// The long_transactions gate sees what would stall the freeze: a prepared transaction (two-phase
 /// commit: no session in pg_stat_activity) and a session writing straight into a partition (its
 /// lock is on the partition, not the parent). Both used to pass the gate unseen.

@@ -1,4 +1,6 @@
-//! Building and running the server: `Application::build` binds the listener (port 0 in tests),
+//! Start-up layer: building and running the server. `Application::build` opens what the server
+//! works with (the data directory, keys, the store, the supervisor) and binds the listener (port
+//! 0 in tests); [`router`] puts the API, the dashboard and the health routes together;
 //! `run_until_stopped` serves until the shutdown future resolves, then stops every migration.
 
 use std::future::Future;
@@ -8,11 +10,18 @@ use std::time::Duration;
 
 use tokio::net::TcpListener;
 
-use crate::auth::{KeyError, Keys, Role};
-use crate::config::{ensure_data_dir, ServeConfig};
+use crate::auth::{KeyError, Keys};
+use crate::base::Role;
+use crate::base::{DataDir, TaskSet};
+use crate::config::ServeConfig;
 use crate::engine::Supervisor;
 use crate::secrets::{SecretError, Secrets};
-use crate::service::App;
+use axum::routing::get;
+use axum::Router;
+use tower_http::limit::RequestBodyLimitLayer;
+use tower_http::trace::TraceLayer;
+
+use crate::service::{App, AppState};
 use crate::store::StoreError;
 
 #[derive(Debug, thiserror::Error)]
@@ -44,19 +53,21 @@ pub struct Application {
 
 impl Application {
     pub async fn build(config: ServeConfig) -> Result<Self, StartError> {
-        ensure_data_dir(&config.data_dir).map_err(|source| StartError::DataDir {
-            path: config.data_dir.display().to_string(),
-            source,
-        })?;
+        DataDir::new(&config.data_dir)
+            .create()
+            .map_err(|source| StartError::DataDir {
+                path: config.data_dir.display().to_string(),
+                source,
+            })?;
         let keys = Keys::load_or_create(&config.data_dir)?;
         let store = crate::store::open(config.metadata.as_deref(), &config.data_dir).await?;
-        let secrets = Arc::new(Secrets::load(&config.data_dir)?);
-        crate::service::users::ensure_first_admin(
-            store.as_ref(),
-            std::env::var(crate::service::users::ADMIN_PASSWORD_ENV).ok(),
-        )
-        .await
-        .map_err(StartError::FirstAdmin)?;
+        let secrets = Arc::new(Secrets::load_with(
+            config.secret_keys.as_deref(),
+            &config.data_dir,
+        )?);
+        crate::service::users::ensure_first_admin(store.as_ref(), config.admin_password.clone())
+            .await
+            .map_err(StartError::FirstAdmin)?;
         let supervisor = Supervisor::new(store.clone(), secrets.clone(), config.engine.clone());
         let listener =
             TcpListener::bind(config.listen)
@@ -94,8 +105,8 @@ impl Application {
     }
 
     /// The router this application serves (tests read the routes it has from it).
-    pub fn router(&self) -> axum::Router {
-        crate::http::router(self.app.clone())
+    pub fn router(&self) -> Router {
+        router(self.app.clone())
     }
 
     /// A token signed by this server and recorded (tests), valid for `ttl` rounded up to hours.
@@ -127,10 +138,13 @@ impl Application {
             tracing::error!(error = %err, "cannot resume migrations");
         }
         tracing::info!(addr = %self.local_addr(), "pgshift listening");
-        let sampler_cancel = tokio_util::sync::CancellationToken::new();
-        let sampler =
-            crate::service::lag_history::spawn_sampler(self.app.clone(), sampler_cancel.clone());
-        let router = crate::http::router(self.app.clone());
+        // The server's own background tasks, beside the supervisor's runs and the operations.
+        let background: TaskSet<&'static str> = TaskSet::new("background task");
+        let app = self.app.clone();
+        background.spawn("lag sampler", (), |cancel| {
+            crate::service::lag_history::run_sampler(app, cancel)
+        });
+        let router = router(self.app.clone());
         // The peer address goes into the audit trail and the sign-in throttle.
         let result = axum::serve(
             self.listener,
@@ -138,11 +152,28 @@ impl Application {
         )
         .with_graceful_shutdown(shutdown)
         .await;
-        sampler_cancel.cancel();
-        let _ = sampler.await;
+        background.shutdown(Duration::from_secs(30)).await;
         self.app.operations.shutdown(Duration::from_secs(30)).await;
         self.app.supervisor.shutdown(Duration::from_secs(30)).await;
         tracing::info!("pgshift stopped");
         result
     }
+}
+
+/// The server's routes: the API under `/api/v1`, the dashboard under `/ui`, health, readiness and
+/// metrics at the top; every request counted and traced, every body at most 1 MiB.
+pub fn router(app: AppState) -> Router {
+    let (operations, http_metrics) = crate::http::operations(app.clone());
+    Router::new()
+        .nest("/api/v1", crate::http::api(app.clone()))
+        .route("/healthz", get(crate::http::healthz))
+        .merge(crate::dashboard::router())
+        .with_state(app)
+        .merge(operations)
+        .layer(axum::middleware::from_fn_with_state(
+            http_metrics,
+            crate::http::track,
+        ))
+        .layer(RequestBodyLimitLayer::new(1024 * 1024))
+        .layer(TraceLayer::new_for_http())
 }

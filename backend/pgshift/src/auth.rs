@@ -1,4 +1,5 @@
-//! Bearer tokens: JWTs signed (HS256) with a key kept in the data directory. The key file also
+//! Store-and-keys layer (beside the store, importing only the foundation): bearer tokens, JWTs
+//! signed (HS256) with a key kept in the data directory. The key file also
 //! names this server, and tokens carry that name as issuer, so a token made for another server
 //! is refused even if it were signed with a key of the same length.
 
@@ -10,43 +11,9 @@ use rand::RngCore;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-/// What a token's holder may do.
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, utoipa::ToSchema,
-)]
-#[serde(rename_all = "snake_case")]
-pub enum Role {
-    /// Read everything but secrets.
-    Viewer,
-    /// Also start, pause and resume migrations.
-    Operator,
-    /// Also manage clusters and migrations.
-    Admin,
-}
-
-impl std::str::FromStr for Role {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "viewer" => Ok(Role::Viewer),
-            "operator" => Ok(Role::Operator),
-            "admin" => Ok(Role::Admin),
-            other => Err(format!(
-                "unknown role {other:?}: use viewer, operator or admin"
-            )),
-        }
-    }
-}
-
-impl std::fmt::Display for Role {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Role::Viewer => "viewer",
-            Role::Operator => "operator",
-            Role::Admin => "admin",
-        })
-    }
-}
+use crate::base::DataDir;
+/// Roles belong to the foundation (the store keeps them too); this is their public path.
+pub use crate::base::Role;
 
 /// The claims pgshift puts in a token.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -97,7 +64,6 @@ impl Keys {
             source,
         };
         if !path.exists() {
-            crate::config::ensure_data_dir(data_dir).map_err(io)?;
             let mut secret = [0u8; 32];
             rand::thread_rng().fill_bytes(&mut secret);
             let file = KeyFile {
@@ -105,7 +71,9 @@ impl Keys {
                 secret: secret.iter().map(|b| format!("{b:02x}")).collect(),
             };
             let body = serde_json::to_vec_pretty(&file).expect("key file serializes");
-            write_private(&path, &body).map_err(io)?;
+            DataDir::new(data_dir)
+                .write_private(KEY_FILE, &body)
+                .map_err(io)?;
         }
         let body = std::fs::read(&path).map_err(io)?;
         let malformed = || KeyError::Malformed {
@@ -155,18 +123,6 @@ impl Keys {
             .ok()
             .map(|d| d.claims)
     }
-}
-
-fn write_private(path: &Path, body: &[u8]) -> std::io::Result<()> {
-    use std::io::Write;
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create_new(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        options.mode(0o600);
-    }
-    options.open(path)?.write_all(body)
 }
 
 #[cfg(test)]

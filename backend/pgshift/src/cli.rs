@@ -1,16 +1,14 @@
-//! The command line: `pgshift serve`, `pgshift token create|list|revoke`, `pgshift user create`,
-//! and the client commands (`pgshift cluster …`, `pgshift migration …`, see [`crate::client`]).
-
-use std::net::SocketAddr;
-use std::path::PathBuf;
+//! Command-line layer: the command line: `pgshift serve`, `pgshift token create|list|revoke`,
+//! `pgshift user create`, and the client commands (`pgshift cluster …`, `pgshift migration …`, see
+//! [`crate::client`]).
 
 use clap::{Parser, Subcommand};
 
 use crate::app::Application;
-use crate::auth::Role;
+use crate::base::Role;
 use crate::cli_tokens::TokenCommand;
 use crate::client::ClientCommand;
-use crate::config::{self, ServeConfig};
+use crate::config::{self, ConfigFile, ServeConfig, Settings, StoreSettings};
 
 #[derive(Parser)]
 #[command(
@@ -23,40 +21,14 @@ struct Cli {
     command: Command,
 }
 
-#[derive(clap::Args)]
-struct DataDir {
-    /// Directory holding the metadata database and the token signing key [default: ./pgshift-data].
-    #[arg(long, env = "PGSHIFT_DATA_DIR")]
-    data_dir: Option<PathBuf>,
-    /// Configuration file [default: ./pgshift.toml when it exists]. Flags and PGSHIFT_* variables win over it.
-    #[arg(long, env = "PGSHIFT_CONFIG", value_name = "FILE")]
-    config: Option<PathBuf>,
-}
-
 #[derive(Subcommand)]
 enum Command {
     /// Run the server: REST API and the migration engine.
     Serve {
-        /// Address to listen on [default: 127.0.0.1:8080].
-        #[arg(long, env = "PGSHIFT_LISTEN")]
-        listen: Option<SocketAddr>,
         #[command(flatten)]
-        data: DataDir,
-        /// Metadata database: postgresql://… for a shared PostgreSQL store; default: SQLite in the data directory.
-        #[arg(
-            long,
-            env = "PGSHIFT_METADATA",
-            value_name = "URL",
-            hide_env_values = true
-        )]
-        metadata: Option<String>,
-        /// Tables copied at once during the initial copy (1 to 64) [default: 2].
-        #[arg(long, env = "PGSHIFT_COPY_PARALLELISM")]
-        copy_parallelism: Option<i64>,
-        /// Rows per initial-copy chunk (100 to 10000000); each chunk commits its position, so a crash
-        /// loses at most one [default: 200000].
-        #[arg(long, env = "PGSHIFT_COPY_CHUNK_ROWS")]
-        copy_chunk_rows: Option<i64>,
+        settings: Settings,
+        #[command(flatten)]
+        file: ConfigFile,
     },
     /// Manage API tokens (beside the server: same data directory or metadata store).
     Token {
@@ -85,15 +57,9 @@ enum UserCommand {
         #[arg(long)]
         password_stdin: bool,
         #[command(flatten)]
-        data: DataDir,
-        /// Metadata database, as for `serve` [default: SQLite in the data directory].
-        #[arg(
-            long,
-            env = "PGSHIFT_METADATA",
-            value_name = "URL",
-            hide_env_values = true
-        )]
-        metadata: Option<String>,
+        store: StoreSettings,
+        #[command(flatten)]
+        file: ConfigFile,
     },
     /// List dashboard users.
     List {
@@ -101,29 +67,17 @@ enum UserCommand {
         #[arg(long)]
         json: bool,
         #[command(flatten)]
-        data: DataDir,
-        /// Metadata database, as for `serve` [default: SQLite in the data directory].
-        #[arg(
-            long,
-            env = "PGSHIFT_METADATA",
-            value_name = "URL",
-            hide_env_values = true
-        )]
-        metadata: Option<String>,
+        store: StoreSettings,
+        #[command(flatten)]
+        file: ConfigFile,
     },
     /// Remove a dashboard user; their sessions end at once.
     Remove {
         name: String,
         #[command(flatten)]
-        data: DataDir,
-        /// Metadata database, as for `serve` [default: SQLite in the data directory].
-        #[arg(
-            long,
-            env = "PGSHIFT_METADATA",
-            value_name = "URL",
-            hide_env_values = true
-        )]
-        metadata: Option<String>,
+        store: StoreSettings,
+        #[command(flatten)]
+        file: ConfigFile,
     },
     /// Set a user's password (generated and printed once without --password-stdin); their sessions end at once.
     SetPassword {
@@ -132,15 +86,9 @@ enum UserCommand {
         #[arg(long)]
         password_stdin: bool,
         #[command(flatten)]
-        data: DataDir,
-        /// Metadata database, as for `serve` [default: SQLite in the data directory].
-        #[arg(
-            long,
-            env = "PGSHIFT_METADATA",
-            value_name = "URL",
-            hide_env_values = true
-        )]
-        metadata: Option<String>,
+        store: StoreSettings,
+        #[command(flatten)]
+        file: ConfigFile,
     },
     /// Set a user's role; their sessions end at once.
     SetRole {
@@ -149,15 +97,9 @@ enum UserCommand {
         #[arg(long)]
         role: Role,
         #[command(flatten)]
-        data: DataDir,
-        /// Metadata database, as for `serve` [default: SQLite in the data directory].
-        #[arg(
-            long,
-            env = "PGSHIFT_METADATA",
-            value_name = "URL",
-            hide_env_values = true
-        )]
-        metadata: Option<String>,
+        store: StoreSettings,
+        #[command(flatten)]
+        file: ConfigFile,
     },
 }
 
@@ -187,23 +129,9 @@ pub fn main() {
     }
     let cli = Cli::parse();
     let code = match cli.command {
-        Command::Serve {
-            listen,
-            data,
-            metadata,
-            copy_parallelism,
-            copy_chunk_rows,
-        } => {
-            let config = config::load_file(data.config.as_deref()).and_then(|(file, _)| {
-                let over = config::Overrides {
-                    listen,
-                    data_dir: data.data_dir,
-                    metadata,
-                    copy_parallelism,
-                    copy_chunk_rows,
-                };
-                config::resolve(file, over)
-            });
+        Command::Serve { settings, file } => {
+            let config = config::load_file(file.config.as_deref())
+                .and_then(|(file, _)| config::resolve(file, settings));
             match config {
                 Ok(config) => {
                     init_tracing();
@@ -236,10 +164,10 @@ pub fn main() {
                     name,
                     role,
                     password_stdin,
-                    data,
-                    metadata,
+                    store,
+                    file,
                 },
-        } => user_create(&name, role, password_stdin, data, metadata),
+        } => user_create(&name, role, password_stdin, store, file),
         Command::User { command } => user_manage(command),
     };
     std::process::exit(code);
@@ -250,8 +178,8 @@ fn user_create(
     name: &str,
     role: Role,
     password_stdin: bool,
-    data: DataDir,
-    metadata: Option<String>,
+    store: StoreSettings,
+    config_file: ConfigFile,
 ) -> i32 {
     use crate::service::users;
     let (password, generated) = if password_stdin {
@@ -264,19 +192,21 @@ fn user_create(
     } else {
         (users::generate_password(), true)
     };
-    let (file, _) = match config::load_file(data.config.as_deref()) {
+    let (file, _) = match config::load_file(config_file.config.as_deref()) {
         Ok(f) => f,
         Err(e) => {
             eprintln!("pgshift: {e}");
             return 2;
         }
     };
-    let metadata = metadata.or_else(|| file.metadata.clone());
-    let dir = config::data_dir(&file, data.data_dir);
+    let store = config::resolve_store(file, store);
+    let (dir, metadata) = (store.data_dir(), store.metadata);
     let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
     let result = runtime.block_on(async {
         if metadata.is_none() {
-            config::ensure_data_dir(&dir).map_err(|e| e.to_string())?;
+            crate::base::DataDir::new(&dir)
+                .create()
+                .map_err(|e| e.to_string())?;
         }
         let store = crate::store::open(metadata.as_deref(), &dir)
             .await
@@ -324,22 +254,22 @@ fn read_or_generate_password(password_stdin: bool) -> Result<(String, bool), Str
 /// on every request). Exit codes: 1 refused or failed, 2 bad configuration, 4 no such user.
 fn user_manage(command: UserCommand) -> i32 {
     use crate::service::{users, ServiceError};
-    let (data, metadata) = match &command {
-        UserCommand::Create { data, metadata, .. }
-        | UserCommand::List { data, metadata, .. }
-        | UserCommand::Remove { data, metadata, .. }
-        | UserCommand::SetPassword { data, metadata, .. }
-        | UserCommand::SetRole { data, metadata, .. } => (data, metadata.clone()),
+    let (store_settings, config_file) = match &command {
+        UserCommand::Create { store, file, .. }
+        | UserCommand::List { store, file, .. }
+        | UserCommand::Remove { store, file, .. }
+        | UserCommand::SetPassword { store, file, .. }
+        | UserCommand::SetRole { store, file, .. } => (store.clone(), file.clone()),
     };
-    let (file, _) = match config::load_file(data.config.as_deref()) {
+    let (file, _) = match config::load_file(config_file.config.as_deref()) {
         Ok(f) => f,
         Err(e) => {
             eprintln!("pgshift: {e}");
             return 2;
         }
     };
-    let metadata = metadata.or_else(|| file.metadata.clone());
-    let dir = config::data_dir(&file, data.data_dir.clone());
+    let resolved = config::resolve_store(file, store_settings);
+    let (dir, metadata) = (resolved.data_dir(), resolved.metadata);
     let password = match &command {
         UserCommand::SetPassword { password_stdin, .. } => {
             match read_or_generate_password(*password_stdin) {

@@ -1,14 +1,15 @@
-//! `pgshift token create|list|revoke`: run beside the server (same data directory or metadata
-//! store), without going through the API, so that the first admin token can be made.
+//! Command-line layer: `pgshift token create|list|revoke`: run beside the server (same data
+//! directory or metadata store), without going through the API, so that the first admin token can
+//! be made.
 
 use std::io::Write;
-use std::path::PathBuf;
 
 use clap::Subcommand;
 
-use crate::auth::{Keys, Role};
+use crate::auth::Keys;
+use crate::base::Role;
 use crate::client::{table, Exit};
-use crate::config;
+use crate::config::{self, ConfigFile, StoreSettings};
 use crate::service::tokens::{self, NewToken, DEFAULT_TTL_HOURS};
 use crate::service::ServiceError;
 use crate::store::Store;
@@ -16,20 +17,10 @@ use crate::store::Store;
 /// Where the signing key and the token records are: the server's own settings.
 #[derive(clap::Args, Debug)]
 pub struct StoreArgs {
-    /// Directory holding the metadata database and the token signing key [default: ./pgshift-data].
-    #[arg(long, env = "PGSHIFT_DATA_DIR")]
-    data_dir: Option<PathBuf>,
-    /// Configuration file [default: ./pgshift.toml when it exists]. Flags and PGSHIFT_* variables win over it.
-    #[arg(long, env = "PGSHIFT_CONFIG", value_name = "FILE")]
-    config: Option<PathBuf>,
-    /// Metadata database, as for `serve`: postgresql://… for a shared store; default: SQLite in the data directory.
-    #[arg(
-        long,
-        env = "PGSHIFT_METADATA",
-        value_name = "URL",
-        hide_env_values = true
-    )]
-    metadata: Option<String>,
+    #[command(flatten)]
+    store: StoreSettings,
+    #[command(flatten)]
+    file: ConfigFile,
 }
 
 #[derive(Subcommand, Debug)]
@@ -160,16 +151,17 @@ async fn open(
     with_keys: bool,
 ) -> Result<(Option<Keys>, std::sync::Arc<dyn Store>), Failure> {
     let usage = |e: String| Failure(Exit::Usage, e);
-    let (file, _) = config::load_file(args.config.as_deref()).map_err(|e| usage(e.to_string()))?;
-    let data_dir = config::data_dir(&file, args.data_dir);
-    let metadata = args.metadata.or(file.metadata);
+    let (file, _) =
+        config::load_file(args.file.config.as_deref()).map_err(|e| usage(e.to_string()))?;
+    let store = config::resolve_store(file, args.store);
+    let (data_dir, metadata) = (store.data_dir(), store.metadata);
     let keys = if with_keys {
         Some(Keys::load_or_create(&data_dir).map_err(|e| Failure(Exit::Api, e.to_string()))?)
     } else {
         None
     };
     if metadata.is_none() {
-        config::ensure_data_dir(&data_dir).map_err(|e| {
+        crate::base::DataDir::new(&data_dir).create().map_err(|e| {
             Failure(
                 Exit::Api,
                 format!(

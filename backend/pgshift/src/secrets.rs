@@ -1,5 +1,6 @@
-//! Secrets at rest: cluster DSNs (which carry passwords) are stored encrypted with an AEAD
-//! (XChaCha20-Poly1305) under a keyring of 32-byte keys, each with an id.
+//! Store-and-keys layer (beside the store, importing only the foundation): secrets at rest: cluster
+//! DSNs (which carry passwords) are stored encrypted with an AEAD (XChaCha20-Poly1305) under a
+//! keyring of 32-byte keys, each with an id.
 //!
 //! Stored format: `enc:v1:<key id>:<base64 nonce>:<base64 ciphertext>`. The key id is bound to
 //! the ciphertext as associated data. The first key of the keyring is the active one and
@@ -24,7 +25,9 @@ use chacha20poly1305::{XChaCha20Poly1305, XNonce};
 use rand::RngCore;
 use serde::{Deserialize, Serialize};
 
-/// The environment variable holding the keyring.
+use crate::base::DataDir;
+
+/// The environment variable holding the keyring (read by `config`, handed to [`Secrets::load_with`]).
 pub const ENV_VAR: &str = "PGSHIFT_SECRET_KEYS";
 /// The keyring file in the data directory, used when the environment variable is unset.
 pub const KEY_FILE: &str = "secret-keys.json";
@@ -137,14 +140,9 @@ impl Secrets {
         Ok(Self { keys: out })
     }
 
-    /// Keys from `PGSHIFT_SECRET_KEYS` when set (and not blank), otherwise from the key file in
-    /// `data_dir`, created with one random key on first use.
-    pub fn load(data_dir: &Path) -> Result<Self, SecretError> {
-        let env = std::env::var(ENV_VAR).ok();
-        Self::load_with(env.as_deref(), data_dir)
-    }
-
-    /// `load` with the environment variable's value given (tests).
+    /// Keys from `env`, the value of `PGSHIFT_SECRET_KEYS` as the configuration read it, when
+    /// set and not blank; otherwise from the key file in `data_dir`, created with one random key
+    /// on first use.
     pub fn load_with(env: Option<&str>, data_dir: &Path) -> Result<Self, SecretError> {
         match env {
             Some(v) if !v.trim().is_empty() => Self::from_spec(v),
@@ -183,7 +181,6 @@ impl Secrets {
             source,
         };
         if !path.exists() {
-            crate::config::ensure_data_dir(data_dir).map_err(io)?;
             let mut key = [0u8; KEY_LEN];
             rand::thread_rng().fill_bytes(&mut key);
             let file = KeyFile {
@@ -193,7 +190,7 @@ impl Secrets {
                 }],
             };
             let body = serde_json::to_vec_pretty(&file).expect("key file serializes");
-            match write_private(&path, &body) {
+            match DataDir::new(data_dir).write_private(KEY_FILE, &body) {
                 Ok(()) => tracing::info!(path = %shown, "created the secret key file"),
                 // Another process created it first: use theirs.
                 Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
@@ -294,20 +291,6 @@ impl Secrets {
             .map_err(|_| SecretError::Decrypt(key.id.clone()))?;
         String::from_utf8(plaintext).map_err(|_| SecretError::Malformed)
     }
-}
-
-fn write_private(path: &Path, body: &[u8]) -> std::io::Result<()> {
-    use std::io::Write;
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create_new(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        options.mode(0o600);
-    }
-    let mut file = options.open(path)?;
-    file.write_all(body)?;
-    file.sync_all()
 }
 
 fn warn_if_readable_by_others(path: &Path) {

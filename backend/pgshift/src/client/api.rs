@@ -1,5 +1,5 @@
-//! The client's side of the REST API: one request, its JSON answer, or a typed failure that knows
-//! its exit code.
+//! Command-line layer (the API client): the client's side of the REST API: one request, its JSON
+//! answer, or a typed failure that knows its exit code.
 
 use std::time::Duration;
 

@@ -1,4 +1,4 @@
-//! `pgshift cluster add|list|remove`.
+//! Command-line layer (the API client): `pgshift cluster add|list|remove`.
 
 use std::io::Write;
 

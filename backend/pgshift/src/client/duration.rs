@@ -1,4 +1,5 @@
-//! Durations on the command line: `500ms`, `2s`, `1.5s`, `30m`, `1h`.
+//! Command-line layer (the API client): durations on the command line: `500ms`, `2s`, `1.5s`,
+//! `30m`, `1h`.
 
 use std::time::Duration;
 

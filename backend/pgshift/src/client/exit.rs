@@ -1,4 +1,5 @@
-//! The exit codes of the client commands, which scripts can rely on.
+//! Command-line layer (the API client): the exit codes of the client commands, which scripts can
+//! rely on.
 
 /// How a client command ended. Every non-zero exit also writes one line to stderr saying why.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

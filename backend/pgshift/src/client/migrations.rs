@@ -1,5 +1,5 @@
-//! `pgshift migration create|list|show|start|pause|resume|remove|wait|cutover|cutover-abort|
-//! verify`.
+//! Command-line layer (the API client): `pgshift migration
+//! create|list|show|start|pause|resume|remove|wait|cutover|cutover-abort| verify`.
 
 use std::io::Write;
 use std::time::Duration;

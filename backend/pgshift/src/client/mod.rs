@@ -1,4 +1,5 @@
-//! The `pgshift` binary as a client of a running server: `pgshift cluster …` and
+//! Command-line layer (the API client, which talks HTTP to a server and imports nothing of
+//! it): the `pgshift` binary as a client of a running server: `pgshift cluster …` and
 //! `pgshift migration …`, for people (aligned tables) and pipelines (`--json`, documented exit
 //! codes, `migration wait`). The dispatch lives here, writing to the given streams, so tests drive
 //! it in-process; the binary only passes its arguments and real stdout/stderr.

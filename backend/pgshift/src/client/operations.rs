@@ -1,7 +1,8 @@
-//! Cutovers and verifications from the command line: `pgshift migration cutover|verify|
-//! cutover-abort` start (or stop) an operation and follow it, printing each step as it finishes;
-//! `pgshift operation show|abort` look at one by id. The exit code says how the operation ended:
-//! 0 only when it succeeded (and, for a verification, found both sides equal).
+//! Command-line layer (the API client): cutovers and verifications from the command line: `pgshift
+//! migration cutover|verify| cutover-abort` start (or stop) an operation and follow it, printing
+//! each step as it finishes; `pgshift operation show|abort` look at one by id. The exit code says
+//! how the operation ended: 0 only when it succeeded (and, for a verification, found both sides
+//! equal).
 
 use std::io::Write;
 use std::time::{Duration, Instant};

@@ -1,4 +1,4 @@
-//! Aligned text tables for people (`--json` is for programs).
+//! Command-line layer (the API client): aligned text tables for people (`--json` is for programs).
 
 /// Renders `rows` under `headers`, each column as wide as its widest cell, two spaces apart,
 /// without trailing spaces.

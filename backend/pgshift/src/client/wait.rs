@@ -1,6 +1,6 @@
-//! `pgshift migration wait`: polls a migration until it reaches the goal or the deadline passes.
-//! A server that restarts or briefly fails meanwhile is asked again; a missing migration or a
-//! refused token ends the wait at once.
+//! Command-line layer (the API client): `pgshift migration wait`: polls a migration until it
+//! reaches the goal or the deadline passes. A server that restarts or briefly fails meanwhile is
+//! asked again; a missing migration or a refused token ends the wait at once.
 
 use std::time::{Duration, Instant};
 

@@ -1,4 +1,5 @@
-//! Static files of the dashboard, compiled into the binary so that it runs from any directory.
+//! Dashboard layer: static files of the dashboard, compiled into the binary so that it runs from
+//! any directory.
 
 use axum::extract::Path;
 use axum::http::{header, HeaderValue, StatusCode};

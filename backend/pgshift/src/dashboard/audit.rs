@@ -1,5 +1,6 @@
-//! Dashboard actions in the audit trail, beside the API's: the user's name as the actor, the
-//! dashboard route as the route, and the resulting status.
+//! Dashboard layer: its actions in the audit trail, beside the API's and through the same
+//! `service::audit`: the user's name as the actor, the dashboard route as the route, and the
+//! resulting status.
 
 use axum::http::StatusCode;
 use chrono::Utc;
@@ -45,8 +46,6 @@ pub async fn record<T>(
         status: status.as_u16(),
         error_code: None,
     };
-    if let Err(err) = app.store.insert_audit(&entry).await {
-        tracing::warn!(error = %err, "cannot record an audit entry");
-    }
+    crate::service::audit::record(app, &entry).await;
     result
 }

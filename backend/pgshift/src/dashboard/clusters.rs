@@ -1,4 +1,4 @@
-//! The clusters page: list, add (with a connection test first), remove.
+//! Dashboard layer: the clusters page: list, add (with a connection test first), remove.
 
 use askama::Template;
 use axum::extract::{Path, State};
@@ -12,10 +12,10 @@ use super::error::{render, PageError};
 use super::session::SignedIn;
 use super::sign_in::CsrfForm;
 use super::view::Nav;
-use crate::auth::Role;
-use crate::http::AppState;
+use crate::base::Role;
 use crate::service::cluster_probe::{self, ConnectionReport};
 use crate::service::clusters::{self, ClusterView, NewCluster};
+use crate::service::AppState;
 
 #[derive(Template)]
 #[template(path = "clusters.html")]

@@ -1,7 +1,7 @@
-//! The cutover panel of a migration's page: the preflight checklist with each gate's live
-//! verdict, the cutover form (operators), the steps of a running cutover with its Abort button,
-//! and the result. Everything goes through `service::cutover` and `service::operations`, as the
-//! JSON API does.
+//! Dashboard layer: the cutover panel of a migration's page: the preflight checklist with each
+//! gate's live verdict, the cutover form (operators), the steps of a running cutover with its Abort
+//! button, and the result. Everything goes through `service::cutover` and `service::operations`, as
+//! the JSON API does.
 //!
 //! How often the gates are checked: each check opens a connection to both servers and runs a few
 //! catalog queries, so the checklist is loaded once with the page and then refreshed every 5 s
@@ -21,11 +21,11 @@ use super::audit::{self, Action};
 use super::cutover_steps::{operation_view, OperationView};
 use super::error::{render, PageError};
 use super::session::SignedIn;
-use crate::auth::Role;
-use crate::engine::cutover::gates::Gate;
-use crate::http::AppState;
-use crate::service::cutover::{self, CutoverRequest};
+use crate::base::Role;
+
+use crate::service::cutover::{self, CutoverRequest, Gate};
 use crate::service::operations;
+use crate::service::AppState;
 use crate::store::{DesiredState, MigrationRecord, Operation, OperationState};
 
 /// One gate of the checklist.

@@ -1,5 +1,5 @@
-//! A cutover's steps as the panel shows them: each step's name in words, its outcome, timing
-//! and a one-line detail read from what the operation recorded.
+//! Dashboard layer: a cutover's steps as the panel shows them: each step's name in words, its
+//! outcome, timing and a one-line detail read from what the operation recorded.
 
 use serde_json::Value;
 

@@ -1,13 +1,12 @@
-//! Errors of dashboard pages, shown as HTML pages (or, for a missing session, a redirect to
-//! sign-in). Service errors map through `ApiError`, so status and wording match the JSON API and
-//! internal detail is logged there, never shown.
+//! Dashboard layer: errors of dashboard pages, shown as HTML pages (or, for a missing session, a
+//! redirect to sign-in). Service errors map through the service's `Answer`, as the API's do, so
+//! status and wording match the JSON API and internal detail is logged there, never shown.
 
 use askama::Template;
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{Html, IntoResponse, Redirect, Response};
 
-use crate::http::ApiError;
-use crate::service::ServiceError;
+use crate::service::{Answer, ServiceError};
 
 #[derive(Debug)]
 pub enum PageError {
@@ -35,8 +34,8 @@ impl PageError {
 
 impl From<ServiceError> for PageError {
     fn from(err: ServiceError) -> Self {
-        let api = ApiError::from(err);
-        PageError::new(api.status, api.message)
+        let answer = Answer::from(err);
+        PageError::new(answer.status, answer.message)
     }
 }
 

@@ -1,5 +1,5 @@
-//! A migration's page: live figures and tables (a fragment polled every 2 s), the lag chart,
-//! the actions the user's role allows, and this migration's audit trail.
+//! Dashboard layer: a migration's page: live figures and tables (a fragment polled every 2 s), the
+//! lag chart, the actions the user's role allows, and this migration's audit trail.
 
 use std::time::Duration;
 
@@ -14,10 +14,10 @@ use super::audit::{self, Action};
 use super::error::{render, PageError};
 use super::session::SignedIn;
 use super::view::{self, MigrationRow, Nav, Progress};
-use crate::auth::Role;
-use crate::http::AppState;
+use crate::base::Role;
 use crate::service::lag_history::LagSeries;
 use crate::service::migrations::{self, MigrationView};
+use crate::service::AppState;
 use crate::store::{AuditEntry, AuditFilter};
 
 /// One table's row on the page.

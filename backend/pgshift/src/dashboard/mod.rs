@@ -1,6 +1,7 @@
-//! The dashboard: server-rendered pages under `/ui` (askama templates in `web/templates`), with
-//! live parts polled as HTML fragments (htmx) and the lag chart drawn by uPlot. Handlers call the
-//! same service layer as the JSON API; no SQL here.
+//! The dashboard layer, a sibling of the HTTP API: server-rendered pages under `/ui` (askama
+//! templates in `web/templates`), with live parts polled as HTML fragments (htmx) and the lag
+//! chart drawn by uPlot. Handlers call the same service layer as the JSON API and nothing of the
+//! API's; no SQL here. `app.rs` merges these routes into the server's.
 
 mod assets;
 mod audit;
@@ -23,8 +24,8 @@ use axum::response::{Redirect, Response};
 use axum::routing::{get, post};
 use axum::Router;
 
-use crate::http::AppState;
 use crate::service::migrations;
+use crate::service::AppState;
 use error::{render, PageError};
 use session::SignedIn;
 use view::{MigrationRow, Nav};

@@ -1,5 +1,5 @@
-//! The new-migration form: source and target, table patterns with a live preview of what they
-//! select and what the engine will refuse, then create.
+//! Dashboard layer: the new-migration form: source and target, table patterns with a live preview
+//! of what they select and what the engine will refuse, then create.
 
 use askama::Template;
 use axum::extract::{Query, State};
@@ -12,11 +12,11 @@ use super::audit::{self, Action};
 use super::error::{render, PageError};
 use super::session::SignedIn;
 use super::view::Nav;
-use crate::auth::Role;
-use crate::http::AppState;
+use crate::base::Role;
 use crate::service::clusters::{self, ClusterView};
 use crate::service::migration_preview::{self, Preview};
 use crate::service::migrations::{self, EndpointRef, NewMigration};
+use crate::service::AppState;
 
 #[derive(Deserialize, Default)]
 pub struct MigrationForm {

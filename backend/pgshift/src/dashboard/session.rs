@@ -1,4 +1,5 @@
-//! Dashboard sessions: the cookie, the signed-in user as an extractor, role and CSRF checks.
+//! Dashboard layer: dashboard sessions: the cookie, the signed-in user as an extractor, role and
+//! CSRF checks.
 //!
 //! The cookie is `HttpOnly; SameSite=Strict; Path=/ui` (and `Secure` behind HTTPS), holding a
 //! random value whose SHA-256 names the stored session, so sign-out and expiry take effect at
@@ -12,9 +13,9 @@ use axum::http::request::Parts;
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 
 use super::error::PageError;
-use crate::auth::Role;
-use crate::http::AppState;
+use crate::base::Role;
 use crate::service::users;
+use crate::service::AppState;
 use crate::store::{User, UserSession};
 
 pub const COOKIE: &str = "pgshift_session";
@@ -63,7 +64,7 @@ pub fn clear_cookie(headers: &HeaderMap) -> HeaderValue {
 }
 
 /// The client's address: the peer's, or the one a local reverse proxy forwards (the same rule as
-/// the API's audit trail, [`crate::http::client_addr`]).
+/// the API's audit trail, [`crate::service::audit::client_addr`]).
 pub struct ClientAddr(pub Option<IpAddr>);
 
 impl ClientAddr {
@@ -72,7 +73,7 @@ impl ClientAddr {
             .extensions
             .get::<ConnectInfo<SocketAddr>>()
             .map(|ConnectInfo(addr)| *addr);
-        ClientAddr(crate::http::client_addr(peer, &parts.headers))
+        ClientAddr(crate::service::audit::client_addr(peer, &parts.headers))
     }
 }
 
@@ -138,7 +139,7 @@ impl SignedIn {
 
     /// Refuses a form whose CSRF token is not this session's.
     pub fn check_csrf(&self, submitted: &str) -> Result<(), PageError> {
-        if users::constant_time_eq(submitted, &self.session.csrf_token) {
+        if constant_time_eq(submitted, &self.session.csrf_token) {
             Ok(())
         } else {
             Err(PageError::new(
@@ -197,5 +198,28 @@ impl FromRequestParts<AppState> for SignedIn {
             }),
             None => Err(PageError::SignIn { next, htmx }),
         }
+    }
+}
+
+/// Compares the submitted CSRF token with the session's in time independent of where they
+/// differ, so the token cannot be guessed byte by byte from response times.
+fn constant_time_eq(a: &str, b: &str) -> bool {
+    a.len() == b.len()
+        && a.bytes()
+            .zip(b.bytes())
+            .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+            == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_compare_whole() {
+        let t = crate::service::users::random_token();
+        assert!(constant_time_eq(&t, &t.clone()));
+        assert!(!constant_time_eq(&t, "x"));
+        assert!(!constant_time_eq("ab", "ac"));
     }
 }

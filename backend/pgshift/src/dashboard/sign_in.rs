@@ -1,4 +1,4 @@
-//! Signing in and out.
+//! Dashboard layer: signing in and out.
 
 use askama::Template;
 use axum::extract::{Query, State};
@@ -9,8 +9,8 @@ use serde::Deserialize;
 
 use super::error::{render, PageError};
 use super::session::{self, SignedIn};
-use crate::http::AppState;
 use crate::service::users::{self, SignInError};
+use crate::service::AppState;
 
 #[derive(Template)]
 #[template(path = "sign_in.html")]

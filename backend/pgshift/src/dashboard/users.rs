@@ -13,8 +13,8 @@ use super::error::{render, PageError};
 use super::session::SignedIn;
 use super::view::Nav;
 use crate::auth::Role;
-use crate::http::AppState;
 use crate::service::users;
+use crate::service::AppState;
 use crate::store::User;
 
 #[derive(Template)]

@@ -1,6 +1,6 @@
-//! Verification on demand from the cutover panel: an operator starts `service::cutover::
-//! start_verify` (as `POST /api/v1/migrations/{name}/verify` does), and the panel shows each
-//! table's verdict, `match` or `differs`, polled while the comparison runs.
+//! Dashboard layer: verification on demand from the cutover panel: an operator starts
+//! `service::cutover:: start_verify` (as `POST /api/v1/migrations/{name}/verify` does), and the
+//! panel shows each table's verdict, `match` or `differs`, polled while the comparison runs.
 
 use askama::Template;
 use axum::extract::{Path, State};
@@ -11,10 +11,10 @@ use serde::Deserialize;
 use super::audit::{self, Action};
 use super::error::{render, PageError};
 use super::session::SignedIn;
-use crate::auth::Role;
-use crate::http::AppState;
+use crate::base::Role;
 use crate::service::cutover::{self, VerifyRequest};
 use crate::service::operations;
+use crate::service::AppState;
 use crate::store::{Operation, OperationState};
 
 /// One table's verdict.

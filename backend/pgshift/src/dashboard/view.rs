@@ -1,4 +1,5 @@
-//! What templates show, computed from service views: numbers formatted, states in words.
+//! Dashboard layer: what templates show, computed from service views: numbers formatted, states in
+//! words.
 
 use crate::service::migrations::MigrationView;
 

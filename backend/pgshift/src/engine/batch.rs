@@ -1,6 +1,6 @@
-//! Reading one batch from the source queue: the events of every transaction visible in the new
-//! tick's snapshot and not in the applied one's, in event order, through a cursor so that memory
-//! stays flat however big the batch is.
+//! Engine layer: reading one batch from the source queue: the events of every transaction visible
+//! in the new tick's snapshot and not in the applied one's, in event order, through a cursor so
+//! that memory stays flat however big the batch is.
 
 use sqlx::postgres::PgRow;
 use sqlx::{PgConnection, Row};

@@ -1,5 +1,7 @@
-//! Engine errors, classified so that callers know whether to retry, ask the operator, or report
-//! the caller's mistake.
+//! Engine layer: engine errors, classified so that callers know whether to retry, ask the operator,
+//! or report the caller's mistake.
+
+use crate::store::StoreError;
 
 /// Something the engine could not do.
 #[derive(Debug, thiserror::Error)]
@@ -37,11 +39,19 @@ pub enum EngineError {
     /// than pgshift makes the application wait; the message names the sessions.
     #[error("{0}")]
     Busy(String),
+    /// The metadata store failed. An outage is the server's problem, not the caller's mistake,
+    /// and the store's own text can carry internal detail: callers get [`EngineError::shown`],
+    /// the log gets this.
+    #[error("the metadata store failed: {0}")]
+    Store(#[from] StoreError),
     #[error("cancelled")]
     Cancelled,
 }
 
 pub type EngineResult<T> = Result<T, EngineError>;
+
+/// What a caller is told of a metadata-store failure; the detail is in the log.
+pub const STORE_FAILED: &str = "the metadata store failed; the pgshift log has the details";
 
 impl EngineError {
     /// The table a failure belongs to, if any.
@@ -71,6 +81,17 @@ impl EngineError {
                 table_no,
                 source: Box::new(other),
             },
+        }
+    }
+
+    /// The message for records a caller reads (an operation's error, a migration's last
+    /// error): everything but a metadata-store failure's detail, which stays in the log.
+    pub fn shown(&self) -> String {
+        match self {
+            EngineError::Store(StoreError::Duplicate(_) | StoreError::InUse(_)) => self.to_string(),
+            EngineError::Store(_) => STORE_FAILED.to_string(),
+            EngineError::OnTable { source, .. } => source.shown(),
+            other => other.to_string(),
         }
     }
 

@@ -1,7 +1,7 @@
-//! The comparison operators of a table's key, named with their schema. pgshift's sessions pin
-//! `search_path = pg_catalog, pg_temp` (so a database owner cannot have pgshift's role run their
-//! code), which hides the operators of a type that lives elsewhere: `citext`'s `=` would resolve
-//! to `text`'s through the implicit cast (case-sensitive), `ltree`'s not at all. Every key
+//! Engine layer: the comparison operators of a table's key, named with their schema. pgshift's
+//! sessions pin `search_path = pg_catalog, pg_temp` (so a database owner cannot have pgshift's role
+//! run their code), which hides the operators of a type that lives elsewhere: `citext`'s `=` would
+//! resolve to `text`'s through the implicit cast (case-sensitive), `ltree`'s not at all. Every key
 //! comparison pgshift writes (the copy's chunk ranges, apply's key matches, tombstones) goes
 //! through the operators resolved here, per column and per server.
 

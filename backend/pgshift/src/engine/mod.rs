@@ -1,5 +1,7 @@
-//! The migration engine: capture on the source, ticks, the initial copy and exactly-once apply
-//! on the target, and the supervisor that runs them for every active migration.
+//! The engine layer: everything that talks to the migrated servers. Capture on the source, ticks,
+//! the initial copy and exactly-once apply on the target (with its bookkeeping), the supervisor
+//! that runs them for every active migration, and the cutover. Imports only the store, secrets
+//! and the foundation; the service layer calls it.
 
 mod apply;
 mod batch;
@@ -15,6 +17,7 @@ pub mod resync;
 pub mod rotation;
 pub mod row_format;
 mod runner;
+mod settings;
 pub(crate) mod source;
 mod status;
 mod supervisor;
@@ -23,46 +26,12 @@ mod ticker;
 mod truncate;
 
 pub use error::{EngineError, EngineResult};
+pub use settings::EngineSettings;
 pub use source::install as install_capture;
 pub use status::{MigrationStatus, RuntimeState, TableStatus};
-pub use supervisor::{EngineSettings, Supervisor};
+pub use supervisor::Supervisor;
 pub use ticker::TickerSettings;
 
-/// Quotes an identifier for SQL, exactly as PostgreSQL's `quote_ident` would when quoting is needed.
-pub fn quote_ident(ident: &str) -> String {
-    format!("\"{}\"", ident.replace('"', "\"\""))
-}
-
-/// Quotes a string literal exactly as PostgreSQL's `quote_literal` does: a value with a backslash
-/// becomes an escape string (`E'…'`, backslashes doubled), whose meaning does not depend on
-/// `standard_conforming_strings`. That matters beyond pgshift's own sessions (which pin the
-/// setting): literals inside the capture functions are parsed in the application's sessions,
-/// where a database owner may have turned it off.
-pub fn quote_literal(value: &str) -> String {
-    let quoted = value.replace('\'', "''");
-    if value.contains('\\') {
-        format!("E'{}'", quoted.replace('\\', "\\\\"))
-    } else {
-        format!("'{quoted}'")
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn quoting_doubles_embedded_quotes() {
-        assert_eq!(quote_ident("Order\"s"), "\"Order\"\"s\"");
-        assert_eq!(quote_literal("it's"), "'it''s'");
-    }
-
-    #[test]
-    fn literals_with_backslashes_are_escape_strings() {
-        assert_eq!(quote_literal(r"a\b"), r"E'a\\b'");
-        assert_eq!(
-            quote_literal(r"k\'); DROP TABLE t; --"),
-            r"E'k\\''); DROP TABLE t; --'"
-        );
-    }
-}
+// Quoting lives in the foundation (the store's records quote their names too); engine code
+// keeps calling it by this path.
+pub use crate::base::quote::{quote_ident, quote_literal};

@@ -1,4 +1,4 @@
-//! Connections to the clusters pgshift migrates between.
+//! Engine layer: connections to the clusters pgshift migrates between.
 
 use std::str::FromStr;
 use std::time::Duration;

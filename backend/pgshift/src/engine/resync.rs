@@ -1,5 +1,6 @@
-//! Resync: one table is copied again from the source while the migration keeps running, for a
-//! table an operator found damaged on the target (changed behind pgshift's back, say).
+//! Engine layer: resync: one table is copied again from the source while the migration keeps
+//! running, for a table an operator found damaged on the target (changed behind pgshift's back,
+//! say).
 //!
 //! The table is emptied on the target and put back to `pending` with a new copy epoch, in one
 //! target transaction. From there it is exactly the situation of the initial copy: the worker

@@ -1,6 +1,6 @@
-//! The three event tables on the source, PgQ style: one takes new events, the others wait until
-//! the worker is past them and are then emptied with TRUNCATE. The ticker decides when; these
-//! steps say how, each on its own, so tests can drive them one by one.
+//! Engine layer: the three event tables on the source, PgQ style: one takes new events, the others
+//! wait until the worker is past them and are then emptied with TRUNCATE. The ticker decides when;
+//! these steps say how, each on its own, so tests can drive them one by one.
 //!
 //! # Why no event is truncated before it is applied
 //!

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use sqlx::postgres::{PgConnectOptions, PgPool};
-use sqlx::{Connection, PgConnection, Row};
+use sqlx::{Connection, PgConnection};
 use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -15,10 +15,10 @@ use super::apply::{self, ChunkContext, TablePlan};
 use super::batch::{self, Snapshot};
 use super::copy::TableCopy;
 use super::error::Context;
+use super::settings::EngineSettings;
 use super::status::{RuntimeState, StatusHandle};
-use super::supervisor::EngineSettings;
-use super::target::{self, AppliedTick, SourceTick, TableProgress, TableState};
-use super::ticker::Ticker;
+use super::target::{self, AppliedTick, TableProgress, TableState};
+use super::ticker::{self, SourceTick, Ticker, TICK_COLUMNS};
 use super::{pg, quote_ident, row_format, source, EngineError, EngineResult};
 use crate::store::{MigrationRecord, Store};
 
@@ -45,8 +45,9 @@ impl Run {
             match attempt.await {
                 Ok(()) | Err(EngineError::Cancelled) => break,
                 Err(err) => {
-                    let message = err.to_string();
-                    tracing::warn!(migration = %self.record.name, error = %message, "migration attempt failed; retrying");
+                    // The status and the record show what callers may read; the log, everything.
+                    let message = err.shown();
+                    tracing::warn!(migration = %self.record.name, error = %err, "migration attempt failed; retrying");
                     self.status.failed(&message, err.table_no());
                     if let Err(e) = self
                         .store
@@ -99,7 +100,7 @@ impl Run {
             tracing::info!(migration = %self.record.name, "installed change capture on the source");
         }
         if !target::is_installed(&mut dst, &schema).await? {
-            let first = first_tick(&mut src, &schema).await?;
+            let first = ticker::first_tick(&mut src, &schema).await?;
             target::install(&mut dst, &self.record, &first).await?;
             tracing::info!(migration = %self.record.name, "prepared the target");
         }
@@ -284,23 +285,6 @@ async fn run_copies(
     Ok(())
 }
 
-/// The oldest tick on the source: the one taken when capture was installed.
-async fn first_tick(src: &mut PgConnection, schema: &str) -> EngineResult<SourceTick> {
-    let row = sqlx::query(&format!(
-        "SELECT tick_id, tick_snapshot::text, tick_time, tick_event_seq FROM {}.tick ORDER BY tick_id LIMIT 1",
-        quote_ident(schema)
-    ))
-    .fetch_one(src)
-    .await
-    .context(|| "reading the first tick".into())?;
-    Ok(SourceTick {
-        tick_id: row.get(0),
-        snapshot: row.get(1),
-        tick_time: row.get(2),
-        event_seq: row.get(3),
-    })
-}
-
 /// What the target's catalog says about each migrated table that shapes how it is written.
 async fn target_facts(
     dst: &mut PgConnection,
@@ -397,7 +381,7 @@ impl Worker {
         // The newest tick that keeps the batch under the size bound (or the next one, however big):
         // a worker that fell behind catches up in fewer, larger transactions.
         let next_sql = format!(
-            "SELECT tick_id, tick_snapshot::text, tick_time, tick_event_seq FROM {schema}.tick
+            "SELECT {TICK_COLUMNS} FROM {schema}.tick
               WHERE tick_id > $1
                 AND (tick_event_seq - $2 <= $3 OR tick_id = (SELECT min(tick_id) FROM {schema}.tick WHERE tick_id > $1))
               ORDER BY tick_id DESC LIMIT 1"
@@ -421,12 +405,7 @@ impl Worker {
                     _ = tokio::time::sleep(poll) => continue,
                 }
             };
-            let tick = SourceTick {
-                tick_id: row.get(0),
-                snapshot: row.get(1),
-                tick_time: row.get(2),
-                event_seq: row.get(3),
-            };
+            let tick = SourceTick::from_row(&row);
             let applied = match self.apply_batch(&tick, false).await {
                 Err(err) if needs_careful_retry(&err) => {
                     tracing::info!(migration = %self.record.name, error = %err, "retrying a batch one event at a time");
@@ -490,41 +469,14 @@ impl Worker {
             size.observe(&chunk);
             events += apply::apply_chunk(&mut dst, &ctx, &chunk).await?.events as i64;
         }
-        let schema = quote_ident(&self.schema);
-        let row = sqlx::query(&format!(
-            "UPDATE {schema}.applied
-                SET tick_id = $1, tick_snapshot = $2, tick_time = $3, tick_event_seq = $4,
-                    applied_at = clock_timestamp(), events_applied = events_applied + $5
-             RETURNING events_applied"
-        ))
-        .bind(tick.tick_id)
-        .bind(&tick.snapshot)
-        .bind(tick.tick_time)
-        .bind(tick.event_seq)
-        .bind(events)
-        .fetch_one(&mut *dst)
-        .await
-        .context(|| "recording the applied tick".into())?;
-        sqlx::query(&format!(
-            "UPDATE {schema}.table_state SET state = 'synced' WHERE state = 'catching_up' AND catchup_until_tick <= $1"
-        ))
-        .bind(tick.tick_id)
-        .execute(&mut *dst)
-        .await
-        .context(|| "marking tables synced".into())?;
+        let applied = target::record_batch(&mut dst, &self.schema, tick, events).await?;
         dst.commit()
             .await
             .context(|| "committing a batch on the target".into())?;
         src.commit()
             .await
             .context(|| "closing the batch on the source".into())?;
-        Ok(AppliedTick {
-            tick_id: tick.tick_id,
-            snapshot: tick.snapshot.clone(),
-            tick_time: tick.tick_time,
-            tick_event_seq: tick.event_seq,
-            events_applied: row.get(0),
-        })
+        Ok(applied)
     }
 }
 

@@ -1,4 +1,5 @@
-//! The live state of each running migration, written by its tasks and read by the API.
+//! Engine layer: the live state of each running migration, written by its tasks and read by the
+//! API.
 
 use std::sync::{Arc, RwLock};
 

@@ -1,64 +1,30 @@
-//! The supervisor: one run per active migration, started and stopped on request, resumed when
-//! the server starts, and all shut down together.
+//! Engine layer: the supervisor: one run per active migration (a task in its `TaskSet`), started
+//! and stopped on request, resumed when the server starts, and all shut down together; it also
+//! resolves a migration's clusters to connection options.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::task::JoinHandle;
-use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use super::runner::Run;
+use super::settings::EngineSettings;
 use super::status::{MigrationStatus, RuntimeState, StatusHandle};
-use super::ticker::TickerSettings;
 use super::{pg, source, target, EngineError, EngineResult};
+use crate::base::TaskSet;
 use crate::secrets::Secrets;
 use crate::store::{Cluster, DesiredState, MigrationRecord, Store};
 use sqlx::postgres::PgConnectOptions;
-
-/// Tunables of the engine; the defaults suit most migrations.
-#[derive(Debug, Clone)]
-pub struct EngineSettings {
-    pub ticker: TickerSettings,
-    /// Rows per initial-copy chunk (one target transaction each).
-    pub copy_chunk_rows: i64,
-    /// Tables copied at once.
-    pub copy_parallelism: usize,
-    /// Events read from the source per round trip while applying a batch.
-    pub fetch_events: usize,
-    /// A worker that fell behind merges ticks into one batch up to this many events.
-    pub batch_max_events: i64,
-    /// Longest wait between retries of a failing migration.
-    pub max_backoff: Duration,
-}
-
-impl Default for EngineSettings {
-    fn default() -> Self {
-        Self {
-            ticker: TickerSettings::default(),
-            copy_chunk_rows: 200_000,
-            copy_parallelism: 2,
-            fetch_events: 5_000,
-            batch_max_events: 100_000,
-            max_backoff: Duration::from_secs(30),
-        }
-    }
-}
-
-struct RunHandle {
-    cancel: CancellationToken,
-    join: JoinHandle<()>,
-}
 
 /// Owns every migration's run. Lives in the application state, not in a global.
 pub struct Supervisor {
     store: Arc<dyn Store>,
     secrets: Arc<Secrets>,
     settings: EngineSettings,
-    runs: Mutex<HashMap<Uuid, RunHandle>>,
+    /// One run per migration.
+    runs: TaskSet<Uuid>,
     statuses: Mutex<HashMap<Uuid, StatusHandle>>,
-    shutdown: CancellationToken,
 }
 
 impl Supervisor {
@@ -67,23 +33,23 @@ impl Supervisor {
             store,
             secrets,
             settings,
-            runs: Mutex::new(HashMap::new()),
+            runs: TaskSet::new("migration run"),
             statuses: Mutex::new(HashMap::new()),
-            shutdown: CancellationToken::new(),
         }
     }
 
+    /// The metadata store the supervisor reads clusters and migrations from.
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
     async fn cluster(&self, id: Uuid) -> EngineResult<Cluster> {
-        self.store
-            .cluster_by_id(id)
-            .await
-            .map_err(|e| EngineError::invalid("store", e.to_string()))?
-            .ok_or_else(|| {
-                EngineError::invalid(
-                    "cluster_missing",
-                    "a cluster of this migration no longer exists",
-                )
-            })
+        self.store.cluster_by_id(id).await?.ok_or_else(|| {
+            EngineError::invalid(
+                "cluster_missing",
+                "a cluster of this migration no longer exists",
+            )
+        })
     }
 
     /// Connection options for `database` on the cluster, from its decrypted DSN.
@@ -121,10 +87,9 @@ impl Supervisor {
         let target = self
             .options(record.target.cluster_id, &record.target.database)
             .await?;
-        let mut runs = self.runs.lock().expect("runs lock");
-        if runs.get(&record.id).is_some_and(|r| !r.join.is_finished()) {
+        let Ok(cancel) = self.runs.reserve(record.id, ()) else {
             return Ok(());
-        }
+        };
         let status = StatusHandle::new(&record.tables);
         self.statuses
             .lock()
@@ -138,15 +103,12 @@ impl Supervisor {
             status,
             store: self.store.clone(),
         };
-        let cancel = self.shutdown.child_token();
-        let token = cancel.clone();
         let name = record.name.clone();
-        let join = tokio::spawn(async move {
+        self.runs.start(&record.id, async move {
             tracing::info!(migration = %name, "migration running");
-            run.run(token).await;
+            run.run(cancel).await;
             tracing::info!(migration = %name, "migration stopped");
         });
-        runs.insert(record.id, RunHandle { cancel, join });
         Ok(())
     }
 
@@ -154,13 +116,7 @@ impl Supervisor {
     /// go with it: a stopped migration's status is read from the databases.
     pub async fn stop(&self, id: Uuid) {
         self.statuses.lock().expect("statuses lock").remove(&id);
-        let handle = self.runs.lock().expect("runs lock").remove(&id);
-        if let Some(handle) = handle {
-            handle.cancel.cancel();
-            if let Err(e) = handle.join.await {
-                tracing::error!(error = %e, "a migration run panicked");
-            }
-        }
+        self.runs.stop(&id).await;
     }
 
     /// Live status of a migration this process has run since it started.
@@ -226,7 +182,7 @@ impl Supervisor {
             .options(record.source.cluster_id, &record.source.database)
             .await?;
         let mut src = pg::connect("the source", &source).await?;
-        source::uninstall(&mut src, &schema, Some(&self.shutdown)).await?;
+        source::uninstall(&mut src, &schema, Some(&self.runs.stopping())).await?;
         let target = self
             .options(record.target.cluster_id, &record.target.database)
             .await?;
@@ -241,11 +197,7 @@ impl Supervisor {
 
     /// Starts every migration the store says should be running (at server start).
     pub async fn resume_all(&self) -> EngineResult<()> {
-        let records = self
-            .store
-            .list_migrations()
-            .await
-            .map_err(|e| EngineError::invalid("store", e.to_string()))?;
+        let records = self.store.list_migrations().await?;
         for record in records
             .iter()
             .filter(|r| r.desired_state == DesiredState::Running)
@@ -259,16 +211,6 @@ impl Supervisor {
 
     /// Cancels every run and waits up to `timeout`, naming the runs that did not stop.
     pub async fn shutdown(&self, timeout: Duration) {
-        self.shutdown.cancel();
-        let runs: Vec<(Uuid, RunHandle)> = self.runs.lock().expect("runs lock").drain().collect();
-        let deadline = tokio::time::Instant::now() + timeout;
-        for (id, handle) in runs {
-            if tokio::time::timeout_at(deadline, handle.join)
-                .await
-                .is_err()
-            {
-                tracing::warn!(migration = %id, "migration run did not stop in time");
-            }
-        }
+        self.runs.shutdown(timeout).await;
     }
 }

@@ -1,9 +1,13 @@
-//! pgshift's bookkeeping on the target: the applied tick and each table's copy state.
+//! Engine layer: pgshift's bookkeeping on the target, its one writer and reader: the applied
+//! tick and each table's copy state, installed with the migration (or, for a reverse migration,
+//! with every table synced), advanced by each applied batch, and removed with the migration.
+//! (The copy's per-chunk progress is written by `copy.rs`, in the chunk's own transaction.)
 
 use chrono::{DateTime, Utc};
 use sqlx::{Connection, PgConnection, Row};
 
 use super::error::Context;
+use super::ticker::SourceTick;
 use super::{quote_ident, EngineError, EngineResult};
 use crate::store::MigrationRecord;
 
@@ -130,6 +134,96 @@ pub async fn install(
     Ok(())
 }
 
+/// Installs the bookkeeping of a reverse migration on the old server with every table synced as
+/// of `first_tick`: both sides hold the same rows (the source is frozen and the target drained),
+/// so nothing is copied.
+///
+/// The old server is frozen meanwhile: no lock is waited for longer than `lock_timeout`.
+pub async fn install_synced(
+    conn: &mut PgConnection,
+    reverse: &MigrationRecord,
+    first_tick: &SourceTick,
+    lock_timeout: std::time::Duration,
+) -> EngineResult<()> {
+    let quoted = quote_ident(&reverse.schema_name());
+    let mut tx = conn
+        .begin()
+        .await
+        .context(|| "opening the reverse install on the old server".into())?;
+    sqlx::query(&format!(
+        "SET LOCAL lock_timeout = '{}ms'",
+        lock_timeout.as_millis()
+    ))
+    .execute(&mut *tx)
+    .await
+    .context(|| "setting lock_timeout".into())?;
+    super::pg::run_script(&mut tx, &INSTALL_SQL.replace("@schema@", &quoted))
+        .await
+        .context(|| "installing the reverse migration's bookkeeping on the old server".into())?;
+    for t in &reverse.tables {
+        sqlx::query(&format!(
+            "INSERT INTO {quoted}.table_state (table_no, table_name, state, copy_finished_at) VALUES ($1, $2, 'synced', clock_timestamp())"
+        ))
+        .bind(t.no)
+        .bind(t.display_name())
+        .execute(&mut *tx)
+        .await
+        .context(|| "recording the reverse migration's table states".into())?;
+    }
+    sqlx::query(&format!(
+        "INSERT INTO {quoted}.applied (tick_id, tick_snapshot, tick_time, tick_event_seq) VALUES ($1, $2, $3, $4)"
+    ))
+    .bind(first_tick.tick_id)
+    .bind(&first_tick.snapshot)
+    .bind(first_tick.tick_time)
+    .bind(first_tick.event_seq)
+    .execute(&mut *tx)
+    .await
+    .context(|| "recording the reverse migration's first tick".into())?;
+    tx.commit()
+        .await
+        .context(|| "committing the reverse install on the old server".into())
+}
+
+/// Records a batch applied up to `tick` (`events` of them), in the batch's own transaction, and
+/// marks synced the tables whose catch-up ends at or before it; the new applied tick.
+pub async fn record_batch(
+    tx: &mut PgConnection,
+    schema: &str,
+    tick: &SourceTick,
+    events: i64,
+) -> EngineResult<AppliedTick> {
+    let schema_sql = quote_ident(schema);
+    let events_applied: i64 = sqlx::query_scalar(&format!(
+        "UPDATE {schema_sql}.applied
+            SET tick_id = $1, tick_snapshot = $2, tick_time = $3, tick_event_seq = $4,
+                applied_at = clock_timestamp(), events_applied = events_applied + $5
+         RETURNING events_applied"
+    ))
+    .bind(tick.tick_id)
+    .bind(&tick.snapshot)
+    .bind(tick.tick_time)
+    .bind(tick.event_seq)
+    .bind(events)
+    .fetch_one(&mut *tx)
+    .await
+    .context(|| "recording the applied tick".into())?;
+    sqlx::query(&format!(
+        "UPDATE {schema_sql}.table_state SET state = 'synced' WHERE state = 'catching_up' AND catchup_until_tick <= $1"
+    ))
+    .bind(tick.tick_id)
+    .execute(&mut *tx)
+    .await
+    .context(|| "marking tables synced".into())?;
+    Ok(AppliedTick {
+        tick_id: tick.tick_id,
+        snapshot: tick.snapshot.clone(),
+        tick_time: tick.tick_time,
+        tick_event_seq: tick.event_seq,
+        events_applied,
+    })
+}
+
 /// Drops the bookkeeping schema; the replicated rows stay.
 pub async fn uninstall(conn: &mut PgConnection, schema: &str) -> EngineResult<()> {
     sqlx::query(&format!(
@@ -140,15 +234,6 @@ pub async fn uninstall(conn: &mut PgConnection, schema: &str) -> EngineResult<()
     .await
     .context(|| "removing pgshift's schema from the target".into())?;
     Ok(())
-}
-
-/// A tick as read from the source.
-#[derive(Debug, Clone)]
-pub struct SourceTick {
-    pub tick_id: i64,
-    pub snapshot: String,
-    pub tick_time: DateTime<Utc>,
-    pub event_seq: i64,
 }
 
 pub async fn applied_tick(conn: &mut PgConnection, schema: &str) -> EngineResult<AppliedTick> {

@@ -1,9 +1,11 @@
-//! The ticker: takes ticks on the source often enough for sub-second lag under load, backs off
-//! when idle, rotates the three event tables and truncates the one the worker is past.
+//! Engine layer: the ticker: takes ticks on the source often enough for sub-second lag under load,
+//! backs off when idle, rotates the three event tables and truncates the one the worker is past.
 
 use std::time::{Duration, Instant};
 
-use sqlx::postgres::PgPool;
+use chrono::{DateTime, Utc};
+use sqlx::postgres::{PgPool, PgRow};
+use sqlx::{PgConnection, Row};
 use std::sync::Arc;
 
 use tokio::sync::{watch, Notify};
@@ -14,6 +16,43 @@ use super::rotation;
 use super::status::StatusHandle;
 use super::target::AppliedTick;
 use super::{quote_ident, EngineResult};
+
+/// A tick as read from the source.
+#[derive(Debug, Clone)]
+pub struct SourceTick {
+    pub tick_id: i64,
+    pub snapshot: String,
+    pub tick_time: DateTime<Utc>,
+    pub event_seq: i64,
+}
+
+/// The columns every read of a tick row selects, in [`SourceTick::from_row`]'s order.
+pub const TICK_COLUMNS: &str = "tick_id, tick_snapshot::text, tick_time, tick_event_seq";
+
+impl SourceTick {
+    /// A tick from a row selecting [`TICK_COLUMNS`].
+    pub fn from_row(row: &PgRow) -> Self {
+        Self {
+            tick_id: row.get(0),
+            snapshot: row.get(1),
+            tick_time: row.get(2),
+            event_seq: row.get(3),
+        }
+    }
+}
+
+/// The oldest tick on the source: the one taken when capture was installed, where a new
+/// target's bookkeeping starts.
+pub async fn first_tick(src: &mut PgConnection, schema: &str) -> EngineResult<SourceTick> {
+    let row = sqlx::query(&format!(
+        "SELECT {TICK_COLUMNS} FROM {}.tick ORDER BY tick_id LIMIT 1",
+        quote_ident(schema)
+    ))
+    .fetch_one(src)
+    .await
+    .context(|| "reading the first tick".into())?;
+    Ok(SourceTick::from_row(&row))
+}
 
 /// Timing of ticks and queue rotation.
 #[derive(Debug, Clone)]

@@ -1,8 +1,9 @@
-//! The audit trail: the middleware that records every state-changing API request (who, what,
-//! when, from where, with what result) and `GET /api/v1/audit`, which lists the entries.
+//! HTTP layer: the API's side of the audit trail: the middleware that records every
+//! state-changing API request (who, what, when, from where, with what result) and
+//! `GET /api/v1/audit`, which lists the entries, both through `service::audit`.
 //! Request bodies are never read here: they may hold DSNs with passwords.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 
 use axum::body::{Body, HttpBody};
 use axum::extract::rejection::QueryRejection;
@@ -16,12 +17,10 @@ use axum::Json;
 use chrono::Utc;
 use serde::Deserialize;
 
-use super::{ApiError, AppState, Caller};
-use crate::store::{AuditEntry, AuditFilter, NewAuditEntry};
-
-/// Entries returned when `limit` is not given, and the most ever returned.
-const DEFAULT_LIMIT: u32 = 100;
-const MAX_LIMIT: u32 = 1000;
+use super::error::{AuthErrors, ErrorBody};
+use super::{ApiError, Caller};
+use crate::service::{audit, AppState};
+use crate::store::{AuditEntry, NewAuditEntry};
 
 /// Response bodies larger than this are not read for an error code or a name.
 const MAX_INSPECTED_BODY: u64 = 64 * 1024;
@@ -98,10 +97,7 @@ pub async fn record(State(app): State<AppState>, request: Request, next: Next) -
         status: status.as_u16(),
         error_code,
     };
-    if let Err(err) = app.store.insert_audit(&entry).await {
-        // No request detail here: only why the store refused.
-        tracing::warn!(error = %err, "cannot record an audit entry");
-    }
+    audit::record(&app, &entry).await;
     response
 }
 
@@ -111,23 +107,7 @@ fn client_ip(parts: &axum::http::request::Parts) -> Option<String> {
         .extensions
         .get::<ConnectInfo<SocketAddr>>()
         .map(|ConnectInfo(addr)| *addr);
-    client_addr(peer, &parts.headers).map(|ip| ip.to_string())
-}
-
-/// The client's address: the peer's, except that a peer on this machine (a local reverse proxy)
-/// may name the client in `X-Forwarded-For`. A remote peer's header is ignored, so a client
-/// cannot pose as another address.
-pub fn client_addr(peer: Option<SocketAddr>, headers: &axum::http::HeaderMap) -> Option<IpAddr> {
-    let forwarded = || -> Option<IpAddr> {
-        let header = headers.get("x-forwarded-for")?.to_str().ok()?;
-        header.split(',').next()?.trim().parse().ok()
-    };
-    match peer {
-        Some(addr) if !addr.ip().is_loopback() => Some(addr.ip()),
-        Some(addr) => forwarded().or(Some(addr.ip())),
-        // No peer address (requests handed to the router directly): the header is all there is.
-        None => forwarded(),
-    }
+    audit::client_addr(peer, &parts.headers).map(|ip| ip.to_string())
 }
 
 /// `cluster` or `migration` for routes under `/api/v1/clusters` or `/api/v1/migrations`.
@@ -199,8 +179,8 @@ pub struct AuditQuery {
 
 #[utoipa::path(get, path = "/api/v1/audit", operation_id = "list_audit", tag = "audit", params(AuditQuery),
     responses((status = 200, body = Vec<AuditEntry>, description = "matching entries, newest first"),
-        (status = 400, description = "`invalid_query`", body = super::openapi::ErrorBody),
-        super::openapi::AuthErrors),
+        (status = 400, description = "`invalid_query`", body = ErrorBody),
+        AuthErrors),
     security(("bearer" = [])))]
 /// `GET /api/v1/audit?migration=&cluster=&limit=`: newest first; any authenticated role.
 pub async fn list(
@@ -215,12 +195,8 @@ pub async fn list(
             rejection.body_text(),
         )
     })?;
-    let filter = AuditFilter {
-        migration: query.migration,
-        cluster: query.cluster,
-        limit: query.limit.unwrap_or(DEFAULT_LIMIT).min(MAX_LIMIT),
-    };
-    Ok(Json(app.store.list_audit(&filter).await?))
+    let entries = audit::list(&app, query.migration, query.cluster, query.limit).await?;
+    Ok(Json(entries))
 }
 
 #[cfg(test)]
@@ -247,26 +223,5 @@ mod tests {
         }
         assert_eq!(object_kind("/api/v1/audit"), None);
         assert_eq!(action("POST", None, None), "api.unknown");
-    }
-
-    #[test]
-    fn a_remote_peer_cannot_pose_as_another_address() {
-        let mut headers = axum::http::HeaderMap::new();
-        headers.insert("x-forwarded-for", "203.0.113.9, 10.0.0.1".parse().unwrap());
-        let remote: SocketAddr = "198.51.100.7:4000".parse().unwrap();
-        let local: SocketAddr = "127.0.0.1:4000".parse().unwrap();
-        assert_eq!(
-            client_addr(Some(remote), &headers),
-            Some(remote.ip()),
-            "a remote peer's header is ignored"
-        );
-        assert_eq!(
-            client_addr(Some(local), &headers),
-            "203.0.113.9".parse().ok(),
-            "a local proxy names the client"
-        );
-        let empty = axum::http::HeaderMap::new();
-        assert_eq!(client_addr(Some(local), &empty), Some(local.ip()));
-        assert_eq!(client_addr(None, &empty), None);
     }
 }

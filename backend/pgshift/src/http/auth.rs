@@ -1,4 +1,4 @@
-//! Bearer-token authentication and role checks for the API.
+//! HTTP layer: bearer-token authentication and role checks for the API.
 
 use std::marker::PhantomData;
 
@@ -8,7 +8,8 @@ use axum::http::{header, StatusCode};
 
 use super::error::ApiError;
 use super::AppState;
-use crate::auth::{Claims, Role};
+use crate::auth::Claims;
+use crate::base::Role;
 
 /// The authenticated caller of an API route.
 pub struct Caller(pub Claims);

@@ -1,14 +1,14 @@
-//! `/api/v1/clusters`
+//! HTTP layer: `/api/v1/clusters`
 
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::Json;
 
 use super::auth::{Admin, Authorized, Viewer};
-use super::json::ApiJson;
-use super::openapi::{
+use super::error::{
     AuthErrors, BodyErrors, ConflictErrors, DatabaseErrors, NotFoundErrors, RoleErrors,
 };
+use super::json::ApiJson;
 use super::{ApiError, AppState};
 use crate::service::clusters::{self, ClusterView, NewCluster};
 

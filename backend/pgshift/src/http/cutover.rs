@@ -1,15 +1,15 @@
-//! `/api/v1/migrations/{name}/cutover`, `/cutover/abort` and `/verify`: each starts (or stops)
-//! an operation; poll it at `/api/v1/operations/{id}`.
+//! HTTP layer: `/api/v1/migrations/{name}/cutover`, `/cutover/abort` and `/verify`: each starts (or
+//! stops) an operation; poll it at `/api/v1/operations/{id}`.
 
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::Json;
 
 use super::auth::{Authorized, Operator};
-use super::json::ApiJson;
-use super::openapi::{
+use super::error::{
     AuthErrors, BodyErrors, DatabaseErrors, NotFoundErrors, OperationConflicts, RoleErrors,
 };
+use super::json::ApiJson;
 use super::{ApiError, AppState, Caller};
 use crate::service::cutover::{self, CutoverRequest, VerifyRequest};
 use crate::store::Operation;

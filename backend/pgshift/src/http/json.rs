@@ -1,4 +1,4 @@
-//! A JSON body extractor whose rejections speak our error format.
+//! HTTP layer: a JSON body extractor whose rejections speak our error format.
 
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{FromRequest, Request};

@@ -134,7 +134,7 @@ pub async fn healthz() -> &'static str {
 
 #[utoipa::path(get, path = "/readyz", operation_id = "readyz", tag = "operations",
     responses((status = 200, description = "`ready`", content_type = "text/plain", body = String),
-        (status = 503, description = "`not_ready`: the metadata store does not answer", body = super::openapi::ErrorBody)))]
+        (status = 503, description = "`not_ready`: the metadata store does not answer", body = super::error::ErrorBody)))]
 /// Ready when the metadata store answers.
 pub async fn readyz(State(state): State<MetricsState>) -> Result<&'static str, ApiError> {
     state.app.store.ping().await.map_err(|e| {
@@ -153,7 +153,7 @@ const TABLE_STATES: [&str; 5] = ["pending", "copying", "catching_up", "synced", 
 /// Per-migration and HTTP figures in the OpenMetrics text format (unauthenticated).
 #[utoipa::path(get, path = "/metrics", operation_id = "metrics", tag = "operations",
     responses((status = 200, description = "OpenMetrics text", content_type = "application/openmetrics-text", body = String),
-        (status = 500, description = "`internal`", body = super::openapi::ErrorBody)))]
+        (status = 500, description = "`internal`", body = super::error::ErrorBody)))]
 pub async fn metrics(State(state): State<MetricsState>) -> Result<Response, ApiError> {
     let records = state.app.store.list_migrations().await?;
     let mut registry = Registry::default();

@@ -1,4 +1,6 @@
 //! The HTTP layer: the REST API under `/api/v1` (bearer tokens), health checks and metrics.
+//! A sibling of the dashboard: both call only the service layer, and `app.rs` puts their routes
+//! together.
 
 mod audit;
 mod auth;
@@ -12,25 +14,20 @@ mod openapi;
 mod operations;
 mod tokens;
 
-use std::sync::Arc;
-
 use axum::routing::{get, post};
 use axum::Router;
-use tower_http::limit::RequestBodyLimitLayer;
-use tower_http::trace::TraceLayer;
 
-pub use audit::client_addr;
 pub use auth::Caller;
 pub use error::ApiError;
+pub use metrics::{healthz, track, HttpMetrics};
 pub use openapi::ApiDoc;
 
-use crate::service::App;
+use crate::service::AppState;
 
-/// The state every handler receives.
-pub type AppState = Arc<App>;
-
-pub fn router(app: AppState) -> Router {
-    let api = Router::new()
+/// The REST API, nested under `/api/v1` by the application's router; every state-changing
+/// request is recorded in the audit trail (see audit.rs).
+pub fn api(app: AppState) -> Router<AppState> {
+    Router::new()
         .route("/clusters", post(clusters::create).get(clusters::list))
         .route(
             "/clusters/{name}",
@@ -62,30 +59,20 @@ pub fn router(app: AppState) -> Router {
         .route("/tokens/{id}", axum::routing::delete(tokens::revoke))
         .route("/openapi.json", get(openapi::document))
         .fallback(error::not_found)
-        // Records every POST, PUT, PATCH and DELETE under /api/v1 (see audit.rs).
-        .layer(axum::middleware::from_fn_with_state(
-            app.clone(),
-            audit::record,
-        ));
-    let ops = metrics::MetricsState {
-        app: app.clone(),
-        http: metrics::HttpMetrics::default(),
+        .layer(axum::middleware::from_fn_with_state(app, audit::record))
+}
+
+/// `/readyz` and `/metrics`, and the HTTP figures that [`track`] (a layer over every route)
+/// fills and `/metrics` reports.
+pub fn operations(app: AppState) -> (Router, HttpMetrics) {
+    let state = metrics::MetricsState {
+        app,
+        http: HttpMetrics::default(),
     };
-    let http_metrics = ops.http.clone();
-    let ops = Router::new()
+    let http = state.http.clone();
+    let router = Router::new()
         .route("/metrics", get(metrics::metrics))
         .route("/readyz", get(metrics::readyz))
-        .with_state(ops);
-    Router::new()
-        .nest("/api/v1", api)
-        .route("/healthz", get(metrics::healthz))
-        .merge(crate::dashboard::router())
-        .with_state(app)
-        .merge(ops)
-        .layer(axum::middleware::from_fn_with_state(
-            http_metrics,
-            metrics::track,
-        ))
-        .layer(RequestBodyLimitLayer::new(1024 * 1024))
-        .layer(TraceLayer::new_for_http())
+        .with_state(state);
+    (router, http)
 }

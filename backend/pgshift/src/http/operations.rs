@@ -1,12 +1,12 @@
-//! `/api/v1/operations/{id}` and `/api/v1/migrations/{name}/operations`: polling cutovers and
-//! verifications.
+//! HTTP layer: `/api/v1/operations/{id}` and `/api/v1/migrations/{name}/operations`: polling
+//! cutovers and verifications.
 
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::Json;
 
 use super::auth::{Authorized, Operator, Viewer};
-use super::openapi::{AuthErrors, NotFoundErrors, OperationConflicts, RoleErrors};
+use super::error::{AuthErrors, NotFoundErrors, OperationConflicts, RoleErrors};
 use super::{ApiError, AppState};
 use crate::service::operations;
 use crate::store::Operation;

@@ -1,12 +1,12 @@
-//! `/api/v1/tokens`: issue, list and revoke bearer tokens (admins only).
+//! HTTP layer: `/api/v1/tokens`: issue, list and revoke bearer tokens (admins only).
 
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::Json;
 
 use super::auth::{Admin, Authorized};
+use super::error::{AuthErrors, BodyErrors, NotFoundErrors, RoleErrors};
 use super::json::ApiJson;
-use super::openapi::{AuthErrors, BodyErrors, NotFoundErrors, RoleErrors};
 use super::{ApiError, AppState, Caller};
 use crate::service::tokens::{self, IssuedToken, NewToken, TokenView};
 

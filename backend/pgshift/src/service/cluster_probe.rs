@@ -1,5 +1,5 @@
-//! "Test connection": connects with a DSN before it is stored and reports the server version
-//! and what the role lacks to serve as a migration's source or target.
+//! Service layer: "Test connection": connects with a DSN before it is stored and reports the server
+//! version and what the role lacks to serve as a migration's source or target.
 
 use serde::Serialize;
 use sqlx::Row;

@@ -1,4 +1,4 @@
-//! Registering the servers pgshift can reach.
+//! Service layer: registering the servers pgshift can reach.
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};

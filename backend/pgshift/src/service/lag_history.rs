@@ -1,4 +1,5 @@
-//! Lag, pending events and throughput of each migration over time, for the dashboard's charts.
+//! Service layer: lag, pending events and throughput of each migration over time, for the
+//! dashboard's charts.
 //!
 //! Kept in memory, not in the metadata store: a sample every [`SAMPLE_EVERY`] for at most
 //! [`RETENTION`] per migration (17,280 samples of 32 bytes, about 0.5 MiB per migration), dropped
@@ -122,18 +123,17 @@ impl LagHistory {
     }
 }
 
-/// Samples every running migration each [`SAMPLE_EVERY`] until `cancel` fires.
-pub fn spawn_sampler(app: Arc<App>, cancel: CancellationToken) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
-        let mut interval = tokio::time::interval(SAMPLE_EVERY);
-        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-        loop {
-            tokio::select! {
-                _ = cancel.cancelled() => break,
-                _ = interval.tick() => sample(&app).await,
-            }
+/// Samples every running migration each [`SAMPLE_EVERY`] until `cancel` fires (a background
+/// task the application starts).
+pub async fn run_sampler(app: Arc<App>, cancel: CancellationToken) {
+    let mut interval = tokio::time::interval(SAMPLE_EVERY);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => break,
+            _ = interval.tick() => sample(&app).await,
         }
-    })
+    }
 }
 
 async fn sample(app: &App) {

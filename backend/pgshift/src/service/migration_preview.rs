@@ -1,5 +1,5 @@
-//! The new-migration form's preview: which source tables the patterns select, and for each one
-//! whether the engine will accept it or why not, using the same checks as `create`.
+//! Service layer: the new-migration form's preview: which source tables the patterns select, and
+//! for each one whether the engine will accept it or why not, using the same checks as `create`.
 
 use serde::Serialize;
 

@@ -1,4 +1,4 @@
-//! Creating, running and removing migrations.
+//! Service layer: creating, running and removing migrations.
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};

@@ -1,9 +1,12 @@
-//! The operations behind the API: validation, store and engine calls. HTTP handlers (and later
-//! the dashboard) call these; no SQL lives above this layer.
+//! The service layer: the operations behind the API and the dashboard (validation, then store
+//! and engine calls), the application state they share, and how their failures are answered.
+//! Both front ends call only this layer and the types it hands out; no SQL lives above it.
 
+pub mod audit;
 pub mod cluster_probe;
 pub mod clusters;
 pub mod cutover;
+mod error;
 pub mod lag_history;
 pub mod migration_preview;
 pub mod migrations;
@@ -14,9 +17,11 @@ pub mod users;
 use std::sync::Arc;
 
 use crate::auth::Keys;
-use crate::engine::{EngineError, Supervisor};
-use crate::secrets::{SecretError, Secrets};
-use crate::store::{Store, StoreError};
+use crate::engine::Supervisor;
+use crate::secrets::Secrets;
+use crate::store::Store;
+
+pub use error::{Answer, ServiceError, ServiceResult};
 
 /// Everything the service layer works with; shared by every request.
 pub struct App {
@@ -33,48 +38,8 @@ pub struct App {
     pub operations: operations::Operations,
 }
 
-/// Why an operation failed.
-#[derive(Debug, thiserror::Error)]
-pub enum ServiceError {
-    #[error("{0} not found")]
-    NotFound(String),
-    #[error("{message}")]
-    Invalid { code: &'static str, message: String },
-    #[error("{message}")]
-    Conflict { code: &'static str, message: String },
-    #[error(transparent)]
-    Engine(#[from] EngineError),
-    #[error(transparent)]
-    Store(#[from] StoreError),
-}
-
-impl ServiceError {
-    pub fn invalid(code: &'static str, message: impl Into<String>) -> Self {
-        ServiceError::Invalid {
-            code,
-            message: message.into(),
-        }
-    }
-
-    pub fn conflict(code: &'static str, message: impl Into<String>) -> Self {
-        ServiceError::Conflict {
-            code,
-            message: message.into(),
-        }
-    }
-}
-
-impl From<SecretError> for ServiceError {
-    fn from(err: SecretError) -> Self {
-        // The message names key ids at most: never plaintext or key material.
-        ServiceError::Engine(EngineError::invalid(
-            "secret_unreadable",
-            format!("cannot encrypt or decrypt a cluster's stored DSN: {err}"),
-        ))
-    }
-}
-
-pub type ServiceResult<T> = Result<T, ServiceError>;
+/// The state every API handler and dashboard page receives.
+pub type AppState = Arc<App>;
 
 /// Names of clusters and migrations: used in URLs and commands, so keep them plain.
 pub fn check_name(kind: &str, name: &str) -> ServiceResult<()> {

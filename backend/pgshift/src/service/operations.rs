@@ -1,10 +1,10 @@
-//! Operations: long-running actions on a migration that callers start and then poll. One runs
-//! per migration at a time; each records its steps in the store as they happen, optionally
-//! reports them to a webhook, can be aborted, and is finished (as failed, the source unfrozen)
-//! at the next start if pgshift died while it ran.
+//! Service layer: operations: long-running actions on a migration that callers start and then poll.
+//! One runs per migration at a time; each records its steps in the store as they happen, optionally
+//! reports them to a webhook, can be aborted, and is finished (as failed, the source unfrozen) at
+//! the next start if pgshift died while it ran.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
@@ -15,22 +15,25 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use super::{App, ServiceError, ServiceResult};
-use crate::engine::{cutover, pg};
+use crate::base::TaskSet;
+use crate::engine::cutover::{self, StepRecorder};
 use crate::store::{DesiredState, Operation, OperationState, OperationStep, StepOutcome, Store};
 
-struct Running {
-    operation: Uuid,
-    cancel: CancellationToken,
-    join: Option<JoinHandle<()>>,
-}
-
-/// The operations running in this process, by migration. Lives in the application state.
-#[derive(Default)]
+/// The operations running in this process, by migration (one at a time each), with the id of
+/// the operation as the task's value. Lives in the application state.
 pub struct Operations {
-    running: Mutex<HashMap<Uuid, Running>>,
-    shutdown: CancellationToken,
+    tasks: TaskSet<Uuid, Uuid>,
     /// Where operations' webhooks may be delivered.
     pub webhooks: WebhookPolicy,
+}
+
+impl Default for Operations {
+    fn default() -> Self {
+        Self {
+            tasks: TaskSet::new("operation"),
+            webhooks: WebhookPolicy::default(),
+        }
+    }
 }
 
 impl Operations {
@@ -47,93 +50,44 @@ impl Operations {
         migration: Uuid,
         operation: Uuid,
     ) -> ServiceResult<CancellationToken> {
-        let mut running = self.running.lock().expect("operations lock");
-        if let Some(r) = running.get(&migration) {
-            if r.join.as_ref().is_none_or(|j| !j.is_finished()) {
-                return Err(ServiceError::conflict(
-                    "operation_running",
-                    format!(
-                        "operation {} is still running on this migration; wait for it or abort it",
-                        r.operation
-                    ),
-                ));
-            }
-        }
-        let cancel = self.shutdown.child_token();
-        running.insert(
-            migration,
-            Running {
-                operation,
-                cancel: cancel.clone(),
-                join: None,
-            },
-        );
-        Ok(cancel)
+        self.tasks.reserve(migration, operation).map_err(|running| {
+            ServiceError::conflict(
+                "operation_running",
+                format!(
+                    "operation {running} is still running on this migration; wait for it or abort it"
+                ),
+            )
+        })
     }
 
-    pub(crate) fn attach(&self, migration: Uuid, join: JoinHandle<()>) {
-        if let Some(r) = self
-            .running
-            .lock()
-            .expect("operations lock")
-            .get_mut(&migration)
-        {
-            r.join = Some(join);
-        }
+    /// Runs the claimed migration's operation.
+    pub(crate) fn start(&self, migration: Uuid, task: impl Future<Output = ()> + Send + 'static) {
+        self.tasks.start(&migration, task);
     }
 
     /// Gives the migration back when its operation could not start.
     pub(crate) fn release(&self, migration: Uuid) {
-        self.running
-            .lock()
-            .expect("operations lock")
-            .remove(&migration);
+        self.tasks.release(&migration);
     }
 
     /// Asks the migration's running operation to abort; returns its id.
     pub fn abort(&self, migration: Uuid) -> Option<Uuid> {
-        let running = self.running.lock().expect("operations lock");
-        let r = running.get(&migration)?;
-        if r.join.as_ref().is_some_and(|j| j.is_finished()) {
-            return None;
-        }
-        r.cancel.cancel();
-        Some(r.operation)
+        self.tasks.cancel(&migration)
     }
 
-    /// Whether an operation (a cutover, a verification) holds this migration in this process.
+    /// Whether an operation (a cutover, a verification) runs on this migration in this process.
     pub fn migration_busy(&self, migration: Uuid) -> bool {
-        self.running
-            .lock()
-            .expect("operations lock")
-            .contains_key(&migration)
+        self.tasks.is_running(&migration)
     }
 
     /// Whether `operation` is running in this process.
     pub fn is_running(&self, operation: Uuid) -> bool {
-        self.running
-            .lock()
-            .expect("operations lock")
-            .values()
-            .any(|r| r.operation == operation && r.join.as_ref().is_none_or(|j| !j.is_finished()))
+        self.tasks.any_running(|op| *op == operation)
     }
 
     /// Aborts every running operation (each restores the source) and waits up to `timeout`.
     pub async fn shutdown(&self, timeout: Duration) {
-        self.shutdown.cancel();
-        let joins: Vec<(Uuid, JoinHandle<()>)> = self
-            .running
-            .lock()
-            .expect("operations lock")
-            .drain()
-            .filter_map(|(_, r)| r.join.map(|j| (r.operation, j)))
-            .collect();
-        let deadline = tokio::time::Instant::now() + timeout;
-        for (id, join) in joins {
-            if tokio::time::timeout_at(deadline, join).await.is_err() {
-                tracing::warn!(operation = %id, "operation did not stop in time");
-            }
-        }
+        self.tasks.shutdown(timeout).await;
     }
 }
 
@@ -389,8 +343,12 @@ impl Recorder {
             }));
         }
     }
+}
 
-    pub async fn begin(&mut self, name: &str) {
+/// The engine reports each step of a cutover or verification here.
+#[async_trait::async_trait]
+impl StepRecorder for Recorder {
+    async fn begin(&mut self, name: &str) {
         self.op.steps.push(OperationStep {
             name: name.into(),
             outcome: StepOutcome::Running,
@@ -402,8 +360,7 @@ impl Recorder {
         self.save().await;
     }
 
-    /// Ends the current step.
-    pub async fn end(&mut self, outcome: StepOutcome, detail: Value) {
+    async fn end(&mut self, outcome: StepOutcome, detail: Value) {
         if let Some(step) = self.op.steps.last_mut() {
             step.outcome = outcome;
             step.finished_at = Some(Utc::now());
@@ -413,6 +370,15 @@ impl Recorder {
         self.save().await;
     }
 
+    fn step_open(&self) -> bool {
+        self.op
+            .steps
+            .last()
+            .is_some_and(|s| s.outcome == StepOutcome::Running)
+    }
+}
+
+impl Recorder {
     /// Finishes the operation; a still-running step ends as failed.
     pub async fn finish(
         &mut self,
@@ -541,9 +507,7 @@ async fn unfreeze_source(
     app: &App,
     record: &crate::store::MigrationRecord,
 ) -> crate::engine::EngineResult<bool> {
-    let (source, _) = app.supervisor.endpoints(record).await?;
-    let mut src = pg::connect("the source", &source).await?;
-    cutover::freeze::unfreeze(&mut src, &record.schema_name()).await
+    cutover::sequence::lift_freeze(&app.supervisor, record).await
 }
 
 #[cfg(test)]

@@ -1,6 +1,6 @@
-//! Issued bearer tokens: issuing one records it (id, subject, role, expiry, issuer) so that it
-//! can be listed and revoked. Used by the API and by `pgshift token`, which has no running server,
-//! hence functions of the store and the keys rather than of [`App`](super::App).
+//! Service layer: issued bearer tokens: issuing one records it (id, subject, role, expiry, issuer)
+//! so that it can be listed and revoked. Used by the API and by `pgshift token`, which has no
+//! running server, hence functions of the store and the keys rather than of [`App`](super::App).
 
 use std::time::Duration;
 
@@ -9,7 +9,8 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use super::{ServiceError, ServiceResult};
-use crate::auth::{Keys, Role};
+use crate::auth::Keys;
+use crate::base::Role;
 use crate::store::{Store, TokenRecord};
 
 /// Lifetime of a token when none is asked for: 30 days.

@@ -1,4 +1,4 @@
-//! Records kept in the metadata store.
+//! Store layer: records kept in the metadata store.
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -101,8 +101,8 @@ impl TableSpec {
     pub fn sql_name(&self) -> String {
         format!(
             "{}.{}",
-            crate::engine::quote_ident(&self.schema),
-            crate::engine::quote_ident(&self.name)
+            crate::base::quote_ident(&self.schema),
+            crate::base::quote_ident(&self.name)
         )
     }
 
@@ -195,7 +195,7 @@ pub struct TokenRecord {
     pub id: Uuid,
     /// Who the token is for.
     pub subject: String,
-    pub role: crate::auth::Role,
+    pub role: crate::base::Role,
     /// The subject of the admin token that issued it, or `cli` for `pgshift token create`.
     pub created_by: String,
     pub created_at: DateTime<Utc>,
@@ -209,7 +209,7 @@ pub struct User {
     pub id: Uuid,
     pub name: String,
     pub password_hash: String,
-    pub role: crate::auth::Role,
+    pub role: crate::base::Role,
     pub created_at: DateTime<Utc>,
 }
 

@@ -1,6 +1,6 @@
-//! Operations: long-running actions on a migration (a cutover, a verification) that callers
-//! start, then poll. Each is persisted with its steps as they happen, so a crash leaves a record
-//! that the next start can finish.
+//! Store layer: operations: long-running actions on a migration (a cutover, a verification) that
+//! callers start, then poll. Each is persisted with its steps as they happen, so a crash leaves a
+//! record that the next start can finish.
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};

@@ -1,12 +1,12 @@
-//! Verification on demand, while replication runs. For each table pgshift holds the table still
-//! on the source for a moment (the freeze's lock, rolled back instead of committed), takes a
-//! tick, waits until the target has applied it, and opens a snapshot on both sides: the two
-//! snapshots then hold the same rows for that table, whatever writes follow. The lock is
-//! released before anything is compared, so source writes wait only for the target to catch up
-//! with one tick. Rows are compared over every column the table has on both sides now (read
-//! from the catalogs in those snapshots), and a column on one side only is a difference. Tables
-//! that differ are compared again in primary-key ranges; `repair` rewrites only the ranges that
-//! differ, under the same brief lock.
+//! Engine layer (cutover): verification on demand, while replication runs. For each table pgshift
+//! holds the table still on the source for a moment (the freeze's lock, rolled back instead of
+//! committed), takes a tick, waits until the target has applied it, and opens a snapshot on both
+//! sides: the two snapshots then hold the same rows for that table, whatever writes follow. The
+//! lock is released before anything is compared, so source writes wait only for the target to catch
+//! up with one tick. Rows are compared over every column the table has on both sides now (read from
+//! the catalogs in those snapshots), and a column on one side only is a difference. Tables that
+//! differ are compared again in primary-key ranges; `repair` rewrites only the ranges that differ,
+//! under the same brief lock.
 
 use std::time::{Duration, Instant};
 

@@ -1,5 +1,5 @@
-//! The cutover's content verification, in two passes, so that comparing every row costs no
-//! blocked writes beyond what changed at the very end.
+//! Engine layer (cutover): the cutover's content verification, in two passes, so that comparing
+//! every row costs no blocked writes beyond what changed at the very end.
 //!
 //! **Before the freeze** ([`range_pass`]), while writes go on, every table is compared key range
 //! by key range over the columns both sides have now. Each range is read in its own short

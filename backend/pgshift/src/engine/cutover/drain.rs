@@ -1,6 +1,6 @@
-//! The drain: a final tick on the frozen source, then waiting until the target has applied it.
-//! The freeze waited for every writer of the migrated tables, so that tick's snapshot sees every
-//! change they made: once the target applied it, it holds all of them.
+//! Engine layer (cutover): the drain: a final tick on the frozen source, then waiting until the
+//! target has applied it. The freeze waited for every writer of the migrated tables, so that tick's
+//! snapshot sees every change they made: once the target applied it, it holds all of them.
 
 use std::time::{Duration, Instant};
 

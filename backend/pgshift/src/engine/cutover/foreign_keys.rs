@@ -1,9 +1,9 @@
-//! Foreign keys on the target that cross the migration's edge. The worker applies rows with
-//! `session_replication_role = replica`, so no foreign key is checked while it does: a key from
-//! a migrated table to a table outside the migration can end up pointing at a row the target
-//! does not have (and a key from a table outside to a migrated one at a row replication
-//! deleted), while PostgreSQL still marks it valid. Within the migration the source's own keys
-//! hold and every batch commits the source's state, so only keys that cross the edge are at risk.
+//! Engine layer (cutover): foreign keys on the target that cross the migration's edge. The worker
+//! applies rows with `session_replication_role = replica`, so no foreign key is checked while it
+//! does: a key from a migrated table to a table outside the migration can end up pointing at a row
+//! the target does not have (and a key from a table outside to a migrated one at a row replication
+//! deleted), while PostgreSQL still marks it valid. Within the migration the source's own keys hold
+//! and every batch commits the source's state, so only keys that cross the edge are at risk.
 
 use serde::Serialize;
 use sqlx::{PgConnection, Row};

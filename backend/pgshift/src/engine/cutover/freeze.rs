@@ -1,7 +1,7 @@
-//! Freezing writes on the source without superuser: a statement-level BEFORE trigger per migrated
-//! table (and partition) that raises an error naming the new server. Creating a trigger takes the
-//! table's SHARE ROW EXCLUSIVE lock, so the freeze waits for the writers in flight and holds new
-//! ones back (reads go on); once it commits, every write fails.
+//! Engine layer (cutover): freezing writes on the source without superuser: a statement-level
+//! BEFORE trigger per migrated table (and partition) that raises an error naming the new server.
+//! Creating a trigger takes the table's SHARE ROW EXCLUSIVE lock, so the freeze waits for the
+//! writers in flight and holds new ones back (reads go on); once it commits, every write fails.
 
 use std::time::Duration;
 

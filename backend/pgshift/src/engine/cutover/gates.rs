@@ -1,5 +1,5 @@
-//! Preflight gates: everything checked before the cutover changes anything. Each gate says
-//! whether it passed and why not, in words an operator can act on.
+//! Engine layer (cutover): preflight gates: everything checked before the cutover changes anything.
+//! Each gate says whether it passed and why not, in words an operator can act on.
 
 use serde::Serialize;
 use sqlx::PgConnection;

@@ -1,7 +1,8 @@
-//! The cutover and its companions, one file per step: preflight gates, the freeze of source
+//! Engine layer: the cutover and its companions. `sequence` owns the cutover's state machine and
+//! `on_demand` the verification's; each reports its steps through a [`StepRecorder`] (the
+//! service's operation record). The steps, one file each: preflight gates, the freeze of source
 //! writes, the drain, sequences, verification (at cutover and on demand, with repair) and the
-//! reverse migration that makes a rollback a second cutover. The service layer sequences the
-//! steps and records them; everything here works on connections it is given.
+//! reverse migration that makes a rollback a second cutover; they work on connections given.
 
 pub mod compare;
 pub mod content;
@@ -9,15 +10,42 @@ pub mod drain;
 pub mod foreign_keys;
 pub mod freeze;
 pub mod gates;
+pub mod on_demand;
 pub mod reverse;
+pub mod sequence;
 pub mod sequences;
 pub mod shape;
+mod verifier;
 pub mod verify;
 
+use serde_json::Value;
 use sqlx::PgConnection;
 
 use super::error::Context;
 use super::EngineResult;
+use crate::store::{OperationState, StepOutcome};
+
+/// Where a cutover or verification reports its steps as they happen (the service's operation
+/// record, which stores them and tells the webhook). The engine runs the steps; the recorder
+/// only writes them down.
+#[async_trait::async_trait]
+pub trait StepRecorder: Send {
+    /// A step starts.
+    async fn begin(&mut self, step: &str);
+    /// The current step ends.
+    async fn end(&mut self, outcome: StepOutcome, detail: Value);
+    /// Whether a step has begun and not ended.
+    fn step_open(&self) -> bool;
+}
+
+/// How a cutover or verification ended, for its record.
+#[derive(Debug)]
+pub struct Finished {
+    pub state: OperationState,
+    pub result: Value,
+    /// What went wrong, in words a caller may read.
+    pub error: Option<String>,
+}
 
 /// Session settings under which both sides render values the same way, so row text, key
 /// bounds and checksums compare across servers whatever the database's or role's defaults are:

@@ -1,14 +1,11 @@
-//! The way back: a second migration from the new server to the old one, armed while the source is
-//! frozen and the target drained, so both hold the same rows and its tables start synced (no
-//! copy). Rolling back is then a cutover of that migration.
+//! Engine layer (cutover): the way back: a second migration from the new server to the old one,
+//! armed while the source is frozen and the target drained, so both hold the same rows and its
+//! tables start synced (no copy). Rolling back is then a cutover of that migration.
 
-use sqlx::{Connection, PgConnection};
+use sqlx::PgConnection;
 
-use crate::engine::error::Context;
-use crate::engine::{pg, quote_ident, source, EngineResult};
+use crate::engine::{source, target, ticker, EngineResult};
 use crate::store::MigrationRecord;
-
-const TARGET_INSTALL_SQL: &str = include_str!("../../../../../sql/target/install.sql");
 
 /// The longest arming waits for one lock on either server: the old server's writes are blocked
 /// meanwhile.
@@ -24,52 +21,8 @@ pub async fn arm(
     let schema = reverse.schema_name();
     // Armed while the old server is frozen: never wait long behind a lock on either side.
     source::install_within(new_side, reverse, ARM_LOCK_TIMEOUT).await?;
-    let (tick_id, snapshot, tick_time, event_seq): (i64, String, chrono::DateTime<chrono::Utc>, i64) =
-        sqlx::query_as(&format!(
-            "SELECT tick_id, tick_snapshot::text, tick_time, tick_event_seq FROM {}.tick ORDER BY tick_id LIMIT 1",
-            quote_ident(&schema)
-        ))
-        .fetch_one(&mut *new_side)
-        .await
-        .context(|| "reading the reverse migration's first tick".into())?;
-    let quoted = quote_ident(&schema);
-    let mut tx = old_side
-        .begin()
-        .await
-        .context(|| "opening the reverse install on the old server".into())?;
-    sqlx::query(&format!(
-        "SET LOCAL lock_timeout = '{}ms'",
-        ARM_LOCK_TIMEOUT.as_millis()
-    ))
-    .execute(&mut *tx)
-    .await
-    .context(|| "setting lock_timeout".into())?;
-    pg::run_script(&mut tx, &TARGET_INSTALL_SQL.replace("@schema@", &quoted))
-        .await
-        .context(|| "installing the reverse migration's bookkeeping on the old server".into())?;
-    for t in &reverse.tables {
-        sqlx::query(&format!(
-            "INSERT INTO {quoted}.table_state (table_no, table_name, state, copy_finished_at) VALUES ($1, $2, 'synced', clock_timestamp())"
-        ))
-        .bind(t.no)
-        .bind(t.display_name())
-        .execute(&mut *tx)
-        .await
-        .context(|| "recording the reverse migration's table states".into())?;
-    }
-    sqlx::query(&format!(
-        "INSERT INTO {quoted}.applied (tick_id, tick_snapshot, tick_time, tick_event_seq) VALUES ($1, $2, $3, $4)"
-    ))
-    .bind(tick_id)
-    .bind(snapshot)
-    .bind(tick_time)
-    .bind(event_seq)
-    .execute(&mut *tx)
-    .await
-    .context(|| "recording the reverse migration's first tick".into())?;
-    tx.commit()
-        .await
-        .context(|| "committing the reverse install on the old server".into())
+    let first = ticker::first_tick(new_side, &schema).await?;
+    target::install_synced(old_side, reverse, &first, ARM_LOCK_TIMEOUT).await
 }
 
 /// Undoes a half-armed reverse migration (the cutover failed after arming it).
@@ -80,7 +33,7 @@ pub async fn disarm(
 ) -> EngineResult<()> {
     let schema = reverse.schema_name();
     source::uninstall(new_side, &schema, None).await?;
-    crate::engine::target::uninstall(old_side, &schema).await
+    target::uninstall(old_side, &schema).await
 }
 
 /// Removes a cut-over migration's capture and freeze from its old source, once a cutover in the

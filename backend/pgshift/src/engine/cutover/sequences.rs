@@ -1,6 +1,7 @@
-//! Sequences do not move with rows: at cutover every sequence the migrated tables use (owned by
-//! a column, identity, or named in a column default) and every sequence in the migrated schemas
-//! is set on the target to at least the source's value. Before that, the drift is shown.
+//! Engine layer (cutover): sequences do not move with rows: at cutover every sequence the migrated
+//! tables use (owned by a column, identity, or named in a column default) and every sequence in the
+//! migrated schemas is set on the target to at least the source's value. Before that, the drift is
+//! shown.
 
 use serde::Serialize;
 use sqlx::{PgConnection, Row};

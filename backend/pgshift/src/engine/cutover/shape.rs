@@ -1,8 +1,8 @@
-//! What a migrated table looks like on each side *now*, read from the catalogs when a comparison
-//! runs. The column list stored when the migration was created is not enough: a column added
-//! later on both sides must be compared too, and one added on one side only is a difference in
-//! itself. Columns are matched by name; the key is the migration's key, typed on each side by
-//! that side's own column type.
+//! Engine layer (cutover): what a migrated table looks like on each side *now*, read from the
+//! catalogs when a comparison runs. The column list stored when the migration was created is not
+//! enough: a column added later on both sides must be compared too, and one added on one side only
+//! is a difference in itself. Columns are matched by name; the key is the migration's key, typed on
+//! each side by that side's own column type.
 
 use sqlx::{PgConnection, Row};
 

@@ -1,10 +1,10 @@
-//! Comparing source and target: row counts and order-independent checksums per table and per
-//! primary-key range, over the columns both sides have now ([`TableShape`]), and the pieces the
-//! cutover's incremental check is made of (the rows written since a transaction id, the checksum
-//! of the key set, the rows of given keys). Every statement runs in a comparable session
-//! ([`super::comparable_session`]), so both servers render a value the same way; key values
-//! travel as that text and are typed again by each side's own key column types, so keys compare
-//! as typed values.
+//! Engine layer (cutover): comparing source and target: row counts and order-independent checksums
+//! per table and per primary-key range, over the columns both sides have now ([`TableShape`]), and
+//! the pieces the cutover's incremental check is made of (the rows written since a transaction id,
+//! the checksum of the key set, the rows of given keys). Every statement runs in a comparable
+//! session ([`super::comparable_session`]), so both servers render a value the same way; key values
+//! travel as that text and are typed again by each side's own key column types, so keys compare as
+//! typed values.
 
 use std::collections::HashMap;
 

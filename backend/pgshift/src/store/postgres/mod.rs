@@ -1,5 +1,6 @@
-//! The shared metadata store: PostgreSQL, for several pgshift instances working from one store.
-//! Everything pgshift owns sits in the schema `pgshift_meta` (sqlx's `_sqlx_migrations` too).
+//! Store layer: the shared metadata store: PostgreSQL, for several pgshift instances working from
+//! one store. Everything pgshift owns sits in the schema `pgshift_meta` (sqlx's `_sqlx_migrations`
+//! too).
 
 use std::str::FromStr;
 use std::time::Duration;
@@ -10,12 +11,43 @@ use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
 use sqlx::{ConnectOptions, Connection, Row};
 use uuid::Uuid;
 
-use super::{
-    AuditEntry, AuditFilter, Cluster, DesiredState, Endpoint, MigrationRecord, NewAuditEntry,
-    Operation, OperationState, Store, StoreError, StoreResult, TokenRecord,
+use crate::store::{
+    AuditEntry, AuditFilter, Cluster, DesiredState, MigrationRecord, NewAuditEntry, Operation,
+    Store, StoreError, StoreResult, TokenRecord,
 };
 
-use super::users_sql::postgres as users;
+mod users;
+
+use crate::store::rows::{self as decode, map_unique, Columns};
+
+/// PostgreSQL keeps ids as uuid, times as timestamptz and JSON as jsonb.
+impl Columns for PgRow {
+    fn text(&self, column: &str) -> StoreResult<String> {
+        Ok(self.try_get(column)?)
+    }
+    fn opt_text(&self, column: &str) -> StoreResult<Option<String>> {
+        Ok(self.try_get(column)?)
+    }
+    fn int(&self, column: &str) -> StoreResult<i64> {
+        // bigint columns, or integer ones (the audit status).
+        match self.try_get::<i64, _>(column) {
+            Ok(v) => Ok(v),
+            Err(_) => Ok(i64::from(self.try_get::<i32, _>(column)?)),
+        }
+    }
+    fn uuid(&self, column: &str) -> StoreResult<Uuid> {
+        Ok(self.try_get(column)?)
+    }
+    fn time(&self, column: &str) -> StoreResult<DateTime<Utc>> {
+        Ok(self.try_get(column)?)
+    }
+    fn opt_time(&self, column: &str) -> StoreResult<Option<DateTime<Utc>>> {
+        Ok(self.try_get(column)?)
+    }
+    fn opt_json(&self, column: &str) -> StoreResult<Option<serde_json::Value>> {
+        Ok(self.try_get(column)?)
+    }
+}
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../sql/metadata/postgres");
 
@@ -32,7 +64,7 @@ impl PostgresStore {
     pub async fn open(url: &str) -> StoreResult<Self> {
         Self::connect(url)
             .await
-            .map_err(|e| scrub(e, &super::url_secrets(url)))
+            .map_err(|e| scrub(e, &crate::base::redact::url_secrets(url)))
     }
 
     async fn connect(url: &str) -> StoreResult<Self> {
@@ -90,112 +122,6 @@ fn scrub(err: StoreError, secrets: &[String]) -> StoreError {
     }
 }
 
-fn map_unique(err: sqlx::Error, what: String) -> StoreError {
-    match &err {
-        sqlx::Error::Database(db) if db.is_unique_violation() => StoreError::Duplicate(what),
-        _ => StoreError::Database(err),
-    }
-}
-
-fn cluster_from_row(row: &PgRow) -> StoreResult<Cluster> {
-    Ok(Cluster {
-        id: row.try_get("id")?,
-        name: row.try_get("name")?,
-        dsn: row.try_get("dsn")?,
-        server_version: row.try_get("server_version")?,
-        created_at: row.try_get("created_at")?,
-    })
-}
-
-fn migration_from_row(row: &PgRow) -> StoreResult<MigrationRecord> {
-    let patterns: Option<serde_json::Value> = row.try_get("table_patterns")?;
-    let tables: serde_json::Value = row.try_get("tables")?;
-    let desired: String = row.try_get("desired_state")?;
-    Ok(MigrationRecord {
-        id: row.try_get("id")?,
-        name: row.try_get("name")?,
-        source: Endpoint {
-            cluster_id: row.try_get("source_cluster")?,
-            database: row.try_get("source_database")?,
-        },
-        target: Endpoint {
-            cluster_id: row.try_get("target_cluster")?,
-            database: row.try_get("target_database")?,
-        },
-        table_patterns: patterns
-            .map(serde_json::from_value)
-            .transpose()
-            .map_err(|e| StoreError::Corrupt(format!("table patterns: {e}")))?,
-        tables: serde_json::from_value(tables)
-            .map_err(|e| StoreError::Corrupt(format!("tables: {e}")))?,
-        desired_state: DesiredState::parse(&desired)
-            .ok_or_else(|| StoreError::Corrupt(format!("desired state {desired:?}")))?,
-        last_error: row.try_get("last_error")?,
-        created_at: row.try_get::<DateTime<Utc>, _>("created_at")?,
-        updated_at: row.try_get::<DateTime<Utc>, _>("updated_at")?,
-    })
-}
-
-fn token_from_row(row: &PgRow) -> StoreResult<TokenRecord> {
-    let role: String = row.try_get("role")?;
-    Ok(TokenRecord {
-        id: row.try_get("id")?,
-        subject: row.try_get("subject")?,
-        role: role
-            .parse()
-            .map_err(|_| StoreError::Corrupt(format!("token role {role:?}")))?,
-        created_by: row.try_get("created_by")?,
-        created_at: row.try_get("created_at")?,
-        expires_at: row.try_get("expires_at")?,
-        revoked_at: row.try_get("revoked_at")?,
-    })
-}
-
-fn audit_from_row(row: &PgRow) -> StoreResult<AuditEntry> {
-    let status: i32 = row.try_get("status")?;
-    Ok(AuditEntry {
-        id: row.try_get("id")?,
-        entry: NewAuditEntry {
-            at: row.try_get::<DateTime<Utc>, _>("at")?,
-            actor: row.try_get("actor")?,
-            token_id: row.try_get("token_id")?,
-            role: row.try_get("role")?,
-            action: row.try_get("action")?,
-            method: row.try_get("method")?,
-            route: row.try_get("route")?,
-            object_kind: row.try_get("object_kind")?,
-            object_name: row.try_get("object_name")?,
-            client_ip: row.try_get("client_ip")?,
-            status: u16::try_from(status)
-                .map_err(|_| StoreError::Corrupt(format!("audit status {status}")))?,
-            error_code: row.try_get("error_code")?,
-        },
-    })
-}
-
-fn operation_from_row(row: &PgRow) -> StoreResult<Operation> {
-    let state: String = row.try_get("state")?;
-    let corrupt =
-        |what: &str, e: serde_json::Error| StoreError::Corrupt(format!("operation {what}: {e}"));
-    let result: Option<serde_json::Value> = row.try_get("result")?;
-    Ok(Operation {
-        id: row.try_get("id")?,
-        migration_id: row.try_get("migration_id")?,
-        migration_name: row.try_get("migration_name")?,
-        kind: row.try_get("kind")?,
-        state: OperationState::parse(&state)
-            .ok_or_else(|| StoreError::Corrupt(format!("operation state {state:?}")))?,
-        requested_by: row.try_get("requested_by")?,
-        request: row.try_get("request")?,
-        steps: serde_json::from_value(row.try_get("steps")?).map_err(|e| corrupt("steps", e))?,
-        result,
-        error: row.try_get("error")?,
-        created_at: row.try_get("created_at")?,
-        updated_at: row.try_get("updated_at")?,
-        finished_at: row.try_get("finished_at")?,
-    })
-}
-
 fn steps_json(op: &Operation) -> serde_json::Value {
     serde_json::to_value(&op.steps).expect("operation steps serialize")
 }
@@ -223,7 +149,7 @@ impl Store for PostgresStore {
         let rows = sqlx::query("SELECT * FROM pgshift_meta.cluster ORDER BY name COLLATE \"C\"")
             .fetch_all(&self.pool)
             .await?;
-        rows.iter().map(cluster_from_row).collect()
+        rows.iter().map(decode::cluster).collect()
     }
 
     async fn cluster_by_name(&self, name: &str) -> StoreResult<Option<Cluster>> {
@@ -231,7 +157,7 @@ impl Store for PostgresStore {
             .bind(name)
             .fetch_optional(&self.pool)
             .await?;
-        row.as_ref().map(cluster_from_row).transpose()
+        row.as_ref().map(decode::cluster).transpose()
     }
 
     async fn cluster_by_id(&self, id: Uuid) -> StoreResult<Option<Cluster>> {
@@ -239,7 +165,7 @@ impl Store for PostgresStore {
             .bind(id)
             .fetch_optional(&self.pool)
             .await?;
-        row.as_ref().map(cluster_from_row).transpose()
+        row.as_ref().map(decode::cluster).transpose()
     }
 
     async fn delete_cluster(&self, id: Uuid) -> StoreResult<()> {
@@ -303,7 +229,7 @@ impl Store for PostgresStore {
         let rows = sqlx::query("SELECT * FROM pgshift_meta.migration ORDER BY name COLLATE \"C\"")
             .fetch_all(&self.pool)
             .await?;
-        rows.iter().map(migration_from_row).collect()
+        rows.iter().map(decode::migration).collect()
     }
 
     async fn migration_by_name(&self, name: &str) -> StoreResult<Option<MigrationRecord>> {
@@ -311,7 +237,7 @@ impl Store for PostgresStore {
             .bind(name)
             .fetch_optional(&self.pool)
             .await?;
-        row.as_ref().map(migration_from_row).transpose()
+        row.as_ref().map(decode::migration).transpose()
     }
 
     async fn set_desired_state(&self, id: Uuid, state: DesiredState) -> StoreResult<()> {
@@ -384,7 +310,7 @@ impl Store for PostgresStore {
         .bind(i64::from(f.limit))
         .fetch_all(&self.pool)
         .await?;
-        rows.iter().map(audit_from_row).collect()
+        rows.iter().map(decode::audit).collect()
     }
 
     async fn insert_token(&self, t: &TokenRecord) -> StoreResult<()> {
@@ -410,7 +336,7 @@ impl Store for PostgresStore {
         let rows = sqlx::query("SELECT * FROM pgshift_meta.token ORDER BY created_at, id")
             .fetch_all(&self.pool)
             .await?;
-        rows.iter().map(token_from_row).collect()
+        rows.iter().map(decode::token).collect()
     }
 
     async fn revoke_token(&self, id: Uuid, at: DateTime<Utc>) -> StoreResult<bool> {
@@ -481,7 +407,7 @@ impl Store for PostgresStore {
             .bind(id)
             .fetch_optional(&self.pool)
             .await?;
-        row.as_ref().map(operation_from_row).transpose()
+        row.as_ref().map(decode::operation).transpose()
     }
 
     async fn list_operations(
@@ -497,7 +423,7 @@ impl Store for PostgresStore {
         .bind(i64::from(limit))
         .fetch_all(&self.pool)
         .await?;
-        rows.iter().map(operation_from_row).collect()
+        rows.iter().map(decode::operation).collect()
     }
 
     async fn running_operations(&self) -> StoreResult<Vec<Operation>> {
@@ -506,22 +432,22 @@ impl Store for PostgresStore {
         )
         .fetch_all(&self.pool)
         .await?;
-        rows.iter().map(operation_from_row).collect()
+        rows.iter().map(decode::operation).collect()
     }
 
     async fn ping(&self) -> StoreResult<()> {
         sqlx::query("SELECT 1").execute(&self.pool).await?;
         Ok(())
     }
-    async fn insert_user(&self, user: &super::User) -> StoreResult<()> {
+    async fn insert_user(&self, user: &crate::store::User) -> StoreResult<()> {
         users::insert_user(&self.pool, user).await
     }
 
-    async fn user_by_name(&self, name: &str) -> StoreResult<Option<super::User>> {
+    async fn user_by_name(&self, name: &str) -> StoreResult<Option<crate::store::User>> {
         users::user_by_name(&self.pool, name).await
     }
 
-    async fn user_by_id(&self, id: Uuid) -> StoreResult<Option<super::User>> {
+    async fn user_by_id(&self, id: Uuid) -> StoreResult<Option<crate::store::User>> {
         users::user_by_id(&self.pool, id).await
     }
 
@@ -529,11 +455,11 @@ impl Store for PostgresStore {
         users::count_users(&self.pool).await
     }
 
-    async fn list_users(&self) -> StoreResult<Vec<super::User>> {
+    async fn list_users(&self) -> StoreResult<Vec<crate::store::User>> {
         users::list_users(&self.pool).await
     }
 
-    async fn update_user(&self, user: &super::User) -> StoreResult<bool> {
+    async fn update_user(&self, user: &crate::store::User) -> StoreResult<bool> {
         users::update_user(&self.pool, user).await
     }
 
@@ -541,11 +467,14 @@ impl Store for PostgresStore {
         users::delete_user(&self.pool, id).await
     }
 
-    async fn insert_session(&self, session: &super::UserSession) -> StoreResult<()> {
+    async fn insert_session(&self, session: &crate::store::UserSession) -> StoreResult<()> {
         users::insert_session(&self.pool, session).await
     }
 
-    async fn session_by_hash(&self, token_hash: &str) -> StoreResult<Option<super::UserSession>> {
+    async fn session_by_hash(
+        &self,
+        token_hash: &str,
+    ) -> StoreResult<Option<crate::store::UserSession>> {
         users::session_by_hash(&self.pool, token_hash).await
     }
 

@@ -1,4 +1,4 @@
-//! The embedded metadata store: one SQLite file in the data directory.
+//! Store layer: the embedded metadata store: one SQLite file in the data directory.
 
 use std::path::Path;
 use std::str::FromStr;
@@ -11,12 +11,43 @@ use sqlx::sqlite::{
 use sqlx::Row;
 use uuid::Uuid;
 
-use super::{
-    AuditEntry, AuditFilter, Cluster, DesiredState, Endpoint, MigrationRecord, NewAuditEntry,
-    Operation, OperationState, Store, StoreError, StoreResult, TokenRecord,
+use crate::store::{
+    AuditEntry, AuditFilter, Cluster, DesiredState, MigrationRecord, NewAuditEntry, Operation,
+    Store, StoreError, StoreResult, TokenRecord,
 };
 
-use super::users_sql::sqlite as users;
+mod users;
+
+use crate::store::rows::{self as decode, map_unique, Columns};
+
+/// SQLite keeps ids, times (RFC 3339, microseconds) and JSON as text.
+impl Columns for SqliteRow {
+    fn text(&self, column: &str) -> StoreResult<String> {
+        Ok(self.try_get(column)?)
+    }
+    fn opt_text(&self, column: &str) -> StoreResult<Option<String>> {
+        Ok(self.try_get(column)?)
+    }
+    fn int(&self, column: &str) -> StoreResult<i64> {
+        Ok(self.try_get(column)?)
+    }
+    fn uuid(&self, column: &str) -> StoreResult<Uuid> {
+        parse_uuid(self.try_get(column)?)
+    }
+    fn time(&self, column: &str) -> StoreResult<DateTime<Utc>> {
+        parse_time(self.try_get(column)?)
+    }
+    fn opt_time(&self, column: &str) -> StoreResult<Option<DateTime<Utc>>> {
+        let text: Option<String> = self.try_get(column)?;
+        text.as_deref().map(parse_time).transpose()
+    }
+    fn opt_json(&self, column: &str) -> StoreResult<Option<serde_json::Value>> {
+        let text: Option<String> = self.try_get(column)?;
+        text.map(|t| serde_json::from_str(&t))
+            .transpose()
+            .map_err(|e| StoreError::Corrupt(format!("{column}: {e}")))
+    }
+}
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../sql/metadata/sqlite");
 
@@ -45,13 +76,6 @@ impl SqliteStore {
     }
 }
 
-fn map_unique(err: sqlx::Error, what: String) -> StoreError {
-    match &err {
-        sqlx::Error::Database(db) if db.is_unique_violation() => StoreError::Duplicate(what),
-        _ => StoreError::Database(err),
-    }
-}
-
 fn parse_uuid(s: &str) -> StoreResult<Uuid> {
     Uuid::parse_str(s).map_err(|e| StoreError::Corrupt(format!("id {s:?}: {e}")))
 }
@@ -62,115 +86,12 @@ fn parse_time(s: &str) -> StoreResult<DateTime<Utc>> {
         .map_err(|e| StoreError::Corrupt(format!("timestamp {s:?}: {e}")))
 }
 
-fn cluster_from_row(row: &SqliteRow) -> StoreResult<Cluster> {
-    Ok(Cluster {
-        id: parse_uuid(row.try_get("id")?)?,
-        name: row.try_get("name")?,
-        dsn: row.try_get("dsn")?,
-        server_version: row.try_get("server_version")?,
-        created_at: parse_time(row.try_get("created_at")?)?,
-    })
-}
-
-fn migration_from_row(row: &SqliteRow) -> StoreResult<MigrationRecord> {
-    let patterns: Option<String> = row.try_get("table_patterns")?;
-    let tables: String = row.try_get("tables")?;
-    let desired: String = row.try_get("desired_state")?;
-    Ok(MigrationRecord {
-        id: parse_uuid(row.try_get("id")?)?,
-        name: row.try_get("name")?,
-        source: Endpoint {
-            cluster_id: parse_uuid(row.try_get("source_cluster")?)?,
-            database: row.try_get("source_database")?,
-        },
-        target: Endpoint {
-            cluster_id: parse_uuid(row.try_get("target_cluster")?)?,
-            database: row.try_get("target_database")?,
-        },
-        table_patterns: patterns
-            .map(|p| serde_json::from_str(&p))
-            .transpose()
-            .map_err(|e| StoreError::Corrupt(format!("table patterns: {e}")))?,
-        tables: serde_json::from_str(&tables)
-            .map_err(|e| StoreError::Corrupt(format!("tables: {e}")))?,
-        desired_state: DesiredState::parse(&desired)
-            .ok_or_else(|| StoreError::Corrupt(format!("desired state {desired:?}")))?,
-        last_error: row.try_get("last_error")?,
-        created_at: parse_time(row.try_get("created_at")?)?,
-        updated_at: parse_time(row.try_get("updated_at")?)?,
-    })
-}
-
-fn audit_from_row(row: &SqliteRow) -> StoreResult<AuditEntry> {
-    let status: i64 = row.try_get("status")?;
-    Ok(AuditEntry {
-        id: row.try_get("id")?,
-        entry: NewAuditEntry {
-            at: parse_time(row.try_get("at")?)?,
-            actor: row.try_get("actor")?,
-            token_id: row.try_get("token_id")?,
-            role: row.try_get("role")?,
-            action: row.try_get("action")?,
-            method: row.try_get("method")?,
-            route: row.try_get("route")?,
-            object_kind: row.try_get("object_kind")?,
-            object_name: row.try_get("object_name")?,
-            client_ip: row.try_get("client_ip")?,
-            status: u16::try_from(status)
-                .map_err(|_| StoreError::Corrupt(format!("audit status {status}")))?,
-            error_code: row.try_get("error_code")?,
-        },
-    })
-}
-
-fn token_from_row(row: &SqliteRow) -> StoreResult<TokenRecord> {
-    let role: String = row.try_get("role")?;
-    let revoked: Option<String> = row.try_get("revoked_at")?;
-    Ok(TokenRecord {
-        id: parse_uuid(row.try_get("id")?)?,
-        subject: row.try_get("subject")?,
-        role: role
-            .parse()
-            .map_err(|_| StoreError::Corrupt(format!("token role {role:?}")))?,
-        created_by: row.try_get("created_by")?,
-        created_at: parse_time(row.try_get("created_at")?)?,
-        expires_at: parse_time(row.try_get("expires_at")?)?,
-        revoked_at: revoked.as_deref().map(parse_time).transpose()?,
-    })
-}
-
 fn micros(t: &DateTime<Utc>) -> String {
     t.to_rfc3339_opts(SecondsFormat::Micros, true)
 }
 
 fn json_text(v: &impl serde::Serialize) -> String {
     serde_json::to_string(v).expect("operation JSON serializes")
-}
-
-fn json_column<T: serde::de::DeserializeOwned>(what: &str, s: &str) -> StoreResult<T> {
-    serde_json::from_str(s).map_err(|e| StoreError::Corrupt(format!("operation {what}: {e}")))
-}
-
-fn operation_from_row(row: &SqliteRow) -> StoreResult<Operation> {
-    let state: String = row.try_get("state")?;
-    let result: Option<String> = row.try_get("result")?;
-    let finished: Option<String> = row.try_get("finished_at")?;
-    Ok(Operation {
-        id: parse_uuid(row.try_get("id")?)?,
-        migration_id: parse_uuid(row.try_get("migration_id")?)?,
-        migration_name: row.try_get("migration_name")?,
-        kind: row.try_get("kind")?,
-        state: OperationState::parse(&state)
-            .ok_or_else(|| StoreError::Corrupt(format!("operation state {state:?}")))?,
-        requested_by: row.try_get("requested_by")?,
-        request: json_column("request", row.try_get("request")?)?,
-        steps: json_column("steps", row.try_get("steps")?)?,
-        result: result.map(|r| json_column("result", &r)).transpose()?,
-        error: row.try_get("error")?,
-        created_at: parse_time(row.try_get("created_at")?)?,
-        updated_at: parse_time(row.try_get("updated_at")?)?,
-        finished_at: finished.map(|f| parse_time(&f)).transpose()?,
-    })
 }
 
 fn now() -> String {
@@ -196,7 +117,7 @@ impl Store for SqliteStore {
         let rows = sqlx::query("SELECT * FROM cluster ORDER BY name")
             .fetch_all(&self.pool)
             .await?;
-        rows.iter().map(cluster_from_row).collect()
+        rows.iter().map(decode::cluster).collect()
     }
 
     async fn cluster_by_name(&self, name: &str) -> StoreResult<Option<Cluster>> {
@@ -204,7 +125,7 @@ impl Store for SqliteStore {
             .bind(name)
             .fetch_optional(&self.pool)
             .await?;
-        row.as_ref().map(cluster_from_row).transpose()
+        row.as_ref().map(decode::cluster).transpose()
     }
 
     async fn cluster_by_id(&self, id: Uuid) -> StoreResult<Option<Cluster>> {
@@ -212,7 +133,7 @@ impl Store for SqliteStore {
             .bind(id.to_string())
             .fetch_optional(&self.pool)
             .await?;
-        row.as_ref().map(cluster_from_row).transpose()
+        row.as_ref().map(decode::cluster).transpose()
     }
 
     async fn delete_cluster(&self, id: Uuid) -> StoreResult<()> {
@@ -267,7 +188,7 @@ impl Store for SqliteStore {
         let rows = sqlx::query("SELECT * FROM migration ORDER BY name")
             .fetch_all(&self.pool)
             .await?;
-        rows.iter().map(migration_from_row).collect()
+        rows.iter().map(decode::migration).collect()
     }
 
     async fn migration_by_name(&self, name: &str) -> StoreResult<Option<MigrationRecord>> {
@@ -275,7 +196,7 @@ impl Store for SqliteStore {
             .bind(name)
             .fetch_optional(&self.pool)
             .await?;
-        row.as_ref().map(migration_from_row).transpose()
+        row.as_ref().map(decode::migration).transpose()
     }
 
     async fn set_desired_state(&self, id: Uuid, state: DesiredState) -> StoreResult<()> {
@@ -344,7 +265,7 @@ impl Store for SqliteStore {
         .bind(i64::from(f.limit))
         .fetch_all(&self.pool)
         .await?;
-        rows.iter().map(audit_from_row).collect()
+        rows.iter().map(decode::audit).collect()
     }
 
     async fn insert_token(&self, t: &TokenRecord) -> StoreResult<()> {
@@ -369,7 +290,7 @@ impl Store for SqliteStore {
         let rows = sqlx::query("SELECT * FROM token ORDER BY created_at, id")
             .fetch_all(&self.pool)
             .await?;
-        rows.iter().map(token_from_row).collect()
+        rows.iter().map(decode::token).collect()
     }
 
     async fn revoke_token(&self, id: Uuid, at: DateTime<Utc>) -> StoreResult<bool> {
@@ -438,7 +359,7 @@ impl Store for SqliteStore {
             .bind(id.to_string())
             .fetch_optional(&self.pool)
             .await?;
-        row.as_ref().map(operation_from_row).transpose()
+        row.as_ref().map(decode::operation).transpose()
     }
 
     async fn list_operations(
@@ -453,7 +374,7 @@ impl Store for SqliteStore {
         .bind(i64::from(limit))
         .fetch_all(&self.pool)
         .await?;
-        rows.iter().map(operation_from_row).collect()
+        rows.iter().map(decode::operation).collect()
     }
 
     async fn running_operations(&self) -> StoreResult<Vec<Operation>> {
@@ -461,22 +382,22 @@ impl Store for SqliteStore {
             sqlx::query("SELECT * FROM operation WHERE state = 'running' ORDER BY created_at")
                 .fetch_all(&self.pool)
                 .await?;
-        rows.iter().map(operation_from_row).collect()
+        rows.iter().map(decode::operation).collect()
     }
 
     async fn ping(&self) -> StoreResult<()> {
         sqlx::query("SELECT 1").execute(&self.pool).await?;
         Ok(())
     }
-    async fn insert_user(&self, user: &super::User) -> StoreResult<()> {
+    async fn insert_user(&self, user: &crate::store::User) -> StoreResult<()> {
         users::insert_user(&self.pool, user).await
     }
 
-    async fn user_by_name(&self, name: &str) -> StoreResult<Option<super::User>> {
+    async fn user_by_name(&self, name: &str) -> StoreResult<Option<crate::store::User>> {
         users::user_by(&self.pool, "name", name).await
     }
 
-    async fn user_by_id(&self, id: Uuid) -> StoreResult<Option<super::User>> {
+    async fn user_by_id(&self, id: Uuid) -> StoreResult<Option<crate::store::User>> {
         users::user_by(&self.pool, "id", &id.to_string()).await
     }
 
@@ -484,11 +405,11 @@ impl Store for SqliteStore {
         users::count_users(&self.pool).await
     }
 
-    async fn list_users(&self) -> StoreResult<Vec<super::User>> {
+    async fn list_users(&self) -> StoreResult<Vec<crate::store::User>> {
         users::list_users(&self.pool).await
     }
 
-    async fn update_user(&self, user: &super::User) -> StoreResult<bool> {
+    async fn update_user(&self, user: &crate::store::User) -> StoreResult<bool> {
         users::update_user(&self.pool, user).await
     }
 
@@ -496,11 +417,14 @@ impl Store for SqliteStore {
         users::delete_user(&self.pool, id).await
     }
 
-    async fn insert_session(&self, session: &super::UserSession) -> StoreResult<()> {
+    async fn insert_session(&self, session: &crate::store::UserSession) -> StoreResult<()> {
         users::insert_session(&self.pool, session).await
     }
 
-    async fn session_by_hash(&self, token_hash: &str) -> StoreResult<Option<super::UserSession>> {
+    async fn session_by_hash(
+        &self,
+        token_hash: &str,
+    ) -> StoreResult<Option<crate::store::UserSession>> {
         users::session_by_hash(&self.pool, token_hash).await
     }
 
@@ -510,5 +434,71 @@ impl Store for SqliteStore {
 
     async fn delete_expired_sessions(&self, now: DateTime<Utc>) -> StoreResult<u64> {
         users::delete_expired(&self.pool, now).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Users and sessions stored in Unix seconds, before the metadata migration that made their
+    /// times text like every other table's, read back as the same times, and expiry still works.
+    #[tokio::test]
+    async fn users_and_sessions_in_unix_seconds_are_converted() {
+        let root = std::env::temp_dir().join(format!("pgshift-usertimes-{}", Uuid::new_v4()));
+        let (data, old) = (root.join("data"), root.join("migrations"));
+        std::fs::create_dir_all(&data).unwrap();
+        std::fs::create_dir_all(&old).unwrap();
+        let all = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../sql/metadata/sqlite");
+        for entry in std::fs::read_dir(&all).unwrap() {
+            let entry = entry.unwrap();
+            if entry.file_name().to_string_lossy().as_ref() < "0006" {
+                std::fs::copy(entry.path(), old.join(entry.file_name())).unwrap();
+            }
+        }
+        let options = SqliteConnectOptions::from_str("sqlite:")
+            .unwrap()
+            .filename(data.join("pgshift.db"))
+            .create_if_missing(true)
+            .foreign_keys(true);
+        let pool = SqlitePool::connect_with(options).await.unwrap();
+        sqlx::migrate::Migrator::new(old.as_path())
+            .await
+            .unwrap()
+            .run(&pool)
+            .await
+            .unwrap();
+        let id = Uuid::new_v4();
+        sqlx::query("INSERT INTO app_user VALUES (?, 'ann', 'hash', 'viewer', 1700000000)")
+            .bind(id.to_string())
+            .execute(&pool)
+            .await
+            .unwrap();
+        for (hash, expires) in [("live", 4102444800_i64), ("gone", 1700000100)] {
+            sqlx::query("INSERT INTO user_session VALUES (?, ?, 'csrf', 1700000000, ?)")
+                .bind(hash)
+                .bind(id.to_string())
+                .bind(expires)
+                .execute(&pool)
+                .await
+                .unwrap();
+        }
+        pool.close().await;
+
+        let store = SqliteStore::open(&data).await.unwrap();
+        let user = store.user_by_name("ann").await.unwrap().unwrap();
+        assert_eq!(user.created_at.timestamp(), 1700000000);
+        let live = store.session_by_hash("live").await.unwrap().unwrap();
+        assert_eq!(live.user_id, id);
+        assert_eq!(live.expires_at.timestamp(), 4102444800);
+        assert_eq!(store.delete_expired_sessions(Utc::now()).await.unwrap(), 1);
+        assert!(store.session_by_hash("gone").await.unwrap().is_none());
+        // The sessions still belong to their user: removing one removes the other.
+        sqlx::query("DELETE FROM app_user")
+            .execute(&store.pool)
+            .await
+            .unwrap();
+        assert!(store.session_by_hash("live").await.unwrap().is_none());
+        std::fs::remove_dir_all(root).unwrap();
     }
 }

@@ -1,16 +1,15 @@
-//! The cutover's verification: by default the content of every table, over every column it has
-//! on each side now, compared range by range before the freeze and, inside the freeze, only what
-//! changed since (see `engine::cutover::content`); with `checksums: false` the row counts only.
+//! Engine layer: the cutover's verification: by default the content of every table, over every
+//! column it has on each side now, compared range by range before the freeze and, inside the
+//! freeze, only what changed since (see `content`); with `checksums: false` the row counts only.
 
 use std::collections::HashMap;
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use crate::engine::cutover::content::{self, Baseline, FreezeVerdict, RangeVerdict};
-use crate::engine::cutover::{comparable_session, compare};
-use crate::engine::{pg, EngineError, EngineResult};
-use crate::service::App;
+use super::content::{self, Baseline, FreezeVerdict, RangeVerdict};
+use super::{comparable_session, compare};
+use crate::engine::{pg, EngineError, EngineResult, Supervisor};
 use crate::store::{MigrationRecord, TableSpec};
 
 /// Rows per key range of the range pass.
@@ -28,11 +27,11 @@ pub(super) struct Verifier {
 
 impl Verifier {
     pub(super) async fn connect(
-        app: &App,
+        supervisor: &Supervisor,
         record: &MigrationRecord,
         drain_timeout: Duration,
     ) -> EngineResult<Self> {
-        let (source, target) = app.supervisor.endpoints(record).await?;
+        let (source, target) = supervisor.endpoints(record).await?;
         let mut conns = compare::Connections::open(&source, &target).await?;
         // No comparison waits longer than the cutover's own timeout for a lock (a table held
         // exclusively on either side), before the freeze or inside it.

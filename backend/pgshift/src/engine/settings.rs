@@ -1,0 +1,36 @@
+//! Engine layer: the engine's tunables, read by the supervisor (which hands them to each run)
+//! and by the run's ticker, worker and copy. Their own file so that the runner and the
+//! supervisor need not import each other for them.
+
+use std::time::Duration;
+
+use super::ticker::TickerSettings;
+
+/// Tunables of the engine; the defaults suit most migrations.
+#[derive(Debug, Clone)]
+pub struct EngineSettings {
+    pub ticker: TickerSettings,
+    /// Rows per initial-copy chunk (one target transaction each).
+    pub copy_chunk_rows: i64,
+    /// Tables copied at once.
+    pub copy_parallelism: usize,
+    /// Events read from the source per round trip while applying a batch.
+    pub fetch_events: usize,
+    /// A worker that fell behind merges ticks into one batch up to this many events.
+    pub batch_max_events: i64,
+    /// Longest wait between retries of a failing migration.
+    pub max_backoff: Duration,
+}
+
+impl Default for EngineSettings {
+    fn default() -> Self {
+        Self {
+            ticker: TickerSettings::default(),
+            copy_chunk_rows: 200_000,
+            copy_parallelism: 2,
+            fetch_events: 5_000,
+            batch_max_events: 100_000,
+            max_backoff: Duration::from_secs(30),
+        }
+    }
+}
