@@ -358,7 +358,8 @@ mod tests {
                 "copy_parallelism",
                 "data_dir",
                 "listen",
-                "metadata"
+                "metadata",
+                "webhook_allowed_networks"
             ]
         );
     }
