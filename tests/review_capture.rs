@@ -9,32 +9,7 @@
 use pgshift_tests::case::{Case, DRAIN};
 use pgshift_tests::migrate::capture_schema;
 use pgshift_tests::server::TestServer;
-use pgshift_tests::{init_tracing, quote_ident, wait_for, PgCluster, PgPool};
-
-async fn count(pool: &PgPool, sql: &str) -> i64 {
-    sqlx::query_scalar(sql).fetch_one(pool).await.unwrap()
-}
-
-/// Waits until pgshift's source watch has recorded `relation`'s partitions as `names` (it looks
-/// once per idle interval), so that what it sent is in the event stream before a drain.
-async fn wait_partitions(case: &Case, names: &[&str]) {
-    let schema = quote_ident(&capture_schema(&case.src).await);
-    let mut want: Vec<String> = names.iter().map(|n| n.to_string()).collect();
-    want.sort();
-    wait_for("the source watch to follow the partitions", DRAIN, || {
-        let (want, schema) = (want.clone(), schema.clone());
-        async move {
-            let now: Vec<String> = sqlx::query_scalar(&format!(
-                "SELECT name FROM {schema}.partition ORDER BY name"
-            ))
-            .fetch_all(&case.src)
-            .await
-            .unwrap();
-            (now == want).then_some(())
-        }
-    })
-    .await;
-}
+use pgshift_tests::{init_tracing, quote_ident, wait_for, PgCluster};
 
 // ---------------------------------------------------------------------------------------------
 // A change nested inside a statement whose own captures are still queued
@@ -322,7 +297,8 @@ async fn a_truncate_of_a_partition_created_moments_before() {
         &[],
     )
     .await;
-    wait_partitions(&case, &["public.reading_2025", "public.reading_2026"]).await;
+    case.wait_partitions(&["public.reading_2025", "public.reading_2026"])
+        .await;
     case.drain_and_compare(&[("reading", "id, at")]).await;
 }
 
@@ -350,7 +326,8 @@ async fn rows_of_an_attached_partition_reach_the_target() {
         "ALTER TABLE reading ATTACH PARTITION staging FOR VALUES FROM ('2026-01-01') TO ('2027-01-01');";
     case.target.psql("app", attach).await;
     case.source.psql("app", attach).await;
-    wait_partitions(&case, &["public.reading_2025", "public.staging"]).await;
+    case.wait_partitions(&["public.reading_2025", "public.staging"])
+        .await;
     case.drain_and_compare(&[("reading", "id, at")]).await;
     // Rows written to it since arrive as any other.
     case.write_and_compare(
@@ -382,9 +359,12 @@ async fn rows_of_a_detached_or_dropped_partition_leave_the_target() {
              DROP TABLE reading_2026;",
         )
         .await;
-    wait_partitions(&case, &["public.reading_rest"]).await;
+    case.wait_partitions(&["public.reading_rest"]).await;
     case.drain_and_compare(&[("reading", "id, at")]).await;
-    assert_eq!(count(&case.dst, "SELECT count(*) FROM reading").await, 2);
+    assert_eq!(
+        Case::count(&case.dst, "SELECT count(*) FROM reading").await,
+        2
+    );
 }
 
 /// After DETACH (on both sides), the detached table is no longer part of the migration, but it
@@ -403,7 +383,7 @@ async fn truncating_a_detached_partition_leaves_the_target_alone() {
     let detach = "ALTER TABLE reading DETACH PARTITION reading_2025;";
     case.source.psql("app", detach).await;
     case.target.psql("app", detach).await;
-    let archived = count(&case.dst, "SELECT count(*) FROM reading_2025").await;
+    let archived = Case::count(&case.dst, "SELECT count(*) FROM reading_2025").await;
     assert!(archived > 0);
     // The source frees the space of its own copy.
     case.write_and_compare(
@@ -412,7 +392,7 @@ async fn truncating_a_detached_partition_leaves_the_target_alone() {
     )
     .await;
     assert_eq!(
-        count(&case.dst, "SELECT count(*) FROM reading_2025").await,
+        Case::count(&case.dst, "SELECT count(*) FROM reading_2025").await,
         archived,
         "the target's detached (unreplicated) table was emptied"
     );
@@ -451,10 +431,14 @@ async fn truncating_a_partitioned_table_into_a_differently_partitioned_target() 
         &[],
     )
     .await;
-    wait_partitions(&case, &["public.reading_2025", "public.reading_2026"]).await;
+    case.wait_partitions(&["public.reading_2025", "public.reading_2026"])
+        .await;
     case.write_and_compare("TRUNCATE reading_2026;", &[("reading", "id, at")])
         .await;
-    assert_eq!(count(&case.dst, "SELECT count(*) FROM reading").await, 1);
+    assert_eq!(
+        Case::count(&case.dst, "SELECT count(*) FROM reading").await,
+        1
+    );
 }
 
 /// `ALTER TABLE … ALTER COLUMN … DROP EXPRESSION` done on both sides (the way column changes are
@@ -648,7 +632,7 @@ async fn changes_during_the_copy_use_typed_tombstones() {
     let paused = case.begin_with_copy_paused(&tables).await;
     // Two copies are between their first and second chunk.
     let schema_name = capture_schema(&case.src).await;
-    let mid_copy = count(
+    let mid_copy = Case::count(
         &case.dst,
         &format!(
             "SELECT count(*) FROM {}.table_state WHERE state = 'copying' AND copy_position IS NOT NULL",

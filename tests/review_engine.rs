@@ -12,32 +12,7 @@ use std::time::Duration;
 
 use pgshift_tests::case::{Case, DRAIN};
 use pgshift_tests::migrate::capture_schema;
-use pgshift_tests::{quote_ident, wait_for, PgPool};
-
-async fn count(pool: &PgPool, sql: &str) -> i64 {
-    sqlx::query_scalar(sql).fetch_one(pool).await.unwrap()
-}
-
-/// Waits until pgshift's source watch has recorded the partitions as `names` (it looks once per
-/// idle interval), so that what it sent is in the event stream before a drain.
-async fn wait_partitions(case: &Case, names: &[&str]) {
-    let schema = quote_ident(&capture_schema(&case.src).await);
-    let mut want: Vec<String> = names.iter().map(|n| n.to_string()).collect();
-    want.sort();
-    wait_for("the source watch to follow the partitions", DRAIN, || {
-        let (want, schema) = (want.clone(), schema.clone());
-        async move {
-            let now: Vec<String> = sqlx::query_scalar(&format!(
-                "SELECT name FROM {schema}.partition ORDER BY name"
-            ))
-            .fetch_all(&case.src)
-            .await
-            .unwrap();
-            (now == want).then_some(())
-        }
-    })
-    .await;
-}
+use pgshift_tests::{quote_ident, wait_for};
 
 /// Gives the source watch (idle interval 500 ms in the tests) several looks.
 async fn let_the_watch_look() {
@@ -254,7 +229,7 @@ async fn a_partition_attached_again_with_a_wider_bound() {
     case.drain_and_compare(&[("reading", "id, at")]).await;
     // Later the partition is dropped: the target must lose all of it, not only the old range.
     case.source.psql("app", "DROP TABLE reading_h1;").await;
-    wait_partitions(&case, &[]).await;
+    case.wait_partitions(&[]).await;
     case.drain_and_compare(&[("reading", "id, at")]).await;
 }
 
@@ -274,7 +249,10 @@ async fn a_partition_with_a_backslash_in_its_bound_truncated_by_a_legacy_session
          INSERT INTO file SELECT g, 'd:', g FROM generate_series(1, 5) g;",
     )
     .await;
-    assert_eq!(count(&case.dst, "SELECT count(*) FROM file_tmp").await, 20);
+    assert_eq!(
+        Case::count(&case.dst, "SELECT count(*) FROM file_tmp").await,
+        20
+    );
     case.write_and_compare(
         "SET standard_conforming_strings = off; SET escape_string_warning = off;
          TRUNCATE file_tmp;",
@@ -314,14 +292,17 @@ async fn a_hash_partition_truncated_into_a_resharded_target() {
     // Not replayable here (a hash bound names the source's table; the same-named target
     // partition has another bound): pgshift stops naming the partition instead of emptying the
     // wrong rows, and the target keeps what it had.
-    let before = count(&case.dst, "SELECT count(*) FROM h").await;
+    let before = Case::count(&case.dst, "SELECT count(*) FROM h").await;
     case.source.psql("app", "TRUNCATE h_p1;").await;
     wait_for("the migration to stop on the truncate", DRAIN, || async {
         let m = case.server.migration("m").await;
         (m["state"] == "error" && m["error"].as_str().unwrap_or("").contains("h_p1")).then_some(())
     })
     .await;
-    assert_eq!(count(&case.dst, "SELECT count(*) FROM h").await, before);
+    assert_eq!(
+        Case::count(&case.dst, "SELECT count(*) FROM h").await,
+        before
+    );
 }
 
 /// A target table whose text column has another collation than the source's (the source's
@@ -419,7 +400,8 @@ async fn writers_of_new_partitions_do_not_deadlock_on_pgshift_notes() {
     t1.commit().await.unwrap();
     t2.commit().await.unwrap();
     busy.commit().await.unwrap();
-    wait_partitions(&case, &["public.ev_1", "public.ev_2", "public.ev_3"]).await;
+    case.wait_partitions(&["public.ev_1", "public.ev_2", "public.ev_3"])
+        .await;
     case.drain_and_compare(&[("ev", "id, day")]).await;
 }
 
@@ -483,7 +465,8 @@ async fn partitions_joining_and_leaving_during_the_copy() {
             ),
         )
         .await;
-    wait_partitions(&case, &["public.reading_2025", "public.staging"]).await;
+    case.wait_partitions(&["public.reading_2025", "public.staging"])
+        .await;
     case.resume(paused).await;
     case.drain_and_compare(&[("reading", "id, at")]).await;
 }
@@ -567,7 +550,7 @@ async fn a_forged_bound_cannot_run_code_on_the_target() {
         },
     )
     .await;
-    assert_eq!(count(&case.dst, "SELECT count(*) FROM item").await, 5);
+    assert_eq!(Case::count(&case.dst, "SELECT count(*) FROM item").await, 5);
     let called: bool = sqlx::query_scalar("SELECT is_called FROM probe")
         .fetch_one(&case.dst)
         .await
@@ -575,7 +558,7 @@ async fn a_forged_bound_cannot_run_code_on_the_target() {
     assert!(
         !called,
         "the forged bound ran nextval() on the target; item now holds {} row(s)",
-        count(&case.dst, "SELECT count(*) FROM item").await
+        Case::count(&case.dst, "SELECT count(*) FROM item").await
     );
 }
 
@@ -634,18 +617,15 @@ async fn partitions_joining_and_leaving_in_odd_shapes() {
              COMMIT;",
         )
         .await;
-    wait_partitions(
-        &case,
-        &[
-            "public.ev_eu",
-            "public.ev_eu_25",
-            "public.ev_eu_26",
-            "public.ev_null",
-            "public.ev_rest",
-            "public.ev_us",
-            "public.ev_us_25",
-        ],
-    )
+    case.wait_partitions(&[
+        "public.ev_eu",
+        "public.ev_eu_25",
+        "public.ev_eu_26",
+        "public.ev_null",
+        "public.ev_rest",
+        "public.ev_us",
+        "public.ev_us_25",
+    ])
     .await;
     case.drain_and_compare(&tables).await;
     // A leaf truncated from a far-off time zone (the bound's literals print in it), then a
@@ -694,16 +674,13 @@ async fn partitions_joining_and_leaving_in_odd_shapes() {
     case.source
         .psql("app", "ALTER TABLE ev DETACH PARTITION ev_us CONCURRENTLY;")
         .await;
-    wait_partitions(
-        &case,
-        &[
-            "public.ev_eu",
-            "public.ev_eu_25",
-            "public.ev_eu_26",
-            "public.ev_jp",
-            "public.ev_null",
-        ],
-    )
+    case.wait_partitions(&[
+        "public.ev_eu",
+        "public.ev_eu_25",
+        "public.ev_eu_26",
+        "public.ev_jp",
+        "public.ev_null",
+    ])
     .await;
     case.drain_and_compare(&tables).await;
 }

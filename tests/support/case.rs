@@ -24,6 +24,32 @@ pub struct Case {
 }
 
 impl Case {
+    /// A number the source or target answers (`count(*)` and the like).
+    pub async fn count(pool: &PgPool, sql: &str) -> i64 {
+        sqlx::query_scalar(sql).fetch_one(pool).await.unwrap()
+    }
+
+    /// Waits until pgshift's source watch has recorded the partitions as `names` (it looks once
+    /// per idle interval), so that what it sent is in the event stream before a drain.
+    pub async fn wait_partitions(&self, names: &[&str]) {
+        let schema = quote_ident(&capture_schema(&self.src).await);
+        let mut want: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+        want.sort();
+        wait_for("the source watch to follow the partitions", DRAIN, || {
+            let (want, schema) = (want.clone(), schema.clone());
+            async move {
+                let now: Vec<String> = sqlx::query_scalar(&format!(
+                    "SELECT name FROM {schema}.partition ORDER BY name"
+                ))
+                .fetch_all(&self.src)
+                .await
+                .unwrap();
+                (now == want).then_some(())
+            }
+        })
+        .await;
+    }
+
     /// The same schema on both sides; waits until every table is synced.
     pub async fn start(schema: &str, seed: &str) -> Self {
         let case = Self::prepare(schema, schema, seed).await;
