@@ -97,7 +97,7 @@ BEGIN
         RETURN NULL;
     END IF;
     PERFORM pg_catalog.set_config('pgshift.@tag@_ended',
-        (pg_catalog.date_part('epoch', pg_catalog.statement_timestamp()) * 1000000)::bigint::text, true);
+        @statement_mark@, true);
     RETURN NULL;
 END
 $f$;

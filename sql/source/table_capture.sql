@@ -81,14 +81,14 @@ BEGIN
             -- Inside a trigger: a nested change itself. Marked here too, for a relation whose
             -- statement trigger the source watch has not added yet.
             PERFORM pg_catalog.set_config('pgshift.@tag@_ended',
-                (pg_catalog.date_part('epoch', pg_catalog.statement_timestamp()) * 1000000)::bigint::text, true);
+                @statement_mark@, true);
             nested := true;
         ELSE
             -- Read first: until a captured statement ends in this transaction there is no mark,
             -- and nothing to compute.
             ended := pg_catalog.current_setting('pgshift.@tag@_ended', true);
             IF ended <> '' THEN
-                nested := ended = (pg_catalog.date_part('epoch', pg_catalog.statement_timestamp()) * 1000000)::bigint::text;
+                nested := ended = @statement_mark@;
             END IF;
         END IF;
 @partition_seen@

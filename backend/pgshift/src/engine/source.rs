@@ -95,6 +95,7 @@ fn table_capture_sql(schema: &str, table: &TableSpec, ops: &[key_ops::ColumnOps]
                 ""
             },
         )
+        .replace("@statement_mark@", STATEMENT_MARK)
         .replace("@settings@", &settings)
         .replace("@old_key@", &row_text("OLD", key()))
         .replace("@new_key@", &row_text("NEW", key()))
@@ -116,6 +117,12 @@ fn table_capture_sql(schema: &str, table: &TableSpec, ops: &[key_ops::ColumnOps]
         .replace("@schema@", &quote_ident(schema))
 }
 
+/// The mark of the client statement a trigger runs in (see statement_bound() in install.sql):
+/// whole microseconds since the epoch, which no session setting changes. One expression for
+/// the statement trigger that writes it and the captures that compare it.
+const STATEMENT_MARK: &str =
+    "(pg_catalog.date_part('epoch', pg_catalog.statement_timestamp()) * 1000000)::bigint::text";
+
 /// For a partitioned table: a row written to a partition the source watch has not followed yet
 /// leaves a note of that partition (once per transaction and partition), so the watch takes its
 /// rows off the target even if the partition is dropped before the watch ever sees it.
@@ -135,6 +142,7 @@ const PARTITION_SEEN: &str = "
 /// setting name as it is.
 fn install_sql(schema: &str) -> String {
     INSTALL_SQL
+        .replace("@statement_mark@", STATEMENT_MARK)
         .replace("@tag@", schema)
         .replace("@schema@", &quote_ident(schema))
 }
