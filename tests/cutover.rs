@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use pgshift_tests::cutover::{
-    assert_same, cutover, freeze_installed, pair, relaxed, start_synced, step, step_names,
+    assert_same, cutover, freeze_installed, gate, pair, relaxed, start_synced, step, step_names,
     try_write, wait_operation, wait_synced, Writers,
 };
 use pgshift_tests::server::{test_settings, TestServer};
@@ -921,15 +921,7 @@ async fn foreign_keys_to_tables_outside_the_migration_are_reported() {
         )
         .await;
     wait_synced(&server, "shop").await;
-    let gate = |op: &Value| {
-        step(op, "preflight")["detail"]["gates"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|g| g["name"] == "foreign_keys")
-            .unwrap_or_else(|| panic!("no foreign_keys gate in {op}"))
-            .clone()
-    };
+    let gate = |op: &Value| gate(op, "foreign_keys");
     let op = cutover(&server, "shop", relaxed(json!({"dry_run": true}))).await;
     let g = gate(&op);
     assert_eq!(g["passed"], true, "{g}");
@@ -1128,15 +1120,7 @@ async fn long_transactions_gate_sees_prepared_transactions_and_partitions() {
         "INSERT INTO reading VALUES (1, '2025-02-02', 1);",
     )
     .await;
-    let gate = |op: &Value| {
-        step(op, "preflight")["detail"]["gates"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|g| g["name"] == "long_transactions")
-            .cloned()
-            .unwrap_or_else(|| panic!("no long_transactions gate in {op}"))
-    };
+    let gate = |op: &Value| gate(op, "long_transactions");
     let body = json!({"dry_run": true, "max_lag_seconds": 1});
 
     case.source
@@ -1181,13 +1165,7 @@ async fn the_freeze_holds_for_replica_role_sessions() {
     .await;
     let op = cutover(&case.server, "m", relaxed(json!({}))).await;
     assert_eq!(op["state"], "succeeded", "{op}");
-    let gate = step(&op, "preflight")["detail"]["gates"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|g| g["name"] == "replica_sessions")
-        .cloned()
-        .unwrap_or_else(|| panic!("no replica_sessions gate in {op}"));
+    let gate = gate(&op, "replica_sessions");
     assert!(
         gate["reason"]
             .as_str()

@@ -6,7 +6,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use pgshift_tests::migrate::{assert_same_rows, capture_schema, wait_drained};
+use pgshift_tests::migrate::{
+    assert_same_rows, capture_schema, wait_drained, wait_partitions_followed,
+};
 use pgshift_tests::server::{test_settings, TestServer};
 use pgshift_tests::workload::{self, SCHEMA, TABLES, TARGET_TRIGGER};
 use pgshift_tests::{init_tracing, wait_for, PgCluster, PgPool};
@@ -113,25 +115,7 @@ async fn randomized_writes_during_copy_and_catch_up_end_identical() {
         w.await.unwrap();
     }
     // The source watch has followed every partition that came or went.
-    wait_for(
-        "the source watch to follow the partitions",
-        DRAIN,
-        || async {
-            let behind: i64 = sqlx::query_scalar(&format!(
-                "SELECT count(*) FROM (
-                 (SELECT relid FROM pg_partition_tree('region_event') WHERE level > 0
-                  EXCEPT SELECT relid FROM {schema}.partition)
-                 UNION ALL
-                 (SELECT relid FROM {schema}.partition
-                  EXCEPT SELECT relid FROM pg_partition_tree('region_event') WHERE level > 0)) d"
-            ))
-            .fetch_one(&pair.src)
-            .await
-            .unwrap();
-            (behind == 0).then_some(())
-        },
-    )
-    .await;
+    wait_partitions_followed(&pair.src).await;
     let m = wait_drained(&server, "shop", &pair.src, DRAIN).await;
     assert_identical(&pair).await;
     let churned: i64 = sqlx::query_scalar(

@@ -11,13 +11,8 @@
 use std::time::Duration;
 
 use pgshift_tests::case::{Case, DRAIN};
-use pgshift_tests::migrate::capture_schema;
+use pgshift_tests::migrate::{capture_schema, wait_partitions_followed};
 use pgshift_tests::{quote_ident, wait_for};
-
-/// Gives the source watch (idle interval 500 ms in the tests) several looks.
-async fn let_the_watch_look() {
-    tokio::time::sleep(Duration::from_secs(3)).await;
-}
 
 // ---------------------------------------------------------------------------------------------
 // Nested changes
@@ -192,7 +187,7 @@ async fn a_partition_detached_changed_and_attached_again() {
              COMMIT;",
         )
         .await;
-    let_the_watch_look().await;
+    wait_partitions_followed(&case.src).await;
     case.drain_and_compare(&[("reading", "id, at")]).await;
 }
 
@@ -225,7 +220,7 @@ async fn a_partition_attached_again_with_a_wider_bound() {
              ALTER TABLE reading ATTACH PARTITION reading_h1 FOR VALUES FROM ('2025-01-01') TO ('2026-01-01');",
         )
         .await;
-    let_the_watch_look().await;
+    wait_partitions_followed(&case.src).await;
     case.drain_and_compare(&[("reading", "id, at")]).await;
     // Later the partition is dropped: the target must lose all of it, not only the old range.
     case.source.psql("app", "DROP TABLE reading_h1;").await;
@@ -491,7 +486,7 @@ async fn attaching_a_table_that_is_itself_migrated() {
         "ALTER TABLE reading ATTACH PARTITION staging FOR VALUES FROM ('2026-01-01') TO ('2027-01-01');";
     case.target.psql("app", attach).await;
     case.source.psql("app", attach).await;
-    let_the_watch_look().await;
+    wait_partitions_followed(&case.src).await;
     case.write_and_compare(
         "UPDATE reading SET v = -v WHERE id < 5;",
         &[("reading", "id, at")],
@@ -640,7 +635,7 @@ async fn partitions_joining_and_leaving_in_odd_shapes() {
         &[],
     )
     .await;
-    let_the_watch_look().await;
+    wait_partitions_followed(&case.src).await;
     case.drain_and_compare(&tables).await;
     // A new partition narrows the DEFAULT's bound; then the DEFAULT leaves.
     case.write_and_compare(
@@ -665,10 +660,10 @@ async fn partitions_joining_and_leaving_in_odd_shapes() {
              COMMIT;",
         )
         .await;
-    let_the_watch_look().await;
+    wait_partitions_followed(&case.src).await;
     case.drain_and_compare(&tables).await;
     case.source.psql("app", "DROP TABLE ev_rest;").await;
-    let_the_watch_look().await;
+    wait_partitions_followed(&case.src).await;
     case.drain_and_compare(&tables).await;
     // DETACH CONCURRENTLY (two transactions on the source; the target keeps the partition).
     case.source

@@ -144,6 +144,17 @@ pub fn step<'a>(op: &'a Value, name: &str) -> &'a Value {
         .unwrap_or_else(|| panic!("no step {name} in {op}"))
 }
 
+/// The preflight gate `name` of a cutover operation.
+pub fn gate(op: &Value, name: &str) -> Value {
+    step(op, "preflight")["detail"]["gates"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|g| g["name"] == name)
+        .cloned()
+        .unwrap_or_else(|| panic!("no {name} gate in {op}"))
+}
+
 /// Whether a write to `item` succeeds; `Err` holds the error text.
 pub async fn try_write(pool: &PgPool) -> Result<(), String> {
     sqlx::query("INSERT INTO item (writer, n, note) VALUES (-1, 0, 'probe')")

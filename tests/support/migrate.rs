@@ -79,3 +79,33 @@ pub async fn assert_same_rows(
     }
     a.len()
 }
+
+/// Waits until pgshift's source watch has followed every partition that came, went, or was
+/// attached again on the source (its recorded list equals every partitioned table's partitions
+/// and their pg_inherits rows, and no noted partition waits): what the watch sends is then in
+/// the event stream, and a drain that follows sees it applied.
+pub async fn wait_partitions_followed(source: &PgPool) {
+    let schema = crate::quote_ident(&capture_schema(source).await);
+    let sql = format!(
+        "WITH now AS (
+             SELECT p.relid, (SELECT i.xmin::text FROM pg_inherits i WHERE i.inhrelid = p.relid) AS attached
+               FROM pg_class c
+               JOIN pg_namespace n ON n.oid = c.relnamespace
+               CROSS JOIN LATERAL pg_partition_tree(c.oid) p
+              WHERE c.relkind = 'p' AND NOT c.relispartition AND n.nspname !~ '^pgshift_'
+                AND p.level > 0),
+              seen AS (SELECT relid, attached FROM {schema}.partition)
+         SELECT NOT EXISTS (SELECT * FROM now EXCEPT SELECT * FROM seen)
+            AND NOT EXISTS (SELECT * FROM seen EXCEPT SELECT * FROM now)
+            AND NOT EXISTS (SELECT 1 FROM {schema}.partition_seen)"
+    );
+    wait_for(
+        "the source watch to follow the partitions",
+        Duration::from_secs(120),
+        || async {
+            let followed: bool = sqlx::query_scalar(&sql).fetch_one(source).await.unwrap();
+            followed.then_some(())
+        },
+    )
+    .await;
+}
