@@ -283,6 +283,21 @@ async fn write_once(
     Ok(id)
 }
 
+/// Stalls the apply of `item` on the target with a lock held by the returned transaction.
+pub async fn stall_apply(pair: &Pair) -> sqlx::Transaction<'static, sqlx::Postgres> {
+    let mut tx = pair.dst.begin().await.unwrap();
+    sqlx::query("LOCK TABLE item IN ACCESS EXCLUSIVE MODE")
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    // A change the worker must apply to item, so it waits behind the lock.
+    sqlx::query("INSERT INTO item (writer, n) VALUES (2, 2)")
+        .execute(&pair.src)
+        .await
+        .unwrap();
+    tx
+}
+
 /// `json!({})` with the lag threshold raised, for tests that must not trip the lag gate on a
 /// busy machine.
 pub fn relaxed(mut body: Value) -> Value {

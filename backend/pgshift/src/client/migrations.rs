@@ -1,5 +1,5 @@
 //! Command-line layer (the API client): `pgshift migration
-//! create|list|show|start|pause|resume|remove|wait|cutover|cutover-abort| verify`.
+//! create|list|show|start|pause|resume|remove|unfreeze|wait|cutover|cutover-abort| verify`.
 
 use std::io::Write;
 use std::time::Duration;
@@ -39,7 +39,17 @@ pub enum MigrationCommand {
     /// Resume a paused migration.
     Resume { name: String },
     /// Stop the migration and drop what pgshift installed on both sides.
-    Remove { name: String },
+    Remove {
+        name: String,
+        /// Needed to remove a cut-over migration: its old server then takes writes again,
+        /// which the new server never sees.
+        #[arg(long)]
+        unfreeze_source: bool,
+    },
+    /// Lift a freeze a stopped cutover (or a crash) left on the source; pgshift does it by
+    /// itself as soon as it can, this tries now. Refused while an operation runs and for a
+    /// cut-over migration (use `remove --unfreeze-source`).
+    Unfreeze { name: String },
     /// Wait until the migration is synced and/or its lag is low enough; exits 5 on timeout.
     Wait {
         name: String,
@@ -72,6 +82,10 @@ pub enum MigrationCommand {
         /// source writes are restored [server default: 30s].
         #[arg(long, value_name = "DURATION", value_parser = duration::parse)]
         timeout: Option<Duration>,
+        /// Longest time the source stays frozen; past it the source lets writes through by
+        /// itself (even if pgshift is gone) and the cutover stops [server default: 120s].
+        #[arg(long, value_name = "DURATION", value_parser = duration::parse)]
+        freeze_limit: Option<Duration>,
         /// Compare row counts only, not content (content is compared by default).
         #[arg(long, conflicts_with = "checksums")]
         counts_only: bool,
@@ -211,8 +225,16 @@ pub async fn run(
         MigrationCommand::Start { name } => act(&api, out, json, &name, "start").await,
         MigrationCommand::Pause { name } => act(&api, out, json, &name, "pause").await,
         MigrationCommand::Resume { name } => act(&api, out, json, &name, "resume").await,
-        MigrationCommand::Remove { name } => {
-            api.delete(&path(&name)).await?;
+        MigrationCommand::Remove {
+            name,
+            unfreeze_source,
+        } => {
+            let query = if unfreeze_source {
+                "?unfreeze_source=true"
+            } else {
+                ""
+            };
+            api.delete(&format!("{}{query}", path(&name))).await?;
             if json {
                 return print_json(out, &json!({"removed": "migration", "name": name}));
             }
@@ -248,6 +270,7 @@ pub async fn run(
             dry_run,
             max_lag,
             timeout,
+            freeze_limit,
             counts_only,
             checksums: _,
             reverse,
@@ -264,6 +287,9 @@ pub async fn run(
             if let Some(t) = timeout {
                 body["timeout_seconds"] = t.as_secs_f64().into();
             }
+            if let Some(t) = freeze_limit {
+                body["freeze_limit_seconds"] = t.as_secs_f64().into();
+            }
             if let Some(n) = reverse_name {
                 body["reverse_name"] = n.into();
             }
@@ -272,6 +298,26 @@ pub async fn run(
             }
             let op = api.post(&format!("{}/cutover", path(&name)), body).await?;
             follow(&api, op, &how.with(json), out).await
+        }
+        MigrationCommand::Unfreeze { name } => {
+            let done = api
+                .post(&format!("{}/unfreeze", path(&name)), json!({}))
+                .await?;
+            if json {
+                return print_json(out, &done);
+            }
+            let said = if done["lifted"] == true {
+                "the freeze on its source is lifted"
+            } else {
+                "its source was not frozen"
+            };
+            print(
+                out,
+                &format!(
+                    "migration {name}: {said}
+"
+                ),
+            )
         }
         MigrationCommand::CutoverAbort { name } => {
             let op = api

@@ -265,6 +265,10 @@ pub struct ActionForm {
     /// For remove: the migration's name, typed again.
     #[serde(default)]
     confirm: String,
+    /// For removing a cut-over migration: the operator agrees that its old server takes writes
+    /// again.
+    #[serde(default)]
+    unfreeze_source: Option<String>,
 }
 
 /// `POST /ui/migrations/{name}/{start|pause|resume|remove}`: operators start, pause and
@@ -299,7 +303,7 @@ pub async fn action(
         "start" => migrations::start(&app, &name).await.map(|_| ()),
         "pause" => migrations::pause(&app, &name).await.map(|_| ()),
         "resume" => migrations::resume(&app, &name).await.map(|_| ()),
-        _ => migrations::remove(&app, &name).await,
+        _ => migrations::remove(&app, &name, f.unfreeze_source.is_some()).await,
     }
     .map_err(PageError::from);
     let audit_action = format!(

@@ -10,6 +10,7 @@ pub(crate) mod copy;
 pub mod cutover;
 mod error;
 pub mod key_ops;
+mod left_freezes;
 pub mod partition_bound;
 pub(crate) mod partitions;
 pub mod pg;

@@ -15,6 +15,7 @@ use super::apply::{self, ChunkContext, TablePlan};
 use super::batch::{self, Snapshot};
 use super::copy::TableCopy;
 use super::error::Context;
+use super::left_freezes::LeftFreezes;
 use super::settings::EngineSettings;
 use super::status::{RuntimeState, StatusHandle};
 use super::target::{self, AppliedTick, TableProgress, TableState};
@@ -30,6 +31,7 @@ pub struct Run {
     pub settings: EngineSettings,
     pub status: StatusHandle,
     pub store: Arc<dyn Store>,
+    pub left_freezes: Arc<LeftFreezes>,
 }
 
 impl Run {
@@ -46,7 +48,7 @@ impl Run {
                 Ok(()) | Err(EngineError::Cancelled) => break,
                 Err(err) => {
                     // The status and the record show what callers may read; the log, everything.
-                    let message = err.shown();
+                    let message = self.left_freezes.describe(self.record.id, err.shown());
                     tracing::warn!(migration = %self.record.name, error = %err, "migration attempt failed; retrying");
                     self.status.failed(&message, err.table_no());
                     if let Err(e) = self
@@ -71,11 +73,35 @@ impl Run {
         self.status.update(|s| s.runtime = RuntimeState::Stopped);
     }
 
+    /// A freeze on the source while no cutover runs was left by one that stopped (or by a crash):
+    /// writes stay blocked until it is lifted, so lifting it comes before anything else, and
+    /// needs the source only.
+    async fn lift_left_freeze(&self, src: &mut PgConnection, schema: &str) -> EngineResult<()> {
+        match super::cutover::freeze::lift_left(src, schema).await {
+            Ok(Some(lifted)) => {
+                if lifted {
+                    tracing::warn!(migration = %self.record.name, "lifted a freeze a stopped cutover left on the source");
+                }
+                self.left_freezes.clear(self.record.id);
+                Ok(())
+            }
+            // A cutover runs and holds it.
+            Ok(None) => Ok(()),
+            Err(e) => {
+                tracing::warn!(migration = %self.record.name, error = %e, "cannot lift the freeze left on the source");
+                self.left_freezes.note(self.record.id, &e.shown());
+                Err(EngineError::invalid(
+                    "source_frozen",
+                    LeftFreezes::lift_failed(&e.shown()),
+                ))
+            }
+        }
+    }
+
     async fn attempt(&self, cancel: &CancellationToken) -> EngineResult<()> {
         self.status.update(|s| s.runtime = RuntimeState::Starting);
         let schema = self.record.schema_name();
         let mut src = pg::connect("the source", &self.source).await?;
-        let mut dst = pg::connect("the target", &self.target).await?;
         // One run per migration, across every pgshift process that can reach this source: the
         // lock lives as long as this connection, which the attempt keeps open.
         let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock(hashtext($1))")
@@ -89,6 +115,8 @@ impl Run {
                 "another pgshift process is running this migration against the same source; stop it first",
             ));
         }
+        self.lift_left_freeze(&mut src, &schema).await?;
+        let mut dst = pg::connect("the target", &self.target).await?;
         if !source::is_installed(&mut src, &schema).await? {
             if target::is_installed(&mut dst, &schema).await? {
                 return Err(EngineError::invalid(
@@ -158,6 +186,12 @@ impl Run {
         };
         let t = tasks.clone();
         set.spawn(async move { ("worker", worker.run(t).await) });
+
+        // A cutover that stops and cannot lift its freeze says so here: this attempt then ends,
+        // and the next one lifts the freeze before anything else.
+        let left = self.left_freezes.clone();
+        let (id, t) = (self.record.id, tasks.clone());
+        set.spawn(async move { ("freeze watch", left.watch(id, t).await) });
 
         let copies = self.copies(&schema, &progress, &tick_now);
         if !copies.is_empty() {

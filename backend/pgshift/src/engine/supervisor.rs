@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use uuid::Uuid;
 
+use super::left_freezes::LeftFreezes;
 use super::runner::Run;
 use super::settings::EngineSettings;
 use super::status::{MigrationStatus, RuntimeState, StatusHandle};
@@ -25,6 +26,8 @@ pub struct Supervisor {
     /// One run per migration.
     runs: TaskSet<Uuid>,
     statuses: Mutex<HashMap<Uuid, StatusHandle>>,
+    /// Freezes stopped cutovers could not lift; each run lifts its own.
+    left_freezes: Arc<LeftFreezes>,
 }
 
 impl Supervisor {
@@ -35,7 +38,13 @@ impl Supervisor {
             settings,
             runs: TaskSet::new("migration run"),
             statuses: Mutex::new(HashMap::new()),
+            left_freezes: Arc::new(LeftFreezes::default()),
         }
+    }
+
+    /// The freezes stopped cutovers (or a crash) left on sources, until each run lifts its own.
+    pub fn left_freezes(&self) -> &LeftFreezes {
+        &self.left_freezes
     }
 
     /// The metadata store the supervisor reads clusters and migrations from.
@@ -102,6 +111,7 @@ impl Supervisor {
             settings: self.settings.clone(),
             status,
             store: self.store.clone(),
+            left_freezes: self.left_freezes.clone(),
         };
         let name = record.name.clone();
         self.runs.start(&record.id, async move {

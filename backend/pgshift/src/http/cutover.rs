@@ -11,7 +11,7 @@ use super::error::{
 };
 use super::json::ApiJson;
 use super::{ApiError, AppState, Caller};
-use crate::service::cutover::{self, CutoverRequest, VerifyRequest};
+use crate::service::cutover::{self, CutoverRequest, Unfrozen, VerifyRequest};
 use crate::store::Operation;
 
 type Accepted = Result<(StatusCode, Json<Operation>), ApiError>;
@@ -66,4 +66,20 @@ pub async fn verify(
 ) -> Accepted {
     let op = cutover::start_verify(&app, &name, body, &caller.0.sub).await?;
     Ok((StatusCode::ACCEPTED, Json(op)))
+}
+
+/// Lifts a freeze that a stopped cutover (or a crash) left on the source of a migration that was
+/// not cut over. pgshift lifts such a freeze by itself as soon as it can, and the source lets
+/// writes through by itself once the cutover's `freeze_limit_seconds` have passed; this tries
+/// now. Refused while an operation runs and for a cut-over migration.
+#[utoipa::path(post, path = "/api/v1/migrations/{name}/unfreeze", operation_id = "unfreeze_source", tag = "cutover",
+    params(("name" = String, Path, description = "the migration's name")),
+    responses((status = 200, body = Unfrozen, description = "whether a freeze was lifted"), AuthErrors, RoleErrors, NotFoundErrors, OperationConflicts, DatabaseErrors),
+    security(("bearer" = [])))]
+pub async fn unfreeze(
+    State(app): State<AppState>,
+    _role: Authorized<Operator>,
+    Path(name): Path<String>,
+) -> Result<Json<Unfrozen>, ApiError> {
+    Ok(Json(cutover::unfreeze(&app, &name).await?))
 }

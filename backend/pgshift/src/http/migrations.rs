@@ -1,12 +1,14 @@
 //! HTTP layer: `/api/v1/migrations`
 
-use axum::extract::{Path, State};
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::Json;
+use serde::Deserialize;
 
 use super::auth::{Admin, Authorized, Operator, Viewer};
 use super::error::{
-    AuthErrors, BodyErrors, ConflictErrors, DatabaseErrors, NotFoundErrors, RoleErrors,
+    AuthErrors, BodyErrors, ConflictErrors, DatabaseErrors, ErrorBody, NotFoundErrors, RoleErrors,
 };
 use super::json::ApiJson;
 use super::{ApiError, AppState};
@@ -99,15 +101,33 @@ pub async fn resume(
     Ok(Json(migrations::resume(&app, &name).await?))
 }
 
-/// Stops the migration and drops what pgshift installed on both sides; copied rows stay.
-#[utoipa::path(delete, path = "/api/v1/migrations/{name}", operation_id = "remove_migration", tag = "migrations", params(("name" = String, Path, description = "the migration's name")),
-    responses((status = 204, description = "removed"), AuthErrors, RoleErrors, NotFoundErrors, ConflictErrors, DatabaseErrors),
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct RemoveQuery {
+    /// Required (`true`) to remove a cut-over migration: that lifts the freeze on its old
+    /// server, which then takes writes again that the new server never sees.
+    unfreeze_source: Option<bool>,
+}
+
+/// Stops the migration and drops what pgshift installed on both sides; copied rows stay. A
+/// cut-over migration is removed only with `?unfreeze_source=true` (409
+/// `unfreeze_source_required` otherwise): its old server becomes writable again.
+#[utoipa::path(delete, path = "/api/v1/migrations/{name}", operation_id = "remove_migration", tag = "migrations", params(("name" = String, Path, description = "the migration's name"), RemoveQuery),
+    responses((status = 204, description = "removed"), (status = 400, description = "`invalid_query`", body = ErrorBody), AuthErrors, RoleErrors, NotFoundErrors, ConflictErrors, DatabaseErrors),
     security(("bearer" = [])))]
 pub async fn remove(
     State(app): State<AppState>,
     _caller: Authorized<Admin>,
     Path(name): Path<String>,
+    query: Result<Query<RemoveQuery>, QueryRejection>,
 ) -> Result<StatusCode, ApiError> {
-    migrations::remove(&app, &name).await?;
+    let Query(query) = query.map_err(|rejection| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_query",
+            rejection.body_text(),
+        )
+    })?;
+    migrations::remove(&app, &name, query.unfreeze_source.unwrap_or(false)).await?;
     Ok(StatusCode::NO_CONTENT)
 }

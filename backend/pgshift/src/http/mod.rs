@@ -51,6 +51,7 @@ pub fn api(app: AppState) -> Router<AppState> {
         .route("/migrations/{name}/cutover", post(cutover::start))
         .route("/migrations/{name}/cutover/abort", post(cutover::abort))
         .route("/migrations/{name}/verify", post(cutover::verify))
+        .route("/migrations/{name}/unfreeze", post(cutover::unfreeze))
         .route("/migrations/{name}/operations", get(operations::list))
         .route("/operations/{id}", get(operations::get))
         .route("/operations/{id}/abort", post(operations::abort))

@@ -31,6 +31,7 @@ use super::{audit, clusters, cutover, metrics, migrations, operations, tokens};
         cutover::start,
         cutover::abort,
         cutover::verify,
+        cutover::unfreeze,
         operations::list,
         operations::get,
         operations::abort,

@@ -332,8 +332,18 @@ fn cut_over(name: &str) -> ServiceError {
 }
 
 /// Removes everything pgshift installed on both sides, then forgets the migration.
-pub async fn remove(app: &App, name: &str) -> ServiceResult<()> {
+/// Removing a cut-over migration drops the freeze on its old server too, which takes writes
+/// again (writes the new server never sees): only when the caller says so (`unfreeze_source`).
+pub async fn remove(app: &App, name: &str, unfreeze_source: bool) -> ServiceResult<()> {
     let record = find(app, name).await?;
+    if record.desired_state == DesiredState::CutOver && !unfreeze_source {
+        return Err(ServiceError::conflict(
+            "unfreeze_source_required",
+            format!(
+                "migration {name:?} was cut over: removing it lifts the freeze on its old server, which then takes writes the new server never sees; repeat with unfreeze_source=true if that is what you want"
+            ),
+        ));
+    }
     app.supervisor.remove(&record).await?;
     app.store.delete_migration(record.id).await?;
     tracing::info!(migration = %name, "migration removed");

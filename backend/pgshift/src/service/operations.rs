@@ -466,7 +466,8 @@ pub async fn abort_by_id(app: &App, id: &str) -> ServiceResult<Operation> {
 
 /// At server start: finishes every operation a crash left running. A cutover that had frozen
 /// the source gets its freeze lifted first (unless the migration was already cut over): nothing
-/// stays frozen because pgshift died.
+/// stays frozen because pgshift died. When the source cannot be reached yet, the migration's
+/// run lifts the freeze once it can (and the freeze's own deadline lets writes through anyway).
 pub async fn recover(app: &App) -> ServiceResult<()> {
     let migrations = app.store.list_migrations().await?;
     for mut op in app.store.running_operations().await? {
@@ -478,8 +479,16 @@ pub async fn recover(app: &App) -> ServiceResult<()> {
                     Ok(true) => note.push_str("; the source's freeze was lifted at restart"),
                     Ok(false) => {}
                     Err(e) => {
-                        tracing::error!(operation = %op.id, error = %e, "cannot lift a freeze left by a crash; retrying at next start");
-                        continue;
+                        // The migration's run lifts it as soon as the source lets it, and says
+                        // the source is still frozen until then.
+                        tracing::error!(operation = %op.id, error = %e, "cannot lift a freeze left by a crash yet");
+                        let still = format!(
+                            "the source is still frozen: {}; pgshift keeps trying to lift it, and the source lets writes through by itself once freeze_limit_seconds have passed",
+                            e.shown()
+                        );
+                        app.supervisor.left_freezes().note(record.id, &still);
+                        note.push_str("; ");
+                        note.push_str(&still);
                     }
                 }
             }

@@ -1,7 +1,9 @@
 //! Engine layer (cutover): freezing writes on the source without superuser: a statement-level
-//! BEFORE trigger per migrated table (and partition) that raises an error naming the new server.
-//! Creating a trigger takes the table's SHARE ROW EXCLUSIVE lock, so the freeze waits for the
-//! writers in flight and holds new ones back (reads go on); once it commits, every write fails.
+//! BEFORE trigger per migrated table (and partition) that raises an error. Creating a trigger
+//! takes the table's SHARE ROW EXCLUSIVE lock, so the freeze waits for the writers in flight
+//! and holds new ones back (reads go on); once it commits, every write fails. While a cutover
+//! runs the freeze says "cutover in progress" and has a deadline the source enforces itself;
+//! the finish makes it permanent and says where the database moved.
 
 use std::time::Duration;
 
@@ -14,12 +16,46 @@ use crate::store::TableSpec;
 const FREEZE_SQL: &str = include_str!("../../../../../sql/source/freeze.sql");
 const FREEZE_TABLE_SQL: &str = include_str!("../../../../../sql/source/freeze_table.sql");
 
-/// The error text writers see, e.g. `migration "shop" moved this database to cluster "new"
-/// (10.0.0.6:5432, database "shop")`. Never holds credentials.
-pub fn message(migration: &str, cluster: &str, host: &str, port: u16, database: &str) -> String {
+/// The finish makes the freeze permanent only while at least this much is left before its
+/// deadline: a statement that fires the trigger just before the replacement commits still sees
+/// the old function, and must still be refused by it.
+const FINISH_MARGIN_SECONDS: f64 = 2.0;
+
+/// What writers see while the cutover runs, e.g. `pgshift migration "shop" is cutting over to
+/// cluster "new": cutover in progress, writes are paused`. Names no address: the target is not
+/// ready to take writes until the finish.
+pub fn in_progress_message(migration: &str, cluster: &str) -> String {
+    format!(
+        "pgshift migration {migration:?} is cutting over to cluster {cluster:?}: cutover in progress, writes are paused"
+    )
+}
+
+const IN_PROGRESS_HINT: &str = "retry shortly: writes resume here if the cutover stops, and go to the new server once it has finished";
+
+/// The error text writers see once the cutover has finished, e.g. `migration "shop" moved this
+/// database to cluster "new" (10.0.0.6:5432, database "shop")`. Never holds credentials.
+pub fn moved_message(
+    migration: &str,
+    cluster: &str,
+    host: &str,
+    port: u16,
+    database: &str,
+) -> String {
     format!(
         "pgshift migration {migration:?} moved this database to cluster {cluster:?} ({host}:{port}, database {database:?}); write there"
     )
+}
+
+const MOVED_HINT: &str = "point the application at the new server";
+
+/// A freeze in place: the function the triggers call, its deadline (seconds since the epoch on
+/// the source's clock) and how many relations it covers. The finish checks that it is still
+/// this freeze (not lifted and made again meanwhile) before making it permanent.
+#[derive(Debug, Clone)]
+pub struct Frozen {
+    function: u32,
+    pub deadline: f64,
+    relations: usize,
 }
 
 /// Every relation that needs the trigger, quoted and in one fixed order (tables by name, then
@@ -59,12 +95,25 @@ async fn set_lock_timeout(conn: &mut PgConnection, lock_timeout: Duration) -> En
     Ok(())
 }
 
-async fn create_function(conn: &mut PgConnection, schema: &str, message: &str) -> EngineResult<()> {
+/// `deadline`: seconds since the epoch on the source's clock, or `None` for a permanent freeze.
+async fn create_function(
+    conn: &mut PgConnection,
+    schema: &str,
+    message: &str,
+    hint: &str,
+    deadline: Option<f64>,
+) -> EngineResult<()> {
+    let deadline = match deadline {
+        Some(at) => format!("'{at:.3}'::float8"),
+        None => "'infinity'::float8".into(),
+    };
     pg::run_script(
         conn,
         &FREEZE_SQL
             .replace("@schema@", &quote_ident(schema))
-            .replace("@message@", &quote_literal(message)),
+            .replace("@message@", &quote_literal(message))
+            .replace("@hint@", &quote_literal(hint))
+            .replace("@deadline@", &deadline),
     )
     .await
     .context(|| "creating the freeze function on the source".into())
@@ -114,7 +163,7 @@ pub async fn lock_in(
     lock_timeout: Duration,
 ) -> EngineResult<()> {
     set_lock_timeout(tx, lock_timeout).await?;
-    create_function(tx, schema, message).await?;
+    create_function(tx, schema, message, "retry shortly", None).await?;
     for (i, relation) in relations(tx, tables).await?.iter().enumerate() {
         create_trigger(tx, schema, i, relation, lock_timeout).await?;
     }
@@ -122,21 +171,31 @@ pub async fn lock_in(
 }
 
 /// Freezes writes to the migrated tables, waiting at most `lock_timeout` for each table's writers
-/// in flight. Each table is frozen in its own short transaction, so the freeze never holds one
-/// table's lock while waiting for another's (which would deadlock with an application
-/// transaction writing both in the other order). The result is the same as one atomic freeze:
-/// a transaction that wrote a table before its freeze was waited for, and one that writes it
-/// after fails, so once the last table is frozen no transaction that wrote a migrated table is
-/// still open. On error, call [`unfreeze`].
+/// in flight, until the source's clock passes `limit` from now (or the finish makes the freeze
+/// permanent with [`make_permanent`]). Each table is frozen in its own short transaction, so the
+/// freeze never holds one table's lock while waiting for another's (which would deadlock with
+/// an application transaction writing both in the other order). The result is the same as one
+/// atomic freeze: a transaction that wrote a table before its freeze was waited for, and one
+/// that writes it after fails, so once the last table is frozen no transaction that wrote a
+/// migrated table is still open. On error, call [`unfreeze`].
 pub async fn freeze(
     conn: &mut PgConnection,
     schema: &str,
     tables: &[TableSpec],
     message: &str,
     lock_timeout: Duration,
-) -> EngineResult<()> {
-    create_function(conn, schema, message).await?;
-    for (i, relation) in relations(conn, tables).await?.iter().enumerate() {
+    limit: Duration,
+) -> EngineResult<Frozen> {
+    let deadline: f64 = sqlx::query_scalar(
+        "SELECT pg_catalog.date_part('epoch', pg_catalog.clock_timestamp()) + $1::float8",
+    )
+    .bind(limit.as_secs_f64())
+    .fetch_one(&mut *conn)
+    .await
+    .context(|| "reading the source's clock".into())?;
+    create_function(conn, schema, message, IN_PROGRESS_HINT, Some(deadline)).await?;
+    let relations = relations(conn, tables).await?;
+    for (i, relation) in relations.iter().enumerate() {
         let mut tx = conn
             .begin()
             .await
@@ -147,7 +206,128 @@ pub async fn freeze(
             .await
             .context(|| format!("committing the freeze of {relation}"))?;
     }
+    let (function, _, _) = function_state(conn, schema).await?.ok_or_else(lost)?;
+    Ok(Frozen {
+        function,
+        deadline,
+        relations: relations.len(),
+    })
+}
+
+/// The freeze function's oid, the source's clock (seconds since the epoch) and how many enabled
+/// triggers call the function; `None` without a freeze.
+async fn function_state(
+    conn: &mut PgConnection,
+    schema: &str,
+) -> EngineResult<Option<(u32, f64, i64)>> {
+    let row: Option<(sqlx::postgres::types::Oid, f64, i64)> = sqlx::query_as(
+        "SELECT p.oid, pg_catalog.date_part('epoch', pg_catalog.clock_timestamp()),
+                (SELECT count(*) FROM pg_catalog.pg_trigger t
+                  WHERE t.tgfoid = p.oid AND t.tgenabled <> 'D')
+           FROM pg_catalog.pg_proc p JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace
+          WHERE n.nspname = $1 AND p.proname = 'cutover_freeze'",
+    )
+    .bind(schema)
+    .fetch_optional(conn)
+    .await
+    .context(|| "reading the freeze on the source".into())?;
+    Ok(row.map(|(oid, now, triggers)| (oid.0, now, triggers)))
+}
+
+fn lost() -> EngineError {
+    EngineError::invalid(
+        "freeze_lost",
+        "the freeze on the source was lifted or changed while the cutover ran (a trigger disabled or dropped, or the freeze lifted by hand): writes may have gone through, so the cutover stops",
+    )
+}
+
+/// The finish: turns the cutover's freeze into the permanent one (no deadline, the message
+/// naming the new server) in place, without touching the triggers or their locks. Refused when
+/// the freeze is not the one [`freeze`] made, or its deadline has passed (writes went through)
+/// or is too close to be sure none will before the replacement commits.
+pub async fn make_permanent(
+    conn: &mut PgConnection,
+    schema: &str,
+    frozen: &Frozen,
+    message: &str,
+) -> EngineResult<()> {
+    let expired = || {
+        EngineError::invalid(
+            "freeze_limit",
+            "the freeze reached its limit (freeze_limit_seconds) before the cutover could finish; the source takes writes again",
+        )
+    };
+    let mut tx = conn
+        .begin()
+        .await
+        .context(|| "opening the finish transaction on the source".into())?;
+    let (function, now, triggers) = function_state(&mut tx, schema).await?.ok_or_else(lost)?;
+    if function != frozen.function || (triggers as usize) < frozen.relations {
+        return Err(lost());
+    }
+    if now + FINISH_MARGIN_SECONDS >= frozen.deadline {
+        return Err(expired());
+    }
+    create_function(&mut tx, schema, message, MOVED_HINT, None).await?;
+    tx.commit()
+        .await
+        .context(|| "committing the permanent freeze".into())?;
+    // Every statement that fired the old function did so before this moment, still inside its
+    // deadline, and was refused.
+    let (_, now, _) = function_state(conn, schema).await?.ok_or_else(lost)?;
+    if now >= frozen.deadline {
+        return Err(expired());
+    }
     Ok(())
+}
+
+/// The key of the advisory lock a cutover holds on the source for as long as it runs: pgshift
+/// lifts a freeze it finds on a running migration's source only when no cutover holds it.
+fn cutover_lock_key(schema: &str) -> String {
+    format!("pgshift cutover {schema}")
+}
+
+/// Takes the cutover's lock for the life of `conn`; refused while another cutover (of another
+/// pgshift process) holds it.
+pub async fn hold_cutover_lock(conn: &mut PgConnection, schema: &str) -> EngineResult<()> {
+    let taken: bool =
+        sqlx::query_scalar("SELECT pg_catalog.pg_try_advisory_lock(pg_catalog.hashtext($1))")
+            .bind(cutover_lock_key(schema))
+            .fetch_one(conn)
+            .await
+            .context(|| "taking the cutover's lock on the source".into())?;
+    if !taken {
+        return Err(EngineError::invalid(
+            "operation_running",
+            "another pgshift process is cutting this migration over",
+        ));
+    }
+    Ok(())
+}
+
+/// Lifts a freeze no cutover holds (one a stopped cutover could not lift, or a crash left):
+/// `Some(lifted)`, or `None` while a cutover runs. Waits at most a few seconds for the tables'
+/// locks, so the application never queues behind pgshift.
+pub async fn lift_left(conn: &mut PgConnection, schema: &str) -> EngineResult<Option<bool>> {
+    let mut tx = conn
+        .begin()
+        .await
+        .context(|| "opening a transaction on the source".into())?;
+    let free: bool =
+        sqlx::query_scalar("SELECT pg_catalog.pg_try_advisory_xact_lock(pg_catalog.hashtext($1))")
+            .bind(cutover_lock_key(schema))
+            .fetch_one(&mut *tx)
+            .await
+            .context(|| "looking for a running cutover".into())?;
+    if !free {
+        return Ok(None);
+    }
+    set_lock_timeout(&mut tx, Duration::from_secs(5)).await?;
+    let lifted = unfreeze(&mut tx, schema).await?;
+    tx.commit()
+        .await
+        .context(|| "committing the lift of the freeze".into())?;
+    Ok(Some(lifted))
 }
 
 /// Lifts the freeze: dropping the function takes every freeze trigger with it (no table

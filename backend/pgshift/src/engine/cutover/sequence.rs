@@ -31,6 +31,9 @@ pub struct CutoverPlan {
     pub checksums: bool,
     /// Arm a reverse migration of this name before writes resume.
     pub reverse_name: Option<String>,
+    /// Longest time the source stays frozen while the cutover runs: past it the source lets
+    /// writes through by itself (so a pgshift that died cannot hold it), and the cutover stops.
+    pub freeze_limit: Duration,
 }
 
 /// Runs the cutover of `record` to its end and says how it ended; `cancel` aborts it (the source
@@ -50,6 +53,8 @@ pub async fn run(
         settings: plan,
         cancel,
         reverse: None,
+        frozen: None,
+        blocked_from: None,
     };
     cutover.run(rec).await
 }
@@ -62,6 +67,10 @@ struct Cutover<'a> {
     cancel: CancellationToken,
     /// The reverse migration once armed (before the freeze); removed again if the cutover stops.
     reverse: Option<MigrationRecord>,
+    /// The freeze once in place, which the finish makes permanent.
+    frozen: Option<freeze::Frozen>,
+    /// When writes began to be blocked: from the freeze's first lock request.
+    blocked_from: Option<Instant>,
 }
 
 /// Why the cutover stopped before its finish.
@@ -90,10 +99,9 @@ impl Cutover<'_> {
             Err(stop) => {
                 let (state, error) = match stop {
                     Stop::Gates(reason) => (OperationState::Failed, reason),
-                    Stop::Failed(EngineError::Cancelled) => (
-                        OperationState::Aborted,
-                        "aborted on request; source writes restored".to_string(),
-                    ),
+                    Stop::Failed(EngineError::Cancelled) => {
+                        (OperationState::Aborted, "aborted on request".to_string())
+                    }
                     Stop::Failed(e) => {
                         // The record says what callers may read; the log keeps the detail.
                         tracing::warn!(migration = %self.record.name, error = %e, "cutover failed");
@@ -103,6 +111,7 @@ impl Cutover<'_> {
                 if rec.step_open() {
                     rec.end(StepOutcome::Failed, json!({"error": error})).await;
                 }
+                let mut error = error;
                 if frozen {
                     rec.begin("restore").await;
                     match self.restore().await {
@@ -112,11 +121,25 @@ impl Cutover<'_> {
                         }
                         Err(e) => {
                             tracing::error!(migration = %self.record.name, error = %e, "cannot lift the freeze after a failed cutover");
-                            rec.end(StepOutcome::Failed, json!({"error": e.shown()}))
-                                .await
+                            let still = format!(
+                                "the source is still frozen: {}; pgshift keeps trying to lift it (`pgshift migration unfreeze {}` tries now), and the source lets writes through by itself once freeze_limit_seconds have passed",
+                                e.shown(),
+                                self.record.name
+                            );
+                            rec.end(StepOutcome::Failed, json!({"error": still})).await;
+                            result["source_still_frozen"] = true.into();
+                            error = format!("{error}; {still}");
+                            // The migration's run notices, and lifts the freeze at the start
+                            // of its next attempt (saying the source is still frozen until then).
+                            self.supervisor.left_freezes().note(self.record.id, &still);
                         }
                     }
                 }
+                // Reported for every outcome: how long writes waited or failed on the source.
+                result["writes_blocked_seconds"] = self
+                    .blocked_from
+                    .map_or(0.0, |at| at.elapsed().as_secs_f64())
+                    .into();
                 if let Some(r) = self.reverse.take() {
                     if let Err(e) = self.remove_reverse(&r).await {
                         tracing::error!(migration = %r.name, error = %e, "cannot remove the reverse migration of a stopped cutover");
@@ -144,22 +167,37 @@ impl Cutover<'_> {
         connect_both(self.supervisor, &self.record).await
     }
 
-    /// Lifts the freeze; the migration's run never stopped, so replication goes on as before.
+    /// Lifts the freeze, which needs the source only (the target may be what failed); tried a
+    /// few times over some seconds. The migration's run never stopped, so replication goes on
+    /// as before.
     async fn restore(&self) -> EngineResult<()> {
-        let (mut src, _) = self.connect().await?;
-        freeze::unfreeze(&mut src, &self.record.schema_name()).await?;
-        Ok(())
+        let mut tried = 0;
+        loop {
+            match lift_freeze(self.supervisor, &self.record).await {
+                Ok(_) => return Ok(()),
+                Err(e) if tried >= 3 => return Err(e),
+                Err(e) => {
+                    tracing::warn!(migration = %self.record.name, error = %e, "cannot lift the freeze yet; trying again");
+                    tokio::time::sleep(Duration::from_secs(1 << tried)).await;
+                    tried += 1;
+                }
+            }
+        }
     }
 
-    async fn message(&self) -> EngineResult<String> {
-        let (_, target) = self.supervisor.endpoints(&self.record).await?;
-        let cluster = self
+    async fn target_cluster(&self) -> EngineResult<String> {
+        Ok(self
             .store
             .cluster_by_id(self.record.target.cluster_id)
             .await?
             .map(|c| c.name)
-            .unwrap_or_default();
-        Ok(freeze::message(
+            .unwrap_or_default())
+    }
+
+    async fn moved_message(&self) -> EngineResult<String> {
+        let (_, target) = self.supervisor.endpoints(&self.record).await?;
+        let cluster = self.target_cluster().await?;
+        Ok(freeze::moved_message(
             &self.record.name,
             &cluster,
             target.get_host(),
@@ -179,6 +217,8 @@ impl Cutover<'_> {
 
         rec.begin("preflight").await;
         let (mut src, mut dst) = self.connect().await?;
+        // Held as long as `src` lives: while it is, nothing else lifts the freeze.
+        freeze::hold_cutover_lock(&mut src, &schema).await?;
         let status = self.supervisor.status(self.record.id);
         let checked = gates::check(
             &mut src,
@@ -257,12 +297,17 @@ impl Cutover<'_> {
 
         // Writes are blocked from the moment the freeze asks for its locks.
         rec.begin("freeze").await;
-        let message = self.message().await?;
+        let message = freeze::in_progress_message(&self.record.name, &self.target_cluster().await?);
+        let moved_message = self.moved_message().await?;
         let blocked_from = Instant::now();
+        self.blocked_from = Some(blocked_from);
         let frozen_at = Utc::now();
         let lock_timeout = self.settings.timeout.min(Duration::from_secs(10));
+        let limit = self.settings.freeze_limit;
         *frozen = true;
-        freeze::freeze(&mut src, &schema, &tables, &message, lock_timeout).await?;
+        let held =
+            freeze::freeze(&mut src, &schema, &tables, &message, lock_timeout, limit).await?;
+        self.frozen = Some(held.clone());
         let freeze_took = blocked_from.elapsed();
         rec.end(
             StepOutcome::Succeeded,
@@ -273,8 +318,16 @@ impl Cutover<'_> {
 
         rec.begin("drain").await;
         let tick = drain::final_tick(&mut src, &schema).await?;
+        let drain_time = self.drain_time(blocked_from)?;
+        let limited = drain_time < self.settings.timeout;
         let waited = tokio::select! {
-            r = drain::wait_applied(&mut dst, &schema, tick, self.settings.timeout, &self.cancel) => r?,
+            r = drain::wait_applied(&mut dst, &schema, tick, drain_time, &self.cancel) => r.map_err(|e| match e {
+                EngineError::Invalid { code: "drain_timeout", message } if limited => EngineError::invalid(
+                    "freeze_limit",
+                    format!("{message}: the freeze reached its limit (freeze_limit_seconds) first"),
+                ),
+                e => e,
+            })?,
             _ = self.cancel.cancelled() => return Err(Stop::Failed(EngineError::Cancelled)),
         };
         rec.end(
@@ -312,6 +365,9 @@ impl Cutover<'_> {
         self.check_cancel()?;
 
         rec.begin("finish").await;
+        // First the freeze becomes permanent (if it is still whole and inside its limit): a crash
+        // from here on leaves the source frozen for good only once the record says cut over.
+        freeze::make_permanent(&mut src, &schema, &held, &moved_message).await?;
         let reverse = self.reverse.clone();
         // From here on the cutover completes: an abort request no longer applies.
         self.supervisor.stop(self.record.id).await;
@@ -346,6 +402,21 @@ impl Cutover<'_> {
         result["reverse_migration"] = json!(reverse.map(|r| r.name));
         tracing::info!(migration = %self.record.name, blocked_s = blocked.as_secs_f64(), "cutover finished");
         Ok(())
+    }
+
+    /// How long the drain may wait: the request's timeout, cut short by the freeze's limit.
+    fn drain_time(&self, blocked_from: Instant) -> Result<Duration, Stop> {
+        let left = self
+            .settings
+            .freeze_limit
+            .saturating_sub(blocked_from.elapsed());
+        if left.is_zero() {
+            return Err(Stop::Failed(EngineError::invalid(
+                "freeze_limit",
+                "the freeze reached its limit (freeze_limit_seconds) before the drain began; the source takes writes again",
+            )));
+        }
+        Ok(self.settings.timeout.min(left))
     }
 
     /// Undoes an armed reverse migration: its capture, its bookkeeping and its record.
@@ -463,4 +534,19 @@ pub async fn lift_freeze(supervisor: &Supervisor, record: &MigrationRecord) -> E
     let (source, _) = supervisor.endpoints(record).await?;
     let mut src = pg::connect("the source", &source).await?;
     freeze::unfreeze(&mut src, &record.schema_name()).await
+}
+
+/// Lifts a freeze no cutover holds (one a stopped cutover or a crash left): `Some(lifted)`, or
+/// `None` while a cutover of the migration runs (in any pgshift process).
+pub async fn lift_left_freeze(
+    supervisor: &Supervisor,
+    record: &MigrationRecord,
+) -> EngineResult<Option<bool>> {
+    let (source, _) = supervisor.endpoints(record).await?;
+    let mut src = pg::connect("the source", &source).await?;
+    let lifted = freeze::lift_left(&mut src, &record.schema_name()).await?;
+    if lifted.is_some() {
+        supervisor.left_freezes().clear(record.id);
+    }
+    Ok(lifted)
 }

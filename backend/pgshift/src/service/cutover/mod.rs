@@ -36,6 +36,10 @@ pub struct CutoverRequest {
     /// has now, in key ranges before the freeze and, inside it, of the rows written since.
     /// `false` compares row counts only.
     pub checksums: Option<bool>,
+    /// Longest time the source stays frozen while the cutover runs (default 120 s): past it the
+    /// source lets writes through again by itself, even if pgshift is gone, and the cutover
+    /// stops. The finish makes the freeze permanent.
+    pub freeze_limit_seconds: Option<f64>,
     /// Arm replication from the new server back to the old one before writes resume.
     pub reverse: Option<bool>,
     /// Name of the reverse migration (default `<name>-reverse`).
@@ -94,6 +98,7 @@ pub async fn start_cutover(
     require_running(&record)?;
     let max_lag = seconds("max_lag_seconds", req.max_lag_seconds, 5.0)?;
     let timeout = seconds("timeout_seconds", req.timeout_seconds, 30.0)?;
+    let freeze_limit = seconds("freeze_limit_seconds", req.freeze_limit_seconds, 120.0)?;
     if let Some(url) = &req.webhook_url {
         check_webhook(app, url).await?;
     }
@@ -117,6 +122,7 @@ pub async fn start_cutover(
         "dry_run": req.dry_run.unwrap_or(false),
         "max_lag_seconds": max_lag,
         "timeout_seconds": timeout,
+        "freeze_limit_seconds": freeze_limit,
         "checksums": req.checksums.unwrap_or(true),
         "reverse": reverse_name.is_some(),
         "reverse_name": reverse_name,
@@ -142,6 +148,7 @@ pub async fn start_cutover(
         timeout: Duration::from_secs_f64(timeout),
         checksums: req.checksums.unwrap_or(true),
         reverse_name,
+        freeze_limit: Duration::from_secs_f64(freeze_limit),
     };
     let task_app = app.clone();
     let id = record.id;
@@ -152,6 +159,45 @@ pub async fn start_cutover(
             .await;
     });
     Ok(snapshot)
+}
+
+/// What `POST /api/v1/migrations/{name}/unfreeze` did.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct Unfrozen {
+    /// Whether a freeze was in place and is now lifted (`false`: the source was not frozen).
+    pub lifted: bool,
+}
+
+/// Lifts a freeze a stopped cutover (or a crash) left on the source of a migration that was not
+/// cut over. pgshift lifts such a freeze by itself as soon as it can; this tries now. Refused
+/// while an operation runs (the cutover owns its freeze) and for a cut-over migration (its
+/// freeze is meant to stay: removing the migration with `unfreeze_source` lifts it).
+pub async fn unfreeze(app: &App, name: &str) -> ServiceResult<Unfrozen> {
+    let record = find(app, name).await?;
+    if record.desired_state == DesiredState::CutOver {
+        return Err(ServiceError::conflict(
+            "cut_over",
+            format!("migration {name:?} was cut over: its old server stays frozen on purpose (remove the migration with unfreeze_source=true to lift it)"),
+        ));
+    }
+    let running = || {
+        ServiceError::conflict(
+            "operation_running",
+            format!("an operation is running on migration {name:?}; it lifts its own freeze when it stops"),
+        )
+    };
+    if app.operations.migration_busy(record.id) {
+        return Err(running());
+    }
+    match sequence::lift_left_freeze(&app.supervisor, &record).await? {
+        Some(lifted) => {
+            if lifted {
+                tracing::warn!(migration = %name, "freeze on the source lifted on request");
+            }
+            Ok(Unfrozen { lifted })
+        }
+        None => Err(running()),
+    }
 }
 
 /// Aborts the migration's running operation.
