@@ -289,3 +289,132 @@ async fn unfreeze_lifts_a_freeze_left_behind() {
     assert_eq!(body["lifted"], false, "{body}");
     wait_synced(&server, "shop").await;
 }
+
+/// How many pgshift capture schemas (those with an event table) `pool`'s database holds.
+async fn capture_schemas(pool: &sqlx::PgPool) -> i64 {
+    sqlx::query_scalar(
+        "SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+          WHERE n.nspname LIKE 'pgshift\\_%' AND c.relname = 'event'",
+    )
+    .fetch_one(pool)
+    .await
+    .unwrap()
+}
+
+/// After a restart, the unfinished cutover's way back is gone: no record, nothing installed on
+/// the new server, nothing replicating to the old one; a retried cutover arms it again.
+async fn assert_way_back_removed(
+    server: &TestServer,
+    pair: &pgshift_tests::cutover::Pair,
+    id: &str,
+) {
+    let op = wait_operation(server, id, Duration::from_secs(30)).await;
+    assert_eq!(op["state"], "failed", "{op}");
+    assert!(!freeze_installed(&pair.src).await, "{op}");
+    assert!(
+        op["error"]
+            .as_str()
+            .unwrap()
+            .contains("\"shop-reverse\" it had armed was removed"),
+        "{op}"
+    );
+    let (status, body) = server.get("/migrations/shop-reverse").await;
+    assert_eq!(status, 404, "{body}");
+    assert_eq!(capture_schemas(&pair.dst).await, 0);
+    let (_, all) = server.get("/migrations").await;
+    assert!(!all.to_string().contains("truncate"), "{all}");
+    try_write(&pair.src).await.unwrap();
+    wait_drained(server, "shop", &pair.src, Duration::from_secs(120)).await;
+    let op = cutover(server, "shop", relaxed(json!({"reverse": true}))).await;
+    assert_eq!(op["state"], "succeeded", "{op}");
+    assert_same(&pair.src, &pair.dst).await;
+    wait_synced(server, "shop-reverse").await;
+}
+
+/// pgshift dies while the cutover with `reverse: true` freezes the source (an application
+/// transaction holds `item` back): at restart the freeze is lifted and the reverse migration it
+/// armed is removed, instead of replicating the new server back on its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_crash_while_freezing_disarms_the_way_back() {
+    init_tracing();
+    let pair = pair(200).await;
+    let server = TestServer::start().await;
+    start_synced(&server, &pair, "shop").await;
+
+    let mut writer = pair.src.begin().await.unwrap();
+    sqlx::query("INSERT INTO item (writer, n) VALUES (7, 7)")
+        .execute(&mut *writer)
+        .await
+        .unwrap();
+    let (status, started) = server
+        .post(
+            "/migrations/shop/cutover",
+            relaxed(json!({"reverse": true, "checksums": false, "timeout_seconds": 600})),
+        )
+        .await;
+    assert_eq!(status, 202, "{started}");
+    let id = started["id"].as_str().unwrap().to_string();
+    wait_for("the freeze to begin", Duration::from_secs(60), || async {
+        let (_, op) = server.get(&format!("/operations/{id}")).await;
+        let steps = op["steps"].as_array().cloned().unwrap_or_default();
+        steps
+            .iter()
+            .any(|s| s["name"] == "freeze" && s["outcome"] == "running")
+            .then_some(())
+    })
+    .await;
+    let dir = server.crash();
+    writer.rollback().await.unwrap();
+    assert_eq!(
+        capture_schemas(&pair.dst).await,
+        1,
+        "armed before the freeze"
+    );
+
+    let server = TestServer::start_in(&dir, test_settings()).await;
+    assert_way_back_removed(&server, &pair, &id).await;
+    drop(server);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// pgshift dies while arming the way back (held up by a lock on the new server): at restart the
+/// half-armed reverse migration is removed, never run as a fresh migration (which would tell the
+/// operator to empty the old server's tables).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_crash_while_arming_the_way_back_disarms_it() {
+    init_tracing();
+    let pair = pair(200).await;
+    let server = TestServer::start().await;
+    start_synced(&server, &pair, "shop").await;
+
+    // Conflicts with the capture's CREATE TRIGGER on the new server, not with the apply.
+    let mut holder = pair.dst.begin().await.unwrap();
+    sqlx::query("LOCK TABLE ledger IN SHARE UPDATE EXCLUSIVE MODE")
+        .execute(&mut *holder)
+        .await
+        .unwrap();
+    let (status, started) = server
+        .post(
+            "/migrations/shop/cutover",
+            relaxed(json!({"reverse": true, "checksums": false})),
+        )
+        .await;
+    assert_eq!(status, 202, "{started}");
+    let id = started["id"].as_str().unwrap().to_string();
+    wait_for(
+        "the way back to be stored",
+        Duration::from_secs(30),
+        || async {
+            let (status, _) = server.get("/migrations/shop-reverse").await;
+            (status == 200).then_some(())
+        },
+    )
+    .await;
+    let dir = server.crash();
+    holder.rollback().await.unwrap();
+
+    let server = TestServer::start_in(&dir, test_settings()).await;
+    assert_way_back_removed(&server, &pair, &id).await;
+    drop(server);
+    let _ = std::fs::remove_dir_all(&dir);
+}

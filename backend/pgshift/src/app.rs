@@ -131,7 +131,7 @@ impl Application {
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
-        if let Err(err) = crate::service::operations::recover(&self.app).await {
+        if let Err(err) = crate::service::recovery::recover(&self.app).await {
             tracing::error!(error = %err, "cannot finish operations left running by a crash");
         }
         if let Err(err) = self.app.supervisor.resume_all().await {

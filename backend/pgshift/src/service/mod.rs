@@ -11,6 +11,7 @@ pub mod lag_history;
 pub mod migration_preview;
 pub mod migrations;
 pub mod operations;
+pub mod recovery;
 pub mod tokens;
 pub mod users;
 

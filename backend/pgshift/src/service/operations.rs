@@ -16,8 +16,8 @@ use uuid::Uuid;
 
 use super::{App, ServiceError, ServiceResult};
 use crate::base::TaskSet;
-use crate::engine::cutover::{self, StepRecorder};
-use crate::store::{DesiredState, Operation, OperationState, OperationStep, StepOutcome, Store};
+use crate::engine::cutover::StepRecorder;
+use crate::store::{Operation, OperationState, OperationStep, StepOutcome, Store};
 
 /// The operations running in this process, by migration (one at a time each), with the id of
 /// the operation as the task's value. Lives in the application state.
@@ -462,61 +462,6 @@ pub async fn abort_by_id(app: &App, id: &str) -> ServiceResult<Operation> {
         ));
     }
     Ok(op)
-}
-
-/// At server start: finishes every operation a crash left running. A cutover that had frozen
-/// the source gets its freeze lifted first (unless the migration was already cut over): nothing
-/// stays frozen because pgshift died. When the source cannot be reached yet, the migration's
-/// run lifts the freeze once it can (and the freeze's own deadline lets writes through anyway).
-pub async fn recover(app: &App) -> ServiceResult<()> {
-    let migrations = app.store.list_migrations().await?;
-    for mut op in app.store.running_operations().await? {
-        let record = migrations.iter().find(|m| m.id == op.migration_id);
-        let mut note = String::from("pgshift stopped while this operation ran");
-        if let Some(record) = record {
-            if op.kind == "cutover" && record.desired_state != DesiredState::CutOver {
-                match unfreeze_source(app, record).await {
-                    Ok(true) => note.push_str("; the source's freeze was lifted at restart"),
-                    Ok(false) => {}
-                    Err(e) => {
-                        // The migration's run lifts it as soon as the source lets it, and says
-                        // the source is still frozen until then.
-                        tracing::error!(operation = %op.id, error = %e, "cannot lift a freeze left by a crash yet");
-                        let still = format!(
-                            "the source is still frozen: {}; pgshift keeps trying to lift it, and the source lets writes through by itself once freeze_limit_seconds have passed",
-                            e.shown()
-                        );
-                        app.supervisor.left_freezes().note(record.id, &still);
-                        note.push_str("; ");
-                        note.push_str(&still);
-                    }
-                }
-            }
-        }
-        tracing::warn!(operation = %op.id, migration = %op.migration_name, "finishing an operation left running by a crash");
-        let now = Utc::now();
-        for step in op
-            .steps
-            .iter_mut()
-            .filter(|s| s.outcome == StepOutcome::Running)
-        {
-            step.outcome = StepOutcome::Failed;
-            step.finished_at = Some(now);
-        }
-        op.state = OperationState::Failed;
-        op.error = Some(note);
-        op.updated_at = now;
-        op.finished_at = Some(now);
-        app.store.update_operation(&op).await?;
-    }
-    Ok(())
-}
-
-async fn unfreeze_source(
-    app: &App,
-    record: &crate::store::MigrationRecord,
-) -> crate::engine::EngineResult<bool> {
-    cutover::sequence::lift_freeze(&app.supervisor, record).await
 }
 
 #[cfg(test)]

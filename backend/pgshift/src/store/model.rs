@@ -26,7 +26,7 @@ impl std::fmt::Debug for Cluster {
 }
 
 /// One side of a migration: a database on a cluster.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Endpoint {
     pub cluster_id: Uuid,
     pub database: String,

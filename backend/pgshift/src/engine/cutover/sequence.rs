@@ -384,9 +384,7 @@ impl Cutover<'_> {
         self.reverse = None;
         let lifted = self.lift_earlier_freezes(&mut dst).await;
         if let Some(r) = &reverse {
-            if let Err(e) = self.supervisor.start(r).await {
-                tracing::error!(migration = %r.name, error = %e, "cannot start the reverse migration");
-            }
+            start_reverse(self.supervisor, r).await;
         }
         let blocked = blocked_from.elapsed();
         let finish = json!({
@@ -444,7 +442,10 @@ impl Cutover<'_> {
             target: self.record.source.clone(),
             table_patterns: self.record.table_patterns.clone(),
             tables: self.record.tables.clone(),
-            desired_state: DesiredState::Running,
+            // Stored as created: nothing runs it until the finish starts it, so a crash before
+            // the finish leaves it inert (recovery disarms it) rather than replicating the new
+            // server back before anyone moved to it.
+            desired_state: DesiredState::Created,
             last_error: None,
             created_at: now,
             updated_at: now,
@@ -549,4 +550,35 @@ pub async fn lift_left_freeze(
         supervisor.left_freezes().clear(record.id);
     }
     Ok(lifted)
+}
+
+/// Starts an armed reverse migration once its cutover has finished.
+pub async fn start_reverse(supervisor: &Supervisor, reverse: &MigrationRecord) {
+    let started = async {
+        supervisor
+            .store()
+            .set_desired_state(reverse.id, DesiredState::Running)
+            .await?;
+        let mut running = reverse.clone();
+        running.desired_state = DesiredState::Running;
+        supervisor.start(&running).await
+    };
+    if let Err(e) = started.await {
+        tracing::error!(migration = %reverse.name, error = %e, "cannot start the reverse migration");
+    }
+}
+
+/// Removes a reverse migration armed by a cutover that never finished (a crash): what it
+/// installed on both servers, then its record. Never empties a table.
+pub async fn disarm_reverse(
+    supervisor: &Supervisor,
+    reverse: &MigrationRecord,
+) -> EngineResult<()> {
+    let (mut src, mut dst) = connect_both(supervisor, reverse).await?;
+    reverse::disarm(&mut src, &mut dst, reverse).await?;
+    supervisor
+        .store()
+        .delete_migration(reverse.id)
+        .await
+        .map_err(EngineError::from)
 }

@@ -108,11 +108,16 @@ pub async fn start_cutover(
             .clone()
             .unwrap_or_else(|| format!("{name}-reverse"));
         check_name("reverse migration", &n)?;
-        if app.store.migration_by_name(&n).await?.is_some() {
-            return Err(ServiceError::conflict(
-                "duplicate_name",
-                format!("migration {n:?} already exists; pick another reverse_name"),
-            ));
+        if let Some(existing) = app.store.migration_by_name(&n).await? {
+            let left_armed = existing.desired_state == DesiredState::Created
+                && existing.source == record.target
+                && existing.target == record.source;
+            let why = if left_armed {
+                format!("migration {n:?} is the way back armed by a cutover that did not finish, and does not run: remove it (`pgshift migration remove {n}`; nothing is emptied) or pick another reverse_name")
+            } else {
+                format!("migration {n:?} already exists; pick another reverse_name")
+            };
+            return Err(ServiceError::conflict("duplicate_name", why));
         }
         Some(n)
     } else {

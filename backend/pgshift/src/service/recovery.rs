@@ -1,0 +1,110 @@
+//! Service layer: what a crash left behind, put right at server start. Every operation still
+//! marked running is finished as failed; a cutover's freeze is lifted (unless the migration was
+//! cut over) and the reverse migration it armed is removed, or started when the cutover had
+//! finished: nothing stays frozen, and nothing replicates back, because pgshift died.
+
+use chrono::Utc;
+use serde_json::Value;
+
+use super::{App, ServiceResult};
+use crate::engine::cutover::sequence;
+use crate::store::{DesiredState, MigrationRecord, Operation, OperationState, StepOutcome};
+
+/// Finishes every operation a crash left running. When the source cannot be reached yet, the
+/// migration's run lifts the freeze once it can (and the freeze's own deadline lets writes
+/// through anyway).
+pub async fn recover(app: &App) -> ServiceResult<()> {
+    let migrations = app.store.list_migrations().await?;
+    for mut op in app.store.running_operations().await? {
+        let mut note = String::from("pgshift stopped while this operation ran");
+        if let Some(record) = migrations.iter().find(|m| m.id == op.migration_id) {
+            if op.kind == "cutover" {
+                if record.desired_state != DesiredState::CutOver {
+                    lift_freeze(app, record, &mut note).await;
+                }
+                settle_reverse(app, &migrations, record, &op, &mut note).await;
+            }
+        }
+        tracing::warn!(operation = %op.id, migration = %op.migration_name, "finishing an operation left running by a crash");
+        finish_failed(&mut op, note);
+        app.store.update_operation(&op).await?;
+    }
+    Ok(())
+}
+
+async fn lift_freeze(app: &App, record: &MigrationRecord, note: &mut String) {
+    match sequence::lift_freeze(&app.supervisor, record).await {
+        Ok(true) => note.push_str("; the source's freeze was lifted at restart"),
+        Ok(false) => {}
+        Err(e) => {
+            // The migration's run lifts it as soon as the source lets it, and says the source
+            // is still frozen until then.
+            tracing::error!(migration = %record.name, error = %e, "cannot lift a freeze left by a crash yet");
+            let still = format!(
+                "the source is still frozen: {}; pgshift keeps trying to lift it, and the source lets writes through by itself once freeze_limit_seconds have passed",
+                e.shown()
+            );
+            app.supervisor.left_freezes().note(record.id, &still);
+            note.push_str("; ");
+            note.push_str(&still);
+        }
+    }
+}
+
+/// The reverse migration a cutover armed is stored as created until the finish starts it: after
+/// a finished cutover it is started; otherwise what it installed is removed with its record (no
+/// table is ever emptied), so a retried cutover can arm it again.
+async fn settle_reverse(
+    app: &App,
+    migrations: &[MigrationRecord],
+    record: &MigrationRecord,
+    op: &Operation,
+    note: &mut String,
+) {
+    let Some(name) = op.request.get("reverse_name").and_then(Value::as_str) else {
+        return;
+    };
+    let Some(reverse) = migrations.iter().find(|m| {
+        m.name == name
+            && m.desired_state == DesiredState::Created
+            && m.source == record.target
+            && m.target == record.source
+    }) else {
+        return;
+    };
+    if record.desired_state == DesiredState::CutOver {
+        sequence::start_reverse(&app.supervisor, reverse).await;
+        note.push_str(&format!(
+            "; the cutover had finished: its reverse migration {name:?} was started"
+        ));
+        return;
+    }
+    match sequence::disarm_reverse(&app.supervisor, reverse).await {
+        Ok(()) => note.push_str(&format!(
+            "; the reverse migration {name:?} it had armed was removed"
+        )),
+        Err(e) => {
+            tracing::error!(migration = %name, error = %e, "cannot remove the reverse migration of an unfinished cutover");
+            note.push_str(&format!(
+                "; the reverse migration {name:?} it had armed could not be removed yet ({}); it does not run: remove it with `pgshift migration remove {name}` (nothing is emptied)",
+                e.shown()
+            ));
+        }
+    }
+}
+
+fn finish_failed(op: &mut Operation, note: String) {
+    let now = Utc::now();
+    for step in op
+        .steps
+        .iter_mut()
+        .filter(|s| s.outcome == StepOutcome::Running)
+    {
+        step.outcome = StepOutcome::Failed;
+        step.finished_at = Some(now);
+    }
+    op.state = OperationState::Failed;
+    op.error = Some(note);
+    op.updated_at = now;
+    op.finished_at = Some(now);
+}
