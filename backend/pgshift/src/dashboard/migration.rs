@@ -18,7 +18,7 @@ use crate::base::Role;
 use crate::service::lag_history::LagSeries;
 use crate::service::migrations::{self, MigrationView};
 use crate::service::AppState;
-use crate::store::{AuditEntry, AuditFilter};
+use crate::store::AuditEntry;
 
 /// One table's row on the page.
 pub struct TableRow {
@@ -120,15 +120,7 @@ pub async fn page(
 ) -> Result<Response, PageError> {
     let record = migrations::find(&app, &name).await?;
     let m = migrations::get(&app, &name).await?;
-    let audit = app
-        .store
-        .list_audit(&AuditFilter {
-            migration: Some(name.clone()),
-            cluster: None,
-            limit: 50,
-        })
-        .await
-        .map_err(crate::service::ServiceError::from)?;
+    let audit = crate::service::audit::list(&app, Some(name.clone()), None, Some(50)).await?;
     let cutover = super::cutover::panel(&app, &who, &record).await?;
     let mut live = live(&app, &m, Some(record.id));
     live.can_resync = can_resync(&who, &record);
