@@ -6,12 +6,13 @@ use std::time::Duration;
 use askama::Template;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
-use axum::response::{IntoResponse, Redirect, Response};
+use axum::response::Response;
 use axum::{Form, Json};
 use serde::Deserialize;
 
-use super::audit::{self, Action};
+use super::audit::Action;
 use super::error::{render, PageError};
+use super::form::{self, ActionForm};
 use super::session::SignedIn;
 use super::view::{self, MigrationRow, Nav, Progress};
 use crate::base::Role;
@@ -179,43 +180,26 @@ pub async fn resync_page(
     })
 }
 
-#[derive(Deserialize)]
-pub struct ResyncForm {
-    #[serde(default)]
-    csrf: String,
-    /// The table's name, typed again.
-    #[serde(default)]
-    confirm: String,
-}
-
 /// `POST /ui/migrations/{name}/tables/{table}/resync`: operators copy one table again, once its
 /// name is typed on the confirmation page.
 pub async fn resync(
     State(app): State<AppState>,
     who: SignedIn,
     Path((name, table)): Path<(String, String)>,
-    Form(f): Form<ResyncForm>,
+    Form(f): Form<ActionForm>,
 ) -> Result<Response, PageError> {
-    who.require(Role::Operator)?;
-    who.check_csrf(&f.csrf)?;
-    if f.confirm.trim() != table {
-        return Err(PageError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            format!("To resync the table, type its name ({table}) in the confirmation field."),
-        ));
-    }
+    f.allow(&who, Role::Operator)?;
+    f.confirmed(&table, "resync the table, type its name")?;
     let result = migrations::resync_table(&app, &name, &table)
         .await
-        .map(|_| ())
-        .map_err(PageError::from);
+        .map(|_| ());
     let what = Action {
         action: "migration.resync",
         route: "/ui/migrations/{name}/tables/{table}/resync",
         kind: "migration",
         name: &name,
     };
-    audit::record(&app, &who, what, result).await?;
-    Ok(Redirect::to(&format!("/ui/migrations/{name}")).into_response())
+    form::done(&app, &who, what, result, &format!("/ui/migrations/{name}")).await
 }
 
 #[derive(Deserialize)]
@@ -250,15 +234,6 @@ pub async fn lag_series(
     )))
 }
 
-#[derive(Deserialize)]
-pub struct ActionForm {
-    #[serde(default)]
-    csrf: String,
-    /// For remove: the migration's name, typed again.
-    #[serde(default)]
-    confirm: String,
-}
-
 /// `POST /ui/migrations/{name}/{start|pause|resume|remove}`: operators start, pause and
 /// resume; removing needs an admin, as in the API.
 pub async fn action(
@@ -272,28 +247,18 @@ pub async fn action(
         "pause" => (Role::Operator, "/ui/migrations/{name}/pause"),
         "resume" => (Role::Operator, "/ui/migrations/{name}/resume"),
         "remove" => (Role::Admin, "/ui/migrations/{name}/remove"),
-        _ => {
-            return Err(PageError::new(
-                StatusCode::NOT_FOUND,
-                "There is no such action.",
-            ))
-        }
+        _ => return Err(form::no_such_action()),
     };
-    who.require(role)?;
-    who.check_csrf(&f.csrf)?;
-    if action == "remove" && f.confirm.trim() != name {
-        return Err(PageError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            format!("To remove the migration, type its name ({name}) in the confirmation field."),
-        ));
+    f.allow(&who, role)?;
+    if action == "remove" {
+        f.confirmed(&name, "remove the migration, type its name")?;
     }
     let result = match action.as_str() {
         "start" => migrations::start(&app, &name).await.map(|_| ()),
         "pause" => migrations::pause(&app, &name).await.map(|_| ()),
         "resume" => migrations::resume(&app, &name).await.map(|_| ()),
         _ => migrations::remove(&app, &name).await,
-    }
-    .map_err(PageError::from);
+    };
     let audit_action = format!(
         "migration.{}",
         if action == "remove" {
@@ -308,11 +273,10 @@ pub async fn action(
         kind: "migration",
         name: &name,
     };
-    audit::record(&app, &who, what, result).await?;
     let to = if action == "remove" {
         "/ui".to_string()
     } else {
         format!("/ui/migrations/{name}")
     };
-    Ok(Redirect::to(&to).into_response())
+    form::done(&app, &who, what, result, &to).await
 }
