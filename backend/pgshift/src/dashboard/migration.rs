@@ -19,7 +19,7 @@ use crate::base::Role;
 use crate::service::lag_history::LagSeries;
 use crate::service::migrations::{self, MigrationView};
 use crate::service::AppState;
-use crate::store::AuditEntry;
+use crate::store::{AuditEntry, DesiredState, MigrationRecord};
 
 /// One table's row on the page.
 pub struct TableRow {
@@ -46,8 +46,8 @@ pub struct Live {
 }
 
 /// Operators may resync a table of a running migration.
-fn can_resync(who: &SignedIn, record: &crate::store::MigrationRecord) -> bool {
-    who.user.role >= Role::Operator && record.desired_state == crate::store::DesiredState::Running
+fn can_resync(who: &SignedIn, record: &MigrationRecord) -> bool {
+    who.user.role >= Role::Operator && record.desired_state == DesiredState::Running
 }
 
 #[derive(Template)]
@@ -113,18 +113,28 @@ fn live(app: &AppState, m: &MigrationView, id: Option<uuid::Uuid>) -> Live {
     }
 }
 
+/// The migration's record, and its live part as `who` sees it.
+async fn load(
+    app: &AppState,
+    who: &SignedIn,
+    name: &str,
+) -> Result<(MigrationRecord, Live), PageError> {
+    let record = migrations::find(app, name).await?;
+    let m = migrations::get(app, name).await?;
+    let mut live = live(app, &m, Some(record.id));
+    live.can_resync = can_resync(who, &record);
+    Ok((record, live))
+}
+
 /// `GET /ui/migrations/{name}`.
 pub async fn page(
     State(app): State<AppState>,
     who: SignedIn,
     Path(name): Path<String>,
 ) -> Result<Response, PageError> {
-    let record = migrations::find(&app, &name).await?;
-    let m = migrations::get(&app, &name).await?;
+    let (record, live) = load(&app, &who, &name).await?;
     let audit = crate::service::audit::list(&app, Some(name.clone()), None, Some(50)).await?;
     let cutover = super::cutover::panel(&app, &who, &record).await?;
-    let mut live = live(&app, &m, Some(record.id));
-    live.can_resync = can_resync(&who, &record);
     render(&MigrationPage {
         nav: Nav::new("overview", &who),
         live,
@@ -143,10 +153,7 @@ pub async fn live_fragment(
     who: SignedIn,
     Path(name): Path<String>,
 ) -> Result<Response, PageError> {
-    let record = migrations::find(&app, &name).await?;
-    let m = migrations::get(&app, &name).await?;
-    let mut live = live(&app, &m, Some(record.id));
-    live.can_resync = can_resync(&who, &record);
+    let (_, live) = load(&app, &who, &name).await?;
     render(&LivePartial { live })
 }
 
