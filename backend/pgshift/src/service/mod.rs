@@ -10,6 +10,7 @@ mod error;
 pub mod lag_history;
 pub mod migration_preview;
 pub mod migrations;
+pub mod monitoring;
 pub mod operations;
 pub mod tokens;
 pub mod users;
