@@ -383,3 +383,112 @@ fn no_template_has_inline_javascript() {
         "inline JavaScript in templates: {found:#?}"
     );
 }
+
+/// The value of an unlabelled series in a `/metrics` scrape (0 when absent).
+async fn metric(server: &TestServer, name: &str) -> u64 {
+    let text = server
+        .client
+        .get(format!("{}/metrics", server.base))
+        .send()
+        .await
+        .expect("/metrics answers")
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+        .map_or(0, |v| v.trim().parse().expect("a counter's value"))
+}
+
+/// Bytes of the SQLite store's files (the database and its write-ahead log).
+fn store_bytes(server: &TestServer) -> u64 {
+    ["pgshift.db", "pgshift.db-wal"]
+        .iter()
+        .filter_map(|f| std::fs::metadata(server.data_dir.join(f)).ok())
+        .map(|m| m.len())
+        .sum()
+}
+
+/// Anonymous state-changing requests (a 60 KB name in the path, a start aimed at a real
+/// migration's name, a forged token) are refused and counted on `/metrics`, and nothing of them
+/// reaches the audit trail: they can neither grow the store nor push real entries out of a
+/// migration's trail. Authenticated entries are still recorded, their names cut to a bounded
+/// length before they are written.
+#[tokio::test]
+async fn anonymous_requests_are_counted_not_stored() {
+    init_tracing();
+    let server = TestServer::start().await;
+    let base = server.base.clone();
+    let http = client(8);
+    let long = "a".repeat(60 * 1024);
+    let before = store_bytes(&server);
+    let refused_before = metric(&server, "pgshift_http_unauthenticated_refusals_total").await;
+    let statuses: Vec<StatusCode> = stream::iter(0..300u32)
+        .map(|i| {
+            let http = http.clone();
+            let url = match i % 3 {
+                0 => format!("{base}/api/v1/clusters/{long}"),
+                _ => format!("{base}/api/v1/migrations/m1/start"),
+            };
+            async move {
+                let request = match i % 3 {
+                    0 => http.delete(url),
+                    1 => http.post(url),
+                    _ => http.post(url).bearer_auth("forged.token.value"),
+                };
+                request.send().await.expect("an answer").status()
+            }
+        })
+        .buffer_unordered(8)
+        .collect()
+        .await;
+    assert!(
+        statuses.iter().all(|s| *s == StatusCode::UNAUTHORIZED),
+        "{statuses:?}"
+    );
+    let (status, entries) = server.get("/audit?limit=1000").await;
+    assert_eq!(status, StatusCode::OK, "{entries}");
+    assert_eq!(
+        entries.as_array().unwrap().len(),
+        0,
+        "anonymous requests were stored: {}",
+        &entries.to_string()[..500.min(entries.to_string().len())]
+    );
+    let (_, m1) = server.get("/audit?migration=m1").await;
+    assert_eq!(m1, json!([]), "m1's trail");
+    let grown = store_bytes(&server).saturating_sub(before);
+    assert!(
+        grown < 1024 * 1024,
+        "the store grew by {grown} bytes from refused requests"
+    );
+    let refused = metric(&server, "pgshift_http_unauthenticated_refusals_total").await;
+    assert_eq!(
+        refused - refused_before,
+        300,
+        "refusals counted on /metrics"
+    );
+
+    // Authenticated requests are recorded, with the name cut short.
+    let (status, body) = server.delete(&format!("/clusters/{long}")).await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+    let viewer = server.token_for(Role::Viewer, "vera").await;
+    let r = server
+        .client
+        .post(server.url("/migrations/m1/start"))
+        .bearer_auth(&viewer)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    let (_, entries) = server.get("/audit").await;
+    let entries = entries.as_array().unwrap().clone();
+    assert_eq!(entries.len(), 2, "{entries:?}");
+    assert_eq!(entries[0]["actor"], "vera");
+    assert_eq!(entries[0]["object_name"], "m1");
+    let name = entries[1]["object_name"].as_str().expect("a name");
+    assert!(
+        name.len() <= 256 && name.starts_with("aaaa"),
+        "a {}-byte object name was stored",
+        name.len()
+    );
+}

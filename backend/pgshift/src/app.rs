@@ -90,6 +90,7 @@ impl Application {
                         config.webhook_allowed_networks.clone(),
                     ),
                 ),
+                unauthenticated: Default::default(),
             }),
         })
     }

@@ -36,6 +36,8 @@ pub struct App {
     pub lag_history: lag_history::LagHistory,
     /// Cutovers and verifications running in this process.
     pub operations: operations::Operations,
+    /// API requests refused for want of a valid token: counted, not audited one by one.
+    pub unauthenticated: audit::Unauthenticated,
 }
 
 /// The state every API handler and dashboard page receives.
