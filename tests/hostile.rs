@@ -492,3 +492,168 @@ async fn anonymous_requests_are_counted_not_stored() {
         name.len()
     );
 }
+
+/// A dashboard sign-in as it arrives through a proxy: `forwarded` is the `X-Forwarded-For` the
+/// proxy passes on (what the client sent, then the address the proxy appended).
+async fn sign_in_via(
+    client: &reqwest::Client,
+    base: &str,
+    forwarded: &str,
+    name: &str,
+    password: &str,
+) -> StatusCode {
+    client
+        .post(format!("{base}/ui/sign-in"))
+        .header("x-forwarded-for", forwarded)
+        .form(&[("name", name), ("password", password), ("next", "/ui")])
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("sign-in for {name} got no answer: {e}"))
+        .status()
+}
+
+/// The `client_ip` the audit trail records for an admin's request sent with `forwarded` as its
+/// `X-Forwarded-For` (none when `None`).
+async fn audited_client_ip(server: &TestServer, forwarded: Option<&str>) -> String {
+    let mut request = server
+        .client
+        .delete(server.url("/clusters/nothere"))
+        .bearer_auth(&server.token);
+    if let Some(f) = forwarded {
+        request = request.header("x-forwarded-for", f);
+    }
+    assert_eq!(
+        request.send().await.unwrap().status(),
+        StatusCode::NOT_FOUND
+    );
+    let (_, entries) = server.get("/audit?limit=1").await;
+    entries[0]["client_ip"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no client_ip: {entries}"))
+        .to_string()
+}
+
+/// Sign-in attempts from one address that the throttle counts before refusing it (four times
+/// the per-name limit).
+const ADDRESS_LIMIT: usize = 20;
+
+/// Without `trusted_proxies` (the default) no `X-Forwarded-For` is believed, not even from a
+/// loopback peer: a client on this machine cannot name another address in the audit trail, nor
+/// step around the per-address sign-in throttle by changing the header on every attempt.
+#[tokio::test]
+async fn forwarded_for_is_ignored_unless_the_peer_is_a_trusted_proxy() {
+    init_tracing();
+    let server = TestServer::start().await;
+    assert_eq!(
+        audited_client_ip(&server, Some("203.0.113.9")).await,
+        "127.0.0.1"
+    );
+    let http = client(1);
+    for i in 0..ADDRESS_LIMIT {
+        let status = sign_in_via(
+            &http,
+            &server.base,
+            &format!("10.9.0.{i}"),
+            &format!("rotating-{i}"),
+            "not-the-password",
+        )
+        .await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "attempt {i}");
+    }
+    let status = sign_in_via(
+        &http,
+        &server.base,
+        "10.9.1.1",
+        "rotating-last",
+        "not-the-password",
+    )
+    .await;
+    assert_eq!(
+        status,
+        StatusCode::TOO_MANY_REQUESTS,
+        "a new X-Forwarded-For on every attempt escaped the per-address throttle"
+    );
+}
+
+/// Behind proxies that append the address they saw (nginx's `$proxy_add_x_forwarded_for`), with
+/// the loopback proxy and an inner network listed in `trusted_proxies`: the client is the
+/// rightmost address that is not a trusted proxy, so whatever the client itself put in the
+/// header is ignored: in the audit trail, for the sign-in throttle, and so it cannot lock
+/// another address out.
+#[tokio::test]
+async fn the_client_is_the_rightmost_address_not_a_trusted_proxy() {
+    init_tracing();
+    let server = TestServer::start_configured(|c| {
+        c.trusted_proxies = vec![
+            "127.0.0.1/32".parse().unwrap(),
+            "10.0.0.0/8".parse().unwrap(),
+        ];
+    })
+    .await;
+    let cases = [
+        (None, "127.0.0.1"),
+        (Some("198.51.100.20"), "198.51.100.20"),
+        (Some("203.0.113.9, 198.51.100.20"), "198.51.100.20"),
+        (
+            Some("203.0.113.9, 198.51.100.21, 10.1.2.3"),
+            "198.51.100.21",
+        ),
+        (Some("203.0.113.9,198.51.100.22:4711"), "198.51.100.22"),
+        (Some("[2001:db8::7]:443"), "2001:db8::7"),
+        // Only trusted proxies: the farthest of them.
+        (Some("10.1.2.4, 10.1.2.3"), "10.1.2.4"),
+        // Something that is not an address: the nearest trusted hop before it.
+        (Some("198.51.100.23, not-an-address, 10.1.2.3"), "10.1.2.3"),
+    ];
+    for (forwarded, expected) in cases {
+        assert_eq!(
+            audited_client_ip(&server, forwarded).await,
+            expected,
+            "X-Forwarded-For: {forwarded:?}"
+        );
+    }
+    create_user(
+        &server.data_dir,
+        "victor",
+        Role::Viewer,
+        "victor-password-1",
+    )
+    .await;
+    let http = client(1);
+    // An attacker at 203.0.113.66 writes the victim's address (198.51.100.7) into the header:
+    // its own address is the one counted, so the victim is not locked out, and the attacker is
+    // refused past the limit whatever it writes next.
+    for i in 0..ADDRESS_LIMIT {
+        let status = sign_in_via(
+            &http,
+            &server.base,
+            "198.51.100.7, 203.0.113.66",
+            &format!("guess-{i}"),
+            "not-the-password",
+        )
+        .await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "attempt {i}");
+    }
+    let status = sign_in_via(
+        &http,
+        &server.base,
+        "198.51.100.7",
+        "victor",
+        "victor-password-1",
+    )
+    .await;
+    assert_eq!(status, StatusCode::SEE_OTHER, "the victim signs in");
+    let status = sign_in_via(
+        &http,
+        &server.base,
+        "192.0.2.1, 10.9.0.1, 203.0.113.66",
+        "guess-last",
+        "not-the-password",
+    )
+    .await;
+    assert_eq!(
+        status,
+        StatusCode::TOO_MANY_REQUESTS,
+        "the attacker's address"
+    );
+}

@@ -91,6 +91,9 @@ impl Application {
                     ),
                 ),
                 unauthenticated: Default::default(),
+                trusted_proxies: crate::service::audit::TrustedProxies::new(
+                    config.trusted_proxies.clone(),
+                ),
             }),
         })
     }

@@ -19,7 +19,7 @@ use serde::Deserialize;
 
 use super::error::{AuthErrors, ErrorBody};
 use super::{ApiError, Caller};
-use crate::service::{audit, AppState};
+use crate::service::{audit, App, AppState};
 use crate::store::{AuditEntry, NewAuditEntry};
 
 /// Response bodies larger than this are not read for an error code or a name.
@@ -65,7 +65,7 @@ pub async fn record(State(app): State<AppState>, request: Request, next: Next) -
             .map(|(_, value)| audit::bounded_name(value)),
         Err(_) => None,
     };
-    let client_ip = client_ip(&parts);
+    let client_ip = client_addr(&app, &parts).map(|ip| ip.to_string());
     let response = next.run(Request::from_parts(parts, body)).await;
 
     let status = response.status();
@@ -122,7 +122,7 @@ async fn unrecorded(
     body: Body,
     next: Next,
 ) -> Response {
-    let client = client_addr(&parts);
+    let client = client_addr(app, &parts);
     let response = next.run(Request::from_parts(parts, body)).await;
     if response.status() == StatusCode::UNAUTHORIZED {
         app.unauthenticated
@@ -131,18 +131,13 @@ async fn unrecorded(
     response
 }
 
-/// Where a request came from.
-fn client_addr(parts: &axum::http::request::Parts) -> Option<IpAddr> {
+/// Where a request came from: its peer, or the client a trusted proxy names.
+fn client_addr(app: &App, parts: &axum::http::request::Parts) -> Option<IpAddr> {
     let peer = parts
         .extensions
         .get::<ConnectInfo<SocketAddr>>()
         .map(|ConnectInfo(addr)| *addr);
-    audit::client_addr(peer, &parts.headers)
-}
-
-/// Where a request came from, for the audit trail.
-fn client_ip(parts: &axum::http::request::Parts) -> Option<String> {
-    client_addr(parts).map(|ip| ip.to_string())
+    app.trusted_proxies.client_addr(peer, &parts.headers)
 }
 
 /// `cluster` or `migration` for routes under `/api/v1/clusters` or `/api/v1/migrations`.

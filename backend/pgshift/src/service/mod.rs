@@ -38,6 +38,8 @@ pub struct App {
     pub operations: operations::Operations,
     /// API requests refused for want of a valid token: counted, not audited one by one.
     pub unauthenticated: audit::Unauthenticated,
+    /// The reverse proxies whose `X-Forwarded-For` names the client.
+    pub trusted_proxies: audit::TrustedProxies,
 }
 
 /// The state every API handler and dashboard page receives.
