@@ -657,3 +657,113 @@ async fn the_client_is_the_rightmost_address_not_a_trusted_proxy() {
         "the attacker's address"
     );
 }
+
+/// The permission bits of `path`, in octal (`0600`).
+fn mode_of(path: &std::path::Path) -> String {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .permissions()
+        .mode();
+    format!("{:04o}", mode & 0o7777)
+}
+
+fn set_mode(path: &std::path::Path, mode: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+}
+
+/// Takes the immutable attribute off a file when dropped, so that the test's directory can go
+/// even when an assertion fails.
+struct Immutable(std::path::PathBuf);
+
+impl Immutable {
+    /// `None` where `chattr +i` is not allowed (not root, or a file system without it).
+    fn set(path: &std::path::Path) -> Option<Immutable> {
+        let done = std::process::Command::new("chattr")
+            .arg("+i")
+            .arg(path)
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        done.then(|| Immutable(path.to_path_buf()))
+    }
+}
+
+impl Drop for Immutable {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("chattr")
+            .arg("-i")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+/// Removes a test's data directory when dropped, even when an assertion fails.
+struct RemoveDir(std::path::PathBuf);
+
+impl Drop for RemoveDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// The data directory holds password hashes, session and CSRF tokens, the token signing key and
+/// the DSN keys: pgshift's files in it are 0600 from their creation, and a directory whose modes
+/// an operator opened (0755, 0644) is made private again at start (other files in it are left
+/// alone). When a mode cannot be changed, the server refuses to start and says which file.
+#[tokio::test]
+async fn the_data_directory_is_made_private_at_start() {
+    init_tracing();
+    let server = TestServer::start().await;
+    let dir = server.stop().await;
+    let _remove = RemoveDir(dir.clone());
+    let files = ["pgshift.db", "server-key.json", "secret-keys.json"];
+    assert_eq!(mode_of(&dir), "0700", "a new data directory");
+    for f in files {
+        assert_eq!(mode_of(&dir.join(f)), "0600", "a new {f}");
+    }
+
+    // Copied, restored or created by hand with the usual umask.
+    set_mode(&dir, 0o755);
+    for f in files {
+        set_mode(&dir.join(f), 0o644);
+    }
+    let notes = dir.join("notes.txt");
+    std::fs::write(&notes, "the operator's own file").unwrap();
+    set_mode(&notes, 0o644);
+    let server = TestServer::start_in(&dir, pgshift_tests::server::test_settings()).await;
+    let (status, _) = server.get("/clusters").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(mode_of(&dir), "0700", "the data directory at start");
+    for f in files {
+        assert_eq!(mode_of(&dir.join(f)), "0600", "{f} at start");
+    }
+    for f in ["pgshift.db-wal", "pgshift.db-shm"] {
+        let path = dir.join(f);
+        if path.exists() {
+            assert_eq!(mode_of(&path), "0600", "{f}, made by SQLite");
+        }
+    }
+    assert_eq!(mode_of(&notes), "0644", "a file that is not pgshift's");
+    let dir = server.stop().await;
+
+    // A mode that cannot be changed: the server does not start, and says why.
+    let db = dir.join("pgshift.db");
+    set_mode(&db, 0o644);
+    match Immutable::set(&db) {
+        None => eprintln!("chattr +i is not allowed here: the refusal is not exercised"),
+        Some(_immutable) => {
+            let config =
+                pgshift::config::ServeConfig::new("127.0.0.1:0".parse().unwrap(), dir.clone());
+            let err = match pgshift::app::Application::build(config).await {
+                Ok(_) => panic!("the server started with {} at mode 0644", db.display()),
+                Err(e) => e.to_string(),
+            };
+            assert!(
+                err.contains(&db.display().to_string()) && err.contains("0644"),
+                "{err}"
+            );
+        }
+    }
+}
