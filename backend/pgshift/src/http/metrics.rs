@@ -169,6 +169,13 @@ pub async fn metrics(State(state): State<MetricsState>) -> Result<Response, ApiE
         "HTTP request latency by route",
         state.http.latency.clone(),
     );
+    let refused: Counter = Counter::default();
+    refused.inc_by(state.app.unauthenticated.total());
+    registry.register(
+        "pgshift_http_unauthenticated_refusals",
+        "API requests refused for want of a valid token (counted here, not recorded in the audit trail)",
+        refused,
+    );
 
     let lag = Family::<MigrationLabels, FloatGauge>::default();
     let pending = Family::<MigrationLabels, Gauge>::default();

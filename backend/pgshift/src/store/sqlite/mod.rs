@@ -55,10 +55,29 @@ pub struct SqliteStore {
     pool: SqlitePool,
 }
 
+/// The metadata file in the data directory.
+pub const DB_FILE: &str = "pgshift.db";
+/// Every file SQLite keeps in the data directory: the database, its write-ahead log and shared
+/// memory index, and a rollback journal.
+pub const FILES: [&str; 4] = [
+    DB_FILE,
+    "pgshift.db-wal",
+    "pgshift.db-shm",
+    "pgshift.db-journal",
+];
+
 impl SqliteStore {
-    /// Opens (creating if needed) `pgshift.db` in `data_dir` and applies pending metadata migrations.
+    /// Opens (creating if needed) `pgshift.db` in `data_dir` and applies pending metadata
+    /// migrations. A new file is created empty and private (0600) before SQLite opens it, and
+    /// SQLite gives its other files the database's mode.
     pub async fn open(data_dir: &Path) -> StoreResult<Self> {
-        let path = data_dir.join("pgshift.db");
+        match crate::base::DataDir::new(data_dir).write_private(DB_FILE, b"") {
+            Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => {
+                return Err(StoreError::Database(sqlx::Error::Io(e)))
+            }
+            _ => {}
+        }
+        let path = data_dir.join(DB_FILE);
         let options = SqliteConnectOptions::from_str("sqlite:")?
             .filename(path)
             .create_if_missing(true)
