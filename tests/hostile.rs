@@ -383,3 +383,387 @@ fn no_template_has_inline_javascript() {
         "inline JavaScript in templates: {found:#?}"
     );
 }
+
+/// The value of an unlabelled series in a `/metrics` scrape (0 when absent).
+async fn metric(server: &TestServer, name: &str) -> u64 {
+    let text = server
+        .client
+        .get(format!("{}/metrics", server.base))
+        .send()
+        .await
+        .expect("/metrics answers")
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+        .map_or(0, |v| v.trim().parse().expect("a counter's value"))
+}
+
+/// Bytes of the SQLite store's files (the database and its write-ahead log).
+fn store_bytes(server: &TestServer) -> u64 {
+    ["pgshift.db", "pgshift.db-wal"]
+        .iter()
+        .filter_map(|f| std::fs::metadata(server.data_dir.join(f)).ok())
+        .map(|m| m.len())
+        .sum()
+}
+
+/// Anonymous state-changing requests (a 60 KB name in the path, a start aimed at a real
+/// migration's name, a forged token) are refused and counted on `/metrics`, and nothing of them
+/// reaches the audit trail: they can neither grow the store nor push real entries out of a
+/// migration's trail. Authenticated entries are still recorded, their names cut to a bounded
+/// length before they are written.
+#[tokio::test]
+async fn anonymous_requests_are_counted_not_stored() {
+    init_tracing();
+    let server = TestServer::start().await;
+    let base = server.base.clone();
+    let http = client(8);
+    let long = "a".repeat(60 * 1024);
+    let before = store_bytes(&server);
+    let refused_before = metric(&server, "pgshift_http_unauthenticated_refusals_total").await;
+    let statuses: Vec<StatusCode> = stream::iter(0..300u32)
+        .map(|i| {
+            let http = http.clone();
+            let url = match i % 3 {
+                0 => format!("{base}/api/v1/clusters/{long}"),
+                _ => format!("{base}/api/v1/migrations/m1/start"),
+            };
+            async move {
+                let request = match i % 3 {
+                    0 => http.delete(url),
+                    1 => http.post(url),
+                    _ => http.post(url).bearer_auth("forged.token.value"),
+                };
+                request.send().await.expect("an answer").status()
+            }
+        })
+        .buffer_unordered(8)
+        .collect()
+        .await;
+    assert!(
+        statuses.iter().all(|s| *s == StatusCode::UNAUTHORIZED),
+        "{statuses:?}"
+    );
+    let (status, entries) = server.get("/audit?limit=1000").await;
+    assert_eq!(status, StatusCode::OK, "{entries}");
+    assert_eq!(
+        entries.as_array().unwrap().len(),
+        0,
+        "anonymous requests were stored: {}",
+        &entries.to_string()[..500.min(entries.to_string().len())]
+    );
+    let (_, m1) = server.get("/audit?migration=m1").await;
+    assert_eq!(m1, json!([]), "m1's trail");
+    let grown = store_bytes(&server).saturating_sub(before);
+    assert!(
+        grown < 1024 * 1024,
+        "the store grew by {grown} bytes from refused requests"
+    );
+    let refused = metric(&server, "pgshift_http_unauthenticated_refusals_total").await;
+    assert_eq!(
+        refused - refused_before,
+        300,
+        "refusals counted on /metrics"
+    );
+
+    // Authenticated requests are recorded, with the name cut short.
+    let (status, body) = server.delete(&format!("/clusters/{long}")).await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+    let viewer = server.token_for(Role::Viewer, "vera").await;
+    let r = server
+        .client
+        .post(server.url("/migrations/m1/start"))
+        .bearer_auth(&viewer)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    let (_, entries) = server.get("/audit").await;
+    let entries = entries.as_array().unwrap().clone();
+    assert_eq!(entries.len(), 2, "{entries:?}");
+    assert_eq!(entries[0]["actor"], "vera");
+    assert_eq!(entries[0]["object_name"], "m1");
+    let name = entries[1]["object_name"].as_str().expect("a name");
+    assert!(
+        name.len() <= 256 && name.starts_with("aaaa"),
+        "a {}-byte object name was stored",
+        name.len()
+    );
+}
+
+/// A dashboard sign-in as it arrives through a proxy: `forwarded` is the `X-Forwarded-For` the
+/// proxy passes on (what the client sent, then the address the proxy appended).
+async fn sign_in_via(
+    client: &reqwest::Client,
+    base: &str,
+    forwarded: &str,
+    name: &str,
+    password: &str,
+) -> StatusCode {
+    client
+        .post(format!("{base}/ui/sign-in"))
+        .header("x-forwarded-for", forwarded)
+        .form(&[("name", name), ("password", password), ("next", "/ui")])
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("sign-in for {name} got no answer: {e}"))
+        .status()
+}
+
+/// The `client_ip` the audit trail records for an admin's request sent with `forwarded` as its
+/// `X-Forwarded-For` (none when `None`).
+async fn audited_client_ip(server: &TestServer, forwarded: Option<&str>) -> String {
+    let mut request = server
+        .client
+        .delete(server.url("/clusters/nothere"))
+        .bearer_auth(&server.token);
+    if let Some(f) = forwarded {
+        request = request.header("x-forwarded-for", f);
+    }
+    assert_eq!(
+        request.send().await.unwrap().status(),
+        StatusCode::NOT_FOUND
+    );
+    let (_, entries) = server.get("/audit?limit=1").await;
+    entries[0]["client_ip"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no client_ip: {entries}"))
+        .to_string()
+}
+
+/// Sign-in attempts from one address that the throttle counts before refusing it (four times
+/// the per-name limit).
+const ADDRESS_LIMIT: usize = 20;
+
+/// Without `trusted_proxies` (the default) no `X-Forwarded-For` is believed, not even from a
+/// loopback peer: a client on this machine cannot name another address in the audit trail, nor
+/// step around the per-address sign-in throttle by changing the header on every attempt.
+#[tokio::test]
+async fn forwarded_for_is_ignored_unless_the_peer_is_a_trusted_proxy() {
+    init_tracing();
+    let server = TestServer::start().await;
+    assert_eq!(
+        audited_client_ip(&server, Some("203.0.113.9")).await,
+        "127.0.0.1"
+    );
+    let http = client(1);
+    for i in 0..ADDRESS_LIMIT {
+        let status = sign_in_via(
+            &http,
+            &server.base,
+            &format!("10.9.0.{i}"),
+            &format!("rotating-{i}"),
+            "not-the-password",
+        )
+        .await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "attempt {i}");
+    }
+    let status = sign_in_via(
+        &http,
+        &server.base,
+        "10.9.1.1",
+        "rotating-last",
+        "not-the-password",
+    )
+    .await;
+    assert_eq!(
+        status,
+        StatusCode::TOO_MANY_REQUESTS,
+        "a new X-Forwarded-For on every attempt escaped the per-address throttle"
+    );
+}
+
+/// Behind proxies that append the address they saw (nginx's `$proxy_add_x_forwarded_for`), with
+/// the loopback proxy and an inner network listed in `trusted_proxies`: the client is the
+/// rightmost address that is not a trusted proxy, so whatever the client itself put in the
+/// header is ignored: in the audit trail, for the sign-in throttle, and so it cannot lock
+/// another address out.
+#[tokio::test]
+async fn the_client_is_the_rightmost_address_not_a_trusted_proxy() {
+    init_tracing();
+    let server = TestServer::start_configured(|c| {
+        c.trusted_proxies = vec![
+            "127.0.0.1/32".parse().unwrap(),
+            "10.0.0.0/8".parse().unwrap(),
+        ];
+    })
+    .await;
+    let cases = [
+        (None, "127.0.0.1"),
+        (Some("198.51.100.20"), "198.51.100.20"),
+        (Some("203.0.113.9, 198.51.100.20"), "198.51.100.20"),
+        (
+            Some("203.0.113.9, 198.51.100.21, 10.1.2.3"),
+            "198.51.100.21",
+        ),
+        (Some("203.0.113.9,198.51.100.22:4711"), "198.51.100.22"),
+        (Some("[2001:db8::7]:443"), "2001:db8::7"),
+        // Only trusted proxies: the farthest of them.
+        (Some("10.1.2.4, 10.1.2.3"), "10.1.2.4"),
+        // Something that is not an address: the nearest trusted hop before it.
+        (Some("198.51.100.23, not-an-address, 10.1.2.3"), "10.1.2.3"),
+    ];
+    for (forwarded, expected) in cases {
+        assert_eq!(
+            audited_client_ip(&server, forwarded).await,
+            expected,
+            "X-Forwarded-For: {forwarded:?}"
+        );
+    }
+    create_user(
+        &server.data_dir,
+        "victor",
+        Role::Viewer,
+        "victor-password-1",
+    )
+    .await;
+    let http = client(1);
+    // An attacker at 203.0.113.66 writes the victim's address (198.51.100.7) into the header:
+    // its own address is the one counted, so the victim is not locked out, and the attacker is
+    // refused past the limit whatever it writes next.
+    for i in 0..ADDRESS_LIMIT {
+        let status = sign_in_via(
+            &http,
+            &server.base,
+            "198.51.100.7, 203.0.113.66",
+            &format!("guess-{i}"),
+            "not-the-password",
+        )
+        .await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "attempt {i}");
+    }
+    let status = sign_in_via(
+        &http,
+        &server.base,
+        "198.51.100.7",
+        "victor",
+        "victor-password-1",
+    )
+    .await;
+    assert_eq!(status, StatusCode::SEE_OTHER, "the victim signs in");
+    let status = sign_in_via(
+        &http,
+        &server.base,
+        "192.0.2.1, 10.9.0.1, 203.0.113.66",
+        "guess-last",
+        "not-the-password",
+    )
+    .await;
+    assert_eq!(
+        status,
+        StatusCode::TOO_MANY_REQUESTS,
+        "the attacker's address"
+    );
+}
+
+/// The permission bits of `path`, in octal (`0600`).
+fn mode_of(path: &std::path::Path) -> String {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .permissions()
+        .mode();
+    format!("{:04o}", mode & 0o7777)
+}
+
+fn set_mode(path: &std::path::Path, mode: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+}
+
+/// Takes the immutable attribute off a file when dropped, so that the test's directory can go
+/// even when an assertion fails.
+struct Immutable(std::path::PathBuf);
+
+impl Immutable {
+    /// `None` where `chattr +i` is not allowed (not root, or a file system without it).
+    fn set(path: &std::path::Path) -> Option<Immutable> {
+        let done = std::process::Command::new("chattr")
+            .arg("+i")
+            .arg(path)
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        done.then(|| Immutable(path.to_path_buf()))
+    }
+}
+
+impl Drop for Immutable {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("chattr")
+            .arg("-i")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+/// Removes a test's data directory when dropped, even when an assertion fails.
+struct RemoveDir(std::path::PathBuf);
+
+impl Drop for RemoveDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// The data directory holds password hashes, session and CSRF tokens, the token signing key and
+/// the DSN keys: pgshift's files in it are 0600 from their creation, and a directory whose modes
+/// an operator opened (0755, 0644) is made private again at start (other files in it are left
+/// alone). When a mode cannot be changed, the server refuses to start and says which file.
+#[tokio::test]
+async fn the_data_directory_is_made_private_at_start() {
+    init_tracing();
+    let server = TestServer::start().await;
+    let dir = server.stop().await;
+    let _remove = RemoveDir(dir.clone());
+    let files = ["pgshift.db", "server-key.json", "secret-keys.json"];
+    assert_eq!(mode_of(&dir), "0700", "a new data directory");
+    for f in files {
+        assert_eq!(mode_of(&dir.join(f)), "0600", "a new {f}");
+    }
+
+    // Copied, restored or created by hand with the usual umask.
+    set_mode(&dir, 0o755);
+    for f in files {
+        set_mode(&dir.join(f), 0o644);
+    }
+    let notes = dir.join("notes.txt");
+    std::fs::write(&notes, "the operator's own file").unwrap();
+    set_mode(&notes, 0o644);
+    let server = TestServer::start_in(&dir, pgshift_tests::server::test_settings()).await;
+    let (status, _) = server.get("/clusters").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(mode_of(&dir), "0700", "the data directory at start");
+    for f in files {
+        assert_eq!(mode_of(&dir.join(f)), "0600", "{f} at start");
+    }
+    for f in ["pgshift.db-wal", "pgshift.db-shm"] {
+        let path = dir.join(f);
+        if path.exists() {
+            assert_eq!(mode_of(&path), "0600", "{f}, made by SQLite");
+        }
+    }
+    assert_eq!(mode_of(&notes), "0644", "a file that is not pgshift's");
+    let dir = server.stop().await;
+
+    // A mode that cannot be changed: the server does not start, and says why.
+    let db = dir.join("pgshift.db");
+    set_mode(&db, 0o644);
+    match Immutable::set(&db) {
+        None => eprintln!("chattr +i is not allowed here: the refusal is not exercised"),
+        Some(_immutable) => {
+            let config =
+                pgshift::config::ServeConfig::new("127.0.0.1:0".parse().unwrap(), dir.clone());
+            let err = match pgshift::app::Application::build(config).await {
+                Ok(_) => panic!("the server started with {} at mode 0644", db.display()),
+                Err(e) => e.to_string(),
+            };
+            assert!(
+                err.contains(&db.display().to_string()) && err.contains("0644"),
+                "{err}"
+            );
+        }
+    }
+}

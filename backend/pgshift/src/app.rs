@@ -31,6 +31,8 @@ pub enum StartError {
         path: String,
         source: std::io::Error,
     },
+    #[error("the data directory is not private: {0}")]
+    DataDirNotPrivate(#[from] crate::base::data_dir::NotPrivate),
     #[error(transparent)]
     Keys(#[from] KeyError),
     #[error("cannot load the secret keys: {0}")]
@@ -53,12 +55,25 @@ pub struct Application {
 
 impl Application {
     pub async fn build(config: ServeConfig) -> Result<Self, StartError> {
-        DataDir::new(&config.data_dir)
-            .create()
-            .map_err(|source| StartError::DataDir {
-                path: config.data_dir.display().to_string(),
-                source,
-            })?;
+        let data_dir = DataDir::new(&config.data_dir);
+        data_dir.create().map_err(|source| StartError::DataDir {
+            path: config.data_dir.display().to_string(),
+            source,
+        })?;
+        // It holds password hashes, session and CSRF tokens and the keys: an existing directory
+        // (restored, copied, made by hand) is made private again before anything is read.
+        let owned: Vec<&str> = [crate::auth::KEY_FILE, crate::secrets::KEY_FILE]
+            .into_iter()
+            .chain(crate::store::SQLITE_FILES)
+            .collect();
+        for change in data_dir.make_private(&owned)? {
+            tracing::warn!(
+                path = %change.path.display(),
+                was = format!("{:04o}", change.was),
+                now = format!("{:04o}", change.now),
+                "the data directory was open to other users: mode changed"
+            );
+        }
         let keys = Keys::load_or_create(&config.data_dir)?;
         let store = crate::store::open(config.metadata.as_deref(), &config.data_dir).await?;
         let secrets = Arc::new(Secrets::load_with(
@@ -89,6 +104,10 @@ impl Application {
                     crate::service::operations::WebhookPolicy::new(
                         config.webhook_allowed_networks.clone(),
                     ),
+                ),
+                unauthenticated: Default::default(),
+                trusted_proxies: crate::service::audit::TrustedProxies::new(
+                    config.trusted_proxies.clone(),
                 ),
             }),
         })

@@ -53,7 +53,8 @@ pub enum KeyError {
     Malformed { path: String },
 }
 
-const KEY_FILE: &str = "server-key.json";
+/// The token signing key's file in the data directory.
+pub const KEY_FILE: &str = "server-key.json";
 
 impl Keys {
     /// Loads the key from `data_dir`, creating it (readable only by this user) on first use.

@@ -58,6 +58,11 @@ pub struct Settings {
     /// besides public addresses; comma-separated on the command line.
     #[arg(long, env = "PGSHIFT_WEBHOOK_ALLOWED_NETWORKS", value_delimiter = ',')]
     pub webhook_allowed_networks: Option<Vec<String>>,
+    /// Reverse proxies (addresses or networks like `10.1.0.0/16`) whose `X-Forwarded-For` is
+    /// believed; none by default, so the client is the connection's peer. Comma-separated on
+    /// the command line.
+    #[arg(long, env = "PGSHIFT_TRUSTED_PROXIES", value_delimiter = ',')]
+    pub trusted_proxies: Option<Vec<String>>,
 }
 
 /// The configuration file's location.
@@ -103,6 +108,7 @@ impl Settings {
             webhook_allowed_networks: top
                 .webhook_allowed_networks
                 .or(self.webhook_allowed_networks),
+            trusted_proxies: top.trusted_proxies.or(self.trusted_proxies),
         }
     }
 
@@ -143,6 +149,9 @@ pub struct ServeConfig {
     /// Networks where cutover webhooks may go besides public addresses (loopback, private and
     /// link-local addresses are refused unless listed here).
     pub webhook_allowed_networks: Vec<ipnet::IpNet>,
+    /// The reverse proxies whose `X-Forwarded-For` names the client; empty: no header is
+    /// believed, the client is the connection's peer.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
     /// The secret keyring from [`SECRET_KEYS_ENV`]; `None`: the key file in the data directory.
     pub secret_keys: Option<String>,
     /// The first admin's password from [`ADMIN_PASSWORD_ENV`]; `None`: one is generated.
@@ -161,6 +170,7 @@ impl std::fmt::Debug for ServeConfig {
             )
             .field("engine", &self.engine)
             .field("webhook_allowed_networks", &self.webhook_allowed_networks)
+            .field("trusted_proxies", &self.trusted_proxies)
             .field("secret_keys", &set(&self.secret_keys))
             .field("admin_password", &set(&self.admin_password))
             .finish()
@@ -176,6 +186,7 @@ impl ServeConfig {
             metadata: None,
             engine: EngineSettings::default(),
             webhook_allowed_networks: Vec::new(),
+            trusted_proxies: Vec::new(),
             secret_keys: None,
             admin_password: None,
         }
@@ -220,6 +231,23 @@ pub fn resolve_store(file: Settings, flags: StoreSettings) -> StoreSettings {
     file.store.under(flags)
 }
 
+/// The networks of a list knob (`key`): `10.1.0.0/16`, or a bare address meaning that one address.
+fn networks(key: &str, values: Vec<String>) -> Result<Vec<ipnet::IpNet>, ConfigError> {
+    values
+        .iter()
+        .map(|net| {
+            net.parse::<ipnet::IpNet>()
+                .or_else(|_| net.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+                .map(|parsed| parsed.trunc())
+                .map_err(|_| {
+                    ConfigError::Invalid(format!(
+                        "{key}: {net:?} is not a network like 10.1.0.0/16 or an address"
+                    ))
+                })
+        })
+        .collect()
+}
+
 /// Merges the layers (defaults → file → environment → flags) and checks every value.
 pub fn resolve(file: Settings, flags: Settings) -> Result<ServeConfig, ConfigError> {
     let merged = file.under(flags);
@@ -247,17 +275,14 @@ pub fn resolve(file: Settings, flags: Settings) -> Result<ServeConfig, ConfigErr
         }
         config.engine.copy_chunk_rows = n;
     }
-    for net in merged.webhook_allowed_networks.clone().unwrap_or_default() {
-        let parsed = net
-            .parse::<ipnet::IpNet>()
-            .or_else(|_| net.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
-            .map_err(|_| {
-                ConfigError::Invalid(format!(
-                    "webhook_allowed_networks: {net:?} is not a network like 10.1.0.0/16 or an address"
-                ))
-            })?;
-        config.webhook_allowed_networks.push(parsed.trunc());
-    }
+    config.webhook_allowed_networks = networks(
+        "webhook_allowed_networks",
+        merged.webhook_allowed_networks.unwrap_or_default(),
+    )?;
+    config.trusted_proxies = networks(
+        "trusted_proxies",
+        merged.trusted_proxies.unwrap_or_default(),
+    )?;
     // A blank keyring counts as unset: the key file is used.
     config.secret_keys = std::env::var(SECRET_KEYS_ENV)
         .ok()
@@ -337,6 +362,33 @@ mod tests {
             config.webhook_allowed_networks,
             ["10.1.0.0/16".parse().unwrap(), "::1/128".parse().unwrap()]
         );
+        let err = resolve(
+            parse("trusted_proxies = [\"proxy.internal\"]"),
+            Settings::default(),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("trusted_proxies"), "{err}");
+    }
+
+    #[test]
+    fn trusted_proxies_are_layered_and_none_by_default() {
+        let config = resolve(Settings::default(), Settings::default()).unwrap();
+        assert!(config.trusted_proxies.is_empty());
+        let file = parse("trusted_proxies = [\"127.0.0.1\", \"10.0.0.0/8\"]");
+        let config = resolve(file.clone(), Settings::default()).unwrap();
+        assert_eq!(
+            config.trusted_proxies,
+            [
+                "127.0.0.1/32".parse().unwrap(),
+                "10.0.0.0/8".parse().unwrap()
+            ]
+        );
+        let over = Settings {
+            trusted_proxies: Some(vec!["192.168.1.0/24".into()]),
+            ..Default::default()
+        };
+        let config = resolve(file, over).unwrap();
+        assert_eq!(config.trusted_proxies, ["192.168.1.0/24".parse().unwrap()]);
     }
 
     #[test]
@@ -359,6 +411,7 @@ mod tests {
                 "data_dir",
                 "listen",
                 "metadata",
+                "trusted_proxies",
                 "webhook_allowed_networks"
             ]
         );

@@ -10,8 +10,9 @@
 //!   and [`config`] (the typed configuration, layered once).
 //! - Web: [`http`] (the REST API, health and metrics) and [`dashboard`] (the pages under `/ui`).
 //! - [`service`]: the operations both front ends call, the application state, the audit trail,
-//!   and how failures are answered.
-//! - [`engine`]: change capture, ticks, the initial copy and apply, the supervisor, the cutover.
+//!   users and tokens, what monitoring reads, and how failures are answered.
+//! - [`engine`]: the catalog checks a migration passes before anything is installed, change
+//!   capture, ticks, the initial copy and apply, the supervisor, the cutover.
 //! - Store and keys: [`store`] (the metadata store, SQLite or PostgreSQL), [`auth`] (token
 //!   signing) and [`secrets`] (encryption of cluster DSNs at rest).
 //! - [`base`]: the foundation: roles, SQL quoting, URL redaction, the data directory, the task

@@ -130,6 +130,33 @@ fn configuration_file_is_layered_under_env_and_flags() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("copy_parallelism"));
 
+    // trusted_proxies: from the file, and from the environment over it.
+    std::fs::write(&file, "trusted_proxies = [\"proxy.internal\"]\n").unwrap();
+    let out = Command::new(&bin)
+        .args(["serve", "--config"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("trusted_proxies") && err.contains("proxy.internal"),
+        "{err}"
+    );
+    std::fs::write(&file, "trusted_proxies = [\"127.0.0.1\"]\n").unwrap();
+    let out = Command::new(&bin)
+        .args(["serve", "--config"])
+        .arg(&file)
+        .env("PGSHIFT_TRUSTED_PROXIES", "10.0.0.0/8,from-env")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("trusted_proxies") && err.contains("from-env"),
+        "{err}"
+    );
+
     // The file's data directory is used by `token create` too; the flag wins over the file.
     let from_file = dir.join("from-file");
     std::fs::write(

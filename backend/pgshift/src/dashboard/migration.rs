@@ -6,19 +6,20 @@ use std::time::Duration;
 use askama::Template;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
-use axum::response::{IntoResponse, Redirect, Response};
+use axum::response::Response;
 use axum::{Form, Json};
 use serde::Deserialize;
 
-use super::audit::{self, Action};
+use super::audit::Action;
 use super::error::{render, PageError};
+use super::form::{self, ActionForm};
 use super::session::SignedIn;
 use super::view::{self, MigrationRow, Nav, Progress};
 use crate::base::Role;
 use crate::service::lag_history::LagSeries;
 use crate::service::migrations::{self, MigrationView};
 use crate::service::AppState;
-use crate::store::{AuditEntry, AuditFilter};
+use crate::store::{AuditEntry, DesiredState, MigrationRecord};
 
 /// One table's row on the page.
 pub struct TableRow {
@@ -45,8 +46,8 @@ pub struct Live {
 }
 
 /// Operators may resync a table of a running migration.
-fn can_resync(who: &SignedIn, record: &crate::store::MigrationRecord) -> bool {
-    who.user.role >= Role::Operator && record.desired_state == crate::store::DesiredState::Running
+fn can_resync(who: &SignedIn, record: &MigrationRecord) -> bool {
+    who.user.role >= Role::Operator && record.desired_state == DesiredState::Running
 }
 
 #[derive(Template)]
@@ -112,26 +113,28 @@ fn live(app: &AppState, m: &MigrationView, id: Option<uuid::Uuid>) -> Live {
     }
 }
 
+/// The migration's record, and its live part as `who` sees it.
+async fn load(
+    app: &AppState,
+    who: &SignedIn,
+    name: &str,
+) -> Result<(MigrationRecord, Live), PageError> {
+    let record = migrations::find(app, name).await?;
+    let m = migrations::get(app, name).await?;
+    let mut live = live(app, &m, Some(record.id));
+    live.can_resync = can_resync(who, &record);
+    Ok((record, live))
+}
+
 /// `GET /ui/migrations/{name}`.
 pub async fn page(
     State(app): State<AppState>,
     who: SignedIn,
     Path(name): Path<String>,
 ) -> Result<Response, PageError> {
-    let record = migrations::find(&app, &name).await?;
-    let m = migrations::get(&app, &name).await?;
-    let audit = app
-        .store
-        .list_audit(&AuditFilter {
-            migration: Some(name.clone()),
-            cluster: None,
-            limit: 50,
-        })
-        .await
-        .map_err(crate::service::ServiceError::from)?;
+    let (record, live) = load(&app, &who, &name).await?;
+    let audit = crate::service::audit::list(&app, Some(name.clone()), None, Some(50)).await?;
     let cutover = super::cutover::panel(&app, &who, &record).await?;
-    let mut live = live(&app, &m, Some(record.id));
-    live.can_resync = can_resync(&who, &record);
     render(&MigrationPage {
         nav: Nav::new("overview", &who),
         live,
@@ -150,10 +153,7 @@ pub async fn live_fragment(
     who: SignedIn,
     Path(name): Path<String>,
 ) -> Result<Response, PageError> {
-    let record = migrations::find(&app, &name).await?;
-    let m = migrations::get(&app, &name).await?;
-    let mut live = live(&app, &m, Some(record.id));
-    live.can_resync = can_resync(&who, &record);
+    let (_, live) = load(&app, &who, &name).await?;
     render(&LivePartial { live })
 }
 
@@ -187,43 +187,26 @@ pub async fn resync_page(
     })
 }
 
-#[derive(Deserialize)]
-pub struct ResyncForm {
-    #[serde(default)]
-    csrf: String,
-    /// The table's name, typed again.
-    #[serde(default)]
-    confirm: String,
-}
-
 /// `POST /ui/migrations/{name}/tables/{table}/resync`: operators copy one table again, once its
 /// name is typed on the confirmation page.
 pub async fn resync(
     State(app): State<AppState>,
     who: SignedIn,
     Path((name, table)): Path<(String, String)>,
-    Form(f): Form<ResyncForm>,
+    Form(f): Form<ActionForm>,
 ) -> Result<Response, PageError> {
-    who.require(Role::Operator)?;
-    who.check_csrf(&f.csrf)?;
-    if f.confirm.trim() != table {
-        return Err(PageError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            format!("To resync the table, type its name ({table}) in the confirmation field."),
-        ));
-    }
+    f.allow(&who, Role::Operator)?;
+    f.confirmed(&table, "resync the table, type its name")?;
     let result = migrations::resync_table(&app, &name, &table)
         .await
-        .map(|_| ())
-        .map_err(PageError::from);
+        .map(|_| ());
     let what = Action {
         action: "migration.resync",
         route: "/ui/migrations/{name}/tables/{table}/resync",
         kind: "migration",
         name: &name,
     };
-    audit::record(&app, &who, what, result).await?;
-    Ok(Redirect::to(&format!("/ui/migrations/{name}")).into_response())
+    form::done(&app, &who, what, result, &format!("/ui/migrations/{name}")).await
 }
 
 #[derive(Deserialize)]
@@ -258,19 +241,6 @@ pub async fn lag_series(
     )))
 }
 
-#[derive(Deserialize)]
-pub struct ActionForm {
-    #[serde(default)]
-    csrf: String,
-    /// For remove: the migration's name, typed again.
-    #[serde(default)]
-    confirm: String,
-    /// For removing a cut-over migration: the operator agrees that its old server takes writes
-    /// again.
-    #[serde(default)]
-    unfreeze_source: Option<String>,
-}
-
 /// `POST /ui/migrations/{name}/{start|pause|resume|remove}`: operators start, pause and
 /// resume; removing needs an admin, as in the API.
 pub async fn action(
@@ -284,28 +254,18 @@ pub async fn action(
         "pause" => (Role::Operator, "/ui/migrations/{name}/pause"),
         "resume" => (Role::Operator, "/ui/migrations/{name}/resume"),
         "remove" => (Role::Admin, "/ui/migrations/{name}/remove"),
-        _ => {
-            return Err(PageError::new(
-                StatusCode::NOT_FOUND,
-                "There is no such action.",
-            ))
-        }
+        _ => return Err(form::no_such_action()),
     };
-    who.require(role)?;
-    who.check_csrf(&f.csrf)?;
-    if action == "remove" && f.confirm.trim() != name {
-        return Err(PageError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            format!("To remove the migration, type its name ({name}) in the confirmation field."),
-        ));
+    f.allow(&who, role)?;
+    if action == "remove" {
+        f.confirmed(&name, "remove the migration, type its name")?;
     }
     let result = match action.as_str() {
         "start" => migrations::start(&app, &name).await.map(|_| ()),
         "pause" => migrations::pause(&app, &name).await.map(|_| ()),
         "resume" => migrations::resume(&app, &name).await.map(|_| ()),
         _ => migrations::remove(&app, &name, f.unfreeze_source.is_some()).await,
-    }
-    .map_err(PageError::from);
+    };
     let audit_action = format!(
         "migration.{}",
         if action == "remove" {
@@ -320,11 +280,10 @@ pub async fn action(
         kind: "migration",
         name: &name,
     };
-    audit::record(&app, &who, what, result).await?;
     let to = if action == "remove" {
         "/ui".to_string()
     } else {
         format!("/ui/migrations/{name}")
     };
-    Ok(Redirect::to(&to).into_response())
+    form::done(&app, &who, what, result, &to).await
 }

@@ -9,6 +9,7 @@ mod clusters;
 mod cutover;
 mod cutover_steps;
 mod error;
+mod form;
 mod migration;
 mod new_migration;
 mod session;

@@ -63,25 +63,28 @@ pub fn clear_cookie(headers: &HeaderMap) -> HeaderValue {
     .expect("static cookie")
 }
 
-/// The client's address: the peer's, or the one a local reverse proxy forwards (the same rule as
-/// the API's audit trail, [`crate::service::audit::client_addr`]).
+/// The client's address: the peer's, or the one a trusted reverse proxy forwards (the same rule
+/// as the API's audit trail, [`crate::service::audit::TrustedProxies`]).
 pub struct ClientAddr(pub Option<IpAddr>);
 
 impl ClientAddr {
-    fn of(parts: &Parts) -> ClientAddr {
+    fn of(parts: &Parts, app: &AppState) -> ClientAddr {
         let peer = parts
             .extensions
             .get::<ConnectInfo<SocketAddr>>()
             .map(|ConnectInfo(addr)| *addr);
-        ClientAddr(crate::service::audit::client_addr(peer, &parts.headers))
+        ClientAddr(app.trusted_proxies.client_addr(peer, &parts.headers))
     }
 }
 
-impl<S: Send + Sync> FromRequestParts<S> for ClientAddr {
+impl FromRequestParts<AppState> for ClientAddr {
     type Rejection = std::convert::Infallible;
 
-    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
-        Ok(ClientAddr::of(parts))
+    async fn from_request_parts(
+        parts: &mut Parts,
+        app: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        Ok(ClientAddr::of(parts, app))
     }
 }
 
@@ -194,7 +197,7 @@ impl FromRequestParts<AppState> for SignedIn {
             Some((user, session)) => Ok(SignedIn {
                 user,
                 session,
-                client: ClientAddr::of(parts).0,
+                client: ClientAddr::of(parts, state).0,
             }),
             None => Err(PageError::SignIn { next, htmx }),
         }

@@ -1,15 +1,16 @@
-//! Dashboard users, for admins: list, set a role or a password, remove. Each change ends the
-//! user's sessions at once (the service deletes them with the change).
+//! Dashboard layer: the users page, for admins: list, set a role or a password, remove. Each
+//! change ends the user's sessions at once (the service deletes them with the change).
 
 use askama::Template;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use axum::response::{IntoResponse, Redirect, Response};
+use axum::response::Response;
 use axum::Form;
 use serde::Deserialize;
 
-use super::audit::{self, Action};
+use super::audit::Action;
 use super::error::{render, PageError};
+use super::form::{self, ActionForm};
 use super::session::SignedIn;
 use super::view::Nav;
 use crate::auth::Role;
@@ -37,15 +38,12 @@ pub async fn page(State(app): State<AppState>, who: SignedIn) -> Result<Response
 
 #[derive(Deserialize)]
 pub struct UserForm {
-    #[serde(default)]
-    csrf: String,
+    #[serde(flatten)]
+    form: ActionForm,
     #[serde(default)]
     role: String,
     #[serde(default)]
     password: String,
-    /// For remove: the user's name, typed again.
-    #[serde(default)]
-    confirm: String,
 }
 
 /// `POST /ui/users/{name}/{role|password|remove}` (admins).
@@ -55,8 +53,7 @@ pub async fn action(
     Path((name, action)): Path<(String, String)>,
     Form(f): Form<UserForm>,
 ) -> Result<Response, PageError> {
-    who.require(Role::Admin)?;
-    who.check_csrf(&f.csrf)?;
+    f.form.allow(&who, Role::Admin)?;
     let store = app.store.as_ref();
     let (audit_action, route, result) = match action.as_str() {
         "role" => {
@@ -74,23 +71,12 @@ pub async fn action(
             ("user.set_password", "/ui/users/{name}/password", r)
         }
         "remove" => {
-            if f.confirm.trim() != name {
-                return Err(PageError::new(
-                    StatusCode::UNPROCESSABLE_ENTITY,
-                    format!(
-                        "To remove the user, type their name ({name}) in the confirmation field."
-                    ),
-                ));
-            }
+            f.form
+                .confirmed(&name, "remove the user, type their name")?;
             let r = users::remove(store, &name).await;
             ("user.delete", "/ui/users/{name}/remove", r)
         }
-        _ => {
-            return Err(PageError::new(
-                StatusCode::NOT_FOUND,
-                "There is no such action.",
-            ))
-        }
+        _ => return Err(form::no_such_action()),
     };
     let what = Action {
         action: audit_action,
@@ -98,6 +84,5 @@ pub async fn action(
         kind: "user",
         name: &name,
     };
-    audit::record(&app, &who, what, result.map_err(PageError::from)).await?;
-    Ok(Redirect::to("/ui/users").into_response())
+    form::done(&app, &who, what, result, "/ui/users").await
 }

@@ -1,6 +1,6 @@
-//! A source partition's bound, carried by a truncate event so the target can empty exactly the
-//! rows that partition held, whatever the target's own partitioning (one table, other bounds,
-//! other names).
+//! Engine layer: a source partition's bound, carried by a truncate event so the target can empty
+//! exactly the rows that partition held, whatever the target's own partitioning (one table, other
+//! bounds, other names).
 //!
 //! The bound is PostgreSQL's own text of the partition constraint
 //! (`pg_get_partition_constraintdef`), e.g. `((at IS NOT NULL) AND (at >= '2025-01-01'::date))`.

@@ -1,5 +1,5 @@
-//! One migration's run: install what is missing, then drive the ticker, the worker and the copy
-//! until cancelled; on failure, report it and try again with back-off.
+//! Engine layer: one migration's run: install what is missing, then drive the ticker, the worker
+//! and the copy until cancelled; on failure, report it and try again with back-off.
 
 use std::collections::HashMap;
 use std::sync::Arc;

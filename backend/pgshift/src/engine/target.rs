@@ -109,25 +109,8 @@ pub async fn install(
                 ),
             ));
         }
-        sqlx::query(&format!(
-            "INSERT INTO {schema}.table_state (table_no, table_name, state) VALUES ($1, $2, 'pending')"
-        ))
-        .bind(t.no)
-        .bind(t.display_name())
-        .execute(&mut *tx)
-        .await
-        .context(|| "recording table state".into())?;
     }
-    sqlx::query(&format!(
-        "INSERT INTO {schema}.applied (tick_id, tick_snapshot, tick_time, tick_event_seq) VALUES ($1, $2, $3, $4)"
-    ))
-    .bind(first_tick.tick_id)
-    .bind(&first_tick.snapshot)
-    .bind(first_tick.tick_time)
-    .bind(first_tick.event_seq)
-    .execute(&mut *tx)
-    .await
-    .context(|| "recording the first tick".into())?;
+    record_start(&mut tx, &schema, migration, Start::Copy, first_tick).await?;
     tx.commit()
         .await
         .context(|| "committing the target install".into())?;
@@ -160,18 +143,58 @@ pub async fn install_synced(
     super::pg::run_script(&mut tx, &INSTALL_SQL.replace("@schema@", &quoted))
         .await
         .context(|| "installing the reverse migration's bookkeeping on the old server".into())?;
-    for t in &reverse.tables {
+    record_start(&mut tx, &quoted, reverse, Start::Synced, first_tick).await?;
+    tx.commit()
+        .await
+        .context(|| "committing the reverse install on the old server".into())
+}
+
+/// Where a migration's bookkeeping starts.
+#[derive(Clone, Copy)]
+enum Start {
+    /// A new migration: every table waits for the copy.
+    Copy,
+    /// A reverse migration: both sides hold the same rows, so every table is synced already.
+    Synced,
+}
+
+/// Writes the start of `migration`'s bookkeeping into the freshly installed schema (`schema`,
+/// quoted) in `tx`: one `table_state` row per table, as `start` says, and `first_tick` as the
+/// applied tick.
+async fn record_start(
+    tx: &mut PgConnection,
+    schema: &str,
+    migration: &MigrationRecord,
+    start: Start,
+    first_tick: &SourceTick,
+) -> EngineResult<()> {
+    let (state, copy_finished_at, tables_step, tick_step) = match start {
+        Start::Copy => (
+            TableState::Pending,
+            "NULL",
+            "recording table state",
+            "recording the first tick",
+        ),
+        Start::Synced => (
+            TableState::Synced,
+            "clock_timestamp()",
+            "recording the reverse migration's table states",
+            "recording the reverse migration's first tick",
+        ),
+    };
+    for t in &migration.tables {
         sqlx::query(&format!(
-            "INSERT INTO {quoted}.table_state (table_no, table_name, state, copy_finished_at) VALUES ($1, $2, 'synced', clock_timestamp())"
+            "INSERT INTO {schema}.table_state (table_no, table_name, state, copy_finished_at) VALUES ($1, $2, $3, {copy_finished_at})"
         ))
         .bind(t.no)
         .bind(t.display_name())
+        .bind(state.as_str())
         .execute(&mut *tx)
         .await
-        .context(|| "recording the reverse migration's table states".into())?;
+        .context(|| tables_step.into())?;
     }
     sqlx::query(&format!(
-        "INSERT INTO {quoted}.applied (tick_id, tick_snapshot, tick_time, tick_event_seq) VALUES ($1, $2, $3, $4)"
+        "INSERT INTO {schema}.applied (tick_id, tick_snapshot, tick_time, tick_event_seq) VALUES ($1, $2, $3, $4)"
     ))
     .bind(first_tick.tick_id)
     .bind(&first_tick.snapshot)
@@ -179,10 +202,8 @@ pub async fn install_synced(
     .bind(first_tick.event_seq)
     .execute(&mut *tx)
     .await
-    .context(|| "recording the reverse migration's first tick".into())?;
-    tx.commit()
-        .await
-        .context(|| "committing the reverse install on the old server".into())
+    .context(|| tick_step.into())?;
+    Ok(())
 }
 
 /// Records a batch applied up to `tick` (`events` of them), in the batch's own transaction, and

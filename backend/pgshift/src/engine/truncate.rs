@@ -1,5 +1,5 @@
-//! Replaying a TRUNCATE on the target: of the whole table, or of one partition, whose rows are
-//! emptied here whatever the target's own partitioning.
+//! Engine layer: replaying a TRUNCATE on the target: of the whole table, or of one partition,
+//! whose rows are emptied here whatever the target's own partitioning.
 //!
 //! A partition's event carries its bound (see [`super::partition_bound`]). The target empties
 //! the partition of the same name when it has one with the same bound (TRUNCATE, fast); else

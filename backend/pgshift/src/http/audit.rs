@@ -3,7 +3,7 @@
 //! `GET /api/v1/audit`, which lists the entries, both through `service::audit`.
 //! Request bodies are never read here: they may hold DSNs with passwords.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 
 use axum::body::{Body, HttpBody};
 use axum::extract::rejection::QueryRejection;
@@ -19,7 +19,7 @@ use serde::Deserialize;
 
 use super::error::{AuthErrors, ErrorBody};
 use super::{ApiError, Caller};
-use crate::service::{audit, AppState};
+use crate::service::{audit, App, AppState};
 use crate::store::{AuditEntry, NewAuditEntry};
 
 /// Response bodies larger than this are not read for an error code or a name.
@@ -32,28 +32,40 @@ fn is_state_changing(method: &Method) -> bool {
     )
 }
 
-/// Records each POST, PUT, PATCH and DELETE once its response is known. A failure to record is
-/// logged and the response returned all the same.
+/// Records each authenticated POST, PUT, PATCH and DELETE once its response is known. A request
+/// without a valid token is not recorded, whatever its method: every 401 is counted
+/// ([`audit::Unauthenticated`]) instead, so anonymous clients cannot grow the store or crowd
+/// a migration's trail. A failure to record is logged and the response returned all the same.
 pub async fn record(State(app): State<AppState>, request: Request, next: Next) -> Response {
-    if !is_state_changing(request.method()) {
-        return next.run(request).await;
-    }
     let at = Utc::now();
     let (mut parts, body) = request.into_parts();
-    let method = parts.method.to_string();
     let route = parts
         .extensions
         .get::<MatchedPath>()
         .map(|p| p.as_str().to_string());
+    if !is_state_changing(&parts.method) {
+        return unrecorded(&app, route, parts, body, next).await;
+    }
+    // Authenticated here, before the handler (which reuses the result), so that an anonymous
+    // request is known as such before anything of it is kept.
+    let caller = match Caller::from_request_parts(&mut parts, &app).await {
+        Ok(caller) => Some(caller),
+        Err(refusal) if refusal.status == StatusCode::UNAUTHORIZED => {
+            return unrecorded(&app, route, parts, body, next).await;
+        }
+        // The token could not be checked (the store failed): recorded as anonymous.
+        Err(_) => None,
+    };
+    let method = parts.method.to_string();
+    // Cut before it is kept: the path may carry a name of any length.
     let path_name = match RawPathParams::from_request_parts(&mut parts, &()).await {
         Ok(params) => params
             .iter()
             .find(|(key, _)| *key == "name" || *key == "id")
-            .map(|(_, value)| value.to_string()),
+            .map(|(_, value)| audit::bounded_name(value)),
         Err(_) => None,
     };
-    let caller = Caller::from_request_parts(&mut parts, &app).await.ok();
-    let client_ip = client_ip(&parts);
+    let client_ip = client_addr(&app, &parts).map(|ip| ip.to_string());
     let response = next.run(Request::from_parts(parts, body)).await;
 
     let status = response.status();
@@ -101,13 +113,31 @@ pub async fn record(State(app): State<AppState>, request: Request, next: Next) -
     response
 }
 
-/// Where a request came from, for the audit trail.
-fn client_ip(parts: &axum::http::request::Parts) -> Option<String> {
+/// Runs a request that is not recorded (a read, or one without a valid token), counting it when
+/// it is refused for want of a valid token.
+async fn unrecorded(
+    app: &AppState,
+    route: Option<String>,
+    parts: axum::http::request::Parts,
+    body: Body,
+    next: Next,
+) -> Response {
+    let client = client_addr(app, &parts);
+    let response = next.run(Request::from_parts(parts, body)).await;
+    if response.status() == StatusCode::UNAUTHORIZED {
+        app.unauthenticated
+            .refused(route.as_deref().unwrap_or("unmatched"), client);
+    }
+    response
+}
+
+/// Where a request came from: its peer, or the client a trusted proxy names.
+fn client_addr(app: &App, parts: &axum::http::request::Parts) -> Option<IpAddr> {
     let peer = parts
         .extensions
         .get::<ConnectInfo<SocketAddr>>()
         .map(|ConnectInfo(addr)| *addr);
-    audit::client_addr(peer, &parts.headers).map(|ip| ip.to_string())
+    app.trusted_proxies.client_addr(peer, &parts.headers)
 }
 
 /// `cluster` or `migration` for routes under `/api/v1/clusters` or `/api/v1/migrations`.

@@ -1,5 +1,6 @@
-//! `GET /metrics` (Prometheus / OpenMetrics text), `GET /healthz` and `GET /readyz`, and the
-//! middleware that counts and times every HTTP request.
+//! HTTP layer: `GET /metrics` (Prometheus / OpenMetrics text), `GET /healthz` and `GET /readyz`,
+//! and the middleware that counts and times every HTTP request. What they report of the store and
+//! the migrations comes from `service::monitoring`.
 
 use std::sync::atomic::AtomicU64;
 use std::time::Instant;
@@ -18,7 +19,8 @@ use prometheus_client::registry::Registry;
 
 use super::error::ApiError;
 use super::AppState;
-use crate::engine::{MigrationStatus, RuntimeState};
+use crate::engine::RuntimeState;
+use crate::service::monitoring;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RequestLabels {
@@ -137,7 +139,7 @@ pub async fn healthz() -> &'static str {
         (status = 503, description = "`not_ready`: the metadata store does not answer", body = super::error::ErrorBody)))]
 /// Ready when the metadata store answers.
 pub async fn readyz(State(state): State<MetricsState>) -> Result<&'static str, ApiError> {
-    state.app.store.ping().await.map_err(|e| {
+    monitoring::ready(&state.app).await.map_err(|e| {
         tracing::warn!(error = %e, "readiness check: metadata store unreachable");
         ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -155,7 +157,7 @@ const TABLE_STATES: [&str; 5] = ["pending", "copying", "catching_up", "synced", 
     responses((status = 200, description = "OpenMetrics text", content_type = "application/openmetrics-text", body = String),
         (status = 500, description = "`internal`", body = super::error::ErrorBody)))]
 pub async fn metrics(State(state): State<MetricsState>) -> Result<Response, ApiError> {
-    let records = state.app.store.list_migrations().await?;
+    let migrations = monitoring::live_migrations(&state.app).await?;
     let mut registry = Registry::default();
     registry.register(
         "pgshift_http_requests",
@@ -166,6 +168,13 @@ pub async fn metrics(State(state): State<MetricsState>) -> Result<Response, ApiE
         "pgshift_http_request_duration_seconds",
         "HTTP request latency by route",
         state.http.latency.clone(),
+    );
+    let refused: Counter = Counter::default();
+    refused.inc_by(state.app.unauthenticated.total());
+    registry.register(
+        "pgshift_http_unauthenticated_refusals",
+        "API requests refused for want of a valid token (counted here, not recorded in the audit trail)",
+        refused,
     );
 
     let lag = Family::<MigrationLabels, FloatGauge>::default();
@@ -179,11 +188,11 @@ pub async fn metrics(State(state): State<MetricsState>) -> Result<Response, ApiE
     let estimated = Family::<TableLabels, Gauge>::default();
     let table_state = Family::<TableStateLabels, Gauge>::default();
     let now = chrono::Utc::now();
-    for record in &records {
+    for migration in migrations {
         let m = MigrationLabels {
-            migration: record.name.clone(),
+            migration: migration.name.clone(),
         };
-        let status: Option<MigrationStatus> = state.app.supervisor.status(record.id);
+        let status = migration.status;
         let is_running = status
             .as_ref()
             .is_some_and(|s| s.runtime != RuntimeState::Stopped);
@@ -211,7 +220,7 @@ pub async fn metrics(State(state): State<MetricsState>) -> Result<Response, ApiE
         }
         for t in &status.tables {
             let labels = TableLabels {
-                migration: record.name.clone(),
+                migration: migration.name.clone(),
                 table: t.name.clone(),
             };
             copied.get_or_create(&labels).set(t.rows_copied);
@@ -220,7 +229,7 @@ pub async fn metrics(State(state): State<MetricsState>) -> Result<Response, ApiE
             }
             for s in TABLE_STATES {
                 let labels = TableStateLabels {
-                    migration: record.name.clone(),
+                    migration: migration.name.clone(),
                     table: t.name.clone(),
                     state: s.into(),
                 };

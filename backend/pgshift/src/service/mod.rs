@@ -10,6 +10,7 @@ mod error;
 pub mod lag_history;
 pub mod migration_preview;
 pub mod migrations;
+pub mod monitoring;
 pub mod operations;
 pub mod recovery;
 pub mod tokens;
@@ -37,6 +38,10 @@ pub struct App {
     pub lag_history: lag_history::LagHistory,
     /// Cutovers and verifications running in this process.
     pub operations: operations::Operations,
+    /// API requests refused for want of a valid token: counted, not audited one by one.
+    pub unauthenticated: audit::Unauthenticated,
+    /// The reverse proxies whose `X-Forwarded-For` names the client.
+    pub trusted_proxies: audit::TrustedProxies,
 }
 
 /// The state every API handler and dashboard page receives.

@@ -21,6 +21,8 @@ pub use model::{User, UserSession};
 pub use operation::{Operation, OperationState, OperationStep, StepOutcome};
 pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;
+/// The files the SQLite store keeps in the data directory.
+pub use sqlite::FILES as SQLITE_FILES;
 
 use std::path::Path;
 use std::sync::Arc;

@@ -150,7 +150,8 @@ impl MigrationRecord {
 pub struct NewAuditEntry {
     /// When the request arrived.
     pub at: DateTime<Utc>,
-    /// The token's subject, or `anonymous` for a request refused before authentication.
+    /// The token's subject, or `anonymous` when the token could not be checked (the store
+    /// failed). Requests refused for want of a valid token are counted, not recorded.
     pub actor: String,
     /// The token's `jti`; `None` when anonymous.
     pub token_id: Option<String>,

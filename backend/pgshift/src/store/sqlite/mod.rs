@@ -55,10 +55,29 @@ pub struct SqliteStore {
     pool: SqlitePool,
 }
 
+/// The metadata file in the data directory.
+pub const DB_FILE: &str = "pgshift.db";
+/// Every file SQLite keeps in the data directory: the database, its write-ahead log and shared
+/// memory index, and a rollback journal.
+pub const FILES: [&str; 4] = [
+    DB_FILE,
+    "pgshift.db-wal",
+    "pgshift.db-shm",
+    "pgshift.db-journal",
+];
+
 impl SqliteStore {
-    /// Opens (creating if needed) `pgshift.db` in `data_dir` and applies pending metadata migrations.
+    /// Opens (creating if needed) `pgshift.db` in `data_dir` and applies pending metadata
+    /// migrations. A new file is created empty and private (0600) before SQLite opens it, and
+    /// SQLite gives its other files the database's mode.
     pub async fn open(data_dir: &Path) -> StoreResult<Self> {
-        let path = data_dir.join("pgshift.db");
+        match crate::base::DataDir::new(data_dir).write_private(DB_FILE, b"") {
+            Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => {
+                return Err(StoreError::Database(sqlx::Error::Io(e)))
+            }
+            _ => {}
+        }
+        let path = data_dir.join(DB_FILE);
         let options = SqliteConnectOptions::from_str("sqlite:")?
             .filename(path)
             .create_if_missing(true)
@@ -434,71 +453,5 @@ impl Store for SqliteStore {
 
     async fn delete_expired_sessions(&self, now: DateTime<Utc>) -> StoreResult<u64> {
         users::delete_expired(&self.pool, now).await
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// Users and sessions stored in Unix seconds, before the metadata migration that made their
-    /// times text like every other table's, read back as the same times, and expiry still works.
-    #[tokio::test]
-    async fn users_and_sessions_in_unix_seconds_are_converted() {
-        let root = std::env::temp_dir().join(format!("pgshift-usertimes-{}", Uuid::new_v4()));
-        let (data, old) = (root.join("data"), root.join("migrations"));
-        std::fs::create_dir_all(&data).unwrap();
-        std::fs::create_dir_all(&old).unwrap();
-        let all = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../sql/metadata/sqlite");
-        for entry in std::fs::read_dir(&all).unwrap() {
-            let entry = entry.unwrap();
-            if entry.file_name().to_string_lossy().as_ref() < "0006" {
-                std::fs::copy(entry.path(), old.join(entry.file_name())).unwrap();
-            }
-        }
-        let options = SqliteConnectOptions::from_str("sqlite:")
-            .unwrap()
-            .filename(data.join("pgshift.db"))
-            .create_if_missing(true)
-            .foreign_keys(true);
-        let pool = SqlitePool::connect_with(options).await.unwrap();
-        sqlx::migrate::Migrator::new(old.as_path())
-            .await
-            .unwrap()
-            .run(&pool)
-            .await
-            .unwrap();
-        let id = Uuid::new_v4();
-        sqlx::query("INSERT INTO app_user VALUES (?, 'ann', 'hash', 'viewer', 1700000000)")
-            .bind(id.to_string())
-            .execute(&pool)
-            .await
-            .unwrap();
-        for (hash, expires) in [("live", 4102444800_i64), ("gone", 1700000100)] {
-            sqlx::query("INSERT INTO user_session VALUES (?, ?, 'csrf', 1700000000, ?)")
-                .bind(hash)
-                .bind(id.to_string())
-                .bind(expires)
-                .execute(&pool)
-                .await
-                .unwrap();
-        }
-        pool.close().await;
-
-        let store = SqliteStore::open(&data).await.unwrap();
-        let user = store.user_by_name("ann").await.unwrap().unwrap();
-        assert_eq!(user.created_at.timestamp(), 1700000000);
-        let live = store.session_by_hash("live").await.unwrap().unwrap();
-        assert_eq!(live.user_id, id);
-        assert_eq!(live.expires_at.timestamp(), 4102444800);
-        assert_eq!(store.delete_expired_sessions(Utc::now()).await.unwrap(), 1);
-        assert!(store.session_by_hash("gone").await.unwrap().is_none());
-        // The sessions still belong to their user: removing one removes the other.
-        sqlx::query("DELETE FROM app_user")
-            .execute(&store.pool)
-            .await
-            .unwrap();
-        assert!(store.session_by_hash("live").await.unwrap().is_none());
-        std::fs::remove_dir_all(root).unwrap();
     }
 }
