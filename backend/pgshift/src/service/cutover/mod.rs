@@ -123,7 +123,7 @@ pub async fn start_cutover(
         "webhook_url": req.webhook_url.as_deref().map(super::operations::redact_webhook_url),
     });
     let op = new_operation(&record, "cutover", requested_by, shown);
-    let cancel = app.operations.claim(record.id, op.id)?;
+    let cancel = app.operations.claim(record.id, op.id, "cutover")?;
     let webhook = req
         .webhook_url
         .clone()

@@ -59,7 +59,7 @@ pub async fn start_verify(
         requested_by,
         json!({"repair": repair, "range_rows": range_rows}),
     );
-    let cancel = app.operations.claim(record.id, op.id)?;
+    let cancel = app.operations.claim(record.id, op.id, "verification")?;
     let mut rec = match Recorder::create(app.store.clone(), op, None).await {
         Ok(r) => r,
         Err(e) => {
