@@ -17,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::shape::{self, Side, TableShape};
 use super::verify::{self, KeyBound};
-use super::{comparable_session, drain, freeze};
+use super::{comparable_session, drain, freeze, repair};
 use crate::engine::error::Context;
 use crate::engine::{pg, EngineResult};
 use crate::store::TableSpec;
@@ -267,7 +267,7 @@ pub async fn repair_table(
                 .context(|| "setting session_replication_role on the target".into())?;
             let mut rows = 0;
             for (lo, hi) in &ranges {
-                rows += verify::copy_range(src, &mut tx, &shape, lo.as_ref(), hi.as_ref()).await?;
+                rows += repair::copy_range(src, &mut tx, &shape, lo.as_ref(), hi.as_ref()).await?;
             }
             tx.commit()
                 .await

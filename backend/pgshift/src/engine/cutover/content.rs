@@ -33,6 +33,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::compare::{begin_snapshot, end_snapshot, with_table_held, Connections, Plan};
 use super::shape::{self, Side, TableShape};
+use super::since;
 use super::verify::{self, KeyBound};
 use crate::engine::error::Context;
 use crate::engine::{EngineError, EngineResult};
@@ -72,7 +73,7 @@ impl RangeVerdict {
 #[derive(Debug, Clone)]
 pub struct Baseline {
     shape: TableShape,
-    key_hash: verify::KeyHash,
+    key_hash: since::KeyHash,
     /// On each side, the oldest `xmin` of the snapshots the ranges were compared in.
     since: [i64; 2],
 }
@@ -189,7 +190,7 @@ pub async fn range_pass(
     if !verdict.differences.is_empty() {
         verdict.state = "differs";
     }
-    let key_hash = verify::key_hash(&mut conns.source, &mut conns.target).await;
+    let key_hash = since::key_hash(&mut conns.source, &mut conns.target).await;
     Ok((
         verdict,
         Some(Baseline {
@@ -327,14 +328,14 @@ pub async fn recheck(
         return Ok(verdict);
     }
     let (a, b) = tokio::join!(
-        verify::scan_since(
+        since::scan_since(
             src,
             &shape,
             Side::Source,
             baseline.since[0],
             baseline.key_hash
         ),
-        verify::scan_since(
+        since::scan_since(
             dst,
             &shape,
             Side::Target,
@@ -354,8 +355,8 @@ pub async fn recheck(
         .collect();
     verdict.rows_rechecked = keys.len();
     let (ra, rb) = tokio::join!(
-        verify::rows_of(src, &shape, Side::Source, &keys),
-        verify::rows_of(dst, &shape, Side::Target, &keys)
+        since::rows_of(src, &shape, Side::Source, &keys),
+        since::rows_of(dst, &shape, Side::Target, &keys)
     );
     let (ra, rb) = (ra?, rb?);
     let mut differing: Vec<KeyBound> = keys
