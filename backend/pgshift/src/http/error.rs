@@ -168,7 +168,8 @@ pub enum DatabaseErrors {
 #[allow(dead_code)]
 pub enum OperationConflicts {
     /// `not_running` (start or resume the migration first), `cut_over` (already cut over),
-    /// `not_synced` (verify needs every table synced), `operation_running` (one operation per
+    /// `not_synced` (verify needs every table synced), `lagging` (verify while the target is
+    /// further behind than `max_lag_seconds`), `operation_running` (one operation per
     /// migration at a time), `operation_not_running` (nothing to abort), `duplicate_name` (the
     /// reverse migration's name is taken).
     #[response(status = 409)]

@@ -212,13 +212,21 @@ async fn recheck_at_common_point(
     ranges: &[Range],
     cancel: &CancellationToken,
 ) -> EngineResult<(Vec<(Range, Vec<KeyBound>)>, [i64; 2])> {
-    let ((), _) = with_table_held(conns, plan, table, cancel, |src, dst| {
-        Box::pin(async move {
-            begin_snapshot(src, "source").await?;
-            begin_snapshot(dst, "target").await
-        })
-    })
+    let (opened, _) = with_table_held(
+        conns,
+        plan,
+        table,
+        cancel,
+        "opening the snapshots",
+        |src, dst| {
+            Box::pin(async move {
+                begin_snapshot(src, "source").await?;
+                begin_snapshot(dst, "target").await
+            })
+        },
+    )
     .await?;
+    opened?;
     let outcome = async {
         let xmins = [
             snapshot_xmin(&mut conns.source, Side::Source).await?,
