@@ -368,3 +368,88 @@ async fn stall_still_waiting(server: &TestServer) -> bool {
         .unwrap_or(0)
         > 0
 }
+
+/// Issue 13 item 13: when the target falls behind during a verification, the next table is not
+/// held until the target is back within `max_lag_seconds`: meanwhile nothing of pgshift's holds
+/// the table and the application writes it. Here the first table's comparison is kept waiting
+/// (a lock on the target) while the apply is stalled; once it ends, the verification waits for
+/// the target before holding `item`, and finishes with every table compared once it caught up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn verify_waits_for_the_target_before_holding_a_table() {
+    init_tracing();
+    let pair = pair(500).await;
+    let server = TestServer::start().await;
+    start_synced(&server, &pair, "shop").await;
+
+    // "Odd Pair" comes first; its comparison (after its hold) waits for this lock.
+    let mut odd = pair.dst.begin().await.unwrap();
+    sqlx::query("LOCK TABLE \"Odd Pair\" IN ACCESS EXCLUSIVE MODE")
+        .execute(&mut *odd)
+        .await
+        .unwrap();
+    let (status, started) = server
+        .post("/migrations/shop/verify", json!({"max_lag_seconds": 2}))
+        .await;
+    assert_eq!(status, 202, "{started}");
+    let id = started["id"].as_str().unwrap().to_string();
+    let comparing_odd_pair = "SELECT count(*) FROM pg_stat_activity
+         WHERE application_name LIKE 'pgshift%' AND state <> 'idle' AND query LIKE '%Odd Pair%'";
+    wait_for(
+        "the comparison of Odd Pair to wait on the target",
+        Duration::from_secs(60),
+        || async {
+            let waiting: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM pg_locks WHERE relation = '\"Odd Pair\"'::regclass AND NOT granted",
+            )
+            .fetch_one(&pair.dst)
+            .await
+            .unwrap();
+            (waiting > 0).then_some(())
+        },
+    )
+    .await;
+
+    // The target falls behind, then the first comparison ends.
+    let stall = stall_apply(&pair).await;
+    wait_for(
+        "the target to lag more than 2 s",
+        Duration::from_secs(60),
+        || async {
+            let m = server.migration("shop").await;
+            (m["lag_seconds"].as_f64().unwrap_or(0.0) > 2.0).then_some(())
+        },
+    )
+    .await;
+    odd.rollback().await.unwrap();
+    wait_for(
+        "the comparison of Odd Pair to end",
+        Duration::from_secs(60),
+        || async {
+            let n: i64 = sqlx::query_scalar(comparing_odd_pair)
+                .fetch_one(&pair.dst)
+                .await
+                .unwrap();
+            (n == 0).then_some(())
+        },
+    )
+    .await;
+
+    // item's turn: the verification waits for the target, holding nothing.
+    for _ in 0..10 {
+        assert!(
+            !pgshift_holds(&pair, "item").await,
+            "item held while lagging"
+        );
+        try_write(&pair.src).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (_, op) = server.get(&format!("/operations/{id}")).await;
+    assert_eq!(op["state"], "running", "{op}");
+
+    stall.rollback().await.unwrap();
+    let op = wait_operation(&server, &id, Duration::from_secs(120)).await;
+    assert_eq!(op["state"], "succeeded", "{op}");
+    for t in op["result"]["tables"].as_array().unwrap() {
+        assert_eq!(t["state"], "match", "{t}");
+    }
+}
