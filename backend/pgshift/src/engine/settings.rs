@@ -20,6 +20,10 @@ pub struct EngineSettings {
     pub batch_max_events: i64,
     /// Longest wait between retries of a failing migration.
     pub max_backoff: Duration,
+    /// Longest time verification on demand holds back writes to one table on the source: the
+    /// lock, the wait for the target to apply what was written before it, and what runs under
+    /// it. When reached, the lock is released and that table is reported as not verified.
+    pub verify_hold: Duration,
 }
 
 impl Default for EngineSettings {
@@ -31,6 +35,7 @@ impl Default for EngineSettings {
             fetch_events: 5_000,
             batch_max_events: 100_000,
             max_backoff: Duration::from_secs(30),
+            verify_hold: Duration::from_secs(5),
         }
     }
 }

@@ -47,6 +47,11 @@ impl Supervisor {
         &self.left_freezes
     }
 
+    /// The engine's tunables (verification reads its bound on held writes here).
+    pub fn settings(&self) -> &EngineSettings {
+        &self.settings
+    }
+
     /// The metadata store the supervisor reads clusters and migrations from.
     pub fn store(&self) -> &Arc<dyn Store> {
         &self.store

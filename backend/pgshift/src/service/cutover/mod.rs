@@ -134,7 +134,7 @@ pub async fn start_cutover(
         "webhook_url": req.webhook_url.as_deref().map(super::operations::redact_webhook_url),
     });
     let op = new_operation(&record, "cutover", requested_by, shown);
-    let cancel = app.operations.claim(record.id, op.id)?;
+    let cancel = app.operations.claim(record.id, op.id, "cutover")?;
     let webhook = req
         .webhook_url
         .clone()
@@ -191,9 +191,9 @@ pub async fn unfreeze(app: &App, name: &str) -> ServiceResult<Unfrozen> {
             format!("an operation is running on migration {name:?}; it lifts its own freeze when it stops"),
         )
     };
-    if app.operations.migration_busy(record.id) {
-        return Err(running());
-    }
+    let _held = app
+        .operations
+        .hold(record.id, name, "lifting the freeze".into())?;
     match sequence::lift_left_freeze(&app.supervisor, &record).await? {
         Some(lifted) => {
             if lifted {
