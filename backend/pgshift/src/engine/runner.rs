@@ -34,6 +34,9 @@ pub struct Run {
     pub left_freezes: Arc<LeftFreezes>,
 }
 
+/// How long the tasks of an attempt that ends get to finish their step before they are aborted.
+const STOP_GRACE: Duration = Duration::from_secs(10);
+
 impl Run {
     /// Runs until cancelled, retrying failed attempts with back-off.
     pub async fn run(self, cancel: CancellationToken) {
@@ -202,11 +205,37 @@ impl Run {
         self.status.running();
         let _ = self.store.set_last_error(self.record.id, None).await;
 
-        // The first task to fail ends the attempt; the others are cancelled and awaited.
+        // The first task to fail ends the attempt; the others are cancelled and awaited, for a
+        // while: a task stuck in a statement (behind a lock on the target, say) does not see
+        // the cancellation, and is aborted after STOP_GRACE. Dropping it drops its connection,
+        // which rolls its transaction back: an unfinished batch is applied again next time.
         let mut outcome = Ok(());
-        while let Some(joined) = set.join_next().await {
+        let mut stopping_since: Option<tokio::time::Instant> = None;
+        loop {
+            if stopping_since.is_none() && tasks.is_cancelled() {
+                stopping_since = Some(tokio::time::Instant::now());
+            }
+            let joined = match stopping_since {
+                None => tokio::select! {
+                    j = set.join_next() => j,
+                    _ = tasks.cancelled() => continue,
+                },
+                Some(since) => {
+                    match tokio::time::timeout_at(since + STOP_GRACE, set.join_next()).await {
+                        Ok(j) => j,
+                        Err(_) => {
+                            tracing::warn!(migration = %self.record.name, "tasks did not stop within {} s; aborting them", STOP_GRACE.as_secs());
+                            set.abort_all();
+                            while set.join_next().await.is_some() {}
+                            break;
+                        }
+                    }
+                }
+            };
+            let Some(joined) = joined else { break };
             let (name, result) = match joined {
                 Ok(r) => r,
+                Err(e) if e.is_cancelled() => continue,
                 Err(e) => (
                     "task",
                     Err(EngineError::invalid(
