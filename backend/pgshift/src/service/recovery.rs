@@ -20,7 +20,8 @@ pub async fn recover(app: &App) -> ServiceResult<()> {
         if let Some(record) = migrations.iter().find(|m| m.id == op.migration_id) {
             if op.kind == "cutover" {
                 if record.desired_state != DesiredState::CutOver {
-                    lift_freeze(app, record, &mut note).await;
+                    let still_frozen = !lift_freeze(app, record, &mut note).await;
+                    report_blocked(&mut op, still_frozen);
                 }
                 settle_reverse(app, &migrations, record, &op, &mut note).await;
             }
@@ -32,10 +33,14 @@ pub async fn recover(app: &App) -> ServiceResult<()> {
     Ok(())
 }
 
-async fn lift_freeze(app: &App, record: &MigrationRecord, note: &mut String) {
+/// Whether the source is writable now.
+async fn lift_freeze(app: &App, record: &MigrationRecord, note: &mut String) -> bool {
     match sequence::lift_freeze(&app.supervisor, record).await {
-        Ok(true) => note.push_str("; the source's freeze was lifted at restart"),
-        Ok(false) => {}
+        Ok(true) => {
+            note.push_str("; the source's freeze was lifted at restart");
+            true
+        }
+        Ok(false) => true,
         Err(e) => {
             // The migration's run lifts it as soon as the source lets it, and says the source
             // is still frozen until then.
@@ -47,8 +52,31 @@ async fn lift_freeze(app: &App, record: &MigrationRecord, note: &mut String) {
             app.supervisor.left_freezes().note(record.id, &still);
             note.push_str("; ");
             note.push_str(&still);
+            false
         }
     }
+}
+
+/// `writes_blocked_seconds` of a cutover a crash interrupted: from its freeze's first lock
+/// request until now, or until the freeze's own limit let writes through if that came first
+/// (an upper bound: pgshift was not there to see the end); 0 when it never froze.
+fn report_blocked(op: &mut Operation, still_frozen: bool) {
+    let began = op
+        .steps
+        .iter()
+        .find(|s| s.name == "freeze")
+        .map(|s| s.started_at);
+    let limit = op.request["freeze_limit_seconds"].as_f64();
+    let blocked = began.map_or(0.0, |at| {
+        let since = (Utc::now() - at).num_milliseconds().max(0) as f64 / 1000.0;
+        limit.map_or(since, |l| since.min(l))
+    });
+    let mut result = op.result.take().unwrap_or_else(|| serde_json::json!({}));
+    result["writes_blocked_seconds"] = blocked.into();
+    if still_frozen {
+        result["source_still_frozen"] = true.into();
+    }
+    op.result = Some(result);
 }
 
 /// The reverse migration a cutover armed is stored as created until the finish starts it: after
