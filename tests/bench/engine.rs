@@ -193,7 +193,14 @@ async fn run(args: Args, report: Arc<Mutex<Report>>) -> R<()> {
         "starting pgshift in-process (production engine settings) in {}",
         server_dir.display()
     );
-    let server = TestServer::start_in(&server_dir, EngineSettings::default()).await;
+    // The test server takes no configuration from the environment: the first admin's password
+    // (set in `main`) is handed over here, so no one-time password is generated and logged.
+    let server = TestServer::start_configured(|c| {
+        c.data_dir = server_dir.clone();
+        c.engine = EngineSettings::default();
+        c.admin_password = std::env::var("PGSHIFT_ADMIN_PASSWORD").ok();
+    })
+    .await;
     let bench = Bench {
         args,
         source,
