@@ -130,7 +130,6 @@ async fn stalled_cutover(
 /// second process goes on replicating them into the new server, over what the application
 /// wrote there.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "defect: a second pgshift process lifts the permanent freeze once a cutover finished in the first"]
 async fn a_second_process_lifts_the_permanent_freeze_after_the_cutover() {
     init_tracing();
     let pair = pair(100).await;
@@ -212,7 +211,6 @@ async fn a_second_process_lifts_the_permanent_freeze_after_the_cutover() {
 /// lock. The first process then records the cutover as succeeded, and the old server is left
 /// without any freeze: writes there are not refused, and the new server is not where they go.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "defect: a second process's recovery lifts the freeze of a cutover running in the first"]
 async fn recovery_in_a_second_process_lifts_the_freeze_of_a_running_cutover() {
     init_tracing();
     let pair = pair(100).await;
@@ -267,7 +265,6 @@ async fn recovery_in_a_second_process_lifts_the_freeze_of_a_running_cutover() {
 /// triggers it made, not the relations that exist, so the cutover finishes, and afterwards the
 /// old server takes writes straight into that partition: writes the new server never gets.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "defect: a partition created during the cutover is never frozen; the old server takes writes into it after the finish"]
 async fn a_partition_created_during_the_cutover_takes_writes_after_the_finish() {
     init_tracing();
     let pair = pair(50).await;
@@ -300,6 +297,22 @@ async fn a_partition_created_during_the_cutover_takes_writes_after_the_finish() 
         .await;
     drop(stall);
     let op = wait_operation(&server, &id, Duration::from_secs(120)).await;
+    if op["state"] == "failed" {
+        // The safe outcome: the finish saw the partition its freeze does not cover and stopped;
+        // the source takes writes again and they replicate.
+        assert!(op["error"].as_str().unwrap().contains("partition"), "{op}");
+        wait_for(
+            "the freeze to be lifted",
+            Duration::from_secs(60),
+            || async { (!pgshift_tests::cutover::freeze_installed(&pair.src).await).then_some(()) },
+        )
+        .await;
+        sqlx::query("INSERT INTO reading_2027 VALUES (101, '2027-03-01', 1)")
+            .execute(&pair.src)
+            .await
+            .unwrap();
+        return;
+    }
     assert_eq!(op["state"], "succeeded", "{op}");
     assert_eq!(server.migration("shop").await["state"], "cut_over");
     // The parent is frozen for good...
@@ -330,7 +343,6 @@ async fn a_partition_created_during_the_cutover_takes_writes_after_the_finish() 
 /// application that did as it was told has written to the new server meanwhile; the old server
 /// takes writes again, and the forward replication overwrites the new server's rows with them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "defect: writers are told the database moved before the cutover is decided, and a store failure in that window takes it back"]
 async fn writers_told_the_database_moved_are_sent_back() {
     init_tracing();
     let pair = pair(100).await;
@@ -392,7 +404,6 @@ async fn writers_told_the_database_moved_are_sent_back() {
 /// by an uncommitted change of the freeze function's catalog row, and the target's "Odd Pair"
 /// is locked so that the run cannot apply the change in the few milliseconds before it stops.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "defect: a write past the freeze after the final tick is captured but never applied, and the cutover succeeds"]
 async fn a_write_past_the_freeze_during_the_finish_is_never_applied() {
     init_tracing();
     let pair = pair(100).await;
@@ -478,7 +489,6 @@ async fn a_write_past_the_freeze_during_the_finish_is_never_applied() {
 /// freezes production, drains and verifies, and then can never finish. It should be refused
 /// before anything is frozen.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "defect: a freeze limit within the finish margin freezes the source for a cutover that cannot finish"]
 async fn a_freeze_limit_within_the_finish_margin_is_refused_before_freezing() {
     init_tracing();
     let pair = pair(20).await;
@@ -490,7 +500,12 @@ async fn a_freeze_limit_within_the_finish_margin_is_refused_before_freezing() {
             relaxed(json!({"freeze_limit_seconds": 2})),
         )
         .await;
-    if status == 400 {
+    // Refused before anything is frozen (a 4xx naming the field) is the fix.
+    if status == 400 || status == 422 {
+        assert!(
+            started.to_string().contains("freeze_limit_seconds"),
+            "{started}"
+        );
         return;
     }
     assert_eq!(status, 202, "{started}");
@@ -584,7 +599,6 @@ async fn a_cutover_that_lost_its_source_session_stops_and_loses_nothing() {
 /// moving rows and the applied tick back to an older state, and (with a cutover) a second run
 /// that the finish does not stop.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "defect: the run lock is lost silently with its idle session, and a second process runs the migration at the same time"]
 async fn a_run_whose_lock_session_died_runs_beside_another_process() {
     init_tracing();
     let pair = pair(50).await;

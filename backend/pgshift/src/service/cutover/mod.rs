@@ -36,7 +36,7 @@ pub struct CutoverRequest {
     /// has now, in key ranges before the freeze and, inside it, of the rows written since.
     /// `false` compares row counts only.
     pub checksums: Option<bool>,
-    /// Longest time the source stays frozen while the cutover runs (default 120 s): past it the
+    /// Longest time the source stays frozen while the cutover runs (default 120 s, at least 5): past it the
     /// source lets writes through again by itself, even if pgshift is gone, and the cutover
     /// stops. The finish makes the freeze permanent.
     pub freeze_limit_seconds: Option<f64>,
@@ -99,6 +99,14 @@ pub async fn start_cutover(
     let max_lag = seconds("max_lag_seconds", req.max_lag_seconds, 5.0)?;
     let timeout = seconds("timeout_seconds", req.timeout_seconds, 30.0)?;
     let freeze_limit = seconds("freeze_limit_seconds", req.freeze_limit_seconds, 120.0)?;
+    // The finish needs a margin before the deadline (engine::cutover::freeze): a shorter limit
+    // would freeze the source for a cutover that can never finish.
+    if freeze_limit < 5.0 {
+        return Err(ServiceError::invalid(
+            "invalid_body",
+            "freeze_limit_seconds must be at least 5",
+        ));
+    }
     if let Some(url) = &req.webhook_url {
         check_webhook(app, url).await?;
     }
