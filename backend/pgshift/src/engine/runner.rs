@@ -34,8 +34,8 @@ pub struct Run {
     pub left_freezes: Arc<LeftFreezes>,
 }
 
-/// Keeps the session holding the migration's run lock until cancelled, checking every few
-/// seconds that it is alive.
+/// Keeps the session holding the migration's run lock until cancelled, checking every second
+/// that it is alive (which also keeps an `idle_session_timeout` from ending it).
 async fn hold_run_lock(mut conn: PgConnection, cancel: CancellationToken) -> EngineResult<()> {
     loop {
         tokio::select! {
@@ -43,7 +43,7 @@ async fn hold_run_lock(mut conn: PgConnection, cancel: CancellationToken) -> Eng
                 let _ = conn.close().await;
                 return Ok(());
             }
-            _ = tokio::time::sleep(Duration::from_secs(3)) => {}
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
         }
         let alive = tokio::time::timeout(
             Duration::from_secs(10),
