@@ -8,9 +8,11 @@ use std::collections::HashMap;
 
 use sqlx::PgConnection;
 
+mod wide;
+
 use super::batch::{Event, Op};
 use super::error::Context;
-use super::{key_ops, quote_ident, row_format, EngineResult};
+use super::{key_ops, quote_ident, row_format, EngineError, EngineResult};
 use crate::store::TableSpec;
 
 /// Prepared SQL for one table. Every statement reads its rows from one `text[]` parameter of
@@ -34,6 +36,12 @@ pub struct TablePlan {
     pub(super) referenced_by_others: bool,
     tombstone: String,
     reset_copy: String,
+    /// Writes a row sent in parts: [`Self::upsert`] over the row [`wide`] assembles.
+    assemble: Vec<String>,
+    /// The row type's name, and the positions of the columns a row sent in parts must give
+    /// (the written ones and the key).
+    row_type: String,
+    assembled_columns: Vec<usize>,
 }
 
 /// What the target's catalog says about a table that changes how it is written.
@@ -102,31 +110,37 @@ impl TablePlan {
         } else {
             ""
         };
-        let upsert = if identity_always || deferrable_key {
-            // Identity ALWAYS columns cannot be set by an UPDATE, and a deferrable key cannot
-            // arbitrate ON CONFLICT: replace the row instead.
-            vec![
-                format!(
-                    "DELETE FROM {own_rows} AS t USING ({latest}) AS r WHERE {}",
-                    key_match("r")
-                ),
-                format!(
-                    "INSERT INTO {t} ({cols}){overriding} SELECT {values} FROM ({latest}) AS r"
-                ),
-            ]
-        } else {
-            // The key columns are set too: an equal key written differently (1.0 → 1.00, a
-            // citext key changing case) must take the source's spelling.
-            let set = writable
-                .iter()
-                .map(|c| format!("{0} = EXCLUDED.{0}", q(c)))
-                .collect::<Vec<_>>()
-                .join(", ");
-            vec![format!(
-                "INSERT INTO {t} AS t ({cols}) SELECT {values} FROM ({latest}) AS r
-                 ON CONFLICT ({keys}) DO UPDATE SET {set}"
-            )]
+        // The statements that write the rows `source` yields (fields named like the row type's)
+        // over the rows the target has under the same keys.
+        let upsert_from = |source: &str| -> Vec<String> {
+            if identity_always || deferrable_key {
+                // Identity ALWAYS columns cannot be set by an UPDATE, and a deferrable key cannot
+                // arbitrate ON CONFLICT: replace the row instead.
+                vec![
+                    format!(
+                        "DELETE FROM {own_rows} AS t USING ({source}) AS r WHERE {}",
+                        key_match("r")
+                    ),
+                    format!(
+                        "INSERT INTO {t} ({cols}){overriding} SELECT {values} FROM ({source}) AS r"
+                    ),
+                ]
+            } else {
+                // The key columns are set too: an equal key written differently (1.0 → 1.00, a
+                // citext key changing case) must take the source's spelling.
+                let set = writable
+                    .iter()
+                    .map(|c| format!("{0} = EXCLUDED.{0}", q(c)))
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                vec![format!(
+                    "INSERT INTO {t} AS t ({cols}) SELECT {values} FROM ({source}) AS r
+                     ON CONFLICT ({keys}) DO UPDATE SET {set}"
+                )]
+            }
         };
+        let upsert = upsert_from(&latest);
+        let assemble = upsert_from(wide::ROW);
         let delete = format!(
             "DELETE FROM {own_rows} AS t USING {rows} WHERE {}",
             key_match("r")
@@ -183,6 +197,15 @@ impl TablePlan {
             referenced_by_others,
             tombstone,
             reset_copy,
+            assemble,
+            row_type: row_format::row_type(schema, table),
+            assembled_columns: table
+                .columns
+                .iter()
+                .enumerate()
+                .filter(|(_, c)| !c.generated || table.key.contains(&c.name))
+                .map(|(i, _)| i)
+                .collect(),
         }
     }
 }
@@ -288,6 +311,50 @@ async fn run(
                 for relation in data {
                     super::truncate::replay(conn, plan, relation, true).await?;
                 }
+            }
+        }
+        Op::Piece => {
+            wide::prepare(conn).await?;
+            for piece in data {
+                wide::stage(conn, plan, piece).await?;
+            }
+        }
+        Op::Assemble => {
+            wide::prepare(conn).await?;
+            for tag in data {
+                wide::write(conn, plan, tag).await?;
+            }
+        }
+        Op::Unsendable => {
+            // While the table copies (after a resync, say) the copy reads the row as it is now:
+            // the target forgets what it holds under that key and the copy starts again, so the
+            // row comes back from the source (or fails there, loudly, if it still cannot travel).
+            // Otherwise nothing can make the target right: stop on this table.
+            for unsendable in data {
+                let (key_row, words) = unsendable.split_once('\n').unwrap_or(("", unsendable));
+                if !(ctx.tombstone_tables)(plan.no) {
+                    return Err(EngineError::invalid(
+                        "row_cannot_travel",
+                        format!(
+                            "{words}; pgshift cannot carry this row to the target: change the value on the source, then resync the table"
+                        ),
+                    ));
+                }
+                sqlx::query(&plan.delete)
+                    .bind([key_row])
+                    .execute(&mut *conn)
+                    .await
+                    .context(|| {
+                        format!(
+                            "forgetting a row of {} that the copy brings again",
+                            plan.display
+                        )
+                    })?;
+                sqlx::query(&plan.reset_copy)
+                    .bind(plan.no)
+                    .execute(&mut *conn)
+                    .await
+                    .context(|| format!("restarting the copy of {}", plan.display))?;
             }
         }
     }

@@ -73,6 +73,14 @@ pub enum Op {
     /// A partition that appeared on the source (created or attached): its range is emptied
     /// here before the rows it holds follow as upserts.
     Appeared,
+    /// One piece of one value of a row whose text form could not be built on the source
+    /// (capture_row in install.sql): kept aside until the row is complete.
+    Piece,
+    /// The row whose pieces came before is complete: write it (an upsert).
+    Assemble,
+    /// A row that cannot be carried at all (a value whose own text form is over 1 GB); the
+    /// payload says which and why.
+    Unsendable,
 }
 
 /// The query selecting the batch between two ticks, PgQ style: transactions that finished
@@ -165,6 +173,9 @@ pub async fn fetch(conn: &mut PgConnection, limit: usize) -> EngineResult<Vec<Ev
                 "K" => Op::KeyChange,
                 "T" => Op::Truncate,
                 "A" => Op::Appeared,
+                "P" => Op::Piece,
+                "W" => Op::Assemble,
+                "E" => Op::Unsendable,
                 other => {
                     return Err(EngineError::invalid(
                         "corrupt_event",

@@ -71,6 +71,25 @@ fn row_text<'a>(alias: &str, columns: impl Iterator<Item = &'a str>) -> String {
     format!("ROW({list})")
 }
 
+/// `ROW(…)` with every column of the table, the key columns read from `alias` and the others
+/// NULL: the text of a 'D' event when the row's own text cannot be built (the target reads only
+/// the key of a deleted row).
+pub(super) fn key_row(alias: &str, table: &TableSpec) -> String {
+    let fields = table
+        .columns
+        .iter()
+        .map(|c| {
+            if table.key.contains(&c.name) {
+                format!("{alias}.{}", quote_ident(&c.name))
+            } else {
+                "NULL".to_string()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(", ");
+    format!("ROW({fields})")
+}
+
 /// The capture function of one table. `ops` are the key's operators on the source: the
 /// function finds a row by key when a nested change makes NEW too old to record.
 fn table_capture_sql(schema: &str, table: &TableSpec, ops: &[key_ops::ColumnOps]) -> String {
@@ -97,6 +116,8 @@ fn table_capture_sql(schema: &str, table: &TableSpec, ops: &[key_ops::ColumnOps]
         )
         .replace("@statement_mark@", STATEMENT_MARK)
         .replace("@settings@", &settings)
+        .replace("@old_key_row@", &key_row("OLD", table))
+        .replace("@new_key_row@", &key_row("NEW", table))
         .replace("@old_key@", &row_text("OLD", key()))
         .replace("@new_key@", &row_text("NEW", key()))
         .replace(
@@ -112,6 +133,7 @@ fn table_capture_sql(schema: &str, table: &TableSpec, ops: &[key_ops::ColumnOps]
         .replace("@scan@", &table.relation_only())
         .replace("@no@", &table.no.to_string())
         .replace("@table_literal@", &quote_literal(&table.sql_name()))
+        .replace("@table_display@", &quote_literal(&table.display_name()))
         .replace("@table@", &table.sql_name())
         .replace("@tag@", schema)
         .replace("@schema@", &quote_ident(schema))
@@ -137,11 +159,16 @@ const PARTITION_SEEN: &str = "
             PERFORM pg_catalog.set_config('pgshift.@tag@_part', TG_RELID::pg_catalog.text, true);
         END IF;";
 
+/// The size of one piece of a value sent in parts (capture_row in install.sql): its event holds
+/// the piece in base64, a third more, and the worker holds a chunk of such events at a time.
+const PIECE_BYTES: usize = 16 << 20;
+
 /// The install script of the migration's schema. `@tag@` names the transaction-local settings
 /// of this migration: the schema name is pgshift's own (`pgshift_` and hex digits), a valid
 /// setting name as it is.
 fn install_sql(schema: &str) -> String {
     INSTALL_SQL
+        .replace("@piece_bytes@", &PIECE_BYTES.to_string())
         .replace("@statement_mark@", STATEMENT_MARK)
         .replace("@tag@", schema)
         .replace("@schema@", &quote_ident(schema))
