@@ -304,6 +304,13 @@ fn random_transaction(rng: &mut StdRng, next_id: &AtomicU64, max_id: i64) -> Vec
                        IF r IS NOT NULL THEN EXECUTE {how}; END IF; END $$"
                 )
             }
+            // A burst of wide rows (100 kB to 2 MB each, incompressible) amid narrow ones: the
+            // worker's chunks must stay within their byte budget whatever came before.
+            97..=98 => format!(
+                "UPDATE customer SET doc = (SELECT string_agg(md5(random()::text), '') FROM generate_series(1, {})) \
+                 WHERE id BETWEEN {c} AND {c} + 4",
+                rng.gen_range(3_000..60_000)
+            ),
             // Swap two customers' unique emails within one transaction.
             _ => format!(
                 "UPDATE customer SET email = 'swap-' || id WHERE id = {c}; UPDATE customer SET email = 'c{c}-swapped@example.com' WHERE id = {}",
