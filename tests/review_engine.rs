@@ -466,6 +466,48 @@ async fn partitions_joining_and_leaving_during_the_copy() {
     case.drain_and_compare(&[("reading", "id, at")]).await;
 }
 
+/// A partition created, filled and truncated before the source watch first sees it (here in
+/// one transaction; in practice within the watch's second) while its table is still being
+/// copied. Its rows were captured (the parent's row trigger is cloned at once) but its TRUNCATE
+/// was not (statement triggers come with the watch), and the watch's mark of the new partition
+/// was skipped while the table copies, so the target kept the truncated rows for good. The
+/// table has more chunks than the copy takes before the writes: a chunk whose snapshot follows
+/// the watch's mark merges only after the worker applied the mark, so the mark is applied while
+/// the table still copies.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partition_created_and_truncated_at_once_during_the_copy() {
+    let schema = "
+        CREATE TABLE reading (id int, at date, v int, PRIMARY KEY (id, at)) PARTITION BY RANGE (at);
+        CREATE TABLE reading_2025 PARTITION OF reading FOR VALUES FROM ('2025-01-01') TO ('2026-01-01');";
+    let case = Case::prepare(
+        schema,
+        schema,
+        "INSERT INTO reading SELECT g, date '2025-01-01' + (g % 300), g FROM generate_series(1, 9000) g;",
+    )
+    .await;
+    let paused = case.begin_with_copy_paused(&["reading"]).await;
+    let partition =
+        "CREATE TABLE reading_2026 PARTITION OF reading FOR VALUES FROM ('2026-01-01') TO ('2027-01-01');";
+    case.target.psql("app", partition).await;
+    case.source
+        .psql(
+            "app",
+            &format!(
+                "BEGIN;
+                 {partition}
+                 INSERT INTO reading SELECT g, date '2026-01-01' + g, g FROM generate_series(1, 50) g;
+                 TRUNCATE reading_2026;
+                 INSERT INTO reading VALUES (7, '2026-06-01', 7);
+                 COMMIT;"
+            ),
+        )
+        .await;
+    case.wait_partitions(&["public.reading_2025", "public.reading_2026"])
+        .await;
+    case.resume(paused).await;
+    case.drain_and_compare(&[("reading", "id, at")]).await;
+}
+
 /// A staging table that existed when the migration began is itself a migrated table (with its
 /// own capture trigger). Loaded and ATTACHed as a partition (the DDL mirrored on the target), it
 /// also gets the parent's cloned capture trigger, and the trigger-order check takes one for an

@@ -12,6 +12,7 @@ mod wide;
 
 use super::batch::{Event, Op};
 use super::error::Context;
+use super::partition_bound::{is_plain, TruncatedRelation};
 use super::{key_ops, quote_ident, row_format, EngineError, EngineResult};
 use crate::store::TableSpec;
 
@@ -36,6 +37,8 @@ pub struct TablePlan {
     pub(super) referenced_by_others: bool,
     tombstone: String,
     reset_copy: String,
+    /// Remembers the keys of the rows of `@rows@` (a FROM item) as deleted.
+    remember_rows: String,
     /// Writes a row sent in parts: [`Self::upsert`] over the row [`wide`] assembles.
     assemble: Vec<String>,
     /// The row type's name, and the positions of the columns a row sent in parts must give
@@ -173,6 +176,10 @@ impl TablePlan {
             "INSERT INTO {} ({keys}) SELECT {r_keys} FROM {rows} ON CONFLICT DO NOTHING",
             row_format::tombstone_table(schema, table)
         );
+        let remember_rows = format!(
+            "INSERT INTO {} ({keys}) SELECT {keys} FROM {ROWS} ON CONFLICT DO NOTHING",
+            row_format::tombstone_table(schema, table)
+        );
         // A truncate while the table is still being copied: the copy's older snapshots would bring
         // rows back, so the copy starts again (a new epoch makes the running copy discard its chunk).
         let reset_copy = format!(
@@ -197,6 +204,7 @@ impl TablePlan {
             referenced_by_others,
             tombstone,
             reset_copy,
+            remember_rows,
             assemble,
             row_type: row_format::row_type(schema, table),
             assembled_columns: table
@@ -209,6 +217,43 @@ impl TablePlan {
         }
     }
 }
+
+/// Leaves a tombstone for every key the target holds in the range of the partition `data`
+/// names (an event payload): the rows [`super::truncate::replay`] is about to empty.
+async fn remember_range(conn: &mut PgConnection, plan: &TablePlan, data: &str) -> EngineResult<()> {
+    let TruncatedRelation { relation, bound } = TruncatedRelation::parse(data);
+    let columns: Vec<&str> = plan.columns.iter().map(String::as_str).collect();
+    let rows = match bound.filter(|b| is_plain(b, &columns)) {
+        // Checked by is_plain: only this table's columns, literals, casts and operators.
+        Some(bound) => format!("{} WHERE {bound}", plan.table),
+        None => {
+            // A bound the target cannot evaluate: replay empties a partition of that name, if
+            // this table has one.
+            let partition: bool = sqlx::query_scalar(
+                "SELECT EXISTS (SELECT 1 FROM pg_partition_tree($2::regclass) p
+                                 WHERE p.relid = to_regclass($1) AND p.level > 0)",
+            )
+            .bind(relation)
+            .bind(&plan.table)
+            .fetch_one(&mut *conn)
+            .await
+            .context(|| format!("looking for {relation} on the target"))?;
+            if !partition {
+                return Ok(());
+            }
+            // The name came from the source's own format('%I.%I'); it names a relation here.
+            relation.to_string()
+        }
+    };
+    sqlx::query(&plan.remember_rows.replace(ROWS, &rows))
+        .execute(&mut *conn)
+        .await
+        .context(|| format!("remembering the keys of {relation} as deleted"))?;
+    Ok(())
+}
+
+/// Where [`TablePlan::remember_rows`] reads keys from.
+const ROWS: &str = "@rows@";
 
 /// How to apply one chunk.
 pub struct ChunkContext<'a> {
@@ -304,13 +349,16 @@ async fn run(
             }
         }
         // A partition pgshift's source watch has just seen: empty its range here, then the
-        // events that follow bring its rows. While the table is still being copied the copy
-        // reads the partition itself, and emptying would restart it (pg_partman adds one a day).
+        // events that follow bring its rows (a truncate that beat the watch leaves none). While
+        // the table is still being copied, the keys emptied are remembered as deleted, so that
+        // no chunk read before the truncate brings them back; the copy goes on (pg_partman adds
+        // a partition a day).
         Op::Appeared => {
-            if !(ctx.tombstone_tables)(plan.no) {
-                for relation in data {
-                    super::truncate::replay(conn, plan, relation, true).await?;
+            for relation in data {
+                if (ctx.tombstone_tables)(plan.no) {
+                    remember_range(conn, plan, relation).await?;
                 }
+                super::truncate::replay(conn, plan, relation, true).await?;
             }
         }
         Op::Piece => {
