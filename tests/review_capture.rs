@@ -587,6 +587,134 @@ async fn a_value_below_the_field_limit_never_fails_the_application() {
     assert_eq!(compare().await, 1);
 }
 
+/// pgshift's sessions set `pgshift.replicating = on`, and capture and the cutover's freeze let
+/// such sessions through; any application session could set it too, and its writes were neither
+/// captured (the target silently lacked them) nor frozen. The mark is a secret now: an
+/// application session that sets it (to `on`, or to a guess; also as a replica-role session) is
+/// captured and frozen, and pgshift's own session still passes both.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_application_session_cannot_pass_for_pgshift() {
+    use pgshift::engine::cutover::freeze;
+    use pgshift::engine::pg;
+    use pgshift::store::{ColumnSpec, DesiredState, Endpoint, MigrationRecord, TableSpec};
+    use sqlx::{Connection, PgConnection};
+
+    let case = Case::start("CREATE TABLE t (id int PRIMARY KEY, v text);", "").await;
+    case.source
+        .psql(
+            "app",
+            "SET pgshift.replicating = on; INSERT INTO t VALUES (1, 'forged');",
+        )
+        .await;
+    case.source
+        .psql(
+            "app",
+            "SET pgshift.replicating = 'a b c'; INSERT INTO t VALUES (2, 'guessed');",
+        )
+        .await;
+    case.source
+        .psql(
+            "app",
+            "SET session_replication_role = replica; SET pgshift.replicating = on;
+             INSERT INTO t VALUES (3, 'replica role');",
+        )
+        .await;
+    case.drain_and_compare(&[("t", "id")]).await;
+    assert_eq!(Case::count(&case.dst, "SELECT count(*) FROM t").await, 3);
+
+    // pgshift's own session writes unseen by capture...
+    let schema = capture_schema(&case.src).await;
+    let options = pg::options(&case.source.admin_dsn(), Some("app")).unwrap();
+    let mut own = pg::connect("the source", &options).await.unwrap();
+    let events = format!(
+        "SELECT count(*) FROM {}.event WHERE ev_data LIKE '(4,%'",
+        quote_ident(&schema)
+    );
+    sqlx::query("INSERT INTO public.t VALUES (4, 'pgshift''s own')")
+        .execute(&mut own)
+        .await
+        .unwrap();
+    assert_eq!(Case::count(&case.src, &events).await, 0);
+
+    // ...and through the freeze, which holds for the application whatever it sets.
+    let column = |name: &str, type_name: &str| ColumnSpec {
+        name: name.into(),
+        type_name: type_name.into(),
+        generated: false,
+        identity_always: false,
+    };
+    let table = TableSpec {
+        no: 1,
+        schema: "public".into(),
+        name: "t".into(),
+        key: vec!["id".into()],
+        columns: vec![column("id", "integer"), column("v", "text")],
+        partitioned: false,
+    };
+    freeze::freeze(
+        &mut own,
+        &schema,
+        std::slice::from_ref(&table),
+        "frozen for the test",
+        std::time::Duration::from_secs(10),
+    )
+    .await
+    .unwrap();
+    let mut app = PgConnection::connect(&case.source.dsn("app"))
+        .await
+        .unwrap();
+    for marker in ["on", "'a b c'"] {
+        let forged = sqlx::raw_sql(&format!(
+            "SET pgshift.replicating = {marker}; INSERT INTO t VALUES (5, 'after the freeze')"
+        ))
+        .execute(&mut app)
+        .await;
+        let err = forged.expect_err("the freeze lets an application session through");
+        assert!(err.to_string().contains("frozen for the test"), "{err}");
+    }
+    sqlx::query("UPDATE public.t SET v = 'pgshift, frozen' WHERE id = 4")
+        .execute(&mut own)
+        .await
+        .expect("pgshift's own session passes the freeze");
+    freeze::unfreeze(&mut own, &schema).await.unwrap();
+
+    // A capture installed on the target while the migration runs (the cutover arms a reverse
+    // migration that way) records nothing of the worker, whose session is older than it.
+    let reverse = MigrationRecord {
+        id: uuid::Uuid::new_v4(),
+        name: "back".into(),
+        source: Endpoint {
+            cluster_id: uuid::Uuid::new_v4(),
+            database: "app".into(),
+        },
+        target: Endpoint {
+            cluster_id: uuid::Uuid::new_v4(),
+            database: "app".into(),
+        },
+        table_patterns: None,
+        tables: vec![table],
+        desired_state: DesiredState::Running,
+        last_error: None,
+        created_at: chrono::Utc::now(),
+        updated_at: chrono::Utc::now(),
+    };
+    let target_options = pg::options(&case.target.admin_dsn(), Some("app")).unwrap();
+    let mut installer = pg::connect("the target", &target_options).await.unwrap();
+    pgshift::engine::install_capture(&mut installer, &reverse)
+        .await
+        .unwrap();
+    case.write_and_compare(
+        "UPDATE t SET v = v || ' again'; INSERT INTO t VALUES (6, 'six');",
+        &[("t", "id")],
+    )
+    .await;
+    let echoed = format!(
+        "SELECT count(*) FROM {}.event",
+        quote_ident(&reverse.schema_name())
+    );
+    assert_eq!(Case::count(&case.dst, &echoed).await, 0);
+}
+
 // ---------------------------------------------------------------------------------------------
 // What held
 // ---------------------------------------------------------------------------------------------

@@ -65,9 +65,13 @@ DECLARE
     whole boolean := true;
     live @table@%ROWTYPE;
 BEGIN
-    -- pgshift's own sessions (apply, copy, repair) are never captured: see pg.rs SESSION_SETTINGS.
-    IF pg_catalog.current_setting('pgshift.replicating', true) = 'on' THEN
-        RETURN NULL;
+    -- pgshift's own sessions (apply, copy, repair) are never captured: they carry this schema's
+    -- secret token (engine/pg/marker.rs). Only a session that set something is looked at.
+    IF pg_catalog.current_setting('pgshift.replicating', true) <> '' THEN
+        IF pg_catalog.strpos(' ' || pg_catalog.current_setting('pgshift.replicating', true) || ' ',
+                             ' ' || (SELECT m.token FROM @schema@.marker m LIMIT 1) || ' ') > 0 THEN
+            RETURN NULL;
+        END IF;
     END IF;
     IF TG_OP = 'TRUNCATE' THEN
         -- A table detached from this one keeps its statement triggers (removing them needs its

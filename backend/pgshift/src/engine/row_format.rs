@@ -86,12 +86,16 @@ pub fn field_of(table: &TableSpec, column: &str) -> String {
 }
 
 /// Creates (or re-creates, following the target's current column types) the row type and the
-/// tombstone table of every table. A column the target lacks is named in the error.
+/// tombstone table of every table. A column the target lacks is named in the error. Also gives
+/// the target's schema pgshift's session marker and marks this session (the worker's), so that
+/// a reverse migration's capture armed here later knows the worker's writes for pgshift's own
+/// (see pg/marker.rs).
 pub async fn prepare_target(
     conn: &mut PgConnection,
     schema: &str,
     tables: &[TableSpec],
 ) -> EngineResult<()> {
+    super::pg::marker::ensure(conn, schema).await?;
     for table in tables {
         let mut fields = Vec::with_capacity(table.columns.len());
         for (i, column) in table.columns.iter().enumerate() {

@@ -21,13 +21,16 @@ pub async fn is_installed(conn: &mut PgConnection, schema: &str) -> EngineResult
 }
 
 /// Refuses a capture schema installed by an older pgshift: one whose events are JSON (its rows
-/// cannot be read as record text), or one without the statement triggers that keep nested
-/// changes in order (table_capture.sql).
+/// cannot be read as record text), one without the statement triggers that keep nested changes
+/// in order (table_capture.sql), or one whose capture knows pgshift's sessions by a plain
+/// setting instead of a secret (pg/marker.rs).
 pub async fn check_format(conn: &mut PgConnection, schema: &str) -> EngineResult<()> {
     let current: bool = sqlx::query_scalar(
         "SELECT EXISTS (SELECT 1 FROM pg_attribute
                          WHERE attrelid = to_regclass(format('%I.event', $1::text)) AND attname = 'ev_data')
-            AND to_regproc(format('%I.statement_bound', $1::text)) IS NOT NULL",
+            AND to_regproc(format('%I.statement_bound', $1::text)) IS NOT NULL
+            AND to_regproc(format('%I.capture_row', $1::text)) IS NOT NULL
+            AND to_regclass(format('%I.marker', $1::text)) IS NOT NULL",
     )
     .bind(schema)
     .fetch_one(conn)
@@ -525,6 +528,7 @@ async fn install_in_one(
     super::pg::run_script(&mut tx, &install_sql(&schema))
         .await
         .context(|| "installing the capture schema on the source".into())?;
+    super::pg::marker::ensure(&mut tx, &schema).await?;
     for table in &migration.tables {
         check_partition_layout(&mut tx, table).await?;
         let ops = key_ops::key_operators(&mut tx, table).await?;
