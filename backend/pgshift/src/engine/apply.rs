@@ -1,8 +1,10 @@
-//! Applying events to the target. Speed comes from grouping: within a chunk, each table's
-//! consecutive upserts become one `INSERT ... ON CONFLICT` and its consecutive deletes one
-//! `DELETE ... USING`, each bound as one array of record texts split by bytes. Tables are independent of each other because the apply session runs with
-//! `session_replication_role = replica` (no trigger or foreign-key action fires), and every
-//! batch commits the source's state at a tick, so foreign keys hold after each commit.
+//! Engine layer: applying events to the target. Speed comes from grouping: within a chunk,
+//! each table's consecutive upserts become one `INSERT ... ON CONFLICT` and its consecutive
+//! deletes one `DELETE ... USING`, each bound as one array of record texts split by bytes; a
+//! row sent in parts is written from them ([`wide`]). Tables are independent of each other
+//! because the apply session runs with `session_replication_role = replica` (no trigger or
+//! foreign-key action fires), and every batch commits the source's state at a tick, so
+//! foreign keys hold after each commit.
 
 use std::collections::HashMap;
 

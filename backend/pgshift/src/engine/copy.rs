@@ -1,6 +1,6 @@
-//! The initial copy, in primary-key chunks. Each chunk is one short read on the source and one
-//! target transaction that also records the copy's position, so a crash resumes at the last
-//! committed chunk and no source transaction stays open for hours.
+//! Engine layer: the initial copy, in primary-key chunks. Each chunk is one short read on the
+//! source and one target transaction that also records the copy's position, so a crash resumes
+//! at the last committed chunk and no source transaction stays open for hours.
 //!
 //! Copy and apply run at once. The worker applies every event of every table (upsert or
 //! delete by key, whole rows, leaving tombstones for keys deleted while the table copies). A

@@ -1,4 +1,5 @@
-//! Following a partitioned table's partitions on the source while a migration runs.
+//! Engine layer: following a partitioned table's partitions on the source while a migration
+//! runs.
 //!
 //! Row triggers reach every partition by themselves, but three things do not: rows a table held
 //! before it was ATTACHed (no trigger saw them arrive), rows that leave with a DETACHed or

@@ -1,7 +1,8 @@
-//! The form rows travel in: PostgreSQL's own record text, written on the source by the capture
-//! function (`ROW(NEW.c1, …)::text`) and read on the target through a composite type with the
-//! same fields ("the row type"). Record output and input round-trip every value of every type
-//! once the settings that shape the text are the same on both ends, which this module pins.
+//! Engine layer: the form rows travel in: PostgreSQL's own record text, written on the source
+//! by the capture function (`ROW(NEW.c1, …)::text`) and read on the target through a composite
+//! type with the same fields ("the row type"). Record output and input round-trip every value
+//! of every type once the settings that shape the text are the same on both ends, which this
+//! module pins.
 //!
 //! Each replicated table gets two objects in pgshift's schema on the target:
 //! - `row_<no>`: a composite type with the migration's columns in the source's order, each of
