@@ -63,7 +63,6 @@ DECLARE
     nested boolean;
     ended text;
     whole boolean := true;
-    live @table@%ROWTYPE;
 BEGIN
     -- pgshift's own sessions (apply, copy, repair) are never captured: they carry this schema's
     -- secret token (engine/pg/marker.rs). Only a session that set something is looked at.
@@ -149,26 +148,33 @@ BEGIN
             whole := false;
         END;
         IF NOT whole THEN
-            -- A 'D' carries only the key (the other fields empty), which is all the target reads
-            -- of it.
-            IF TG_OP <> 'INSERT' THEN
-                SELECT x.* INTO live FROM @scan@ x WHERE @old_match@;
-                IF FOUND THEN
-                    PERFORM @schema@.capture_row(@no@, live, pg_catalog.format('the row of %s with key %s', @table_display@, (@old_key@)::text),
-                        (@old_key_row@)::text);
-                ELSE
-                    PERFORM @schema@.add_event(@no@, 'D', (@old_key_row@)::text);
+            -- Declared here: only the rare path pays for setting up a row variable.
+            DECLARE
+                live @table@%ROWTYPE;
+            BEGIN
+                -- A 'D' carries only the key (the other fields empty), which is all the target
+                -- reads of it.
+                IF TG_OP <> 'INSERT' THEN
+                    SELECT x.* INTO live FROM @scan@ x WHERE @old_match@;
+                    IF FOUND THEN
+                        PERFORM @schema@.capture_row(@no@, live,
+                            pg_catalog.format('the row of %s with key %s', @table_display@, (@old_key@)::text),
+                            (@old_key_row@)::text);
+                    ELSE
+                        PERFORM @schema@.add_event(@no@, 'D', (@old_key_row@)::text);
+                    END IF;
                 END IF;
-            END IF;
-            IF TG_OP = 'INSERT' OR key_changed THEN
-                SELECT x.* INTO live FROM @scan@ x WHERE @new_match@;
-                IF FOUND THEN
-                    PERFORM @schema@.capture_row(@no@, live, pg_catalog.format('the row of %s with key %s', @table_display@, (@new_key@)::text),
-                        (@new_key_row@)::text);
-                ELSE
-                    PERFORM @schema@.add_event(@no@, 'D', (@new_key_row@)::text);
+                IF TG_OP = 'INSERT' OR key_changed THEN
+                    SELECT x.* INTO live FROM @scan@ x WHERE @new_match@;
+                    IF FOUND THEN
+                        PERFORM @schema@.capture_row(@no@, live,
+                            pg_catalog.format('the row of %s with key %s', @table_display@, (@new_key@)::text),
+                            (@new_key_row@)::text);
+                    ELSE
+                        PERFORM @schema@.add_event(@no@, 'D', (@new_key_row@)::text);
+                    END IF;
                 END IF;
-            END IF;
+            END;
         END IF;
     END IF;
     -- pg_sequence_last_value reads the sequence as a plain SELECT would (not subject to MVCC:
