@@ -10,7 +10,7 @@ use std::collections::HashMap;
 
 use sqlx::PgConnection;
 
-mod wide;
+pub(super) mod wide;
 
 use super::batch::{Event, Op};
 use super::error::Context;

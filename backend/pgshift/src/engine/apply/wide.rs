@@ -18,7 +18,7 @@ const PARTS: &str = "pg_temp.pgshift_parts";
 
 /// Creates the pieces' table of this session if it is missing. Rows go at commit (or with a
 /// rolled-back batch).
-pub(super) async fn prepare(conn: &mut PgConnection) -> EngineResult<()> {
+pub(in crate::engine) async fn prepare(conn: &mut PgConnection) -> EngineResult<()> {
     let present: bool = sqlx::query_scalar("SELECT to_regclass($1) IS NOT NULL")
         .bind(PARTS)
         .fetch_one(&mut *conn)
@@ -78,6 +78,56 @@ pub(super) async fn write(
     tag: &str,
 ) -> EngineResult<()> {
     let tag: i64 = tag.trim().parse().map_err(|_| corrupt(plan, tag))?;
+    let row = assembled_row(conn, &plan.row_type, &plan.assembled_columns, &plan.display).await?;
+    for sql in &plan.assemble {
+        sqlx::query(&sql.replace(ROW, &row))
+            .bind(tag)
+            .execute(&mut *conn)
+            .await
+            .context(|| format!("writing a row of {} sent in parts", plan.display))?;
+    }
+    forget(conn, tag).await
+}
+
+/// Keeps one whole value (its bytes, or the UTF-8 of its text form) as column `col` of the row
+/// `tag`, for [`assembled_row`]. The copy's way in, for a row that COPY cannot carry.
+pub(in crate::engine) async fn stage_value(
+    conn: &mut PgConnection,
+    tag: i64,
+    col: usize,
+    bytes: &[u8],
+) -> EngineResult<()> {
+    sqlx::query(&format!(
+        "INSERT INTO {PARTS} (tag, col, piece, bytes) VALUES ($1, $2, 0, $3)"
+    ))
+    .bind(tag)
+    .bind(col as i32)
+    .bind(bytes)
+    .execute(&mut *conn)
+    .await
+    .context(|| "keeping a value of a row that travels in parts".into())?;
+    Ok(())
+}
+
+/// Forgets the pieces of row `tag`.
+pub(in crate::engine) async fn forget(conn: &mut PgConnection, tag: i64) -> EngineResult<()> {
+    sqlx::query(&format!("DELETE FROM {PARTS} WHERE tag = $1"))
+        .bind(tag)
+        .execute(&mut *conn)
+        .await
+        .context(|| "forgetting the pieces of a written row".into())?;
+    Ok(())
+}
+
+/// `SELECT <value> AS c<i>, …` over `columns` (positions in the row type `row_type`): the row
+/// whose pieces carry the tag bound as `$1`, each value through its column type's input (a
+/// bytea from its bytes). No piece: NULL.
+pub(in crate::engine) async fn assembled_row(
+    conn: &mut PgConnection,
+    row_type: &str,
+    columns: &[usize],
+    display: &str,
+) -> EngineResult<String> {
     // The row type's fields (the target's column types, domains resolved one level) and
     // whether each is a bytea underneath: those pieces are the value's bytes, the others the
     // UTF-8 of its text form.
@@ -95,18 +145,17 @@ pub(super) async fn write(
                 EXISTS (SELECT 1 FROM base b WHERE b.attnum = f.attnum AND b.type = 'bytea'::regtype)
            FROM f ORDER BY f.attnum",
     )
-    .bind(&plan.row_type)
+    .bind(row_type)
     .fetch_all(&mut *conn)
     .await
-    .context(|| format!("reading the row type of {}", plan.display))?;
-    let values = plan
-        .assembled_columns
+    .context(|| format!("reading the row type of {display}"))?;
+    let values = columns
         .iter()
         .map(|&i| {
             let (type_name, raw) = fields.get(i).ok_or_else(|| {
                 EngineError::invalid(
                     "target_columns_differ",
-                    format!("the row type of {} lacks column {i}", plan.display),
+                    format!("the row type of {display} lacks column {i}"),
                 )
             })?;
             let bytes = format!(
@@ -124,18 +173,5 @@ pub(super) async fn write(
             ))
         })
         .collect::<EngineResult<Vec<_>>>()?;
-    let row = format!("SELECT {}", values.join(", "));
-    for sql in &plan.assemble {
-        sqlx::query(&sql.replace(ROW, &row))
-            .bind(tag)
-            .execute(&mut *conn)
-            .await
-            .context(|| format!("writing a row of {} sent in parts", plan.display))?;
-    }
-    sqlx::query(&format!("DELETE FROM {PARTS} WHERE tag = $1"))
-        .bind(tag)
-        .execute(&mut *conn)
-        .await
-        .context(|| "forgetting the pieces of a written row".into())?;
-    Ok(())
+    Ok(format!("SELECT {}", values.join(", ")))
 }
