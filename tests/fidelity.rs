@@ -346,19 +346,23 @@ async fn extension_keys_use_their_own_operators() {
 }
 
 /// Capture fires for replica-role sessions, but never for pgshift's own (every pgshift session
-/// sets `pgshift.replicating`): a reverse migration armed on the new server must not record the
-/// forward apply, which would echo every change back.
+/// carries pgshift's secret marker, see engine/pg/marker.rs): a reverse migration armed on the
+/// new server must not record the forward apply, which would echo every change back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pgshift_sessions_are_not_captured() {
     let case = Case::start("CREATE TABLE t (id int PRIMARY KEY, v text);", "").await;
     let schema = capture_schema(&case.src).await;
-    case.source
-        .psql(
-            "app",
-            "SET session_replication_role = replica; SET pgshift.replicating = on;
-             INSERT INTO t VALUES (1, 'pgshift''s own write');",
-        )
-        .await;
+    let options = pgshift::engine::pg::options(&case.source.admin_dsn(), Some("app")).unwrap();
+    let mut own = pgshift::engine::pg::connect("the source", &options)
+        .await
+        .unwrap();
+    sqlx::raw_sql(
+        "SET session_replication_role = replica;
+         INSERT INTO public.t VALUES (1, 'pgshift''s own write');",
+    )
+    .execute(&mut own)
+    .await
+    .unwrap();
     let events: i64 = sqlx::query_scalar(&format!(
         "SELECT count(*) FROM {}.event",
         pgshift_tests::quote_ident(&schema)

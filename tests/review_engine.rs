@@ -466,6 +466,48 @@ async fn partitions_joining_and_leaving_during_the_copy() {
     case.drain_and_compare(&[("reading", "id, at")]).await;
 }
 
+/// A partition created, filled and truncated before the source watch first sees it (here in
+/// one transaction; in practice within the watch's second) while its table is still being
+/// copied. Its rows were captured (the parent's row trigger is cloned at once) but its TRUNCATE
+/// was not (statement triggers come with the watch), and the watch's mark of the new partition
+/// was skipped while the table copies, so the target kept the truncated rows for good. The
+/// table has more chunks than the copy takes before the writes: a chunk whose snapshot follows
+/// the watch's mark merges only after the worker applied the mark, so the mark is applied while
+/// the table still copies.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partition_created_and_truncated_at_once_during_the_copy() {
+    let schema = "
+        CREATE TABLE reading (id int, at date, v int, PRIMARY KEY (id, at)) PARTITION BY RANGE (at);
+        CREATE TABLE reading_2025 PARTITION OF reading FOR VALUES FROM ('2025-01-01') TO ('2026-01-01');";
+    let case = Case::prepare(
+        schema,
+        schema,
+        "INSERT INTO reading SELECT g, date '2025-01-01' + (g % 300), g FROM generate_series(1, 9000) g;",
+    )
+    .await;
+    let paused = case.begin_with_copy_paused(&["reading"]).await;
+    let partition =
+        "CREATE TABLE reading_2026 PARTITION OF reading FOR VALUES FROM ('2026-01-01') TO ('2027-01-01');";
+    case.target.psql("app", partition).await;
+    case.source
+        .psql(
+            "app",
+            &format!(
+                "BEGIN;
+                 {partition}
+                 INSERT INTO reading SELECT g, date '2026-01-01' + g, g FROM generate_series(1, 50) g;
+                 TRUNCATE reading_2026;
+                 INSERT INTO reading VALUES (7, '2026-06-01', 7);
+                 COMMIT;"
+            ),
+        )
+        .await;
+    case.wait_partitions(&["public.reading_2025", "public.reading_2026"])
+        .await;
+    case.resume(paused).await;
+    case.drain_and_compare(&[("reading", "id, at")]).await;
+}
+
 /// A staging table that existed when the migration began is itself a migrated table (with its
 /// own capture trigger). Loaded and ATTACHed as a partition (the DDL mirrored on the target), it
 /// also gets the parent's cloned capture trigger, and the trigger-order check takes one for an
@@ -678,4 +720,122 @@ async fn partitions_joining_and_leaving_in_odd_shapes() {
     ])
     .await;
     case.drain_and_compare(&tables).await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Memory of the apply
+// ---------------------------------------------------------------------------------------------
+
+/// Issue 9 item 11, the rest: the worker's chunk size was learned from the previous chunk, so a
+/// run of wide rows after narrow ones came in one chunk of 1,000 events: here 20 rows of
+/// 300 kB (6 MB) against a 1 MB budget. Every chunk must stay within the budget (or hold a
+/// single event), whatever came before it. The worker's own reading steps run against a real
+/// capture queue, so the measure does not depend on timing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wide_rows_after_narrow_ones_stay_within_the_chunk_budget() {
+    use chrono::Utc;
+    use pgshift::engine::batch::{self, FetchSize, Snapshot};
+    use pgshift::engine::install_capture;
+    use pgshift::store::{ColumnSpec, DesiredState, Endpoint, MigrationRecord, TableSpec};
+    use sqlx::Connection;
+
+    pgshift_tests::init_tracing();
+    let cluster = pgshift_tests::PgCluster::start().await;
+    cluster.create_database("app").await;
+    cluster
+        .psql(
+            "app",
+            "CREATE TABLE doc (id integer PRIMARY KEY, body text)",
+        )
+        .await;
+    let column = |name: &str, type_name: &str| ColumnSpec {
+        name: name.into(),
+        type_name: type_name.into(),
+        generated: false,
+        identity_always: false,
+    };
+    let endpoint = Endpoint {
+        cluster_id: uuid::Uuid::new_v4(),
+        database: "app".into(),
+    };
+    let record = MigrationRecord {
+        id: uuid::Uuid::new_v4(),
+        name: "budget".into(),
+        source: endpoint.clone(),
+        target: endpoint,
+        table_patterns: None,
+        tables: vec![TableSpec {
+            no: 1,
+            schema: "public".into(),
+            name: "doc".into(),
+            key: vec!["id".into()],
+            columns: vec![column("id", "integer"), column("body", "text")],
+            partitioned: false,
+        }],
+        desired_state: DesiredState::Running,
+        last_error: None,
+        created_at: Utc::now(),
+        updated_at: Utc::now(),
+    };
+    let mut conn = sqlx::PgConnection::connect(&cluster.dsn("app"))
+        .await
+        .unwrap();
+    install_capture(&mut conn, &record).await.unwrap();
+    let schema = quote_ident(&record.schema_name());
+    let snapshot = |id: i64| {
+        let schema = schema.clone();
+        let dsn = cluster.dsn("app");
+        async move {
+            let mut conn = sqlx::PgConnection::connect(&dsn).await.unwrap();
+            sqlx::query_scalar::<_, String>(&format!(
+                "SELECT tick_snapshot::text FROM {schema}.tick WHERE tick_id = $1"
+            ))
+            .bind(id)
+            .fetch_one(&mut conn)
+            .await
+            .unwrap()
+        }
+    };
+    let first = snapshot(1).await;
+    // Narrow rows, then wide ones (random digits: no compression makes them small).
+    cluster
+        .psql(
+            "app",
+            "INSERT INTO doc SELECT g, 'narrow ' || g FROM generate_series(1, 300) g;
+             INSERT INTO doc SELECT 1000 + g, (SELECT string_agg(floor(random() * 10)::int::text, '')
+                                                 FROM generate_series(1, 300000) WHERE g > 0)
+               FROM generate_series(1, 20) g;",
+        )
+        .await;
+    let tick: i64 = sqlx::query_scalar(&format!("SELECT {schema}.tick()"))
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+    let second = snapshot(tick).await;
+
+    const BUDGET: usize = 1_000_000;
+    let (prev, cur) = (
+        Snapshot::parse(&first).unwrap(),
+        Snapshot::parse(&second).unwrap(),
+    );
+    let query = batch::batch_query(&record.schema_name(), &prev, &second, &cur);
+    let mut tx = conn.begin().await.unwrap();
+    batch::open(&mut tx, &query).await.unwrap();
+    let mut size = FetchSize::new(1_000, BUDGET);
+    let mut chunks = Vec::new();
+    loop {
+        let chunk = batch::fetch(&mut tx, size.next()).await.unwrap();
+        if chunk.is_empty() {
+            break;
+        }
+        size.observe(&chunk);
+        let bytes: usize = chunk.iter().map(|e| e.data.len()).sum();
+        chunks.push((chunk.len(), bytes));
+    }
+    let events: usize = chunks.iter().map(|(n, _)| n).sum();
+    assert_eq!(events, 320, "{chunks:?}");
+    assert!(
+        chunks.iter().all(|&(n, bytes)| n == 1 || bytes <= BUDGET),
+        "a chunk over the budget of {BUDGET} bytes (events, bytes): {chunks:?}"
+    );
 }

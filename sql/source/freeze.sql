@@ -19,7 +19,7 @@
 CREATE OR REPLACE FUNCTION @schema@.cutover_freeze() RETURNS trigger LANGUAGE plpgsql
     SET search_path = pg_catalog, pg_temp AS $f$
 BEGIN
-    IF pg_catalog.current_setting('pgshift.replicating', true) = 'on' THEN
+    IF pg_catalog.current_setting('pgshift.replicating', true) <> '' AND pg_catalog.obj_description('@schema@'::pg_catalog.regnamespace, 'pg_namespace') IN (SELECT 'pgshift session marker sha256:' || pg_catalog.encode(pg_catalog.sha256(pg_catalog.convert_to(t, 'UTF8')), 'hex') FROM pg_catalog.unnest(pg_catalog.string_to_array(pg_catalog.current_setting('pgshift.replicating', true), ' ')) AS t) THEN
         RETURN NULL;
     END IF;
     IF pg_catalog.date_part('epoch', pg_catalog.clock_timestamp()) >= @deadline@ THEN

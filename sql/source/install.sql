@@ -14,8 +14,9 @@ CREATE SEQUENCE @schema@.generation_seq MINVALUE 0 START 0;
 SELECT setval('@schema@.generation_seq', 0, true);
 
 -- The queue. ev_op: 'U' = the row now is ev_data (insert or update), 'D' = the row ev_data is
--- gone, 'T' = the relation named in ev_data was truncated. Rows are PostgreSQL's own record
--- text (see table_capture.sql), which round-trips every type. Three partitions rotate, PgQ
+-- gone, 'T' = the relation named in ev_data was truncated ('K' and 'A': table_capture.sql,
+-- engine/partitions.rs; 'P', 'W', 'E': a row sent in parts, capture_row below). Rows are
+-- PostgreSQL's own record text (see table_capture.sql), which round-trips every type. Three partitions rotate, PgQ
 -- style: the oldest is TRUNCATEd once the worker is past it, so cleanup never relies on
 -- DELETE + VACUUM.
 CREATE TABLE @schema@.event (
@@ -89,15 +90,105 @@ $$;
 -- that another captured statement ended inside it: a nested one (a function the statement
 -- called, a trigger's statement), which may have changed rows whose captures are still queued
 -- (table_capture.sql). The time is written as whole microseconds since the epoch, which no
--- session setting changes. Not SECURITY DEFINER: it touches no table.
+-- session setting changes. Not SECURITY DEFINER: it touches no table. (It marks pgshift's own
+-- sessions' statements too, which costs them a setting and changes nothing: capture records
+-- nothing of theirs.)
 CREATE FUNCTION @schema@.statement_bound() RETURNS trigger LANGUAGE plpgsql
     SET search_path = pg_catalog, pg_temp AS $f$
 BEGIN
-    IF pg_catalog.current_setting('pgshift.replicating', true) = 'on' THEN
-        RETURN NULL;
-    END IF;
     PERFORM pg_catalog.set_config('pgshift.@tag@_ended',
         @statement_mark@, true);
     RETURN NULL;
+END
+$f$;
+
+-- Appends one event to the current event table (the rule the capture triggers follow, through
+-- the partitioned parent): for the rare paths below and the source watch.
+CREATE FUNCTION @schema@.add_event(table_no integer, op "char", data text) RETURNS void LANGUAGE sql
+    SET search_path = pg_catalog, pg_temp AS $$
+    INSERT INTO @schema@.event (ev_gen, ev_txid, ev_table, ev_op, ev_data)
+    VALUES ((pg_catalog.pg_sequence_last_value('@schema@.generation_seq'::pg_catalog.regclass) % 3)::smallint,
+            pg_catalog.txid_current(), table_no, op, data)
+$$;
+
+-- Records row r of a migrated table (the row as it is now, read by key) as a 'U' event, or,
+-- when its text form cannot be built, in parts. Record output doubles every quote and
+-- backslash, so a row holding a value well below PostgreSQL's 1 GB field limit (540 MB of
+-- quotes) can have a text form over 1 GB; the application's write must go on all the same
+-- (table_capture.sql calls this only when its own try failed). In parts, each column's value
+-- travels on its own: its text form (bytea: its bytes), as UTF-8, cut into pieces of
+-- @piece_bytes@ bytes, each a 'P' event "<tag> <column> <piece> <t|b>" + newline + base64, then
+-- one 'W' event "<tag>" telling the target to write the row from its parts (apply/wide.rs). A
+-- column with no piece is NULL; generated columns are computed by the target. Columns are
+-- numbered by position, which partitions share with their parent (checked while running). A
+-- value whose own text form cannot be built either (a bytea is sent as bytes, so this is a
+-- value of another type whose text passes 1 GB) becomes an 'E' event: `key_row` (the row's
+-- text with only its key, as a 'D' carries it), a newline, and words naming the row (`what`)
+-- and the column. The target cannot be given the row: the migration stops on that table rather
+-- than differ (apply.rs says what a resync does with it).
+CREATE FUNCTION @schema@.capture_row(table_no integer, r anyelement, what text, key_row text) RETURNS void
+    LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $f$
+DECLARE
+    data text;
+    tag bigint;
+    col record;
+    value bytea;
+    size bigint;
+    piece integer;
+BEGIN
+    BEGIN
+        data := r::text;
+    EXCEPTION WHEN OTHERS THEN
+        data := NULL;
+    END;
+    IF data IS NOT NULL THEN
+        PERFORM @schema@.add_event(table_no, 'U', data);
+        RETURN;
+    END IF;
+    tag := pg_catalog.nextval('@schema@.event_id_seq');
+    FOR col IN
+        WITH RECURSIVE columns AS (
+            SELECT a.attname, a.attgenerated <> '' AS generated, a.atttypid AS type,
+                   (pg_catalog.row_number() OVER (ORDER BY a.attnum) - 1)::integer AS i
+              FROM pg_catalog.pg_attribute a
+             WHERE a.attrelid = (SELECT t.typrelid FROM pg_catalog.pg_type t WHERE t.oid = pg_catalog.pg_typeof(r))
+               AND a.attnum > 0 AND NOT a.attisdropped),
+        base AS (
+            SELECT c.i, c.type FROM columns c
+            UNION ALL
+            SELECT b.i, t.typbasetype FROM base b JOIN pg_catalog.pg_type t ON t.oid = b.type
+             WHERE t.typtype = 'd')
+        SELECT c.attname, c.i, c.generated,
+               EXISTS (SELECT 1 FROM base b WHERE b.i = c.i AND b.type = 'pg_catalog.bytea'::pg_catalog.regtype) AS raw
+          FROM columns c ORDER BY c.i
+    LOOP
+        CONTINUE WHEN col.generated;
+        BEGIN
+            IF col.raw THEN
+                EXECUTE pg_catalog.format('SELECT ($1).%I::pg_catalog.bytea', col.attname)
+                   INTO value USING r;
+            ELSE
+                EXECUTE pg_catalog.format('SELECT pg_catalog.convert_to(($1).%I::pg_catalog.text, ''UTF8'')', col.attname)
+                   INTO value USING r;
+            END IF;
+        EXCEPTION WHEN OTHERS THEN
+            PERFORM @schema@.add_event(table_no, 'E', key_row || E'\n'
+                || pg_catalog.format('%s: the text form of column %I cannot be built (%s)', what, col.attname, SQLERRM));
+            RETURN;
+        END;
+        CONTINUE WHEN value IS NULL;
+        size := pg_catalog.octet_length(value);
+        piece := 0;
+        LOOP
+            PERFORM @schema@.add_event(table_no, 'P',
+                pg_catalog.format('%s %s %s %s', tag, col.i, piece, CASE WHEN col.raw THEN 'b' ELSE 't' END)
+                || E'\n'
+                || pg_catalog.encode(pg_catalog.substr(value, piece * @piece_bytes@ + 1, @piece_bytes@), 'base64'));
+            piece := piece + 1;
+            EXIT WHEN piece::bigint * @piece_bytes@ >= size;
+        END LOOP;
+        value := NULL;
+    END LOOP;
+    PERFORM @schema@.add_event(table_no, 'W', tag::text);
 END
 $f$;

@@ -35,6 +35,14 @@
 -- that had it leaves, and replaying row by row must not delete the newcomer. 'T' carries the
 -- truncated relation's quoted name (and a partition's bound on the next line).
 --
+-- A row whose text form cannot be built (over 1 GB: record output doubles every quote and
+-- backslash) must not fail the application's write: rendering runs in a block that catches the
+-- failure, and then each key the change touched is stated as it is now on the source, as after
+-- a nested change, the row going in parts (capture_row in install.sql) and an absent key as a
+-- 'D' carrying only the key. The block is a subtransaction that writes nothing (no transaction
+-- id, no subtransaction overflow), entered once per row: measured in
+-- docs/benchmarks/capture-wide.md.
+--
 -- SECURITY DEFINER: the application's role needs no privilege on pgshift's schema, so capture
 -- never fails an application transaction on permissions. search_path is pinned and every name
 -- is qualified, so nothing in the application's path can run as pgshift's role.
@@ -54,10 +62,15 @@ DECLARE
     key_changed boolean;
     nested boolean;
     ended text;
+    whole boolean := true;
 BEGIN
-    -- pgshift's own sessions (apply, copy, repair) are never captured: see pg.rs SESSION_SETTINGS.
-    IF pg_catalog.current_setting('pgshift.replicating', true) = 'on' THEN
-        RETURN NULL;
+    -- pgshift's own sessions (apply, copy, repair) are never captured: they carry this schema's
+    -- secret token (engine/pg/marker.rs). Only a session that set something is looked at.
+    IF pg_catalog.current_setting('pgshift.replicating', true) <> '' THEN
+        IF pg_catalog.strpos(' ' || pg_catalog.current_setting('pgshift.replicating', true) || ' ',
+                             ' ' || (SELECT m.token FROM @schema@.marker m LIMIT 1) || ' ') > 0 THEN
+            RETURN NULL;
+        END IF;
     END IF;
     IF TG_OP = 'TRUNCATE' THEN
         -- A table detached from this one keeps its statement triggers (removing them needs its
@@ -93,34 +106,75 @@ BEGIN
         END IF;
 @partition_seen@
         key_changed := TG_OP = 'UPDATE' AND NOT pg_catalog.record_image_eq(@old_key@, @new_key@);
-        IF NOT nested THEN
-            IF key_changed THEN
-                op1 := 'K';
-                data1 := OLD::text;
-            END IF;
-            IF TG_OP = 'DELETE' THEN
-                op2 := 'D';
-                data2 := OLD::text;
+        -- Building the row's text can fail where storing the row did not: record output doubles
+        -- quotes and backslashes, so 540 MB of quotes is over 1 GB of text. The application's
+        -- write must not fail for it: the block below (a subtransaction that writes nothing, so
+        -- it takes no transaction id) only renders text; when it fails, each key the change
+        -- touched is stated as it is now on the source, in parts if need be (capture_row in
+        -- install.sql).
+        BEGIN
+            IF NOT nested THEN
+                IF key_changed THEN
+                    op1 := 'K';
+                    data1 := OLD::text;
+                END IF;
+                IF TG_OP = 'DELETE' THEN
+                    op2 := 'D';
+                    data2 := OLD::text;
+                ELSE
+                    op2 := 'U';
+                    data2 := NEW::text;
+                END IF;
             ELSE
-                op2 := 'U';
-                data2 := NEW::text;
+                -- After a nested change neither OLD nor NEW is sure to be what the target holds or
+                -- should hold: each key the change touched is stated as it is now on the source,
+                -- the row holding it ('U') or its absence ('D', carried by the old or new row's
+                -- text, whose key it is).
+                IF TG_OP <> 'INSERT' THEN
+                    SELECT (x.*)::text INTO found_row FROM @scan@ x WHERE @old_match@;
+                    op1 := CASE WHEN found_row IS NULL THEN 'D' ELSE 'U' END;
+                    data1 := COALESCE(found_row, OLD::text);
+                END IF;
+                IF TG_OP = 'INSERT' OR key_changed THEN
+                    found_row := NULL;
+                    SELECT (x.*)::text INTO found_row FROM @scan@ x WHERE @new_match@;
+                    op2 := CASE WHEN found_row IS NULL THEN 'D' ELSE 'U' END;
+                    data2 := COALESCE(found_row, NEW::text);
+                END IF;
             END IF;
-        ELSE
-            -- After a nested change neither OLD nor NEW is sure to be what the target holds or
-            -- should hold: each key the change touched is stated as it is now on the source, the
-            -- row holding it ('U') or its absence ('D', carried by the old or new row's text,
-            -- whose key it is).
-            IF TG_OP <> 'INSERT' THEN
-                SELECT (x.*)::text INTO found_row FROM @scan@ x WHERE @old_match@;
-                op1 := CASE WHEN found_row IS NULL THEN 'D' ELSE 'U' END;
-                data1 := COALESCE(found_row, OLD::text);
-            END IF;
-            IF TG_OP = 'INSERT' OR key_changed THEN
-                found_row := NULL;
-                SELECT (x.*)::text INTO found_row FROM @scan@ x WHERE @new_match@;
-                op2 := CASE WHEN found_row IS NULL THEN 'D' ELSE 'U' END;
-                data2 := COALESCE(found_row, NEW::text);
-            END IF;
+        EXCEPTION WHEN OTHERS THEN
+            op1 := NULL;
+            op2 := NULL;
+            whole := false;
+        END;
+        IF NOT whole THEN
+            -- Declared here: only the rare path pays for setting up a row variable.
+            DECLARE
+                live @table@%ROWTYPE;
+            BEGIN
+                -- A 'D' carries only the key (the other fields empty), which is all the target
+                -- reads of it.
+                IF TG_OP <> 'INSERT' THEN
+                    SELECT x.* INTO live FROM @scan@ x WHERE @old_match@;
+                    IF FOUND THEN
+                        PERFORM @schema@.capture_row(@no@, live,
+                            pg_catalog.format('the row of %s with key %s', @table_display@, (@old_key@)::text),
+                            (@old_key_row@)::text);
+                    ELSE
+                        PERFORM @schema@.add_event(@no@, 'D', (@old_key_row@)::text);
+                    END IF;
+                END IF;
+                IF TG_OP = 'INSERT' OR key_changed THEN
+                    SELECT x.* INTO live FROM @scan@ x WHERE @new_match@;
+                    IF FOUND THEN
+                        PERFORM @schema@.capture_row(@no@, live,
+                            pg_catalog.format('the row of %s with key %s', @table_display@, (@new_key@)::text),
+                            (@new_key_row@)::text);
+                    ELSE
+                        PERFORM @schema@.add_event(@no@, 'D', (@new_key_row@)::text);
+                    END IF;
+                END IF;
+            END;
         END IF;
     END IF;
     -- pg_sequence_last_value reads the sequence as a plain SELECT would (not subject to MVCC:

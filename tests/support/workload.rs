@@ -277,9 +277,16 @@ fn random_transaction(rng: &mut StdRng, next_id: &AtomicU64, max_id: i64) -> Vec
             // never written otherwise, so no default partition holds rows of their range.
             110 => {
                 let n = next_id.fetch_add(1, Ordering::Relaxed);
+                // Sometimes truncated at once, before the source watch can give it its
+                // statement triggers (the truncate itself goes uncaptured).
+                let truncated = if rng.gen_bool(0.5) {
+                    format!("; TRUNCATE region_event_r{n}; INSERT INTO region_event VALUES (7, 'r{n}', '{{}}')")
+                } else {
+                    String::new()
+                };
                 format!(
                     "CREATE TABLE region_event_r{n} PARTITION OF region_event FOR VALUES IN ('r{n}'); \
-                     INSERT INTO region_event SELECT g, 'r{n}', '{{\"new\": 1}}' FROM generate_series(1, 20) g"
+                     INSERT INTO region_event SELECT g, 'r{n}', '{{\"new\": 1}}' FROM generate_series(1, 20) g{truncated}"
                 )
             }
             111 => {
@@ -304,6 +311,13 @@ fn random_transaction(rng: &mut StdRng, next_id: &AtomicU64, max_id: i64) -> Vec
                        IF r IS NOT NULL THEN EXECUTE {how}; END IF; END $$"
                 )
             }
+            // A burst of wide rows (100 to 600 kB each, incompressible) amid narrow ones: the
+            // worker's chunks must stay within their byte budget whatever came before.
+            97 => format!(
+                "UPDATE customer SET doc = (SELECT string_agg(md5(random()::text), '') FROM generate_series(1, {})) \
+                 WHERE id BETWEEN {c} AND {c} + 2",
+                rng.gen_range(3_000..20_000)
+            ),
             // Swap two customers' unique emails within one transaction.
             _ => format!(
                 "UPDATE customer SET email = 'swap-' || id WHERE id = {c}; UPDATE customer SET email = 'c{c}-swapped@example.com' WHERE id = {}",
@@ -352,9 +366,12 @@ pub fn spawn_workload(
                     let ops = random_transaction(&mut rng, &next_id, max_id);
                     let rollback = rng.gen_bool(0.1);
                     // Output settings an application may change: capture must not depend on them.
+                    // Some transactions also pose as pgshift's own sessions (which capture skips):
+                    // they must be captured all the same.
+                    let marker = ["", "on", "forged token"][rng.gen_range(0..3)];
                     let sql = format!(
                         "SET extra_float_digits = 0; SET intervalstyle = 'sql_standard'; SET bytea_output = 'escape'; \
-                         BEGIN; {}; {}",
+                         SET pgshift.replicating = '{marker}'; BEGIN; {}; {}",
                         ops.join("; "),
                         if rollback { "ROLLBACK" } else { "COMMIT" }
                     );

@@ -1,17 +1,21 @@
-//! Engine layer: applying events to the target. Speed comes from grouping: within a chunk, each
-//! table's consecutive upserts become one `INSERT ... ON CONFLICT` and its consecutive deletes one
-//! `DELETE ... USING`, each bound as one array of record texts split by bytes. Tables are
-//! independent of each other because the apply session runs with
-//! `session_replication_role = replica` (no trigger or foreign-key action fires), and every
-//! batch commits the source's state at a tick, so foreign keys hold after each commit.
+//! Engine layer: applying events to the target. Speed comes from grouping: within a chunk,
+//! each table's consecutive upserts become one `INSERT ... ON CONFLICT` and its consecutive
+//! deletes one `DELETE ... USING`, each bound as one array of record texts split by bytes; a
+//! row sent in parts is written from them ([`wide`]). Tables are independent of each other
+//! because the apply session runs with `session_replication_role = replica` (no trigger or
+//! foreign-key action fires), and every batch commits the source's state at a tick, so
+//! foreign keys hold after each commit.
 
 use std::collections::HashMap;
 
 use sqlx::PgConnection;
 
+pub(super) mod wide;
+
 use super::batch::{Event, Op};
 use super::error::Context;
-use super::{key_ops, quote_ident, row_format, EngineResult};
+use super::partition_bound::{is_plain, TruncatedRelation};
+use super::{key_ops, quote_ident, row_format, EngineError, EngineResult};
 use crate::store::TableSpec;
 
 /// Prepared SQL for one table. Every statement reads its rows from one `text[]` parameter of
@@ -35,6 +39,14 @@ pub struct TablePlan {
     pub(super) referenced_by_others: bool,
     tombstone: String,
     reset_copy: String,
+    /// Remembers the keys of the rows of `@rows@` (a FROM item) as deleted.
+    remember_rows: String,
+    /// Writes a row sent in parts: [`Self::upsert`] over the row [`wide`] assembles.
+    assemble: Vec<String>,
+    /// The row type's name, and the positions of the columns a row sent in parts must give
+    /// (the written ones and the key).
+    row_type: String,
+    assembled_columns: Vec<usize>,
 }
 
 /// What the target's catalog says about a table that changes how it is written.
@@ -103,31 +115,37 @@ impl TablePlan {
         } else {
             ""
         };
-        let upsert = if identity_always || deferrable_key {
-            // Identity ALWAYS columns cannot be set by an UPDATE, and a deferrable key cannot
-            // arbitrate ON CONFLICT: replace the row instead.
-            vec![
-                format!(
-                    "DELETE FROM {own_rows} AS t USING ({latest}) AS r WHERE {}",
-                    key_match("r")
-                ),
-                format!(
-                    "INSERT INTO {t} ({cols}){overriding} SELECT {values} FROM ({latest}) AS r"
-                ),
-            ]
-        } else {
-            // The key columns are set too: an equal key written differently (1.0 → 1.00, a
-            // citext key changing case) must take the source's spelling.
-            let set = writable
-                .iter()
-                .map(|c| format!("{0} = EXCLUDED.{0}", q(c)))
-                .collect::<Vec<_>>()
-                .join(", ");
-            vec![format!(
-                "INSERT INTO {t} AS t ({cols}) SELECT {values} FROM ({latest}) AS r
-                 ON CONFLICT ({keys}) DO UPDATE SET {set}"
-            )]
+        // The statements that write the rows `source` yields (fields named like the row type's)
+        // over the rows the target has under the same keys.
+        let upsert_from = |source: &str| -> Vec<String> {
+            if identity_always || deferrable_key {
+                // Identity ALWAYS columns cannot be set by an UPDATE, and a deferrable key cannot
+                // arbitrate ON CONFLICT: replace the row instead.
+                vec![
+                    format!(
+                        "DELETE FROM {own_rows} AS t USING ({source}) AS r WHERE {}",
+                        key_match("r")
+                    ),
+                    format!(
+                        "INSERT INTO {t} ({cols}){overriding} SELECT {values} FROM ({source}) AS r"
+                    ),
+                ]
+            } else {
+                // The key columns are set too: an equal key written differently (1.0 → 1.00, a
+                // citext key changing case) must take the source's spelling.
+                let set = writable
+                    .iter()
+                    .map(|c| format!("{0} = EXCLUDED.{0}", q(c)))
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                vec![format!(
+                    "INSERT INTO {t} AS t ({cols}) SELECT {values} FROM ({source}) AS r
+                     ON CONFLICT ({keys}) DO UPDATE SET {set}"
+                )]
+            }
         };
+        let upsert = upsert_from(&latest);
+        let assemble = upsert_from(wide::ROW);
         let delete = format!(
             "DELETE FROM {own_rows} AS t USING {rows} WHERE {}",
             key_match("r")
@@ -160,6 +178,10 @@ impl TablePlan {
             "INSERT INTO {} ({keys}) SELECT {r_keys} FROM {rows} ON CONFLICT DO NOTHING",
             row_format::tombstone_table(schema, table)
         );
+        let remember_rows = format!(
+            "INSERT INTO {} ({keys}) SELECT {keys} FROM {ROWS} ON CONFLICT DO NOTHING",
+            row_format::tombstone_table(schema, table)
+        );
         // A truncate while the table is still being copied: the copy's older snapshots would bring
         // rows back, so the copy starts again (a new epoch makes the running copy discard its chunk).
         let reset_copy = format!(
@@ -184,9 +206,56 @@ impl TablePlan {
             referenced_by_others,
             tombstone,
             reset_copy,
+            remember_rows,
+            assemble,
+            row_type: row_format::row_type(schema, table),
+            assembled_columns: table
+                .columns
+                .iter()
+                .enumerate()
+                .filter(|(_, c)| !c.generated || table.key.contains(&c.name))
+                .map(|(i, _)| i)
+                .collect(),
         }
     }
 }
+
+/// Leaves a tombstone for every key the target holds in the range of the partition `data`
+/// names (an event payload): the rows [`super::truncate::replay`] is about to empty.
+async fn remember_range(conn: &mut PgConnection, plan: &TablePlan, data: &str) -> EngineResult<()> {
+    let TruncatedRelation { relation, bound } = TruncatedRelation::parse(data);
+    let columns: Vec<&str> = plan.columns.iter().map(String::as_str).collect();
+    let rows = match bound.filter(|b| is_plain(b, &columns)) {
+        // Checked by is_plain: only this table's columns, literals, casts and operators.
+        Some(bound) => format!("{} WHERE {bound}", plan.table),
+        None => {
+            // A bound the target cannot evaluate: replay empties a partition of that name, if
+            // this table has one.
+            let partition: bool = sqlx::query_scalar(
+                "SELECT EXISTS (SELECT 1 FROM pg_partition_tree($2::regclass) p
+                                 WHERE p.relid = to_regclass($1) AND p.level > 0)",
+            )
+            .bind(relation)
+            .bind(&plan.table)
+            .fetch_one(&mut *conn)
+            .await
+            .context(|| format!("looking for {relation} on the target"))?;
+            if !partition {
+                return Ok(());
+            }
+            // The name came from the source's own format('%I.%I'); it names a relation here.
+            relation.to_string()
+        }
+    };
+    sqlx::query(&plan.remember_rows.replace(ROWS, &rows))
+        .execute(&mut *conn)
+        .await
+        .context(|| format!("remembering the keys of {relation} as deleted"))?;
+    Ok(())
+}
+
+/// Where [`TablePlan::remember_rows`] reads keys from.
+const ROWS: &str = "@rows@";
 
 /// How to apply one chunk.
 pub struct ChunkContext<'a> {
@@ -282,13 +351,60 @@ async fn run(
             }
         }
         // A partition pgshift's source watch has just seen: empty its range here, then the
-        // events that follow bring its rows. While the table is still being copied the copy
-        // reads the partition itself, and emptying would restart it (pg_partman adds one a day).
+        // events that follow bring its rows (a truncate that beat the watch leaves none). While
+        // the table is still being copied, the keys emptied are remembered as deleted, so that
+        // no chunk read before the truncate brings them back; the copy goes on (pg_partman adds
+        // a partition a day).
         Op::Appeared => {
-            if !(ctx.tombstone_tables)(plan.no) {
-                for relation in data {
-                    super::truncate::replay(conn, plan, relation, true).await?;
+            for relation in data {
+                if (ctx.tombstone_tables)(plan.no) {
+                    remember_range(conn, plan, relation).await?;
                 }
+                super::truncate::replay(conn, plan, relation, true).await?;
+            }
+        }
+        Op::Piece => {
+            wide::prepare(conn).await?;
+            for piece in data {
+                wide::stage(conn, plan, piece).await?;
+            }
+        }
+        Op::Assemble => {
+            wide::prepare(conn).await?;
+            for tag in data {
+                wide::write(conn, plan, tag).await?;
+            }
+        }
+        Op::Unsendable => {
+            // While the table copies (after a resync, say) the copy reads the row as it is now:
+            // the target forgets what it holds under that key and the copy starts again, so the
+            // row comes back from the source (or fails there, loudly, if it still cannot travel).
+            // Otherwise nothing can make the target right: stop on this table.
+            for unsendable in data {
+                let (key_row, words) = unsendable.split_once('\n').unwrap_or(("", unsendable));
+                if !(ctx.tombstone_tables)(plan.no) {
+                    return Err(EngineError::invalid(
+                        "row_cannot_travel",
+                        format!(
+                            "{words}; pgshift cannot carry this row to the target: change the value on the source, then resync the table"
+                        ),
+                    ));
+                }
+                sqlx::query(&plan.delete)
+                    .bind([key_row])
+                    .execute(&mut *conn)
+                    .await
+                    .context(|| {
+                        format!(
+                            "forgetting a row of {} that the copy brings again",
+                            plan.display
+                        )
+                    })?;
+                sqlx::query(&plan.reset_copy)
+                    .bind(plan.no)
+                    .execute(&mut *conn)
+                    .await
+                    .context(|| format!("restarting the copy of {}", plan.display))?;
             }
         }
     }

@@ -2,6 +2,8 @@
 //! in the new tick's snapshot and not in the applied one's, in event order, through a cursor so
 //! that memory stays flat however big the batch is.
 
+use std::collections::VecDeque;
+
 use sqlx::postgres::PgRow;
 use sqlx::{PgConnection, Row};
 
@@ -73,89 +75,198 @@ pub enum Op {
     /// A partition that appeared on the source (created or attached): its range is emptied
     /// here before the rows it holds follow as upserts.
     Appeared,
+    /// One piece of one value of a row whose text form could not be built on the source
+    /// (capture_row in install.sql): kept aside until the row is complete.
+    Piece,
+    /// The row whose pieces came before is complete: write it (an upsert).
+    Assemble,
+    /// A row that cannot be carried at all (a value whose own text form is over 1 GB); the
+    /// payload says which and why.
+    Unsendable,
+}
+
+/// The batch between two ticks, as two queries over the same events in the same order: the
+/// events themselves, and their sizes (read from the stored values' headers, without fetching
+/// them), which say how many events the next chunk can hold.
+#[derive(Debug, Clone)]
+pub struct BatchQuery {
+    pub events: String,
+    pub sizes: String,
 }
 
 /// The query selecting the batch between two ticks, PgQ style: transactions that finished
 /// between the two snapshots' xmax, plus those that were still running at the older tick.
-pub fn batch_query(schema: &str, prev: &Snapshot, cur_text: &str, cur: &Snapshot) -> String {
+pub fn batch_query(schema: &str, prev: &Snapshot, cur_text: &str, cur: &Snapshot) -> BatchQuery {
     let schema = quote_ident(schema);
-    let cols = "ev_id, ev_table, ev_op::text AS op, coalesce(ev_data, '') AS data";
-    let mut sql = format!(
-        "SELECT {cols} FROM {schema}.event
-          WHERE ev_txid >= {} AND ev_txid < {} AND txid_visible_in_snapshot(ev_txid, '{}'::txid_snapshot)",
-        prev.xmax,
-        cur.xmax,
-        cur_text.replace('\'', "")
-    );
-    let late: Vec<String> = prev
-        .xip
-        .iter()
-        .filter(|x| cur.sees(**x))
-        .map(|x| x.to_string())
-        .collect();
-    if !late.is_empty() {
-        sql.push_str(&format!(
-            " UNION ALL SELECT {cols} FROM {schema}.event WHERE ev_txid IN ({})",
-            late.join(",")
-        ));
+    let select = |cols: &str| {
+        let mut sql = format!(
+            "SELECT {cols} FROM {schema}.event
+              WHERE ev_txid >= {} AND ev_txid < {} AND txid_visible_in_snapshot(ev_txid, '{}'::txid_snapshot)",
+            prev.xmax,
+            cur.xmax,
+            cur_text.replace('\'', "")
+        );
+        let late: Vec<String> = prev
+            .xip
+            .iter()
+            .filter(|x| cur.sees(**x))
+            .map(|x| x.to_string())
+            .collect();
+        if !late.is_empty() {
+            sql.push_str(&format!(
+                " UNION ALL SELECT {cols} FROM {schema}.event WHERE ev_txid IN ({})",
+                late.join(",")
+            ));
+        }
+        sql.push_str(" ORDER BY ev_id");
+        sql
+    };
+    BatchQuery {
+        events: select("ev_id, ev_table, ev_op::text AS op, coalesce(ev_data, '') AS data"),
+        // octet_length of a stored text reads its size from the header (TOAST pointer or
+        // compressed header): the value is not fetched.
+        sizes: select("ev_id, coalesce(octet_length(ev_data), 0)::bigint AS bytes"),
     }
-    sql.push_str(" ORDER BY ev_id");
-    sql
 }
 
 pub const CURSOR: &str = "pgshift_batch";
+const SIZES: &str = "pgshift_batch_sizes";
 
-/// Opens the batch cursor inside the caller's source transaction.
-pub async fn open(conn: &mut PgConnection, query: &str) -> EngineResult<()> {
-    sqlx::query(&format!("DECLARE {CURSOR} NO SCROLL CURSOR FOR {query}"))
-        .execute(conn)
-        .await
-        .context(|| "opening the batch cursor on the source".into())?;
+/// Opens the batch's two cursors inside the caller's source transaction. Both run in the same
+/// transaction over transactions that all committed before the tick: they yield the same events
+/// in the same order.
+pub async fn open(conn: &mut PgConnection, query: &BatchQuery) -> EngineResult<()> {
+    sqlx::query(&format!(
+        "DECLARE {CURSOR} NO SCROLL CURSOR FOR {}",
+        query.events
+    ))
+    .execute(&mut *conn)
+    .await
+    .context(|| "opening the batch cursor on the source".into())?;
+    sqlx::query(&format!(
+        "DECLARE {SIZES} NO SCROLL CURSOR FOR {}",
+        query.sizes
+    ))
+    .execute(&mut *conn)
+    .await
+    .context(|| "opening the batch's size cursor on the source".into())?;
     Ok(())
 }
 
-/// How many events to fetch next: at most `max_events`, and fewer when rows are wide, so that
-/// one chunk holds about `budget_bytes` of row text (but always at least one event).
+/// What an event costs in memory beyond its text (the struct, the other columns).
+const EVENT_OVERHEAD: usize = 64;
+
+/// How many events to fetch next: at most `max_events`, and no more than `budget_bytes` of
+/// them (but always at least one event, however big). The sizes of the events ahead are read
+/// first from a cursor that does not fetch their text, so a run of huge rows after small ones
+/// is never loaded at once.
 #[derive(Debug, Clone)]
 pub struct FetchSize {
     max_events: usize,
     budget_bytes: usize,
-    next: usize,
+    /// Sizes of the next events, in order, read ahead from the size cursor.
+    ahead: VecDeque<usize>,
+    /// The size cursor is exhausted.
+    sizes_done: bool,
+    /// The most bytes (by that measure) one chunk held, and the most events.
+    peak_bytes: usize,
+    peak_events: usize,
 }
+
+/// The next chunk's bounds: the [`FetchSize`] that decides it.
+pub struct Limit<'a>(&'a mut FetchSize);
 
 impl FetchSize {
     pub fn new(max_events: usize, budget_bytes: usize) -> Self {
-        let max_events = max_events.max(1);
         Self {
-            max_events,
+            max_events: max_events.max(1),
             budget_bytes: budget_bytes.max(1),
-            // Start small: the first chunk tells how wide this batch's rows are.
-            next: max_events.min(100),
+            ahead: VecDeque::new(),
+            sizes_done: false,
+            peak_bytes: 0,
+            peak_events: 0,
         }
     }
 
-    pub fn next(&self) -> usize {
-        self.next
+    /// The bounds of the next chunk, for [`fetch`] (`batch::fetch(&mut src, size.next())`).
+    #[allow(clippy::should_implement_trait)]
+    pub fn next(&mut self) -> Limit<'_> {
+        Limit(self)
     }
 
-    /// Learns from a fetched chunk: the next one aims at the byte budget at this chunk's
-    /// average row width.
+    /// Notes a fetched chunk's measure.
     pub fn observe(&mut self, events: &[Event]) {
-        if events.is_empty() {
-            return;
+        let bytes: usize = events.iter().map(|e| e.data.len() + EVENT_OVERHEAD).sum();
+        self.peak_bytes = self.peak_bytes.max(bytes);
+        self.peak_events = self.peak_events.max(events.len());
+    }
+
+    /// The most bytes one chunk held so far (event text plus a fixed overhead per event).
+    pub fn peak_bytes(&self) -> usize {
+        self.peak_bytes
+    }
+
+    /// The most events one chunk held so far.
+    pub fn peak_events(&self) -> usize {
+        self.peak_events
+    }
+
+    /// How many of the events ahead fit the budget: at least one, at most `max_events`.
+    fn take(&self) -> usize {
+        let mut bytes = 0;
+        let mut n = 0;
+        for size in self.ahead.iter().take(self.max_events) {
+            if n > 0 && bytes + size + EVENT_OVERHEAD > self.budget_bytes {
+                break;
+            }
+            bytes += size + EVENT_OVERHEAD;
+            n += 1;
         }
-        let bytes: usize = events.iter().map(|e| e.data.len() + 16).sum();
-        let average = (bytes / events.len()).max(1);
-        self.next = (self.budget_bytes / average).clamp(1, self.max_events);
+        n
+    }
+
+    /// Reads sizes ahead until they cover the budget or `max_events`, or the batch ends.
+    async fn read_ahead(&mut self, conn: &mut PgConnection) -> EngineResult<()> {
+        while !self.sizes_done
+            && self.ahead.len() < self.max_events
+            && self.ahead.iter().sum::<usize>() + self.ahead.len() * EVENT_OVERHEAD
+                <= self.budget_bytes
+        {
+            let step = self.max_events;
+            let rows: Vec<(i64, i64)> = sqlx::query_as(&format!("FETCH {step} FROM {SIZES}"))
+                .fetch_all(&mut *conn)
+                .await
+                .context(|| "reading event sizes from the source".into())?;
+            self.sizes_done = rows.len() < step;
+            self.ahead
+                .extend(rows.into_iter().map(|(_, bytes)| bytes.max(0) as usize));
+        }
+        Ok(())
     }
 }
 
-/// The next chunk of at most `limit` events; empty when the batch is exhausted.
-pub async fn fetch(conn: &mut PgConnection, limit: usize) -> EngineResult<Vec<Event>> {
-    let rows: Vec<PgRow> = sqlx::query(&format!("FETCH {limit} FROM {CURSOR}"))
-        .fetch_all(conn)
+/// The next chunk of events within `limit`; empty when the batch is exhausted.
+pub async fn fetch(conn: &mut PgConnection, limit: Limit<'_>) -> EngineResult<Vec<Event>> {
+    let size = limit.0;
+    size.read_ahead(&mut *conn).await?;
+    let n = size.take();
+    if n == 0 {
+        return Ok(Vec::new());
+    }
+    let rows: Vec<PgRow> = sqlx::query(&format!("FETCH {n} FROM {CURSOR}"))
+        .fetch_all(&mut *conn)
         .await
         .context(|| "reading events from the source".into())?;
+    if rows.len() != n {
+        return Err(EngineError::invalid(
+            "batch_changed",
+            format!(
+                "the batch's events changed while it was read ({n} expected, {} found)",
+                rows.len()
+            ),
+        ));
+    }
+    size.ahead.drain(..n);
     rows.into_iter()
         .map(|r| {
             let op: String = r.get("op");
@@ -165,6 +276,9 @@ pub async fn fetch(conn: &mut PgConnection, limit: usize) -> EngineResult<Vec<Ev
                 "K" => Op::KeyChange,
                 "T" => Op::Truncate,
                 "A" => Op::Appeared,
+                "P" => Op::Piece,
+                "W" => Op::Assemble,
+                "E" => Op::Unsendable,
                 other => {
                     return Err(EngineError::invalid(
                         "corrupt_event",
@@ -215,20 +329,20 @@ mod tests {
     }
 
     #[test]
-    fn fetch_size_follows_row_width() {
-        let event = |len: usize| Event {
-            table_no: 1,
-            op: Op::Upsert,
-            data: "x".repeat(len),
-        };
+    fn chunks_hold_the_budget_whatever_came_before() {
         let mut size = FetchSize::new(5_000, 1_000_000);
-        assert_eq!(size.next(), 100);
-        size.observe(&[event(84)]);
-        assert_eq!(size.next(), 5_000);
-        size.observe(&[event(499_984), event(499_984)]);
-        assert_eq!(size.next(), 2);
-        size.observe(&[event(10_000_000)]);
-        assert_eq!(size.next(), 1);
+        size.ahead.extend([84; 100]);
+        assert_eq!(size.take(), 100);
+        // Wide rows after narrow ones: only what fits, and one at least.
+        size.ahead.clear();
+        size.ahead.extend([84, 84, 600_000, 600_000, 600_000]);
+        assert_eq!(size.take(), 3);
+        size.ahead.clear();
+        size.ahead.extend([10_000_000, 84]);
+        assert_eq!(size.take(), 1);
+        size.ahead.clear();
+        size.ahead.extend([1; 9_000]);
+        assert_eq!(size.take(), 5_000);
     }
 
     #[test]
@@ -236,8 +350,10 @@ mod tests {
         let prev = Snapshot::parse("10:20:12,15").unwrap();
         let cur = Snapshot::parse("14:30:15").unwrap();
         let q = batch_query("pgshift_x", &prev, "14:30:15", &cur);
-        assert!(q.contains("ev_txid >= 20 AND ev_txid < 30"));
-        // 12 finished between the ticks; 15 is still running.
-        assert!(q.contains("ev_txid IN (12)"));
+        for q in [&q.events, &q.sizes] {
+            assert!(q.contains("ev_txid >= 20 AND ev_txid < 30"));
+            // 12 finished between the ticks; 15 is still running.
+            assert!(q.contains("ev_txid IN (12)"));
+        }
     }
 }

@@ -10,6 +10,8 @@
 //! worker's position: the target is always a consistent subset of one source state (unique
 //! constraints hold), and every later change reaches it through the worker.
 
+mod wide_rows;
+
 use std::sync::Arc;
 
 use futures_util::TryStreamExt;
@@ -131,6 +133,9 @@ impl TableCopy {
             }
             let chunk = Chunk {
                 copy_out: &copy_out,
+                source_range: &where_chunk,
+                source_ops: &src_ops,
+                from: &from,
                 where_chunk: &where_chunk_target,
                 temp: &temp,
                 cols: &cols,
@@ -288,14 +293,9 @@ impl TableCopy {
         } else {
             t.sql_name()
         };
-        let streamed = stream(
-            &mut source_tx,
-            &mut tx,
-            chunk.copy_out,
-            &format!("COPY {into} ({}) FROM STDIN", chunk.cols),
-            &t.display_name(),
-        )
-        .await?;
+        let streamed = self
+            .stream_chunk(&mut source_tx, &mut tx, chunk, &into, !touched)
+            .await?;
         // Which partitions the rows came from, while the chunk's locks keep them attached.
         let partitions = if t.partitioned {
             super::partitions::listed(&mut source_tx, t).await?
@@ -325,6 +325,58 @@ impl TableCopy {
             .await
             .context(|| format!("committing a chunk of {}", t.display_name()))?;
         Ok(Some(added))
+    }
+
+    /// Streams the chunk into `into` (the table itself when `into_table`). A chunk holding a row
+    /// too large for COPY's text format is copied again row by row, in the same snapshot
+    /// ([`wide_rows`]).
+    async fn stream_chunk(
+        &self,
+        src: &mut PgConnection,
+        dst: &mut PgConnection,
+        chunk: &Chunk<'_>,
+        into: &str,
+        into_table: bool,
+    ) -> EngineResult<u64> {
+        let t = &self.table;
+        let savepoint = |sql: &'static str| sqlx::query(sql);
+        for conn in [&mut *src, &mut *dst] {
+            savepoint("SAVEPOINT pgshift_chunk")
+                .execute(&mut *conn)
+                .await
+                .context(|| "opening a savepoint".into())?;
+        }
+        let streamed = stream(
+            src,
+            dst,
+            chunk.copy_out,
+            &format!("COPY {into} ({}) FROM STDIN", chunk.cols),
+            &t.display_name(),
+        )
+        .await;
+        match streamed {
+            Err(err) if wide_rows::too_large(&err) => {
+                tracing::info!(table = %t.display_name(), error = %err, "a row is too large for COPY; copying this chunk row by row");
+                for conn in [&mut *src, &mut *dst] {
+                    savepoint("ROLLBACK TO SAVEPOINT pgshift_chunk")
+                        .execute(&mut *conn)
+                        .await
+                        .context(|| "rolling back to a savepoint".into())?;
+                }
+                let rows = wide_rows::Rows {
+                    schema: &self.schema,
+                    table: t,
+                    from: chunk.from,
+                    where_chunk: chunk.source_range,
+                    src_ops: chunk.source_ops,
+                    into,
+                    into_table,
+                    cols: chunk.cols,
+                };
+                wide_rows::copy(src, dst, &rows).await
+            }
+            other => other,
+        }
     }
 
     /// Adds the rows of the temporary table that the worker has not touched.
@@ -424,6 +476,11 @@ impl TableCopy {
 struct Chunk<'a> {
     /// `COPY (SELECT …) TO STDOUT` on the source.
     copy_out: &'a str,
+    /// The chunk's key range as a WHERE clause for the source (empty for a whole table), the
+    /// key's operators there, and the table as the copy reads it.
+    source_range: &'a str,
+    source_ops: &'a [key_ops::ColumnOps],
+    from: &'a str,
     /// The chunk's key range as a WHERE clause for the target (empty for a whole table).
     where_chunk: &'a str,
     /// Session-local table the chunk lands in when it has to be merged.

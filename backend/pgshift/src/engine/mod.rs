@@ -4,7 +4,7 @@
 //! and the foundation; the service layer calls it.
 
 mod apply;
-mod batch;
+pub mod batch;
 pub mod catalog;
 pub(crate) mod copy;
 pub mod cutover;

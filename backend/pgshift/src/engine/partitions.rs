@@ -1,4 +1,5 @@
-//! Engine layer: following a partitioned table's partitions on the source while a migration runs.
+//! Engine layer: following a partitioned table's partitions on the source while a migration
+//! runs.
 //!
 //! Row triggers reach every partition by themselves, but three things do not: rows a table held
 //! before it was ATTACHed (no trigger saw them arrive), rows that leave with a DETACHed or
@@ -213,6 +214,61 @@ async fn record_events(
     Ok(done.rows_affected())
 }
 
+/// Writes a 'U' event for every row `rows` (a FROM clause naming its rows `x`; `what` in words)
+/// yields. A row
+/// whose text form cannot be built (over 1 GB) fails the one statement that does them all; then
+/// every row goes on its own through capture_row (install.sql), which sends such a row in parts.
+async fn record_rows(
+    conn: &mut PgConnection,
+    schema: &str,
+    table: &TableSpec,
+    rows: &str,
+    what: &str,
+) -> EngineResult<u64> {
+    let savepoint = |sql: &'static str| sqlx::query(sql);
+    savepoint("SAVEPOINT pgshift_rows")
+        .execute(&mut *conn)
+        .await
+        .context(|| "opening a savepoint".into())?;
+    let all = record_events(
+        conn,
+        schema,
+        table.no,
+        "U",
+        &format!("SELECT (x.*)::text FROM {rows}"),
+    )
+    .await;
+    match all {
+        Ok(n) => {
+            savepoint("RELEASE SAVEPOINT pgshift_rows")
+                .execute(&mut *conn)
+                .await
+                .context(|| "closing a savepoint".into())?;
+            Ok(n)
+        }
+        // Out of memory, over a size limit, or palloc's "invalid memory alloc request size".
+        Err(err) if matches!(err.sqlstate().as_deref(), Some("54000" | "53200" | "XX000")) => {
+            tracing::info!(error = %err, "a row's text is too large to send whole; sending rows one by one");
+            savepoint("ROLLBACK TO SAVEPOINT pgshift_rows")
+                .execute(&mut *conn)
+                .await
+                .context(|| "rolling back to a savepoint".into())?;
+            let s = quote_ident(schema);
+            let done = sqlx::query(&format!(
+                "SELECT {s}.capture_row($1, x, 'a row of ' || $2, ({})::text) FROM {rows}",
+                source::key_row("x", table)
+            ))
+            .bind(table.no)
+            .bind(what)
+            .execute(&mut *conn)
+            .await
+            .context(|| "recording partition rows one by one".into())?;
+            Ok(done.rows_affected())
+        }
+        Err(err) => Err(err),
+    }
+}
+
 /// The payload of a truncate-like event: the name, and the bound on the next line.
 fn payload(p: &Partition) -> String {
     let mut out = quote_literal(&p.name);
@@ -283,15 +339,12 @@ async fn follow_table(
         let rows = match &p.bound {
             // The bound is PostgreSQL's own text, recorded by pgshift itself.
             Some(bound) => {
-                record_events(
+                record_rows(
                     &mut tx,
                     schema,
-                    table.no,
-                    "U",
-                    &format!(
-                        "SELECT (x.*)::text FROM {} x WHERE {bound}",
-                        table.sql_name()
-                    ),
+                    table,
+                    &format!("{} x WHERE {bound}", table.sql_name()),
+                    &format!("{} in the range of {}", table.display_name(), p.name),
                 )
                 .await?
             }
@@ -314,12 +367,12 @@ async fn follow_table(
             continue;
         }
         record_events(&mut tx, schema, table.no, "A", &payload(p)).await?;
-        let rows = record_events(
+        let rows = record_rows(
             &mut tx,
             schema,
-            table.no,
-            "U",
-            &format!("SELECT (x.*)::text FROM ONLY {} x", p.name),
+            table,
+            &format!("ONLY {} x", p.name),
+            &p.name,
         )
         .await?;
         said.push(format!(

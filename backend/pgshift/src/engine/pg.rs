@@ -24,18 +24,20 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 ///   query fail instead of silently returning (and copying, and counting) fewer rows.
 /// - `standard_conforming_strings = on`: the meaning of pgshift's string literals does not depend
 ///   on a setting the database owner controls.
-/// - `pgshift.replicating = on`: pgshift's capture functions record nothing a pgshift session
-///   writes. Its capture triggers fire in `session_replication_role = replica` sessions too
-///   (`ENABLE ALWAYS`), so without this a reverse migration armed on the new server would record
-///   the forward apply, and the forward capture the reverse apply: every change echoed back.
 ///
-/// Values hold no spaces: the startup `options` string is split on them.
-pub const SESSION_SETTINGS: [(&str, &str); 4] = [
+/// Values hold no spaces: the startup `options` string is split on them. Right after connecting,
+/// [`connect`] and [`pool`] also mark the session as pgshift's (see [`marker`]): capture records
+/// nothing such a session writes, and the cutover's freeze lets it through. Capture fires in
+/// `session_replication_role = replica` sessions too (`ENABLE ALWAYS`), so without the mark a
+/// reverse migration armed on the new server would record the forward apply, and the forward
+/// capture the reverse apply: every change echoed back.
+pub const SESSION_SETTINGS: [(&str, &str); 3] = [
     ("search_path", "pg_catalog,pg_temp"),
     ("row_security", "off"),
     ("standard_conforming_strings", "on"),
-    ("pgshift.replicating", "on"),
 ];
+
+pub mod marker;
 
 /// Parses a cluster DSN and points it at `database` (or keeps the DSN's own database). Every
 /// connection made from these options runs with [`SESSION_SETTINGS`].
@@ -94,7 +96,13 @@ pub fn classify_connect_error(what: &str, database: &str, err: sqlx::Error) -> E
 /// One connection, with a bounded connect time.
 pub async fn connect(what: &str, options: &PgConnectOptions) -> EngineResult<PgConnection> {
     let database = options.get_database().unwrap_or("").to_string();
-    match tokio::time::timeout(CONNECT_TIMEOUT, PgConnection::connect_with(options)).await {
+    let connected = tokio::time::timeout(CONNECT_TIMEOUT, async {
+        let mut conn = PgConnection::connect_with(options).await?;
+        marker::mark_session(&mut conn).await?;
+        Ok(conn)
+    })
+    .await;
+    match connected {
         Ok(Ok(conn)) => Ok(conn),
         Ok(Err(err)) => Err(classify_connect_error(what, &database, err)),
         Err(_) => Err(EngineError::Unreachable {
@@ -113,6 +121,7 @@ pub async fn pool(what: &str, options: &PgConnectOptions, size: u32) -> EngineRe
         .min_connections(0)
         .acquire_timeout(CONNECT_TIMEOUT)
         .test_before_acquire(true)
+        .after_connect(|conn, _| Box::pin(marker::mark_session(conn)))
         .connect_with(options.clone())
         .await
         .map_err(|e| classify_connect_error(what, &database, e))

@@ -1,7 +1,8 @@
-//! Engine layer: the form rows travel in: PostgreSQL's own record text, written on the source by
-//! the capture function (`ROW(NEW.c1, …)::text`) and read on the target through a composite type
-//! with the same fields ("the row type"). Record output and input round-trip every value of every
-//! type once the settings that shape the text are the same on both ends, which this module pins.
+//! Engine layer: the form rows travel in: PostgreSQL's own record text, written on the source
+//! by the capture function (`ROW(NEW.c1, …)::text`) and read on the target through a composite
+//! type with the same fields ("the row type"). Record output and input round-trip every value
+//! of every type once the settings that shape the text are the same on both ends, which this
+//! module pins.
 //!
 //! Each replicated table gets two objects in pgshift's schema on the target:
 //! - `row_<no>`: a composite type with the migration's columns in the source's order, each of
@@ -86,12 +87,16 @@ pub fn field_of(table: &TableSpec, column: &str) -> String {
 }
 
 /// Creates (or re-creates, following the target's current column types) the row type and the
-/// tombstone table of every table. A column the target lacks is named in the error.
+/// tombstone table of every table. A column the target lacks is named in the error. Also gives
+/// the target's schema pgshift's session marker and marks this session (the worker's), so that
+/// a reverse migration's capture armed here later knows the worker's writes for pgshift's own
+/// (see pg/marker.rs).
 pub async fn prepare_target(
     conn: &mut PgConnection,
     schema: &str,
     tables: &[TableSpec],
 ) -> EngineResult<()> {
+    super::pg::marker::ensure(conn, schema).await?;
     for table in tables {
         let mut fields = Vec::with_capacity(table.columns.len());
         for (i, column) in table.columns.iter().enumerate() {
