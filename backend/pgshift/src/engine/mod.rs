@@ -25,6 +25,7 @@ mod supervisor;
 mod target;
 mod ticker;
 mod truncate;
+mod worker;
 
 pub use error::{EngineError, EngineResult};
 pub use settings::EngineSettings;

@@ -11,16 +11,16 @@ use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use super::apply::{self, ChunkContext, TablePlan};
-use super::batch::{self, Snapshot};
+use super::apply::{self, TablePlan};
 use super::copy::TableCopy;
 use super::error::Context;
 use super::left_freezes::LeftFreezes;
 use super::settings::EngineSettings;
 use super::status::{RuntimeState, StatusHandle};
-use super::target::{self, AppliedTick, TableProgress, TableState};
-use super::ticker::{self, SourceTick, Ticker, TICK_COLUMNS};
-use super::{pg, quote_ident, row_format, source, EngineError, EngineResult};
+use super::target::{self, TableProgress, TableState};
+use super::ticker::{self, Ticker};
+use super::worker::Worker;
+use super::{pg, row_format, source, EngineError, EngineResult};
 use crate::store::{DesiredState, MigrationRecord, Store};
 
 /// Everything a migration's run needs.
@@ -349,7 +349,7 @@ impl Run {
     }
 }
 
-fn refresh_tables(status: &StatusHandle, progress: &[TableProgress]) {
+pub(super) fn refresh_tables(status: &StatusHandle, progress: &[TableProgress]) {
     status.update(|s| {
         for p in progress {
             if let Some(t) = s.tables.iter_mut().find(|t| t.table_no == p.table_no) {
@@ -470,134 +470,4 @@ impl SourceWatch {
             }
         }
     }
-}
-
-/// Applies batches in tick order, one target transaction per batch.
-struct Worker {
-    schema: String,
-    source: PgPool,
-    target: PgConnection,
-    plans: HashMap<i32, TablePlan>,
-    applied: AppliedTick,
-    applied_tx: watch::Sender<Option<AppliedTick>>,
-    status: StatusHandle,
-    settings: EngineSettings,
-    record: MigrationRecord,
-    ticked: Arc<tokio::sync::Notify>,
-}
-
-impl Worker {
-    async fn run(mut self, cancel: CancellationToken) -> EngineResult<()> {
-        let schema = quote_ident(&self.schema);
-        // The newest tick that keeps the batch under the size bound (or the next one, however big):
-        // a worker that fell behind catches up in fewer, larger transactions.
-        let next_sql = format!(
-            "SELECT {TICK_COLUMNS} FROM {schema}.tick
-              WHERE tick_id > $1
-                AND (tick_event_seq - $2 <= $3 OR tick_id = (SELECT min(tick_id) FROM {schema}.tick WHERE tick_id > $1))
-              ORDER BY tick_id DESC LIMIT 1"
-        );
-        let poll = self.settings.ticker.busy_interval / 2;
-        loop {
-            if cancel.is_cancelled() {
-                return Ok(());
-            }
-            let next = sqlx::query(&next_sql)
-                .bind(self.applied.tick_id)
-                .bind(self.applied.tick_event_seq)
-                .bind(self.settings.batch_max_events)
-                .fetch_optional(&self.source)
-                .await
-                .context(|| "looking for the next tick".into())?;
-            let Some(row) = next else {
-                tokio::select! {
-                    _ = cancel.cancelled() => return Ok(()),
-                    _ = self.ticked.notified() => continue,
-                    _ = tokio::time::sleep(poll) => continue,
-                }
-            };
-            let tick = SourceTick::from_row(&row);
-            let applied = match self.apply_batch(&tick, false).await {
-                Err(err) if needs_careful_retry(&err) => {
-                    tracing::info!(migration = %self.record.name, error = %err, "retrying a batch one event at a time");
-                    self.apply_batch(&tick, true).await?
-                }
-                other => other?,
-            };
-            self.applied = applied;
-            let _ = self.applied_tx.send(Some(self.applied.clone()));
-            self.status.update(|s| {
-                s.applied_tick = Some(self.applied.tick_id);
-                s.applied_tick_time = Some(self.applied.tick_time);
-                s.events_applied = Some(self.applied.events_applied);
-            });
-            if !self.status.snapshot().all_synced() {
-                let progress = target::table_progress(&mut self.target, &self.schema).await?;
-                refresh_tables(&self.status, &progress);
-            }
-        }
-    }
-
-    async fn apply_batch(&mut self, tick: &SourceTick, careful: bool) -> EngineResult<AppliedTick> {
-        let prev = Snapshot::parse(&self.applied.snapshot)?;
-        let cur = Snapshot::parse(&tick.snapshot)?;
-        let query = batch::batch_query(&self.schema, &prev, &tick.snapshot, &cur);
-        let mut src = self
-            .source
-            .begin()
-            .await
-            .context(|| "opening a batch transaction on the source".into())?;
-        batch::open(&mut src, &query).await?;
-        let mut dst = self
-            .target
-            .begin()
-            .await
-            .context(|| "opening a batch transaction on the target".into())?;
-        // Target triggers and foreign-key actions must not fire on replicated rows.
-        sqlx::query("SET LOCAL session_replication_role = replica")
-            .execute(&mut *dst)
-            .await
-            .context(|| "setting session_replication_role on the target".into())?;
-        let progress = target::table_progress(&mut dst, &self.schema).await?;
-        let tombstones: Vec<i32> = progress
-            .iter()
-            .filter(|p| p.state.needs_tombstones())
-            .map(|p| p.table_no)
-            .collect();
-        let needs_tombstone = |no: i32| tombstones.contains(&no);
-        let ctx = ChunkContext {
-            plans: &self.plans,
-            tombstone_tables: &needs_tombstone,
-            careful,
-        };
-        let mut events = 0i64;
-        let mut size = batch::FetchSize::new(self.settings.fetch_events, apply::STATEMENT_BYTES);
-        loop {
-            let chunk = batch::fetch(&mut src, size.next()).await?;
-            if chunk.is_empty() {
-                break;
-            }
-            size.observe(&chunk);
-            events += apply::apply_chunk(&mut dst, &ctx, &chunk).await?.events as i64;
-        }
-        let applied =
-            target::record_batch(&mut dst, &self.schema, self.applied.tick_id, tick, events)
-                .await?;
-        dst.commit()
-            .await
-            .context(|| "committing a batch on the target".into())?;
-        src.commit()
-            .await
-            .context(|| "closing the batch on the source".into())?;
-        Ok(applied)
-    }
-}
-
-/// Grouped statements can trip a unique or exclusion constraint that the original order
-/// satisfies (two rows swapping a unique value), or meet the same key twice in one statement.
-fn needs_careful_retry(err: &EngineError) -> bool {
-    matches!(
-        err.sqlstate().as_deref(),
-        Some("23505") | Some("23P01") | Some("21000")
-    )
 }

@@ -15,6 +15,7 @@ pub mod operations;
 pub mod recovery;
 pub mod tokens;
 pub mod users;
+mod webhooks;
 
 use std::sync::Arc;
 

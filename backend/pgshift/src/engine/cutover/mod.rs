@@ -11,6 +11,7 @@ pub mod foreign_keys;
 pub mod freeze;
 pub mod gates;
 pub mod on_demand;
+mod outside;
 pub mod repair;
 pub mod reverse;
 pub mod sequence;

@@ -2,8 +2,8 @@
 //! ranges, arm the reverse migration, freeze, drain, sequences, verify, finish), each reported
 //! through a [`StepRecorder`] (the service's operation record implements it); on any failure or
 //! abort before the finish the source's writes are restored and an armed reverse migration
-//! removed. Also the connections-to-both-sides checks that go with it: the preflight gates on
-//! their own, sequence drift, and lifting a freeze a crash left behind.
+//! removed. What the service asks of a migration's cutover outside a running one (the gates on
+//! their own, sequence drift, freezes and ways back a stop or crash left) is in `outside`.
 
 use std::time::{Duration, Instant};
 
@@ -13,9 +13,14 @@ use sqlx::PgConnection;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
+use super::outside::connect_both;
+pub use super::outside::{
+    decided, disarm_reverse, lift_freeze, lift_left_freeze, preflight, sequence_drift,
+    start_reverse,
+};
 use super::verifier::{differences, Verifier};
 use super::{drain, freeze, gates, reverse, sequences, Finished, StepRecorder};
-use crate::engine::{pg, EngineError, EngineResult, Supervisor};
+use crate::engine::{EngineError, EngineResult, Supervisor};
 use crate::store::{DesiredState, MigrationRecord, OperationState, StepOutcome, Store};
 
 /// How a cutover runs, validated by the service from the request.
@@ -504,111 +509,4 @@ impl Cutover<'_> {
         }
         lifted
     }
-}
-
-/// Connections to the migration's source and target.
-async fn connect_both(
-    supervisor: &Supervisor,
-    record: &MigrationRecord,
-) -> EngineResult<(PgConnection, PgConnection)> {
-    let (source, target) = supervisor.endpoints(record).await?;
-    let src = pg::connect("the source", &source).await?;
-    let dst = pg::connect("the target", &target).await?;
-    Ok((src, dst))
-}
-
-/// The preflight gates alone, as a cutover's first step checks them, without an operation (the
-/// dashboard's checklist). `foreign_key_rows` counts violating rows (a scan) as the cutover does.
-pub async fn preflight(
-    supervisor: &Supervisor,
-    record: &MigrationRecord,
-    max_lag_seconds: f64,
-    reverse: bool,
-    foreign_key_rows: bool,
-) -> EngineResult<Vec<gates::Gate>> {
-    let (mut src, mut dst) = connect_both(supervisor, record).await?;
-    let status = supervisor.status(record.id);
-    gates::check(
-        &mut src,
-        &mut dst,
-        &gates::GateInput {
-            tables: &record.tables,
-            status: status.as_ref(),
-            max_lag_seconds,
-            long_transaction_seconds: max_lag_seconds.max(1.0),
-            reverse,
-            foreign_key_rows,
-        },
-    )
-    .await
-}
-
-/// Sequence drift (source value vs target value) of the migration's tables.
-pub async fn sequence_drift(
-    supervisor: &Supervisor,
-    record: &MigrationRecord,
-) -> EngineResult<Vec<sequences::SequenceDrift>> {
-    let (mut src, mut dst) = connect_both(supervisor, record).await?;
-    sequences::drift(&mut src, &mut dst, &record.tables).await
-}
-
-/// Lifts the source's freeze (after a crash during a cutover); whether one was in place.
-pub async fn lift_freeze(supervisor: &Supervisor, record: &MigrationRecord) -> EngineResult<bool> {
-    let (source, _) = supervisor.endpoints(record).await?;
-    let mut src = pg::connect("the source", &source).await?;
-    freeze::unfreeze(&mut src, &record.schema_name()).await
-}
-
-/// Lifts a freeze no cutover holds (one a stopped cutover or a crash left): `Some(lifted)`, or
-/// `None` while a cutover of the migration runs (in any pgshift process).
-pub async fn lift_left_freeze(
-    supervisor: &Supervisor,
-    record: &MigrationRecord,
-) -> EngineResult<Option<bool>> {
-    let (source, _) = supervisor.endpoints(record).await?;
-    let mut src = pg::connect("the source", &source).await?;
-    let lifted = freeze::lift_left(&mut src, &record.schema_name()).await?;
-    if lifted.is_some() {
-        supervisor.left_freezes().clear(record.id);
-    }
-    Ok(lifted)
-}
-
-/// Starts an armed reverse migration once its cutover has finished.
-pub async fn start_reverse(supervisor: &Supervisor, reverse: &MigrationRecord) {
-    let started = async {
-        supervisor
-            .store()
-            .set_desired_state(reverse.id, DesiredState::Running)
-            .await?;
-        let mut running = reverse.clone();
-        running.desired_state = DesiredState::Running;
-        supervisor.start(&running).await
-    };
-    if let Err(e) = started.await {
-        tracing::error!(migration = %reverse.name, error = %e, "cannot start the reverse migration");
-    }
-}
-
-/// Removes a reverse migration armed by a cutover that never finished (a crash): what it
-/// installed on both servers, then its record. Never empties a table.
-pub async fn disarm_reverse(
-    supervisor: &Supervisor,
-    reverse: &MigrationRecord,
-) -> EngineResult<()> {
-    let (mut src, mut dst) = connect_both(supervisor, reverse).await?;
-    reverse::disarm(&mut src, &mut dst, reverse).await?;
-    supervisor
-        .store()
-        .delete_migration(reverse.id)
-        .await
-        .map_err(EngineError::from)
-}
-
-/// Whether the migration's source holds a finished cutover's permanent freeze (the decision a
-/// crash may have kept from being recorded).
-pub async fn decided(supervisor: &Supervisor, record: &MigrationRecord) -> EngineResult<bool> {
-    let (source, _) = supervisor.endpoints(record).await?;
-    let mut src = pg::connect("the source", &source).await?;
-    freeze::is_permanent(&mut src, &record.schema_name()).await
 }
