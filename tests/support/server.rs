@@ -26,6 +26,7 @@ pub fn test_settings() -> EngineSettings {
         fetch_events: 1_000,
         batch_max_events: 20_000,
         max_backoff: Duration::from_secs(2),
+        ..EngineSettings::default()
     }
 }
 

@@ -27,6 +27,11 @@ pub enum MigrationCommand {
         /// more [default: every table].
         #[arg(long = "table", value_name = "PATTERN")]
         tables: Vec<String>,
+        /// `create`: pgshift builds the target's tables from the source's schema; `existing`:
+        /// they are there and match the source's [default: create when none of the tables
+        /// exists on the target].
+        #[arg(long, value_name = "MODE", value_parser = ["create", "existing"])]
+        schema: Option<String>,
     },
     /// List migrations with their state and lag.
     List,
@@ -157,6 +162,7 @@ pub async fn run(
             source,
             target,
             tables,
+            schema,
         } => {
             let mut body = json!({
                 "name": name,
@@ -165,6 +171,9 @@ pub async fn run(
             });
             if !tables.is_empty() {
                 body["tables"] = json!(tables);
+            }
+            if let Some(mode) = schema {
+                body["schema"] = json!(mode);
             }
             let migration = api.post("/migrations", body).await?;
             if json {
@@ -423,6 +432,7 @@ fn details(m: &Value) -> String {
         ("events applied", text(m, "events_applied")),
         ("source", side(&m["source"])),
         ("target", side(&m["target"])),
+        ("schema", text(m, "schema")),
         ("tables", tables_synced(m) + " synced"),
         ("error", text(m, "error")),
         ("created", text(m, "created_at")),
@@ -444,14 +454,87 @@ fn details(m: &Value) -> String {
                 text(t, "state"),
                 text(t, "rows_copied"),
                 text(t, "rows_estimated"),
+                objects(t),
                 text(t, "error"),
             ]
         })
         .collect();
     out.push('\n');
     out.push_str(&table::render(
-        &["TABLE", "STATE", "ROWS COPIED", "ROWS ESTIMATED", "ERROR"],
+        &[
+            "TABLE",
+            "STATE",
+            "ROWS COPIED",
+            "ROWS ESTIMATED",
+            "OBJECTS",
+            "ERROR",
+        ],
         &rows,
     ));
+    let tables = m["tables"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default();
+    let mut failed = Vec::new();
+    let mut pending = Vec::new();
+    for t in tables {
+        for f in list(&t["objects_failed"]) {
+            let failure = format!(
+                "  {}: {}\n    error: {}\n    statement: {}\n",
+                text(t, "name"),
+                text(f, "object"),
+                text(f, "error"),
+                text(f, "statement").replace('\n', "\n      ")
+            );
+            if !failed.contains(&failure) {
+                failed.push(failure);
+            }
+        }
+        for p in list(&t["objects_pending"]) {
+            pending.push(format!(
+                "  {}: {}\n",
+                text(t, "name"),
+                p.as_str().unwrap_or_default()
+            ));
+        }
+    }
+    if !failed.is_empty() {
+        out.push_str("\nobjects that could not be built on the target (tried again when the migration is resumed):\n");
+        out.extend(failed);
+    }
+    if !pending.is_empty() {
+        out.push_str("\nobjects still to build on the target:\n");
+        out.extend(pending);
+    }
+    let differences = list(&m["differences"]);
+    if !differences.is_empty() {
+        out.push_str("\ndifferences between the source's and the target's tables:\n");
+        for d in differences {
+            let refused = if d["refused"].as_bool() == Some(true) {
+                " (pgshift refuses this)"
+            } else {
+                ""
+            };
+            out.push_str(&format!("  {}{refused}\n", text(d, "words")));
+        }
+    }
     out
+}
+
+fn list(v: &Value) -> &[Value] {
+    v.as_array().map(Vec::as_slice).unwrap_or_default()
+}
+
+/// A table's objects still to build and failed, for the table column: `3 to build, 1 failed`.
+fn objects(t: &Value) -> String {
+    let (pending, failed) = (
+        list(&t["objects_pending"]).len(),
+        list(&t["objects_failed"]).len(),
+    );
+    match (pending, failed) {
+        (0, 0) => "-".into(),
+        (p, 0) => format!("{p} to build"),
+        (0, f) => format!("{f} failed"),
+        (p, f) => format!("{p} to build, {f} failed"),
+    }
 }

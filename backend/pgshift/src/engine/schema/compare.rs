@@ -1,0 +1,274 @@
+//! Engine layer (target schema): how the migrated tables differ between the two sides, named
+//! exactly (table, column, type, nullability, generated, key): for schema `existing`, where the
+//! operator made the target's tables, in the refusal at creation, the preview and the migration's
+//! view.
+
+use serde::Serialize;
+use sqlx::PgConnection;
+
+use crate::engine::error::Context;
+use crate::engine::{EngineError, EngineResult};
+use crate::store::TableSpec;
+
+/// One difference between a source table and its target table.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq, utoipa::ToSchema)]
+pub struct Difference {
+    /// `schema.table`.
+    pub table: String,
+    /// The column, when the difference is one column's.
+    pub column: Option<String>,
+    /// `table_missing`, `column_missing_on_target`, `column_missing_on_source`, `type`,
+    /// `nullability`, `generated` or `key`.
+    pub kind: String,
+    /// What the source has (a type, `NOT NULL`/`NULL`, the key's columns).
+    pub source: Option<String>,
+    /// What the target has.
+    pub target: Option<String>,
+    /// Whether pgshift refuses the table for it (a difference that loses or refuses rows);
+    /// otherwise it is shown only.
+    pub refused: bool,
+    /// The difference in words.
+    pub words: String,
+}
+
+/// The differences of one table.
+pub type TableDifferences = Vec<Difference>;
+
+struct Column {
+    name: String,
+    type_name: String,
+    not_null: bool,
+    generated: bool,
+}
+
+async fn columns(conn: &mut PgConnection, table: &str) -> EngineResult<Option<Vec<Column>>> {
+    let exists: bool = sqlx::query_scalar("SELECT to_regclass($1) IS NOT NULL")
+        .bind(table)
+        .fetch_one(&mut *conn)
+        .await
+        .context(|| format!("looking for {table}"))?;
+    if !exists {
+        return Ok(None);
+    }
+    let rows: Vec<(String, String, bool, bool)> = sqlx::query_as(
+        "SELECT a.attname::text, format_type(a.atttypid, a.atttypmod), a.attnotnull, a.attgenerated <> ''
+           FROM pg_catalog.pg_attribute a
+          WHERE a.attrelid = $1::regclass AND a.attnum > 0 AND NOT a.attisdropped
+          ORDER BY a.attnum",
+    )
+    .bind(table)
+    .fetch_all(&mut *conn)
+    .await
+    .context(|| format!("reading the columns of {table}"))?;
+    Ok(Some(
+        rows.into_iter()
+            .map(|(name, type_name, not_null, generated)| Column {
+                name,
+                type_name,
+                not_null,
+                generated,
+            })
+            .collect(),
+    ))
+}
+
+/// The key pgshift would identify the target's rows by: the primary key, or else the unique
+/// index over NOT NULL columns with the fewest columns (as `catalog::user_tables` picks it on
+/// the source).
+async fn key(conn: &mut PgConnection, table: &str) -> EngineResult<Vec<String>> {
+    let key: Option<Vec<String>> = sqlx::query_scalar(
+        "SELECT array(SELECT a.attname::text FROM unnest(i.indkey::int2[]) WITH ORDINALITY k(attnum, ord)
+                        JOIN pg_catalog.pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
+                       WHERE k.ord <= i.indnkeyatts ORDER BY k.ord)
+           FROM pg_catalog.pg_index i
+          WHERE i.indrelid = $1::regclass AND i.indisunique AND i.indisvalid AND i.indpred IS NULL
+            AND i.indexprs IS NULL AND (i.indisprimary OR i.indimmediate)
+            AND (i.indisprimary OR NOT EXISTS (
+                    SELECT 1 FROM unnest(i.indkey::int2[]) k(attnum)
+                      JOIN pg_catalog.pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
+                     WHERE NOT a.attnotnull))
+          ORDER BY i.indisprimary DESC, i.indnkeyatts, i.indexrelid::regclass::text
+          LIMIT 1",
+    )
+    .bind(table)
+    .fetch_optional(&mut *conn)
+    .await
+    .context(|| format!("reading the key of {table}"))?;
+    Ok(key.unwrap_or_default())
+}
+
+fn nullability(not_null: bool) -> String {
+    if not_null { "NOT NULL" } else { "NULL" }.to_string()
+}
+
+/// Every difference between the source's and the target's `tables`.
+pub async fn compare(
+    src: &mut PgConnection,
+    dst: &mut PgConnection,
+    tables: &[TableSpec],
+) -> EngineResult<Vec<Difference>> {
+    let mut out = Vec::new();
+    for t in tables {
+        let name = t.display_name();
+        let diff = |column: Option<&str>,
+                    kind: &str,
+                    source: Option<String>,
+                    target: Option<String>,
+                    refused: bool,
+                    words: String| Difference {
+            table: name.clone(),
+            column: column.map(str::to_string),
+            kind: kind.into(),
+            source,
+            target,
+            refused,
+            words: format!("{name}: {words}"),
+        };
+        let Some(source) = columns(src, &t.sql_name()).await? else {
+            continue;
+        };
+        let Some(target) = columns(dst, &t.sql_name()).await? else {
+            out.push(diff(
+                None,
+                "table_missing",
+                None,
+                None,
+                true,
+                "does not exist on the target".into(),
+            ));
+            continue;
+        };
+        for s in &source {
+            let Some(d) = target.iter().find(|d| d.name == s.name) else {
+                out.push(diff(
+                    Some(&s.name),
+                    "column_missing_on_target",
+                    Some(s.type_name.clone()),
+                    None,
+                    true,
+                    format!(
+                        "column {} ({}) is missing on the target",
+                        s.name, s.type_name
+                    ),
+                ));
+                continue;
+            };
+            if s.type_name != d.type_name {
+                out.push(diff(
+                    Some(&s.name),
+                    "type",
+                    Some(s.type_name.clone()),
+                    Some(d.type_name.clone()),
+                    true,
+                    format!(
+                        "column {} is {} on the source but {} on the target",
+                        s.name, s.type_name, d.type_name
+                    ),
+                ));
+            }
+            if s.generated != d.generated {
+                let g = |b: bool| if b { "generated" } else { "not generated" };
+                out.push(diff(
+                    Some(&s.name),
+                    "generated",
+                    Some(g(s.generated).into()),
+                    Some(g(d.generated).into()),
+                    true,
+                    format!(
+                        "column {} is {} on the source but {} on the target",
+                        s.name,
+                        g(s.generated),
+                        g(d.generated)
+                    ),
+                ));
+            }
+            if s.not_null != d.not_null {
+                // NOT NULL on the target only refuses rows the source may hold; on the source
+                // only, every row fits: shown, not refused.
+                let refused = d.not_null;
+                out.push(diff(
+                    Some(&s.name),
+                    "nullability",
+                    Some(nullability(s.not_null)),
+                    Some(nullability(d.not_null)),
+                    refused,
+                    format!(
+                        "column {} is {} on the source but {} on the target{}",
+                        s.name,
+                        nullability(s.not_null),
+                        nullability(d.not_null),
+                        if refused {
+                            " (rows with NULL would be refused there)"
+                        } else {
+                            ""
+                        }
+                    ),
+                ));
+            }
+        }
+        for d in &target {
+            if !source.iter().any(|s| s.name == d.name) {
+                out.push(diff(
+                    Some(&d.name),
+                    "column_missing_on_source",
+                    None,
+                    Some(d.type_name.clone()),
+                    true,
+                    format!(
+                        "column {} ({}) exists on the target only",
+                        d.name, d.type_name
+                    ),
+                ));
+            }
+        }
+        let source_key = t.key.clone();
+        let target_key = key(dst, &t.sql_name()).await?;
+        if source_key != target_key {
+            let show = |k: &[String]| {
+                if k.is_empty() {
+                    "none".to_string()
+                } else {
+                    format!("({})", k.join(", "))
+                }
+            };
+            out.push(diff(
+                None,
+                "key",
+                Some(show(&source_key)),
+                Some(show(&target_key)),
+                true,
+                format!(
+                    "the key is {} on the source but {} on the target",
+                    show(&source_key),
+                    show(&target_key)
+                ),
+            ));
+        }
+    }
+    Ok(out)
+}
+
+/// The refusal for the differences pgshift cannot migrate through (None when there are none):
+/// its code names the first one's kind, its message every one.
+pub fn differences_error(differences: &[Difference]) -> Option<EngineError> {
+    let refused: Vec<&Difference> = differences.iter().filter(|d| d.refused).collect();
+    let first = refused.first()?;
+    let code = match first.kind.as_str() {
+        "table_missing" => "target_table_missing",
+        "key" => "target_key_differs",
+        _ => "target_columns_differ",
+    };
+    let words: Vec<&str> = refused.iter().map(|d| d.words.as_str()).collect();
+    let hint = if first.kind == "table_missing" {
+        "; create it there, or let pgshift build the target's tables (schema \"create\", on an empty target)"
+    } else {
+        "; make the target's tables match the source's"
+    };
+    Some(EngineError::invalid(
+        code,
+        format!(
+            "the target's tables differ from the source's: {}{hint}",
+            words.join("; ")
+        ),
+    ))
+}
