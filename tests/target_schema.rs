@@ -7,6 +7,8 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use pgshift::auth::Role;
+use pgshift_tests::dashboard::{create_user, UiClient};
 use pgshift_tests::migrate::{assert_same_rows, wait_drained};
 use pgshift_tests::server::{test_settings, TestServer};
 use pgshift_tests::{init_tracing, pg18_bin, wait_for, PgCluster, PgPool, DEFAULT_PG_BIN};
@@ -427,6 +429,21 @@ async fn a_failed_object_is_shown_and_holds_the_cutover() {
         "{shown}"
     );
 
+    // The dashboard's table row says the same.
+    create_user(&server.data_dir, "vera", Role::Viewer, "viewer password 1").await;
+    let mut ui = UiClient::new(&server.base);
+    ui.sign_in("vera", "viewer password 1").await;
+    let page = ui.get("/ui/migrations/grants/live").await;
+    assert!(
+        page.body
+            .contains("Could not build ACL ON TABLE public.items")
+            && page
+                .body
+                .contains("GRANT SELECT ON TABLE public.items TO auditor;"),
+        "{}",
+        page.body
+    );
+
     let gate = dry_run_gate(&server, "grants", "target_schema").await;
     assert_eq!(gate["passed"], false, "{gate}");
     assert!(
@@ -493,6 +510,24 @@ async fn existing_names_every_difference() {
     }
     // NOT NULL on the source only loses nothing: not a reason to refuse.
     assert!(!message.contains("column note"), "{message}");
+    // The new-migration form's preview names them too.
+    create_user(&server.data_dir, "adam", Role::Admin, "admin password 1").await;
+    let mut ui = UiClient::new(&server.base);
+    ui.sign_in("adam", "admin password 1").await;
+    let preview = ui
+        .get("/ui/migrations/preview?source_cluster=source&source_database=app&target_cluster=target&target_database=app")
+        .await;
+    assert!(
+        preview.body.contains("existing</strong> tables")
+            && preview
+                .body
+                .contains("public.t: column qty is integer on the source but bigint on the target")
+            && preview
+                .body
+                .contains("public.t: column note is NOT NULL on the source but NULL on the target"),
+        "{}",
+        preview.body
+    );
 
     // Fixed but for the harmless one: created; `show` still names it.
     target

@@ -3,6 +3,8 @@
 //! operator made the target's tables, in the refusal at creation, the preview and the migration's
 //! view.
 
+use std::collections::HashMap;
+
 use serde::Serialize;
 use sqlx::PgConnection;
 
@@ -41,60 +43,64 @@ struct Column {
     generated: bool,
 }
 
-async fn columns(conn: &mut PgConnection, table: &str) -> EngineResult<Option<Vec<Column>>> {
-    let exists: bool = sqlx::query_scalar("SELECT to_regclass($1) IS NOT NULL")
-        .bind(table)
-        .fetch_one(&mut *conn)
-        .await
-        .context(|| format!("looking for {table}"))?;
-    if !exists {
-        return Ok(None);
-    }
-    let rows: Vec<(String, String, bool, bool)> = sqlx::query_as(
-        "SELECT a.attname::text, format_type(a.atttypid, a.atttypmod), a.attnotnull, a.attgenerated <> ''
-           FROM pg_catalog.pg_attribute a
-          WHERE a.attrelid = $1::regclass AND a.attnum > 0 AND NOT a.attisdropped
-          ORDER BY a.attnum",
+/// Every column of each of `tables` (quoted names) on one side, in one round trip; a table
+/// that does not exist there is missing from the map.
+async fn columns(
+    conn: &mut PgConnection,
+    tables: &[String],
+) -> EngineResult<HashMap<String, Vec<Column>>> {
+    let rows: Vec<(String, String, String, bool, bool)> = sqlx::query_as(
+        "SELECT t.name, a.attname::text, format_type(a.atttypid, a.atttypmod), a.attnotnull, a.attgenerated <> ''
+           FROM unnest($1::text[]) AS t(name)
+           JOIN pg_catalog.pg_attribute a ON a.attrelid = to_regclass(t.name)
+          WHERE a.attnum > 0 AND NOT a.attisdropped
+          ORDER BY t.name, a.attnum",
     )
-    .bind(table)
+    .bind(tables)
     .fetch_all(&mut *conn)
     .await
-    .context(|| format!("reading the columns of {table}"))?;
-    Ok(Some(
-        rows.into_iter()
-            .map(|(name, type_name, not_null, generated)| Column {
-                name,
-                type_name,
-                not_null,
-                generated,
-            })
-            .collect(),
-    ))
+    .context(|| "reading the columns of the migrated tables".into())?;
+    let mut out: HashMap<String, Vec<Column>> = HashMap::new();
+    for (table, name, type_name, not_null, generated) in rows {
+        out.entry(table).or_default().push(Column {
+            name,
+            type_name,
+            not_null,
+            generated,
+        });
+    }
+    Ok(out)
 }
 
-/// The key pgshift would identify the target's rows by: the primary key, or else the unique
-/// index over NOT NULL columns with the fewest columns (as `catalog::user_tables` picks it on
-/// the source).
-async fn key(conn: &mut PgConnection, table: &str) -> EngineResult<Vec<String>> {
-    let key: Option<Vec<String>> = sqlx::query_scalar(
-        "SELECT array(SELECT a.attname::text FROM unnest(i.indkey::int2[]) WITH ORDINALITY k(attnum, ord)
-                        JOIN pg_catalog.pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
-                       WHERE k.ord <= i.indnkeyatts ORDER BY k.ord)
-           FROM pg_catalog.pg_index i
-          WHERE i.indrelid = $1::regclass AND i.indisunique AND i.indisvalid AND i.indpred IS NULL
-            AND i.indexprs IS NULL AND (i.indisprimary OR i.indimmediate)
-            AND (i.indisprimary OR NOT EXISTS (
-                    SELECT 1 FROM unnest(i.indkey::int2[]) k(attnum)
-                      JOIN pg_catalog.pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
-                     WHERE NOT a.attnotnull))
-          ORDER BY i.indisprimary DESC, i.indnkeyatts, i.indexrelid::regclass::text
-          LIMIT 1",
+/// The key pgshift would identify each table's rows by on one side: the primary key, or else
+/// the unique index over NOT NULL columns with the fewest columns (as `catalog::user_tables`
+/// picks it on the source); one round trip.
+async fn keys(
+    conn: &mut PgConnection,
+    tables: &[String],
+) -> EngineResult<HashMap<String, Vec<String>>> {
+    let rows: Vec<(String, Vec<String>)> = sqlx::query_as(
+        "SELECT t.name, k.cols
+           FROM unnest($1::text[]) AS t(name)
+           CROSS JOIN LATERAL (
+               SELECT array(SELECT a.attname::text FROM unnest(i.indkey::int2[]) WITH ORDINALITY k(attnum, ord)
+                              JOIN pg_catalog.pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
+                             WHERE k.ord <= i.indnkeyatts ORDER BY k.ord) AS cols
+                 FROM pg_catalog.pg_index i
+                WHERE i.indrelid = to_regclass(t.name) AND i.indisunique AND i.indisvalid
+                  AND i.indpred IS NULL AND i.indexprs IS NULL AND (i.indisprimary OR i.indimmediate)
+                  AND (i.indisprimary OR NOT EXISTS (
+                          SELECT 1 FROM unnest(i.indkey::int2[]) k(attnum)
+                            JOIN pg_catalog.pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
+                           WHERE NOT a.attnotnull))
+                ORDER BY i.indisprimary DESC, i.indnkeyatts, i.indexrelid::regclass::text
+                LIMIT 1) k",
     )
-    .bind(table)
-    .fetch_optional(&mut *conn)
+    .bind(tables)
+    .fetch_all(&mut *conn)
     .await
-    .context(|| format!("reading the key of {table}"))?;
-    Ok(key.unwrap_or_default())
+    .context(|| "reading the keys of the migrated tables".into())?;
+    Ok(rows.into_iter().collect())
 }
 
 fn nullability(not_null: bool) -> String {
@@ -107,6 +113,10 @@ pub async fn compare(
     dst: &mut PgConnection,
     tables: &[TableSpec],
 ) -> EngineResult<Vec<Difference>> {
+    let names: Vec<String> = tables.iter().map(|t| t.sql_name()).collect();
+    let mut source_columns = columns(src, &names).await?;
+    let mut target_columns = columns(dst, &names).await?;
+    let target_keys = keys(dst, &names).await?;
     let mut out = Vec::new();
     for t in tables {
         let name = t.display_name();
@@ -124,10 +134,10 @@ pub async fn compare(
             refused,
             words: format!("{name}: {words}"),
         };
-        let Some(source) = columns(src, &t.sql_name()).await? else {
+        let Some(source) = source_columns.remove(&t.sql_name()) else {
             continue;
         };
-        let Some(target) = columns(dst, &t.sql_name()).await? else {
+        let Some(target) = target_columns.remove(&t.sql_name()) else {
             out.push(diff(
                 None,
                 "table_missing",
@@ -222,7 +232,7 @@ pub async fn compare(
             }
         }
         let source_key = t.key.clone();
-        let target_key = key(dst, &t.sql_name()).await?;
+        let target_key = target_keys.get(&t.sql_name()).cloned().unwrap_or_default();
         if source_key != target_key {
             let show = |k: &[String]| {
                 if k.is_empty() {
