@@ -628,3 +628,84 @@ async fn create_is_refused_with_the_reason() {
     assert_eq!(status, StatusCode::CREATED, "{answer}");
     assert_eq!(answer["schema"], "create", "{answer}");
 }
+
+/// A target role that is no superuser: an extension the tables need that it cannot create
+/// (`bloom`, untrusted) refuses the migration with the reason; a trusted one (`citext`) it
+/// creates itself, with the tables it then owns.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn extensions_the_target_role_cannot_create_are_refused() {
+    init_tracing();
+    let (source, target) = tokio::join!(PgCluster::start(), PgCluster::start());
+    source.create_database("app").await;
+    target.create_database("app").await;
+    target
+        .psql(
+            "app",
+            "CREATE ROLE migrator LOGIN;
+             GRANT CREATE, TEMP ON DATABASE app TO migrator;
+             GRANT SET ON PARAMETER session_replication_role TO migrator;",
+        )
+        .await;
+    source
+        .psql(
+            "app",
+            "CREATE EXTENSION citext; CREATE EXTENSION bloom;
+             CREATE TABLE people (id int PRIMARY KEY, email citext NOT NULL, a int, b int);
+             CREATE INDEX people_ab_bloom ON people USING bloom (a, b);
+             INSERT INTO people SELECT g, 'P' || g || '@Example.com', g % 7, g % 11 FROM generate_series(1, 300) g;",
+        )
+        .await;
+    let server = server_with_pg_bin(None).await;
+    server.add_cluster("source", &source.admin_dsn()).await;
+    server
+        .add_cluster(
+            "target",
+            &format!("postgresql://migrator@127.0.0.1:{}/postgres", target.port()),
+        )
+        .await;
+    // PostgreSQL 15's public schema takes no tables from other roles by default.
+    let (status, body) = create(&server, "ext", json!({})).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    assert_eq!(body["error"]["code"], "missing_privilege", "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("CREATE on schema \"public\", where the tables go (GRANT CREATE ON SCHEMA \"public\" TO \"migrator\")"),
+        "{body}"
+    );
+    target
+        .psql("app", "GRANT CREATE ON SCHEMA public TO migrator")
+        .await;
+    let (status, body) = create(&server, "ext", json!({})).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    assert_eq!(body["error"]["code"], "extension_unavailable", "{body}");
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("extension bloom is not trusted")
+            && message.contains("CREATE EXTENSION \"bloom\" in the target database as a superuser")
+            && !message.contains("citext"),
+        "{message}"
+    );
+
+    source
+        .psql("app", "DROP INDEX people_ab_bloom; DROP EXTENSION bloom;")
+        .await;
+    let (status, body) = create(&server, "ext", json!({})).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let (status, body) = server.post("/migrations/ext/start", json!({})).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let src = source.connect("app").await;
+    wait_drained(&server, "ext", &src, DRAIN).await;
+    let dst = target.connect("app").await;
+    assert_same_rows(&src, &dst, "public.people", "id").await;
+    let (owner, case_blind): (String, bool) = sqlx::query_as(
+        "SELECT pg_get_userbyid(relowner)::text, (SELECT email = 'p1@example.com' FROM people WHERE id = 1)
+           FROM pg_class WHERE oid = 'public.people'::regclass",
+    )
+    .fetch_one(&dst)
+    .await
+    .unwrap();
+    assert_eq!(owner, "migrator");
+    assert!(case_blind, "citext compares without case on the target");
+}
