@@ -277,6 +277,44 @@ async fn migrate_into_empty(source: PgCluster, target: PgCluster, dump_bin: &Pat
     for (table, order) in TABLES {
         assert_same_rows(&src, &dst, table, order).await;
     }
+    // The cutover's gates pass (target_schema among them), and the application can write on
+    // the target: sequences moved, triggers and constraints in place.
+    let gate = dry_run_gate(&server, "build", "target_schema").await;
+    assert_eq!(gate["passed"], true, "{gate}");
+    let (status, op) = server
+        .post("/migrations/build/cutover", json!({"max_lag_seconds": 60}))
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{op}");
+    let id = op["id"].as_str().unwrap().to_string();
+    let op = wait_for("the cutover", DRAIN, || async {
+        let (_, op) = server.get(&format!("/operations/{id}")).await;
+        (op["state"] != "running").then_some(op)
+    })
+    .await;
+    assert_eq!(op["state"], "succeeded", "{op}");
+    let (order, touched): (i64, bool) = sqlx::query_as(
+        "WITH o AS (INSERT INTO shop.orders (customer_id, sku, qty) VALUES (1, 'SKU-2', 3) RETURNING id),
+              c AS (UPDATE shop.customers SET name = 'moved' WHERE id = 1 RETURNING updated_at IS NOT NULL AS touched)
+         SELECT (SELECT id FROM o), (SELECT touched FROM c)",
+    )
+    .fetch_one(&dst)
+    .await
+    .unwrap();
+    let highest: i64 = sqlx::query_scalar("SELECT max(id) FROM shop.orders WHERE id <> $1")
+        .bind(order)
+        .fetch_one(&src)
+        .await
+        .unwrap();
+    assert!(
+        order > highest,
+        "the order sequence moved forward: {order} after {highest}"
+    );
+    assert!(touched, "the trigger fires on the target after the cutover");
+    let refused =
+        sqlx::query("INSERT INTO shop.orders (customer_id, sku) VALUES (999999, 'SKU-2')")
+            .execute(&dst)
+            .await;
+    assert!(refused.is_err(), "the foreign key holds on the target");
 }
 
 /// Everything the tables need, built into an empty database of the same version.
