@@ -747,3 +747,62 @@ async fn extensions_the_target_role_cannot_create_are_refused() {
     assert_eq!(owner, "migrator");
     assert!(case_blind, "citext compares without case on the target");
 }
+
+/// Attempts of migration `name` that failed since the server started it (`/metrics`).
+async fn failed_attempts(server: &TestServer, name: &str) -> i64 {
+    let body = reqwest::get(format!("{}/metrics", server.base))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let prefix = format!("pgshift_migration_failed_attempts{{migration=\"{name}\"}} ");
+    body.lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .unwrap_or_else(|| panic!("no {prefix} in {body}"))
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+/// A table that a foreign key built after the copy references is emptied on the source: the
+/// worker applies the TRUNCATE as a DELETE (a TRUNCATE of a referenced table is refused), with
+/// no failed attempt, although the key did not exist yet when its run started.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_truncate_after_the_foreign_keys_are_built_applies_at_once() {
+    init_tracing();
+    let (source, target) = tokio::join!(PgCluster::start(), PgCluster::start());
+    source.create_database("app").await;
+    target.create_database("app").await;
+    source
+        .psql(
+            "app",
+            "CREATE TABLE parent (id int PRIMARY KEY);
+             CREATE TABLE child (id int PRIMARY KEY, parent_id int REFERENCES parent(id));
+             INSERT INTO parent SELECT generate_series(1, 100);
+             INSERT INTO child SELECT g, g FROM generate_series(1, 100) g;",
+        )
+        .await;
+    let src = source.connect("app").await;
+    let dst = target.connect("app").await;
+    let server = server_with_pg_bin(None).await;
+    register(&server, &source, &target).await;
+    let (status, body) = create(&server, "fk", json!({})).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let (status, body) = server.post("/migrations/fk/start", json!({})).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    wait_for("the foreign key to be validated", DRAIN, || async {
+        all_built(&server.migration("fk").await).then_some(())
+    })
+    .await;
+    source
+        .psql(
+            "app",
+            "TRUNCATE child, parent; INSERT INTO parent VALUES (7); INSERT INTO child VALUES (1, 7);",
+        )
+        .await;
+    wait_drained(&server, "fk", &src, DRAIN).await;
+    assert_same_rows(&src, &dst, "public.parent", "id").await;
+    assert_same_rows(&src, &dst, "public.child", "id").await;
+    assert_eq!(failed_attempts(&server, "fk").await, 0);
+}
