@@ -4,8 +4,9 @@
 
 use std::collections::HashMap;
 
+use super::attach::{attached, attachments};
 use super::dump::SchemaDump;
-use super::select::{attached, attachments, Phase, Selection};
+use super::select::{Phase, Selection};
 use super::toc::{self, Entry};
 use crate::engine::EngineResult;
 
