@@ -404,6 +404,8 @@ async fn a_failed_object_is_shown_and_holds_the_cutover() {
              CREATE TABLE items (id int PRIMARY KEY, v text NOT NULL CHECK (v <> ''));
              CREATE INDEX items_v_idx ON items (v);
              GRANT SELECT ON items TO auditor;
+             CREATE TABLE other (id int PRIMARY KEY, w text);
+             CREATE INDEX other_w_idx ON other (w);
              CREATE TABLE left_out (id int PRIMARY KEY);
              INSERT INTO items SELECT g, 'item ' || g FROM generate_series(1, 500) g;",
         )
@@ -415,7 +417,7 @@ async fn a_failed_object_is_shown_and_holds_the_cutover() {
     let (status, body) = create(
         &server,
         "grants",
-        json!({"schema": "create", "tables": ["public.items"]}),
+        json!({"schema": "create", "tables": ["public.items", "public.other"]}),
     )
     .await;
     assert_eq!(status, StatusCode::CREATED, "{body}");
@@ -429,6 +431,11 @@ async fn a_failed_object_is_shown_and_holds_the_cutover() {
     })
     .await;
     let t = &tables(&m)[0];
+    assert_eq!(t["name"], "public.items");
+    // The grant is on items: shown there only.
+    let other = &tables(&m)[1];
+    assert_eq!(other["name"], "public.other");
+    assert_eq!(other["objects_failed"], json!([]), "{m}");
     let failed = &t["objects_failed"][0];
     assert_eq!(failed["object"], "ACL ON TABLE public.items", "{m}");
     assert_eq!(

@@ -5,9 +5,13 @@
 
 use super::toc::Entry;
 
+/// An attachment as [`attachments`] names it: (kind, schema, name) and whether the name is a
+/// prefix (a column's comment: `COLUMN orders.`).
+pub type Wanted = (String, String, String, bool);
+
 /// The entries that are not objects of their own (comments, privileges, attachments) that
 /// belong to `entry`: their (kind, schema, tag), or a tag prefix when the last field is true.
-pub fn attachments(entry: &Entry) -> Vec<(String, String, String, bool)> {
+pub fn attachments(entry: &Entry) -> Vec<Wanted> {
     let (s, t) = (entry.schema.as_str(), entry.tag.as_str());
     let exact = |kind: &str, tag: String| (kind.to_string(), s.to_string(), tag, false);
     let prefix = |kind: &str, tag: String| (kind.to_string(), s.to_string(), tag, true);
@@ -75,7 +79,7 @@ pub fn attachments(entry: &Entry) -> Vec<(String, String, String, bool)> {
 }
 
 /// Whether `candidate` (an entry with no object of its own) is one of `wanted`.
-pub fn attached(candidate: &Entry, wanted: &(String, String, String, bool)) -> bool {
+pub fn attached(candidate: &Entry, wanted: &Wanted) -> bool {
     let (kind, schema, tag, is_prefix) = wanted;
     candidate.kind == *kind
         && candidate.schema == *schema

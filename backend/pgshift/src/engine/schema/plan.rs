@@ -4,10 +4,10 @@
 
 use std::collections::HashMap;
 
-use super::attach::{attached, attachments};
+use super::attach::{attached, attachments, Wanted};
 use super::dump::SchemaDump;
 use super::select::{Phase, Selection};
-use super::toc::{self, Entry};
+use super::toc::{self, Entry, Key};
 use crate::engine::EngineResult;
 
 /// What an object built after the copy waits for.
@@ -56,8 +56,10 @@ pub struct Plan {
 pub async fn plan(dump: &SchemaDump, selection: &Selection) -> EngineResult<Plan> {
     let entries = toc::parse_list(&dump.list().await?);
     let mut chosen: Vec<(Entry, Phase)> = Vec::new();
-    let mut exact: HashMap<(String, String, String), Phase> = HashMap::new();
-    let mut prefixes: Vec<((String, String, String, bool), Phase)> = Vec::new();
+    // Each attachment's phase, and a privilege's (never before the copy: after the copy of the
+    // table it is on, or right after the tables exist for other objects).
+    let mut exact: HashMap<Key, (Phase, Phase)> = HashMap::new();
+    let mut prefixes: Vec<(Wanted, (Phase, Phase))> = Vec::new();
     for e in &entries {
         if e.catalog == 0 && e.kind != "ROW SECURITY" {
             continue;
@@ -65,13 +67,19 @@ pub async fn plan(dump: &SchemaDump, selection: &Selection) -> EngineResult<Plan
         let Some(phase) = selection.phase_of(e) else {
             continue;
         };
+        let grants = match &phase {
+            Phase::Before => Phase::AfterCopy(selection.table_of(e).into_iter().collect()),
+            Phase::ForeignKey { tables, .. } => Phase::AfterCopy(tables.clone()),
+            other => other.clone(),
+        };
+        let phases = (phase.clone(), grants);
         for wanted in attachments(e) {
             if wanted.3 {
-                prefixes.push((wanted, phase.clone()));
+                prefixes.push((wanted, phases.clone()));
             } else {
                 exact
                     .entry((wanted.0, wanted.1, wanted.2))
-                    .or_insert_with(|| phase.clone());
+                    .or_insert_with(|| phases.clone());
             }
         }
         chosen.push((e.clone(), phase));
@@ -88,9 +96,11 @@ pub async fn plan(dump: &SchemaDump, selection: &Selection) -> EngineResult<Plan
                 .find(|(w, _)| attached(e, w))
                 .map(|(_, p)| p.clone())
         });
-        let Some(phase) = phase else { continue };
+        let Some((phase, grants)) = phase else {
+            continue;
+        };
         let phase = match (e.kind.as_str(), phase) {
-            ("ACL", Phase::Before) => Phase::AfterCopy(Vec::new()),
+            ("ACL", _) => grants,
             (_, Phase::ForeignKey { tables, .. }) => Phase::AfterCopy(tables),
             (_, p) => p,
         };

@@ -442,6 +442,13 @@ fn decide(catalog: &Catalog, keys: &Keys, root_of: &HashMap<u32, i32>) -> Select
 }
 
 impl Selection {
+    /// The migrated table an entry for a relation (a table or partition) belongs to.
+    pub fn table_of(&self, entry: &Entry) -> Option<i32> {
+        (entry.catalog == PG_CLASS)
+            .then(|| self.root_of.get(&entry.oid).copied())
+            .flatten()
+    }
+
     /// When the archive entry for a catalog object is built, or None when it is left out.
     pub fn phase_of(&self, entry: &Entry) -> Option<Phase> {
         let node = (entry.catalog, entry.oid);
