@@ -277,6 +277,28 @@ async fn migrate_into_empty(source: PgCluster, target: PgCluster, dump_bin: &Pat
     for (table, order) in TABLES {
         assert_same_rows(&src, &dst, table, order).await;
     }
+    // The secondary indexes, constraints and triggers were built after their table's copy, the
+    // foreign keys validated once both ends were synced (pgshift's bookkeeping on the target
+    // records when each object was built).
+    let bookkeeping: String = sqlx::query_scalar(
+        "SELECT nspname::text FROM pg_namespace WHERE nspname LIKE 'pgshift\\_%'",
+    )
+    .fetch_one(&dst)
+    .await
+    .unwrap();
+    let (after, early): (i64, i64) = sqlx::query_as(&format!(
+        "SELECT count(*) FILTER (WHERE o.built_at >= t.copy_finished_at),
+                count(*) FILTER (WHERE o.built_at < t.copy_finished_at)
+           FROM {b}.schema_object o JOIN {b}.table_state t ON t.table_no = ANY (o.tables)
+          WHERE o.kind IN ('INDEX', 'CONSTRAINT', 'TRIGGER', 'FK CONSTRAINT', 'VALIDATE')",
+        b = bookkeeping
+    ))
+    .fetch_one(&dst)
+    .await
+    .unwrap();
+    assert!(after >= 8, "{after} objects built after the copy");
+    assert_eq!(early, 0, "objects built before their table's copy ended");
+
     // The cutover's gates pass (target_schema among them), and the application can write on
     // the target: sequences moved, triggers and constraints in place.
     let gate = dry_run_gate(&server, "build", "target_schema").await;

@@ -90,9 +90,9 @@ async fn keys(
                 WHERE i.indrelid = to_regclass(t.name) AND i.indisunique AND i.indisvalid
                   AND i.indpred IS NULL AND i.indexprs IS NULL AND (i.indisprimary OR i.indimmediate)
                   AND (i.indisprimary OR NOT EXISTS (
-                          SELECT 1 FROM unnest(i.indkey::int2[]) k(attnum)
+                          SELECT 1 FROM unnest(i.indkey::int2[]) WITH ORDINALITY k(attnum, ord)
                             JOIN pg_catalog.pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
-                           WHERE NOT a.attnotnull))
+                           WHERE k.ord <= i.indnkeyatts AND NOT a.attnotnull))
                 ORDER BY i.indisprimary DESC, i.indnkeyatts, i.indexrelid::regclass::text
                 LIMIT 1) k",
     )
