@@ -985,7 +985,8 @@ async fn freeze_check_finds_changes_without_capture() {
     let plan = compare::Plan {
         schema: "pgshift_none",
         message: "",
-        drain_timeout: Duration::from_secs(5),
+        hold: Duration::from_secs(5),
+        hold_setting: "timeout_seconds",
         range_rows: 100,
     };
     let cancel = tokio_util::sync::CancellationToken::new();

@@ -153,7 +153,7 @@ async fn a_dead_pgshift_cannot_hold_the_source_frozen() {
     start_synced(&server, &pair, "shop").await;
 
     let (id, error, stall) =
-        stalled_cutover(&server, &pair, json!({"freeze_limit_seconds": 4})).await;
+        stalled_cutover(&server, &pair, json!({"freeze_limit_seconds": 5})).await;
     assert!(error.contains("cutover in progress"), "{error}");
     let dir = server.crash();
     assert!(freeze_installed(&pair.src).await);
@@ -191,7 +191,7 @@ async fn a_cutover_never_finishes_past_the_freeze_limit() {
     let server = TestServer::start().await;
     start_synced(&server, &pair, "shop").await;
 
-    let (id, _, stall) = stalled_cutover(&server, &pair, json!({"freeze_limit_seconds": 3})).await;
+    let (id, _, stall) = stalled_cutover(&server, &pair, json!({"freeze_limit_seconds": 5})).await;
     let op = wait_operation(&server, &id, Duration::from_secs(60)).await;
     drop(stall);
     assert_eq!(op["state"], "failed", "{op}");

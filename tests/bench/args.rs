@@ -5,19 +5,20 @@ use std::path::PathBuf;
 use crate::common::{self, R};
 
 pub const USAGE: &str = "\
-usage: bench-engine [--scale N] [--clients N] [--seconds N] [--out PATH] [--only LIST]
+usage: bench-engine [--scale N] [--clients N] [--seconds N] [--cutovers N] [--out PATH] [--only LIST]
 
   --scale N     pgbench scale factor: N x 100,000 accounts (default 20)
   --clients N   pgbench clients for the write-overhead and lag runs (default 4)
   --seconds N   length of each pgbench run (default 60)
+  --cutovers N  cutovers in the `cutover` phase (default 20)
   --out PATH    where to write the Markdown report (default docs/benchmarks/engine.md
                 in the workspace)
   --only LIST   run only these phases, comma-separated (default: all of them):
                   copy      1. initial copy, against pg_dump | pg_restore
                   overhead  2-4. write overhead, lag under load, drain (and diagnostic 2b)
                   bulk      5. bulk UPDATE and bulk DELETE
-                  cutover   6. ten cutovers under pgbench load (only when named:
-                            it ends the migration, so it runs after the others)
+                  cutover   6. cutovers under pgbench load, --cutovers of them (only
+                            when named: it ends the migration, so it runs after the others)
                 Setup always runs; without `copy`, pgshift still copies the tables
                 (unmeasured) since the other phases need a synced migration.
 
@@ -63,6 +64,8 @@ pub struct Args {
     pub scale: u32,
     pub clients: u32,
     pub seconds: u32,
+    /// Cutovers in the `cutover` phase.
+    pub cutovers: u32,
     pub out: PathBuf,
     /// The phases to run, in [`Phase::ALL`] order.
     pub phases: Vec<Phase>,
@@ -79,6 +82,7 @@ impl Args {
             scale: 20,
             clients: 4,
             seconds: 60,
+            cutovers: 20,
             out: common::workspace_root().join("docs/benchmarks/engine.md"),
             phases: Phase::ALL.to_vec(),
             raw: raw.clone(),
@@ -89,6 +93,7 @@ impl Args {
                 "--scale" => args.scale = number(value()?)?,
                 "--clients" => args.clients = number(value()?)?,
                 "--seconds" => args.seconds = number(value()?)?,
+                "--cutovers" => args.cutovers = number(value()?)?,
                 "--out" => args.out = PathBuf::from(value()?),
                 "--only" => args.phases = parse_phases(&value()?)?,
                 other => return Err(format!("unknown argument {other:?}\n\n{USAGE}")),
@@ -213,6 +218,20 @@ mod tests {
         assert_eq!(a.phases, Phase::ALL);
         assert!(!a.partial());
         assert_eq!(a.scale, 3);
+        assert_eq!(a.cutovers, 20);
+    }
+
+    #[test]
+    fn cutovers_is_a_positive_count() {
+        let a = parse(&["--only", "cutover", "--cutovers", "5"]).unwrap();
+        assert_eq!(
+            (a.phases.as_slice(), a.cutovers),
+            ([Phase::Cutover].as_slice(), 5)
+        );
+        assert_eq!(parse(&["--cutovers=3"]).unwrap().cutovers, 3);
+        for bad in ["0", "-1", "x", ""] {
+            assert!(parse(&["--cutovers", bad]).is_err(), "{bad:?}");
+        }
     }
 
     #[test]

@@ -132,7 +132,7 @@ impl Bench {
         Ok(())
     }
 
-    /// ERROR, FATAL and PANIC lines (and the statements logged with them) of both servers.
+    /// ERROR, FATAL and PANIC lines (and the context and statements logged with them) of both servers.
     pub fn collect_server_logs(&self) {
         let mut logs = Vec::new();
         for (name, cluster) in [("Source", &self.source), ("Target", &self.target)] {
@@ -144,14 +144,18 @@ impl Bench {
                     line.contains("ERROR:") || line.contains("FATAL:") || line.contains("PANIC:");
                 // A cutover's freeze refusing writes is the freeze working, not a problem.
                 let is_error = is_error && !line.contains("is frozen: pgshift migration");
-                if is_error || (after_error && line.contains("STATEMENT:")) {
+                // What PostgreSQL logs with an error: where it happened (an autovacuum cancelled
+                // by a lock request names its table there) and the statement.
+                let follows =
+                    after_error && (line.contains("CONTEXT:") || line.contains("STATEMENT:"));
+                if is_error || follows {
                     lines.push(line.chars().take(500).collect());
                 }
-                after_error = is_error;
+                after_error = is_error || follows;
             }
             let errors = lines
                 .iter()
-                .filter(|l: &&String| !l.contains("STATEMENT:"))
+                .filter(|l: &&String| !l.contains("STATEMENT:") && !l.contains("CONTEXT:"))
                 .count();
             if errors > 0 {
                 self.rep().problem(format!(

@@ -2,7 +2,7 @@
 //! writes them as a Markdown report.
 //!
 //! ```sh
-//! cargo run --release -p pgshift-tests --bin bench-engine -- [--scale 20] [--clients 4] [--seconds 60] [--out docs/benchmarks/engine.md] [--only copy,overhead,bulk]
+//! cargo run --release -p pgshift-tests --bin bench-engine -- [--scale 20] [--clients 4] [--seconds 60] [--out docs/benchmarks/engine.md] [--only copy,overhead,bulk] [--cutovers 20]
 //! ```
 //!
 //! Two throwaway PostgreSQL 15 clusters (source and target, same settings) and pgshift itself,
@@ -23,7 +23,9 @@
 //! run exit with status 1. Progress goes to stderr.
 //!
 //! `--only` runs some of the phases (`copy` is 1, `overhead` 2 to 4 with the diagnostic, `bulk`
-//! 5), to measure one figure again without the whole run; the report says which ran.
+//! 5), to measure one figure again without the whole run; the report says which ran. Phase 6,
+//! `cutover` (`--cutovers` cutovers under pgbench load, 20 by default), runs only when `--only`
+//! names it, since it ends the migration.
 //!
 //! The files: `args` (command line), `bench` (state, phase order, checks shared by the phases),
 //! `setup`, `phases/*` (one per phase), `pgbench` (running it and reading its output), `samplers`
@@ -193,7 +195,14 @@ async fn run(args: Args, report: Arc<Mutex<Report>>) -> R<()> {
         "starting pgshift in-process (production engine settings) in {}",
         server_dir.display()
     );
-    let server = TestServer::start_in(&server_dir, EngineSettings::default()).await;
+    // The test server takes no configuration from the environment: the first admin's password
+    // (set in `main`) is handed over here, so no one-time password is generated and logged.
+    let server = TestServer::start_configured(|c| {
+        c.data_dir = server_dir.clone();
+        c.engine = EngineSettings::default();
+        c.admin_password = std::env::var("PGSHIFT_ADMIN_PASSWORD").ok();
+    })
+    .await;
     let bench = Bench {
         args,
         source,

@@ -98,7 +98,7 @@ impl Bench {
              before the copy."
                 .into(),
             format!(
-                "pgshift runs in the benchmark's process (`TestServer::start_in`) with the production engine settings: `{:?}`.",
+                "pgshift runs in the benchmark's process (`TestServer::start_configured`, on its own data directory) with the production engine settings: `{:?}`.",
                 EngineSettings::default()
             ),
             format!(

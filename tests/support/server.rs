@@ -26,6 +26,8 @@ pub fn test_settings() -> EngineSettings {
         fetch_events: 1_000,
         batch_max_events: 20_000,
         max_backoff: Duration::from_secs(2),
+        // Generous on a shared, noisy machine; the tests of the bound set their own.
+        verify_hold: Duration::from_secs(30),
         ..EngineSettings::default()
     }
 }

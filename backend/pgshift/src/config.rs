@@ -60,6 +60,10 @@ pub struct Settings {
     /// /usr/pgsql-*/bin, /usr/local/pgsql/bin or PATH].
     #[arg(long, env = "PGSHIFT_PG_BIN_DIR", value_name = "DIR")]
     pub pg_bin_dir: Option<PathBuf>,
+    /// Longest time verification on demand holds back writes to one table, in seconds (0.1 to
+    /// 600); when reached, the table is let go and reported as not verified [default: 5].
+    #[arg(long, env = "PGSHIFT_VERIFY_HOLD_SECONDS")]
+    pub verify_hold_seconds: Option<f64>,
     /// Networks (`10.1.0.0/16`, `127.0.0.1/32`, `fd00::/8`) where cutover webhooks may go
     /// besides public addresses; comma-separated on the command line.
     #[arg(long, env = "PGSHIFT_WEBHOOK_ALLOWED_NETWORKS", value_delimiter = ',')]
@@ -112,6 +116,7 @@ impl Settings {
             copy_parallelism: top.copy_parallelism.or(self.copy_parallelism),
             copy_chunk_rows: top.copy_chunk_rows.or(self.copy_chunk_rows),
             pg_bin_dir: top.pg_bin_dir.or(self.pg_bin_dir),
+            verify_hold_seconds: top.verify_hold_seconds.or(self.verify_hold_seconds),
             webhook_allowed_networks: top
                 .webhook_allowed_networks
                 .or(self.webhook_allowed_networks),
@@ -291,6 +296,14 @@ pub fn resolve(file: Settings, flags: Settings) -> Result<ServeConfig, ConfigErr
         }
         config.engine.pg_bin_dir = Some(dir);
     }
+    if let Some(s) = merged.verify_hold_seconds {
+        if !(0.1..=600.0).contains(&s) {
+            return Err(ConfigError::Invalid(format!(
+                "verify_hold_seconds = {s} must be between 0.1 and 600"
+            )));
+        }
+        config.engine.verify_hold = std::time::Duration::from_secs_f64(s);
+    }
     config.webhook_allowed_networks = networks(
         "webhook_allowed_networks",
         merged.webhook_allowed_networks.unwrap_or_default(),
@@ -335,6 +348,21 @@ mod tests {
     }
 
     #[test]
+    fn the_verification_hold_takes_whole_and_fractional_seconds() {
+        let config = resolve(parse("verify_hold_seconds = 2"), Settings::default()).unwrap();
+        assert_eq!(config.engine.verify_hold, std::time::Duration::from_secs(2));
+        let over = Settings {
+            verify_hold_seconds: Some(0.5),
+            ..Default::default()
+        };
+        let config = resolve(parse("verify_hold_seconds = 2"), over).unwrap();
+        assert_eq!(
+            config.engine.verify_hold,
+            std::time::Duration::from_millis(500)
+        );
+    }
+
+    #[test]
     fn debug_leaves_the_metadata_password_out() {
         let mut config = ServeConfig::new("127.0.0.1:0".parse().unwrap(), "d".into());
         config.metadata = Some("postgresql://u:secretpw@db.example:5432/meta".into());
@@ -361,6 +389,8 @@ mod tests {
         assert!(Settings::from_toml("copy_parallelism = \"two\"").is_err());
         let err = resolve(parse("copy_parallelism = 0"), Settings::default()).unwrap_err();
         assert!(err.to_string().contains("copy_parallelism"));
+        let err = resolve(parse("verify_hold_seconds = 0"), Settings::default()).unwrap_err();
+        assert!(err.to_string().contains("verify_hold_seconds"));
         let err = resolve(parse("listen = \"nowhere\""), Settings::default()).unwrap_err();
         assert!(err.to_string().contains("listen"));
         let err = resolve(
@@ -429,6 +459,7 @@ mod tests {
                 "metadata",
                 "pg_bin_dir",
                 "trusted_proxies",
+                "verify_hold_seconds",
                 "webhook_allowed_networks"
             ]
         );

@@ -1,9 +1,12 @@
 //! Figure 6: cutovers under load. pgbench writes to the current source right up to each cutover;
-//! every cutover arms the reverse migration, so the next one moves the database back, and ten
-//! of them alternate between the two servers. Per cutover: how long writes were blocked (from
-//! the freeze's first lock request to the finish, as pgshift records it, and each step's share),
-//! pgbench's committed transactions against `pgbench_history` on both sides, and an exact
-//! comparison of the two databases with the old one frozen and the new one not yet written.
+//! every cutover arms the reverse migration, so the next one moves the database back, and the
+//! `--cutovers` of them (20 by default) alternate between the two servers. Per cutover: how long
+//! writes were blocked (from the freeze's first lock request until writes went elsewhere or came
+//! back, as pgshift records it for every outcome, and each step's share), pgbench's committed
+//! transactions against `pgbench_history` on both sides, which freeze message pgbench's clients
+//! got, and an exact comparison of the two databases with the old one frozen and the new one not
+//! yet written. A cutover that fails is counted and reported with its error, and the next one
+//! starts from the same migration once it is synced again.
 
 use std::time::{Duration, Instant};
 
@@ -17,29 +20,96 @@ use crate::common::{secs, Ctx, Percentiles, R};
 use crate::report::Status;
 use crate::say;
 
-/// Cutovers in the figure.
-pub const CUTOVERS: usize = 10;
-
 /// One cutover's outcome.
 struct Round {
     from: &'static str,
+    migration: String,
+    /// `None` when the cutover succeeded; else what failed (the operation's state and error, or
+    /// the refused request).
+    failure: Option<String>,
+    /// The operation's `writes_blocked_seconds` (0 when it stopped before the freeze began,
+    /// NaN when it reported none).
     blocked: f64,
-    /// pgbench's own count of transactions it completed in this round.
-    pgbench_done: i64,
+    /// pgbench's own count of transactions it completed in this round (`None` when it had to be
+    /// killed and printed no summary).
+    pgbench_done: Option<i64>,
     /// `pgbench_history` rows added on the old side during the round (one per committed
     /// pgbench transaction), after pgbench had stopped on the freeze.
     old_added: i64,
-    /// The same on the new side once the cutover finished.
+    /// The same on the new side once the cutover finished (after a failed cutover: once the
+    /// migration, still running from the old side, had caught up).
     new_added: i64,
     identical: bool,
     /// Seconds spent in each step inside the blocked window, in [`BLOCKED_STEPS`] order.
     steps: Vec<f64>,
+    /// pgbench's client errors, by kind.
+    errors: ClientErrors,
+}
+
+impl Round {
+    /// Whether writes were blocked at all: the freeze began.
+    fn froze(&self) -> bool {
+        self.blocked.is_finite() && self.blocked > 0.0
+    }
+}
+
+/// The errors pgbench's clients stopped on (`ERROR:` lines of its stderr).
+#[derive(Default)]
+struct ClientErrors {
+    /// The freeze while the cutover runs: "… is frozen: … cutover in progress …".
+    in_progress: usize,
+    /// The permanent freeze after the finish: "… is frozen: … moved this database …".
+    moved: usize,
+    /// Anything else (the first one kept).
+    other: usize,
+    first_other: Option<String>,
+}
+
+impl ClientErrors {
+    fn of(stderr: &str) -> Self {
+        let mut e = ClientErrors::default();
+        for line in stderr.lines().filter(|l| l.contains("ERROR:")) {
+            if line.contains("is frozen") && line.contains("cutover in progress") {
+                e.in_progress += 1;
+            } else if line.contains("is frozen") && line.contains("moved this database") {
+                e.moved += 1;
+            } else {
+                e.other += 1;
+                e.first_other
+                    .get_or_insert_with(|| line.chars().take(300).collect());
+            }
+        }
+        e
+    }
+
+    fn frozen(&self) -> usize {
+        self.in_progress + self.moved
+    }
+
+    fn cell(&self) -> String {
+        let mut parts = Vec::new();
+        if self.in_progress > 0 {
+            parts.push(format!("{} in progress", self.in_progress));
+        }
+        if self.moved > 0 {
+            parts.push(format!("{} moved", self.moved));
+        }
+        if self.other > 0 {
+            parts.push(format!("**{} other**", self.other));
+        }
+        if parts.is_empty() {
+            "none".into()
+        } else {
+            parts.join(", ")
+        }
+    }
 }
 
 /// The steps between the freeze's first lock request and the end of the cutover.
 const BLOCKED_STEPS: [&str; 5] = ["freeze", "drain", "sequences", "verify", "finish"];
 
-/// How long each of [`BLOCKED_STEPS`] took, from the operation's recorded start and end times.
+/// How long each of [`BLOCKED_STEPS`] took, from the operation's recorded start and end times
+/// (NaN for a step that did not run).
 fn step_seconds(op: &Value) -> Vec<f64> {
     let time = |v: &Value| {
         v.as_str()
@@ -59,6 +129,14 @@ fn step_seconds(op: &Value) -> Vec<f64> {
         .collect()
 }
 
+fn seconds_cell(s: f64) -> String {
+    if s.is_finite() {
+        format!("{s:.3} s")
+    } else {
+        "–".into()
+    }
+}
+
 async fn history_rows(pool: &PgPool) -> R<i64> {
     sqlx::query_scalar("SELECT count(*) FROM pgbench_history")
         .fetch_one(pool)
@@ -66,13 +144,30 @@ async fn history_rows(pool: &PgPool) -> R<i64> {
         .ctx(|| "counting pgbench_history".into())
 }
 
-fn processed(stdout: &str) -> i64 {
+/// Waits until `new` has what `old` holds (pgbench's tables; `old` is idle by now): up to 300 s.
+async fn caught_up(old: &PgPool, new: &PgPool) -> R<()> {
+    let want = (check::history(old).await?, check::accounts(old).await?);
+    let started = Instant::now();
+    loop {
+        let have = (check::history(new).await?, check::accounts(new).await?);
+        if have == want {
+            return Ok(());
+        }
+        if started.elapsed() > Duration::from_secs(300) {
+            return Err(format!(
+                "the new side did not catch up with the old one within 300 s: pgbench_history (max id, count) and pgbench_accounts (sum, count) {want:?} on the old side, {have:?} on the new"
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn processed(stdout: &str) -> Option<i64> {
     stdout
         .lines()
         .find_map(|l| l.strip_prefix("number of transactions actually processed: "))
         .and_then(|v| v.split(|c: char| !c.is_ascii_digit()).next())
         .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
 }
 
 impl Bench {
@@ -107,16 +202,26 @@ impl Bench {
         }
     }
 
-    /// Ten cutovers under pgbench load, alternating direction through reverse migrations.
+    /// `--cutovers` cutovers under pgbench load, alternating direction through reverse
+    /// migrations. The figures are reported also when a round cannot go on.
     pub async fn cutovers(&self) -> R<()> {
+        let mut rounds = Vec::new();
+        let mut request = Value::Null;
+        let outcome = self.cutover_rounds(&mut rounds, &mut request).await;
+        self.report_cutovers(&rounds, &request);
+        outcome
+    }
+
+    async fn cutover_rounds(&self, rounds: &mut Vec<Round>, request: &mut Value) -> R<()> {
+        let total = self.args.cutovers;
         let (c, j) = (
             self.args.clients.to_string(),
             self.args.threads().to_string(),
         );
         let mut migration = MIGRATION.to_string();
-        let mut rounds = Vec::new();
-        for round in 1..=CUTOVERS {
-            let forward = round % 2 == 1;
+        // Whether the current migration runs from the source cluster to the target one.
+        let mut forward = true;
+        for round in 1..=total {
             let (from, cluster, old, new) = if forward {
                 ("source", &self.source, &self.src, &self.dst)
             } else {
@@ -124,7 +229,7 @@ impl Bench {
             };
             self.wait_migration_synced(&migration).await?;
             let (old_before, new_before) = (history_rows(old).await?, history_rows(new).await?);
-            say!("cutover {round}/{CUTOVERS}: pgbench -c {c} -j {j} on the {from}, then cutover of {migration}");
+            say!("cutover {round}/{total}: pgbench -c {c} -j {j} on the {from}, then cutover of {migration}");
             // -T bounds a run that the freeze failed to stop; the freeze normally ends it.
             let child = cluster.spawn_pgbench(&["-n", "-c", &c, "-j", &j, "-T", "300", "bench"]);
             // Let the load settle: a few seconds of writes before the cutover.
@@ -135,66 +240,145 @@ impl Bench {
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
             let next = format!("{MIGRATION}-back-{round}");
-            let (code, op) = self
+            let (code, answer) = self
                 .server
                 .post(
                     &format!("/migrations/{migration}/cutover"),
                     json!({"reverse": true, "reverse_name": next, "checksums": false}),
                 )
                 .await;
-            if code != StatusCode::ACCEPTED {
-                return Err(format!("cutover of {migration} answered {code}: {op}"));
+            let op = if code == StatusCode::ACCEPTED {
+                self.operation(answer["id"].as_str().unwrap_or_default())
+                    .await?
+            } else {
+                json!({"state": "refused", "error": format!("the request answered {code}: {answer}")})
+            };
+            if request.is_null() && !op["request"].is_null() {
+                *request = op["request"].clone();
             }
-            let op = self
-                .operation(op["id"].as_str().unwrap_or_default())
-                .await?;
-            if op["state"] != "succeeded" {
-                return Err(format!(
-                    "cutover {round} of {migration} did not succeed: {op}"
-                ));
-            }
-            let new_added = history_rows(new).await? - new_before;
-            let out = tokio::time::timeout(Duration::from_secs(330), child.wait_with_output())
-                .await
-                .map_err(|_| "pgbench did not stop after the freeze".to_string())?
-                .ctx(|| "waiting for pgbench".into())?;
+            let failure = (op["state"] != "succeeded").then(|| {
+                format!(
+                    "{}: {}",
+                    op["state"].as_str().unwrap_or("?"),
+                    op["error"].as_str().unwrap_or("(no error given)")
+                )
+            });
+            let blocked = op["result"]["writes_blocked_seconds"].as_f64().unwrap_or(
+                if code == StatusCode::ACCEPTED {
+                    f64::NAN
+                } else {
+                    0.0
+                },
+            );
+            // After a success the new side is complete now and nobody writes it yet; after a
+            // failure the old side takes writes again, so the count waits for pgbench to stop.
+            let new_added_now = if failure.is_none() {
+                Some(history_rows(new).await? - new_before)
+            } else {
+                None
+            };
+            let wait = if failure.is_none() { 330 } else { 15 };
+            let out = match tokio::time::timeout(
+                Duration::from_secs(wait),
+                child.wait_with_output(),
+            )
+            .await
+            {
+                Ok(out) => out.ctx(|| "waiting for pgbench".into())?,
+                Err(_) if failure.is_some() => {
+                    // Some clients never met the freeze: stop pgbench (the timeout dropped
+                    // the child, which kills it). It prints no summary then.
+                    say!("cutover {round}: pgbench still running {wait} s after the failed cutover; killed it");
+                    std::process::Output {
+                        status: std::process::ExitStatus::default(),
+                        stdout: Vec::new(),
+                        stderr: Vec::new(),
+                    }
+                }
+                Err(_) => return Err("pgbench did not stop after the freeze".into()),
+            };
             let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
             let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-            if !stderr.contains("is frozen") {
+            let errors = ClientErrors::of(&stderr);
+            if failure.is_none() && errors.frozen() == 0 {
                 self.rep().problem(format!(
                     "cutover {round}: pgbench's clients did not report the freeze error: {}",
                     stderr.lines().last().unwrap_or_default()
                 ));
             }
+            if let Some(line) = &errors.first_other {
+                self.rep().problem(format!(
+                    "cutover {round}: {} pgbench client error(s) other than the freeze, first: {line}",
+                    errors.other
+                ));
+            }
             let old_added = history_rows(old).await? - old_before;
+            let new_added = match new_added_now {
+                Some(n) => n,
+                None => {
+                    // The migration still runs from the old side: wait until it has applied
+                    // what pgbench committed there before and after the failed cutover.
+                    if let Err(e) = caught_up(old, new).await {
+                        self.rep()
+                            .problem(format!("cutover {round}: after the failure, {e}"));
+                    }
+                    history_rows(new).await? - new_before
+                }
+            };
             let diffs = check::compare(&self.src, &self.dst).await?;
-            let blocked = op["result"]["writes_blocked_seconds"]
-                .as_f64()
-                .unwrap_or(f64::NAN);
-            say!(
-                "cutover {round}: writes blocked {blocked:.3} s; {old_added} transactions on the old side, {new_added} on the new"
-            );
+            match &failure {
+                None => say!(
+                    "cutover {round}: writes blocked {blocked:.3} s; {old_added} transactions on the old side, {new_added} on the new"
+                ),
+                Some(f) => say!(
+                    "cutover {round} FAILED ({f}); writes blocked {blocked:.3} s; {old_added} transactions on the old side, {new_added} on the new once caught up"
+                ),
+            }
             if !diffs.is_empty() {
                 self.rep()
                     .mismatch(format!("after cutover {round}:\n{}", diffs.join("\n")));
             }
+            let still_frozen = op["result"]["source_still_frozen"] == true;
             rounds.push(Round {
                 from,
+                migration: migration.clone(),
+                failure,
                 blocked,
                 pgbench_done: processed(&stdout),
                 old_added,
                 new_added,
                 identical: diffs.is_empty(),
                 steps: step_seconds(&op),
+                errors,
             });
-            migration = next;
+            if still_frozen {
+                return Err(format!(
+                    "cutover {round} of {migration} left the source frozen: {}",
+                    op["error"]
+                ));
+            }
+            if rounds.last().is_some_and(|r| r.failure.is_none()) {
+                migration = next;
+                forward = !forward;
+            }
         }
-        self.report_cutovers(&rounds);
         Ok(())
     }
 
-    fn report_cutovers(&self, rounds: &[Round]) {
-        let blocked: Vec<f64> = rounds.iter().map(|r| r.blocked).collect();
+    fn report_cutovers(&self, rounds: &[Round], request: &Value) {
+        if rounds.is_empty() {
+            return;
+        }
+        let n = rounds.len();
+        let failed: Vec<(usize, &Round)> = rounds
+            .iter()
+            .enumerate()
+            .filter(|(_, r)| r.failure.is_some())
+            .map(|(i, r)| (i + 1, r))
+            .collect();
+        let froze: Vec<&Round> = rounds.iter().filter(|r| r.froze()).collect();
+        let froze_failed = froze.iter().filter(|r| r.failure.is_some()).count();
+        let blocked: Vec<f64> = froze.iter().map(|r| r.blocked).collect();
         let p = Percentiles::of(&blocked);
         let lost: i64 = rounds
             .iter()
@@ -206,70 +390,195 @@ impl Bench {
             .sum();
         let unacknowledged: i64 = rounds
             .iter()
-            .map(|r| (r.pgbench_done - r.old_added).max(0))
+            .filter_map(|r| Some((r.pgbench_done? - r.old_added).max(0)))
             .sum();
-        let identical = rounds.iter().all(|r| r.identical);
+        let uncounted = rounds.iter().filter(|r| r.pgbench_done.is_none()).count();
+        let not_identical: Vec<String> = rounds
+            .iter()
+            .enumerate()
+            .filter(|(_, r)| !r.identical)
+            .map(|(i, _)| (i + 1).to_string())
+            .collect();
         let mut r = self.rep();
         if let Some(p) = &p {
-            let median = p.p50;
+            let over = if froze_failed > 0 {
+                format!("over {} cutovers, {froze_failed} of them failed", p.count)
+            } else {
+                format!("over {}", p.count)
+            };
             r.figure(
-                "6. Writes blocked per cutover under pgbench load (median / max over 10)",
-                format!("{:.3} s / {:.3} s", median, p.max),
-                "< 1 s / < 2 s",
-                Status::of(median < 1.0 && p.max < 2.0),
+                &format!(
+                    "6. Writes blocked per cutover under pgbench load (p50 / p95 / max {over})"
+                ),
+                format!("{:.3} s / {:.3} s / {:.3} s", p.p50, p.p95, p.max),
+                "p50 < 1 s, max < 2 s",
+                Status::of(p.p50 < 1.0 && p.max < 2.0),
             );
         }
         r.figure(
+            "6. Cutovers that failed",
+            if failed.is_empty() {
+                format!("0 of {n}")
+            } else {
+                format!("{} of {n} (rounds {})", failed.len(), {
+                    let l: Vec<String> = failed.iter().map(|(i, _)| i.to_string()).collect();
+                    l.join(", ")
+                })
+            },
+            "0",
+            Status::of(failed.is_empty()),
+        );
+        r.figure(
             "6. Committed pgbench transactions lost / applied on the old server after the freeze",
             format!(
-                "{lost} / {extra}; pgbench-acknowledged transactions missing: {unacknowledged}"
+                "{lost} / {extra}; pgbench-acknowledged transactions missing: {unacknowledged}{}",
+                if uncounted > 0 {
+                    format!(" ({uncounted} round(s) without pgbench's count)")
+                } else {
+                    String::new()
+                }
             ),
             "0 / 0",
             Status::of(lost == 0 && extra == 0 && unacknowledged == 0),
         );
         r.figure(
             "6. Target identical to the source at the freeze point",
-            if identical {
-                "yes, all 10".into()
+            if not_identical.is_empty() {
+                format!("yes, all {n}")
             } else {
-                "**no**".into()
+                format!("**no**, after round(s) {}", not_identical.join(", "))
             },
             "yes",
-            Status::of(identical),
+            Status::of(not_identical.is_empty()),
         );
         let mut table = String::from(
-            "| # | from | writes blocked | freeze | drain | sequences | verify | finish | pgbench transactions (its count) | on the old side | on the new side | identical |\n|---|---|---|---|---|---|---|---|---|---|---|---|\n",
+            "| # | from | outcome | writes blocked | freeze | drain | sequences | verify | finish | pgbench transactions (its count) | on the old side | on the new side | pgbench clients stopped by | identical |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
         );
         for (i, x) in rounds.iter().enumerate() {
-            let steps: Vec<String> = x.steps.iter().map(|s| format!("{s:.3} s")).collect();
+            let steps: Vec<String> = x.steps.iter().map(|s| seconds_cell(*s)).collect();
             table.push_str(&format!(
-                "| {} | {} | {} | {} | {} | {} | {} | {} |\n",
+                "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
                 i + 1,
                 x.from,
-                secs(Duration::from_secs_f64(x.blocked.max(0.0))),
+                if x.failure.is_none() {
+                    "done"
+                } else {
+                    "**failed**"
+                },
+                if x.blocked.is_finite() {
+                    secs(Duration::from_secs_f64(x.blocked.max(0.0)))
+                } else {
+                    "not reported".into()
+                },
                 steps.join(" | "),
-                x.pgbench_done,
+                x.pgbench_done
+                    .map_or_else(|| "– (killed)".into(), |d| d.to_string()),
                 x.old_added,
                 x.new_added,
+                x.errors.cell(),
                 if x.identical { "yes" } else { "**no**" }
             ));
         }
+        let mut failures = String::new();
+        if failed.is_empty() {
+            failures.push_str(&format!("Every one of the {n} cutovers succeeded.\n"));
+        } else {
+            failures.push_str(&format!(
+                "{} of the {n} cutovers failed; the migration went on from the same side, and the next round \
+                 started again from it once it was synced (a failed round counts its transactions once \
+                 the migration had caught up):\n\n",
+                failed.len()
+            ));
+            for (i, x) in &failed {
+                failures.push_str(&format!(
+                    "- round {i} (`{}`, from the {}, writes blocked {}): {}\n",
+                    x.migration,
+                    x.from,
+                    seconds_cell(x.blocked),
+                    x.failure.as_deref().unwrap_or_default()
+                ));
+            }
+        }
+        let never_froze = n - froze.len();
+        let percentiles = format!(
+            "p50 / p95 / max are nearest-rank (with 20 values, p95 is the second-highest) over the {} \
+             cutover(s) whose freeze began{}{}.",
+            froze.len(),
+            if froze_failed > 0 {
+                format!(", {froze_failed} failed one(s) included: their writes were blocked until the freeze was lifted")
+            } else {
+                String::new()
+            },
+            if never_froze > 0 {
+                format!("; {never_froze} stopped before any freeze and are left out")
+            } else {
+                String::new()
+            }
+        );
+        let request = if request.is_null() {
+            String::new()
+        } else {
+            format!(" The first cutover's operation recorded its request as `{request}` (defaults filled in).")
+        };
         r.section(
             "6. Cutovers under load",
             format!(
                 "`pgbench -n -c {} -j {}` writes to the current source until the cutover's freeze makes its \
-                 clients fail; each cutover (`POST /migrations/{{name}}/cutover` with `reverse: true`) arms the \
-                 reverse migration, so the next cutover moves the database back: {CUTOVERS} cutovers alternate \
-                 between the two servers. *Writes blocked* is pgshift's own figure: from the freeze's first lock \
-                 request to the end of the finish step (freeze, final tick and drain, sequences, row-count \
-                 verification, stopping the migration and starting the reverse one; the gates and the arming of \
-                 the reverse migration run before). The freeze errors pgbench's \
-                 clients get are expected and left out of the server-log problems below. Transactions are counted as `pgbench_history` rows \
-                 (one per committed pgbench transaction) added on each side during the round, after pgbench \
-                 stopped; the comparison covers every table, row by row.\n\n{table}",
+                 clients fail; each cutover (`POST /migrations/{{name}}/cutover` with `reverse: true` and \
+                 `checksums: false`, i.e. row counts inside the freeze rather than the default content \
+                 verification, whose cost `verify-cost.md` measures) arms the reverse migration, so the next \
+                 cutover moves the database back: {n} cutovers alternate between the two servers.{request} \
+                 *Writes blocked* is pgshift's own figure (`writes_blocked_seconds`, reported for every \
+                 outcome): from the freeze's first lock request to the end of the finish step (freeze, final \
+                 tick and drain, sequences, row-count verification, stopping the migration and starting the \
+                 reverse one; the gates and the arming of the reverse migration run before), or, for a failed \
+                 cutover, until the freeze was lifted. {percentiles} The freeze errors pgbench's clients get \
+                 are expected and left out of the server-log problems below; the column *pgbench clients \
+                 stopped by* counts them by message: *in progress* is the freeze while the cutover runs \
+                 (\"… is frozen: pgshift migration … is cutting over …: cutover in progress\"), *moved* the \
+                 permanent one after the finish (\"… moved this database …\"). Transactions are counted as \
+                 `pgbench_history` rows (one per committed pgbench transaction) added on each side during the \
+                 round, after pgbench stopped; the comparison covers every table, row by row.\n\n{table}\n{failures}",
                 self.args.clients,
                 self.args.threads()
             ),
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn client_errors_by_freeze_message() {
+        let stderr = "\
+pgbench: error: client 1 script 0 aborted in command 5 query 0: ERROR:  public.pgbench_tellers is frozen: pgshift migration \"bench\" is cutting over to cluster \"target\": cutover in progress, writes are paused
+HINT:  retry shortly: writes resume here if the cutover stops, and go to the new server once it has finished
+pgbench: error: client 0 script 0 aborted in command 4 query 0: ERROR:  public.pgbench_accounts is frozen: pgshift migration \"bench\" moved this database to cluster \"target\" (127.0.0.1:5433, database \"bench\"); write there
+pgbench: error: client 2 script 0 aborted in command 6 query 0: ERROR:  deadlock detected
+pgbench: error: Run was aborted; the above results are incomplete.
+";
+        let e = ClientErrors::of(stderr);
+        assert_eq!((e.in_progress, e.moved, e.other, e.frozen()), (1, 1, 1, 2));
+        assert!(e.first_other.unwrap().contains("deadlock detected"));
+        assert_eq!(ClientErrors::of("").cell(), "none");
+        assert_eq!(
+            ClientErrors::of(stderr.lines().next().unwrap()).cell(),
+            "1 in progress"
+        );
+    }
+
+    #[test]
+    fn pgbench_count_only_when_it_printed_one() {
+        assert_eq!(
+            processed("number of transactions actually processed: 2170\nlatency average = 1 ms"),
+            Some(2170)
+        );
+        assert_eq!(
+            processed("number of transactions actually processed: 35/40000\n"),
+            Some(35)
+        );
+        assert_eq!(processed(""), None);
     }
 }

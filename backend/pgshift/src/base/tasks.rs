@@ -137,6 +137,14 @@ where
         self.slots().get(key).is_some_and(Slot::running)
     }
 
+    /// The value of the task running (or reserved) under `key`.
+    pub fn running(&self, key: &K) -> Option<V> {
+        self.slots()
+            .get(key)
+            .filter(|s| s.running())
+            .map(|s| s.value.clone())
+    }
+
     /// Whether a running task's value matches.
     pub fn any_running(&self, matches: impl Fn(&V) -> bool) -> bool {
         self.slots()
@@ -177,11 +185,22 @@ mod tests {
         assert_eq!(set.reserve(1, "second").unwrap_err(), "first");
         set.start(&1, async move { cancel.cancelled().await });
         assert!(set.is_running(&1));
+        assert_eq!(set.running(&1), Some("first"));
+        assert_eq!(set.running(&2), None);
         assert!(set.any_running(|v| *v == "first"));
         assert_eq!(set.cancel(&1), Some("first"));
         set.stop(&1).await;
         assert!(!set.is_running(&1));
+        assert_eq!(set.running(&1), None);
         assert!(set.spawn(1, "third", |c| async move { c.cancelled().await }));
+        // A task that ended by itself holds its key no more (nobody stopped it).
+        assert!(set.spawn(4, "quick", |_| async {}));
+        while set.is_running(&4) {
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(set.running(&4), None);
+        assert!(set.reserve(4, "next").is_ok());
+        set.release(&4);
         set.release(&2);
         set.shutdown(Duration::from_secs(5)).await;
         assert!(!set.is_running(&1));

@@ -1,6 +1,7 @@
 //! Dashboard layer: verification on demand from the cutover panel: an operator starts
 //! `service::cutover:: start_verify` (as `POST /api/v1/migrations/{name}/verify` does), and the
-//! panel shows each table's verdict, `match` or `differs`, polled while the comparison runs.
+//! panel shows each table's verdict, `match`, `differs` or `not_verified` (with the reason),
+//! polled while the comparison runs.
 
 use askama::Template;
 use axum::extract::{Path, State};
@@ -20,12 +21,13 @@ use crate::store::{Operation, OperationState};
 /// One table's verdict.
 pub struct VerdictRow {
     pub table: String,
-    /// `match` or `differs`.
+    /// `match`, `differs` or `not_verified`.
     pub state: String,
     pub source_rows: String,
     pub target_rows: String,
     pub ranges: usize,
-    /// Where the table's definitions differ (a column on one side only, a type).
+    /// Where the table's definitions differ (a column on one side only, a type), or why it was
+    /// not verified.
     pub differences: Vec<String>,
 }
 
@@ -74,12 +76,11 @@ fn view(op: &Operation) -> VerifyView {
                 ranges: t["differing_ranges"].as_array().map_or(0, Vec::len),
                 differences: t["differences"]
                     .as_array()
-                    .map(|d| {
-                        d.iter()
-                            .filter_map(|x| x.as_str().map(String::from))
-                            .collect()
-                    })
-                    .unwrap_or_default(),
+                    .into_iter()
+                    .flatten()
+                    .chain(Some(&t["error"]))
+                    .filter_map(|x| x.as_str().map(String::from))
+                    .collect(),
             })
             .collect(),
         differs: result.is_some_and(|r| r["differs"] == true),

@@ -21,7 +21,7 @@ use super::status::{RuntimeState, StatusHandle};
 use super::target::{self, AppliedTick, TableProgress, TableState};
 use super::ticker::{self, SourceTick, Ticker, TICK_COLUMNS};
 use super::{pg, quote_ident, row_format, schema, source, EngineError, EngineResult};
-use crate::store::{MigrationRecord, Store};
+use crate::store::{DesiredState, MigrationRecord, Store};
 
 /// Everything a migration's run needs.
 pub struct Run {
@@ -36,6 +36,34 @@ pub struct Run {
     /// (schema `create`); None otherwise.
     pub dump_source: Option<schema::DumpSource>,
 }
+
+/// Keeps the session holding the migration's run lock until cancelled, checking every few
+/// seconds that it is alive.
+async fn hold_run_lock(mut conn: PgConnection, cancel: CancellationToken) -> EngineResult<()> {
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => {
+                let _ = conn.close().await;
+                return Ok(());
+            }
+            _ = tokio::time::sleep(Duration::from_secs(3)) => {}
+        }
+        let alive = tokio::time::timeout(
+            Duration::from_secs(10),
+            sqlx::query("SELECT 1").execute(&mut conn),
+        )
+        .await;
+        if !matches!(alive, Ok(Ok(_))) {
+            return Err(EngineError::invalid(
+                "run_lock_lost",
+                "the session holding this migration's lock on the source ended; the run starts again so that no other process runs beside it",
+            ));
+        }
+    }
+}
+
+/// How long the tasks of an attempt that ends get to finish their step before they are aborted.
+const STOP_GRACE: Duration = Duration::from_secs(10);
 
 impl Run {
     /// Runs until cancelled, retrying failed attempts with back-off.
@@ -117,6 +145,25 @@ impl Run {
                 "already_running",
                 "another pgshift process is running this migration against the same source; stop it first",
             ));
+        }
+        // Holding the run lock, look again at what the record and the source say: another
+        // process may have paused or cut the migration over meanwhile, and a finished cutover's
+        // permanent freeze is its decision even if a crash kept it from being recorded.
+        let current = self
+            .store
+            .migration_by_name(&self.record.name)
+            .await?
+            .filter(|r| r.id == self.record.id);
+        if current.map(|r| r.desired_state) != Some(DesiredState::Running) {
+            tracing::info!(migration = %self.record.name, "the migration is no longer running in the store; its run stops");
+            return Ok(());
+        }
+        if super::cutover::freeze::is_permanent(&mut src, &schema).await? {
+            tracing::warn!(migration = %self.record.name, "a cutover finished on the source (its freeze is permanent): recording it and stopping the run");
+            self.store
+                .set_desired_state(self.record.id, DesiredState::CutOver)
+                .await?;
+            return Ok(());
         }
         self.lift_left_freeze(&mut src, &schema).await?;
         let mut dst = pg::connect("the target", &self.target).await?;
@@ -216,6 +263,11 @@ impl Run {
         let t = tasks.clone();
         set.spawn(async move { ("worker", worker.run(t).await) });
 
+        // The session holding the run lock: if it dies (a server restart, an idle-session
+        // timeout), another process may take the lock, so this attempt ends at once.
+        let t = tasks.clone();
+        set.spawn(async move { ("run lock", hold_run_lock(src, t).await) });
+
         // A cutover that stops and cannot lift its freeze says so here: this attempt then ends,
         // and the next one lifts the freeze before anything else.
         let left = self.left_freezes.clone();
@@ -244,11 +296,37 @@ impl Run {
         self.status.running();
         let _ = self.store.set_last_error(self.record.id, None).await;
 
-        // The first task to fail ends the attempt; the others are cancelled and awaited.
+        // The first task to fail ends the attempt; the others are cancelled and awaited, for a
+        // while: a task stuck in a statement (behind a lock on the target, say) does not see
+        // the cancellation, and is aborted after STOP_GRACE. Dropping it drops its connection,
+        // which rolls its transaction back: an unfinished batch is applied again next time.
         let mut outcome = Ok(());
-        while let Some(joined) = set.join_next().await {
+        let mut stopping_since: Option<tokio::time::Instant> = None;
+        loop {
+            if stopping_since.is_none() && tasks.is_cancelled() {
+                stopping_since = Some(tokio::time::Instant::now());
+            }
+            let joined = match stopping_since {
+                None => tokio::select! {
+                    j = set.join_next() => j,
+                    _ = tasks.cancelled() => continue,
+                },
+                Some(since) => {
+                    match tokio::time::timeout_at(since + STOP_GRACE, set.join_next()).await {
+                        Ok(j) => j,
+                        Err(_) => {
+                            tracing::warn!(migration = %self.record.name, "tasks did not stop within {} s; aborting them", STOP_GRACE.as_secs());
+                            set.abort_all();
+                            while set.join_next().await.is_some() {}
+                            break;
+                        }
+                    }
+                }
+            };
+            let Some(joined) = joined else { break };
             let (name, result) = match joined {
                 Ok(r) => r,
+                Err(e) if e.is_cancelled() => continue,
                 Err(e) => (
                     "task",
                     Err(EngineError::invalid(
@@ -269,7 +347,6 @@ impl Run {
             }
         }
         source_pool.close().await;
-        let _ = src.close().await;
         if cancel.is_cancelled() {
             return Err(EngineError::Cancelled);
         }
@@ -545,7 +622,9 @@ impl Worker {
             size.observe(&chunk);
             events += apply::apply_chunk(&mut dst, &ctx, &chunk).await?.events as i64;
         }
-        let applied = target::record_batch(&mut dst, &self.schema, tick, events).await?;
+        let applied =
+            target::record_batch(&mut dst, &self.schema, self.applied.tick_id, tick, events)
+                .await?;
         dst.commit()
             .await
             .context(|| "committing a batch on the target".into())?;

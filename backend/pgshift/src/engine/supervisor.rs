@@ -47,7 +47,7 @@ impl Supervisor {
         &self.left_freezes
     }
 
-    /// The engine's tunables (where pg_dump is, among them).
+    /// The engine's tunables (where pg_dump is; verification reads its bound on held writes here).
     pub fn settings(&self) -> &EngineSettings {
         &self.settings
     }

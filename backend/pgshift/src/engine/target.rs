@@ -211,14 +211,20 @@ async fn record_start(
 pub async fn record_batch(
     tx: &mut PgConnection,
     schema: &str,
+    previous: i64,
     tick: &SourceTick,
     events: i64,
 ) -> EngineResult<AppliedTick> {
     let schema_sql = quote_ident(schema);
-    let events_applied: i64 = sqlx::query_scalar(&format!(
+    // Only from the tick this batch started at: a worker of another process that applied a
+    // batch meanwhile holds the row until it commits, and then this update finds nothing: the
+    // whole batch, written in the same transaction, is rolled back instead of being applied
+    // twice (in part or whole).
+    let events_applied: Option<i64> = sqlx::query_scalar(&format!(
         "UPDATE {schema_sql}.applied
             SET tick_id = $1, tick_snapshot = $2, tick_time = $3, tick_event_seq = $4,
                 applied_at = clock_timestamp(), events_applied = events_applied + $5
+          WHERE tick_id = $6
          RETURNING events_applied"
     ))
     .bind(tick.tick_id)
@@ -226,9 +232,19 @@ pub async fn record_batch(
     .bind(tick.tick_time)
     .bind(tick.event_seq)
     .bind(events)
-    .fetch_one(&mut *tx)
+    .bind(previous)
+    .fetch_optional(&mut *tx)
     .await
     .context(|| "recording the applied tick".into())?;
+    let Some(events_applied) = events_applied else {
+        return Err(super::EngineError::invalid(
+            "run_fenced",
+            format!(
+                "tick {} was already applied on the target by another run (another pgshift process?): this batch is rolled back",
+                tick.tick_id
+            ),
+        ));
+    };
     sqlx::query(&format!(
         "UPDATE {schema_sql}.table_state SET state = 'synced' WHERE state = 'catching_up' AND catchup_until_tick <= $1"
     ))

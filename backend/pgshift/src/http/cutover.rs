@@ -52,7 +52,9 @@ pub async fn abort(
 
 /// Starts a verification: every table compared key range by key range on both sides, over the
 /// columns each side has now (a column on one side only is listed in the table's `differences`);
-/// `repair` re-copies the ranges that differ. The result lists the tables that differ.
+/// `repair` re-copies the ranges that differ. The result lists the tables that differ. Refused
+/// while the target lags more than `max_lag_seconds`; a table whose writes were held for the
+/// server's `verify_hold_seconds` is let go and reported as `not_verified`.
 #[utoipa::path(post, path = "/api/v1/migrations/{name}/verify", operation_id = "start_verify", tag = "cutover", request_body = VerifyRequest,
     params(("name" = String, Path, description = "the migration's name")),
     responses((status = 202, body = Operation, description = "the verify operation, running; poll GET /api/v1/operations/{id}"), AuthErrors, RoleErrors, NotFoundErrors, BodyErrors, OperationConflicts, DatabaseErrors),

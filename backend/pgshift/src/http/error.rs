@@ -144,7 +144,9 @@ pub enum BodyErrors {
 pub enum ConflictErrors {
     /// `duplicate_name`, `cluster_in_use`, `in_use`, `target_not_empty`, `paused` (resume a
     /// paused migration instead of starting it), `not_started`, `tables_busy` (removing a
-    /// migration: other sessions held the source tables too long; the message names them).
+    /// migration: other sessions held the source tables too long; the message names them),
+    /// `operation_running` (pausing, removing or resyncing while a cutover, a verification or
+    /// a resync runs on the migration).
     #[response(status = 409)]
     Conflict(ErrorBody),
 }
@@ -166,7 +168,8 @@ pub enum DatabaseErrors {
 #[allow(dead_code)]
 pub enum OperationConflicts {
     /// `not_running` (start or resume the migration first), `cut_over` (already cut over),
-    /// `not_synced` (verify needs every table synced), `operation_running` (one operation per
+    /// `not_synced` (verify needs every table synced), `lagging` (verify while the target is
+    /// further behind than `max_lag_seconds`), `operation_running` (one operation per
     /// migration at a time), `operation_not_running` (nothing to abort), `duplicate_name` (the
     /// reverse migration's name is taken).
     #[response(status = 409)]

@@ -324,6 +324,9 @@ pub async fn pause(app: &App, name: &str) -> ServiceResult<MigrationView> {
         )),
         DesiredState::CutOver => Err(cut_over(name)),
         DesiredState::Paused | DesiredState::Running => {
+            // A cutover or verification would start the run again when it ends; a resync as
+            // soon as its table is reset.
+            let _held = app.operations.hold(record.id, name, "a pause".into())?;
             app.store
                 .set_desired_state(record.id, DesiredState::Paused)
                 .await?;
@@ -367,12 +370,10 @@ pub async fn resync_table(app: &App, name: &str, table: &str) -> ServiceResult<M
         .find(|t| t.display_name() == table)
         .cloned()
         .ok_or_else(|| ServiceError::NotFound(format!("table {table:?} in migration {name:?}")))?;
-    if app.operations.migration_busy(record.id) {
-        return Err(ServiceError::conflict(
-            "operation_running",
-            format!("a cutover or verification of {name:?} is running; resync once it ends"),
-        ));
-    }
+    // Held until the run is back: a pause or removal meanwhile would be undone by the restart.
+    let _held = app
+        .operations
+        .hold(record.id, name, format!("a resync of {table}"))?;
     // The run stops at a batch boundary, the table is reset, and the new run copies it.
     app.supervisor.stop(record.id).await;
     let reset = match app.supervisor.endpoints(&record).await {
@@ -409,6 +410,7 @@ pub async fn remove(app: &App, name: &str, unfreeze_source: bool) -> ServiceResu
             ),
         ));
     }
+    let _held = app.operations.hold(record.id, name, "a removal".into())?;
     app.supervisor.remove(&record).await?;
     app.store.delete_migration(record.id).await?;
     tracing::info!(migration = %name, "migration removed");

@@ -3,8 +3,9 @@
 //! reports them to a webhook, can be aborted, and is finished (as failed, the source unfrozen) at
 //! the next start if pgshift died while it ran.
 
+use std::collections::HashMap;
 use std::future::Future;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::Utc;
@@ -19,10 +20,22 @@ use crate::base::TaskSet;
 use crate::engine::cutover::StepRecorder;
 use crate::store::{Operation, OperationState, OperationStep, StepOutcome, Store};
 
-/// The operations running in this process, by migration (one at a time each), with the id of
-/// the operation as the task's value. Lives in the application state.
+/// What runs on a migration as an operation: its id and kind (`cutover`, `verification`).
+#[derive(Debug, Clone, Copy)]
+struct Running {
+    id: Uuid,
+    kind: &'static str,
+}
+
+/// The operations running in this process, by migration (one at a time each), and the short
+/// actions that run inside their request (a resync, a pause, a removal): while either runs, no
+/// other may start on that migration. Lives in the application state.
 pub struct Operations {
-    tasks: TaskSet<Uuid, Uuid>,
+    tasks: TaskSet<Uuid, Running>,
+    /// Short actions in progress, by migration, with what they are (`a resync of public.t`).
+    /// Claiming an operation and holding for an action both happen under this lock, so that
+    /// neither slips in between the other's check and its start.
+    held: Mutex<HashMap<Uuid, String>>,
     /// Where operations' webhooks may be delivered.
     pub webhooks: WebhookPolicy,
 }
@@ -31,8 +44,26 @@ impl Default for Operations {
     fn default() -> Self {
         Self {
             tasks: TaskSet::new("operation"),
+            held: Mutex::new(HashMap::new()),
             webhooks: WebhookPolicy::default(),
         }
+    }
+}
+
+/// The 409 for a migration something already runs on.
+fn busy(message: String) -> ServiceError {
+    ServiceError::conflict("operation_running", message)
+}
+
+/// A migration held by a short action ([`Operations::hold`]) until this is dropped.
+pub(crate) struct Held<'a> {
+    operations: &'a Operations,
+    migration: Uuid,
+}
+
+impl Drop for Held<'_> {
+    fn drop(&mut self) {
+        self.operations.held().remove(&self.migration);
     }
 }
 
@@ -44,19 +75,65 @@ impl Operations {
         }
     }
 
-    /// Reserves the migration for a new operation, or refuses while another one runs.
+    fn held(&self) -> std::sync::MutexGuard<'_, HashMap<Uuid, String>> {
+        self.held.lock().expect("held migrations lock")
+    }
+
+    /// Reserves the migration for a new operation of `kind`, or refuses while another operation
+    /// or a short action runs on it.
     pub(crate) fn claim(
         &self,
         migration: Uuid,
         operation: Uuid,
+        kind: &'static str,
     ) -> ServiceResult<CancellationToken> {
-        self.tasks.reserve(migration, operation).map_err(|running| {
-            ServiceError::conflict(
-                "operation_running",
-                format!(
-                    "operation {running} is still running on this migration; wait for it or abort it"
-                ),
-            )
+        let held = self.held();
+        if let Some(what) = held.get(&migration) {
+            return Err(busy(format!(
+                "{what} is running on this migration; try again once it ends"
+            )));
+        }
+        let claimed = self.tasks.reserve(
+            migration,
+            Running {
+                id: operation,
+                kind,
+            },
+        );
+        drop(held);
+        claimed.map_err(|running| {
+            busy(format!(
+                "a {} (operation {}) is still running on this migration; wait for it or abort it",
+                running.kind, running.id
+            ))
+        })
+    }
+
+    /// Holds the migration for a short action that runs inside its request (`what`, e.g. `a
+    /// pause`), or refuses while an operation or another such action runs on it. The migration
+    /// is free again once the returned guard is dropped.
+    pub(crate) fn hold(
+        &self,
+        migration: Uuid,
+        name: &str,
+        what: String,
+    ) -> ServiceResult<Held<'_>> {
+        let mut held = self.held();
+        if let Some(other) = held.get(&migration) {
+            return Err(busy(format!(
+                "{other} is running on migration {name:?}; try again once it ends"
+            )));
+        }
+        if let Some(running) = self.tasks.running(&migration) {
+            return Err(busy(format!(
+                "a {} (operation {}) is running on migration {name:?}: {what} is refused until it ends (wait for it, or abort it)",
+                running.kind, running.id
+            )));
+        }
+        held.insert(migration, what);
+        Ok(Held {
+            operations: self,
+            migration,
         })
     }
 
@@ -72,17 +149,12 @@ impl Operations {
 
     /// Asks the migration's running operation to abort; returns its id.
     pub fn abort(&self, migration: Uuid) -> Option<Uuid> {
-        self.tasks.cancel(&migration)
-    }
-
-    /// Whether an operation (a cutover, a verification) runs on this migration in this process.
-    pub fn migration_busy(&self, migration: Uuid) -> bool {
-        self.tasks.is_running(&migration)
+        self.tasks.cancel(&migration).map(|r| r.id)
     }
 
     /// Whether `operation` is running in this process.
     pub fn is_running(&self, operation: Uuid) -> bool {
-        self.tasks.any_running(|op| *op == operation)
+        self.tasks.any_running(|op| op.id == operation)
     }
 
     /// Aborts every running operation (each restores the source) and waits up to `timeout`.

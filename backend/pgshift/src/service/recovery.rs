@@ -14,41 +14,104 @@ use crate::store::{DesiredState, MigrationRecord, Operation, OperationState, Ste
 /// migration's run lifts the freeze once it can (and the freeze's own deadline lets writes
 /// through anyway).
 pub async fn recover(app: &App) -> ServiceResult<()> {
-    let migrations = app.store.list_migrations().await?;
+    let mut migrations = app.store.list_migrations().await?;
     for mut op in app.store.running_operations().await? {
         let mut note = String::from("pgshift stopped while this operation ran");
-        if let Some(record) = migrations.iter().find(|m| m.id == op.migration_id) {
-            if op.kind == "cutover" {
-                if record.desired_state != DesiredState::CutOver {
-                    lift_freeze(app, record, &mut note).await;
+        let mut state = OperationState::Failed;
+        if let Some(record) = migrations.iter_mut().find(|m| m.id == op.migration_id) {
+            if op.kind == "cutover" && record.desired_state != DesiredState::CutOver {
+                match sequence::decided(&app.supervisor, record).await {
+                    // The finish made the freeze permanent and died before recording it: the
+                    // cutover happened (writers were told the database moved).
+                    Ok(true) => {
+                        app.store
+                            .set_desired_state(record.id, DesiredState::CutOver)
+                            .await?;
+                        record.desired_state = DesiredState::CutOver;
+                        note.push_str(
+                            "; the cutover had finished on the source and is recorded at restart",
+                        );
+                        state = OperationState::Succeeded;
+                    }
+                    Ok(false) => match lift_freeze(app, record, &mut note).await {
+                        Some(writable) => report_blocked(&mut op, !writable),
+                        // Another pgshift process runs this cutover: not ours to finish.
+                        None => continue,
+                    },
+                    Err(e) => {
+                        note_still_frozen(app, record, &e, &mut note);
+                        report_blocked(&mut op, true);
+                    }
                 }
+            }
+        }
+        if op.kind == "cutover" {
+            if let Some(record) = migrations.iter().find(|m| m.id == op.migration_id) {
                 settle_reverse(app, &migrations, record, &op, &mut note).await;
             }
         }
         tracing::warn!(operation = %op.id, migration = %op.migration_name, "finishing an operation left running by a crash");
-        finish_failed(&mut op, note);
+        finish(&mut op, state, note);
         app.store.update_operation(&op).await?;
     }
     Ok(())
 }
 
-async fn lift_freeze(app: &App, record: &MigrationRecord, note: &mut String) {
-    match sequence::lift_freeze(&app.supervisor, record).await {
-        Ok(true) => note.push_str("; the source's freeze was lifted at restart"),
-        Ok(false) => {}
+/// Lifts the freeze unless a cutover (of another pgshift process on the same store) holds it:
+/// `None` then; else whether the source is writable now.
+async fn lift_freeze(app: &App, record: &MigrationRecord, note: &mut String) -> Option<bool> {
+    match sequence::lift_left_freeze(&app.supervisor, record).await {
+        Ok(Some(true)) => {
+            note.push_str("; the source's freeze was lifted at restart");
+            Some(true)
+        }
+        Ok(Some(false)) => Some(true),
+        Ok(None) => None,
         Err(e) => {
-            // The migration's run lifts it as soon as the source lets it, and says the source
-            // is still frozen until then.
-            tracing::error!(migration = %record.name, error = %e, "cannot lift a freeze left by a crash yet");
-            let still = format!(
-                "the source is still frozen: {}; pgshift keeps trying to lift it, and the source lets writes through by itself once freeze_limit_seconds have passed",
-                e.shown()
-            );
-            app.supervisor.left_freezes().note(record.id, &still);
-            note.push_str("; ");
-            note.push_str(&still);
+            note_still_frozen(app, record, &e, note);
+            Some(false)
         }
     }
+}
+
+/// The migration's run lifts it as soon as the source lets it, and says the source is still
+/// frozen until then.
+fn note_still_frozen(
+    app: &App,
+    record: &MigrationRecord,
+    e: &crate::engine::EngineError,
+    note: &mut String,
+) {
+    tracing::error!(migration = %record.name, error = %e, "cannot lift a freeze left by a crash yet");
+    let still = format!(
+        "the source is still frozen: {}; pgshift keeps trying to lift it, and the source lets writes through by itself once freeze_limit_seconds have passed",
+        e.shown()
+    );
+    app.supervisor.left_freezes().note(record.id, &still);
+    note.push_str("; ");
+    note.push_str(&still);
+}
+
+/// `writes_blocked_seconds` of a cutover a crash interrupted: from its freeze's first lock
+/// request until now, or until the freeze's own limit let writes through if that came first
+/// (an upper bound: pgshift was not there to see the end); 0 when it never froze.
+fn report_blocked(op: &mut Operation, still_frozen: bool) {
+    let began = op
+        .steps
+        .iter()
+        .find(|s| s.name == "freeze")
+        .map(|s| s.started_at);
+    let limit = op.request["freeze_limit_seconds"].as_f64();
+    let blocked = began.map_or(0.0, |at| {
+        let since = (Utc::now() - at).num_milliseconds().max(0) as f64 / 1000.0;
+        limit.map_or(since, |l| since.min(l))
+    });
+    let mut result = op.result.take().unwrap_or_else(|| serde_json::json!({}));
+    result["writes_blocked_seconds"] = blocked.into();
+    if still_frozen {
+        result["source_still_frozen"] = true.into();
+    }
+    op.result = Some(result);
 }
 
 /// The reverse migration a cutover armed is stored as created until the finish starts it: after
@@ -93,17 +156,21 @@ async fn settle_reverse(
     }
 }
 
-fn finish_failed(op: &mut Operation, note: String) {
+fn finish(op: &mut Operation, state: OperationState, note: String) {
     let now = Utc::now();
     for step in op
         .steps
         .iter_mut()
         .filter(|s| s.outcome == StepOutcome::Running)
     {
-        step.outcome = StepOutcome::Failed;
+        step.outcome = if state == OperationState::Succeeded {
+            StepOutcome::Succeeded
+        } else {
+            StepOutcome::Failed
+        };
         step.finished_at = Some(now);
     }
-    op.state = OperationState::Failed;
+    op.state = state;
     op.error = Some(note);
     op.updated_at = now;
     op.finished_at = Some(now);

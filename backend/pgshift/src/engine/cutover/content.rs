@@ -33,6 +33,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::compare::{begin_snapshot, end_snapshot, with_table_held, Connections, Plan};
 use super::shape::{self, Side, TableShape};
+use super::since;
 use super::verify::{self, KeyBound};
 use crate::engine::error::Context;
 use crate::engine::{EngineError, EngineResult};
@@ -72,7 +73,7 @@ impl RangeVerdict {
 #[derive(Debug, Clone)]
 pub struct Baseline {
     shape: TableShape,
-    key_hash: verify::KeyHash,
+    key_hash: since::KeyHash,
     /// On each side, the oldest `xmin` of the snapshots the ranges were compared in.
     since: [i64; 2],
 }
@@ -189,7 +190,7 @@ pub async fn range_pass(
     if !verdict.differences.is_empty() {
         verdict.state = "differs";
     }
-    let key_hash = verify::key_hash(&mut conns.source, &mut conns.target).await;
+    let key_hash = since::key_hash(&mut conns.source, &mut conns.target).await;
     Ok((
         verdict,
         Some(Baseline {
@@ -211,13 +212,21 @@ async fn recheck_at_common_point(
     ranges: &[Range],
     cancel: &CancellationToken,
 ) -> EngineResult<(Vec<(Range, Vec<KeyBound>)>, [i64; 2])> {
-    let ((), _) = with_table_held(conns, plan, table, cancel, |src, dst| {
-        Box::pin(async move {
-            begin_snapshot(src, "source").await?;
-            begin_snapshot(dst, "target").await
-        })
-    })
+    let (opened, _) = with_table_held(
+        conns,
+        plan,
+        table,
+        cancel,
+        "opening the snapshots",
+        |src, dst| {
+            Box::pin(async move {
+                begin_snapshot(src, "source").await?;
+                begin_snapshot(dst, "target").await
+            })
+        },
+    )
     .await?;
+    opened?;
     let outcome = async {
         let xmins = [
             snapshot_xmin(&mut conns.source, Side::Source).await?,
@@ -327,14 +336,14 @@ pub async fn recheck(
         return Ok(verdict);
     }
     let (a, b) = tokio::join!(
-        verify::scan_since(
+        since::scan_since(
             src,
             &shape,
             Side::Source,
             baseline.since[0],
             baseline.key_hash
         ),
-        verify::scan_since(
+        since::scan_since(
             dst,
             &shape,
             Side::Target,
@@ -354,8 +363,8 @@ pub async fn recheck(
         .collect();
     verdict.rows_rechecked = keys.len();
     let (ra, rb) = tokio::join!(
-        verify::rows_of(src, &shape, Side::Source, &keys),
-        verify::rows_of(dst, &shape, Side::Target, &keys)
+        since::rows_of(src, &shape, Side::Source, &keys),
+        since::rows_of(dst, &shape, Side::Target, &keys)
     );
     let (ra, rb) = (ra?, rb?);
     let mut differing: Vec<KeyBound> = keys

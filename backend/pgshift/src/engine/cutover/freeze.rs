@@ -241,15 +241,24 @@ fn lost() -> EngineError {
     )
 }
 
+/// Marks the permanent freeze (the function's comment): the cutover's decision, which nothing
+/// but removing the migration with `unfreeze_source` takes back.
+const PERMANENT: &str = "pgshift: moved";
+
 /// The finish: turns the cutover's freeze into the permanent one (no deadline, the message
-/// naming the new server) in place, without touching the triggers or their locks. Refused when
-/// the freeze is not the one [`freeze`] made, or its deadline has passed (writes went through)
-/// or is too close to be sure none will before the replacement commits.
+/// naming the new server) in place, without touching the triggers or their locks. This commit
+/// is the cutover's decision. Refused when the freeze is not the one [`freeze`] made (a trigger
+/// dropped or disabled, a partition created since), when anything was captured after the
+/// drain's `final_tick` (a write got past the freeze, or a partition appeared: it would never
+/// reach the target), or when its deadline has passed (writes went through) or is too close to
+/// be sure none will before the replacement commits.
 pub async fn make_permanent(
     conn: &mut PgConnection,
     schema: &str,
+    tables: &[TableSpec],
     frozen: &Frozen,
     message: &str,
+    final_tick: i64,
 ) -> EngineResult<()> {
     let expired = || {
         EngineError::invalid(
@@ -265,10 +274,40 @@ pub async fn make_permanent(
     if function != frozen.function || (triggers as usize) < frozen.relations {
         return Err(lost());
     }
+    if relations(&mut tx, tables).await?.len() != frozen.relations {
+        return Err(EngineError::invalid(
+            "freeze_lost",
+            "a partition was created or removed while the cutover ran: it is not frozen the same way, so the cutover stops (try again)",
+        ));
+    }
     if now + FINISH_MARGIN_SECONDS >= frozen.deadline {
         return Err(expired());
     }
     create_function(&mut tx, schema, message, MOVED_HINT, None).await?;
+    // Holding the function now: a write that got past the freeze before this point (a trigger
+    // disabled and enabled again by the table's owner) was captured after the final tick.
+    let q = quote_ident(schema);
+    let past: bool = sqlx::query_scalar(&format!(
+        "SELECT (SELECT CASE WHEN is_called THEN last_value ELSE 0 END FROM {q}.event_id_seq)
+                > (SELECT tick_event_seq FROM {q}.tick WHERE tick_id = $1)"
+    ))
+    .bind(final_tick)
+    .fetch_one(&mut *tx)
+    .await
+    .context(|| "looking for changes captured after the drain".into())?;
+    if past {
+        return Err(EngineError::invalid(
+            "writes_past_freeze",
+            "a change to a migrated table was captured after the drain (a freeze trigger disabled meanwhile, or a partition created): the cutover stops and the change replicates as usual",
+        ));
+    }
+    sqlx::query(&format!(
+        "COMMENT ON FUNCTION {q}.cutover_freeze() IS {}",
+        quote_literal(PERMANENT)
+    ))
+    .execute(&mut *tx)
+    .await
+    .context(|| "marking the freeze permanent".into())?;
     tx.commit()
         .await
         .context(|| "committing the permanent freeze".into())?;
@@ -322,6 +361,10 @@ pub async fn lift_left(conn: &mut PgConnection, schema: &str) -> EngineResult<Op
     if !free {
         return Ok(None);
     }
+    if is_permanent(&mut tx, schema).await? {
+        // A finished cutover's freeze: not left behind, and never lifted here.
+        return Ok(Some(false));
+    }
     set_lock_timeout(&mut tx, Duration::from_secs(5)).await?;
     let lifted = unfreeze(&mut tx, schema).await?;
     tx.commit()
@@ -344,6 +387,20 @@ pub async fn unfreeze(conn: &mut PgConnection, schema: &str) -> EngineResult<boo
         .context(|| "lifting the freeze on the source".into())?;
     }
     Ok(frozen)
+}
+
+/// Whether the freeze in `schema` is a finished cutover's permanent one.
+pub async fn is_permanent(conn: &mut PgConnection, schema: &str) -> EngineResult<bool> {
+    sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
+                         WHERE n.nspname = $1 AND p.proname = 'cutover_freeze'
+                           AND pg_catalog.obj_description(p.oid, 'pg_proc') = $2)",
+    )
+    .bind(schema)
+    .bind(PERMANENT)
+    .fetch_one(conn)
+    .await
+    .context(|| "looking for a permanent freeze on the source".into())
 }
 
 /// Whether the migration's freeze function exists in `schema`.

@@ -11,10 +11,12 @@ pub mod foreign_keys;
 pub mod freeze;
 pub mod gates;
 pub mod on_demand;
+pub mod repair;
 pub mod reverse;
 pub mod sequence;
 pub mod sequences;
 pub mod shape;
+pub mod since;
 mod verifier;
 pub mod verify;
 

@@ -365,23 +365,44 @@ impl Cutover<'_> {
         self.check_cancel()?;
 
         rec.begin("finish").await;
-        // First the freeze becomes permanent (if it is still whole and inside its limit): a crash
-        // from here on leaves the source frozen for good only once the record says cut over.
-        freeze::make_permanent(&mut src, &schema, &held, &moved_message).await?;
-        let reverse = self.reverse.clone();
-        // From here on the cutover completes: an abort request no longer applies.
+        // The decision: the freeze becomes permanent (if it is still whole, nothing got past it
+        // and it is inside its limit). From here on the cutover completes and is never taken
+        // back: writers are told the database moved. A crash after this point is rolled forward
+        // at the next start (service::recovery).
+        freeze::make_permanent(&mut src, &schema, &tables, &held, &moved_message, tick).await?;
+        *frozen = false;
+        let reverse = self.reverse.take();
+        // A sequence advanced on the old server since the sequences step (nextval is not a
+        // write the freeze sees) moves again.
+        let moved_again = sequences::move_forward(&mut src, &mut dst, &tables)
+            .await
+            .unwrap_or_else(|e| {
+                tracing::error!(migration = %self.record.name, error = %e, "cannot move sequences again at the finish");
+                Vec::new()
+            });
         self.supervisor.stop(self.record.id).await;
-        if let Err(e) = self
+        let mut recorded = self
             .store
             .set_desired_state(self.record.id, DesiredState::CutOver)
-            .await
-        {
-            // The run is stopped but the record says running: restart it and give writes back.
-            let _ = self.supervisor.start(&self.record).await;
-            return Err(Stop::Failed(EngineError::Store(e)));
+            .await;
+        for wait in [1, 2, 4] {
+            if recorded.is_ok() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_secs(wait)).await;
+            recorded = self
+                .store
+                .set_desired_state(self.record.id, DesiredState::CutOver)
+                .await;
         }
-        *frozen = false;
-        self.reverse = None;
+        if let Err(e) = recorded {
+            // Decided on the source: not taken back. The next start records it.
+            tracing::error!(migration = %self.record.name, error = %e, "the cutover finished on the source but cannot be recorded");
+            return Err(Stop::Failed(EngineError::invalid(
+                "finish_unrecorded",
+                "the cutover finished on the source (the old server is frozen for good and says where the database moved) but pgshift could not record it; it does so at its next start",
+            )));
+        }
         let lifted = self.lift_earlier_freezes(&mut dst).await;
         if let Some(r) = &reverse {
             start_reverse(self.supervisor, r).await;
@@ -391,6 +412,7 @@ impl Cutover<'_> {
             "writes_blocked_seconds": blocked.as_secs_f64(),
             "reverse_migration": reverse.as_ref().map(|r| r.name.clone()),
             "earlier_freezes_lifted": lifted,
+            "sequences_moved_again": moved_again.len(),
         });
         rec.end(StepOutcome::Succeeded, finish).await;
         result["writes_blocked_seconds"] = blocked.as_secs_f64().into();
@@ -583,4 +605,12 @@ pub async fn disarm_reverse(
         .delete_migration(reverse.id)
         .await
         .map_err(EngineError::from)
+}
+
+/// Whether the migration's source holds a finished cutover's permanent freeze (the decision a
+/// crash may have kept from being recorded).
+pub async fn decided(supervisor: &Supervisor, record: &MigrationRecord) -> EngineResult<bool> {
+    let (source, _) = supervisor.endpoints(record).await?;
+    let mut src = pg::connect("the source", &source).await?;
+    freeze::is_permanent(&mut src, &record.schema_name()).await
 }

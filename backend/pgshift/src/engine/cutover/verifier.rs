@@ -69,7 +69,8 @@ impl Verifier {
         let plan = compare::Plan {
             schema: &self.schema,
             message: &self.message,
-            drain_timeout: self.drain_timeout,
+            hold: self.drain_timeout,
+            hold_setting: "timeout_seconds",
             range_rows: RANGE_ROWS,
         };
         let mut verdicts = Vec::new();

@@ -36,7 +36,7 @@ pub struct CutoverRequest {
     /// has now, in key ranges before the freeze and, inside it, of the rows written since.
     /// `false` compares row counts only.
     pub checksums: Option<bool>,
-    /// Longest time the source stays frozen while the cutover runs (default 120 s): past it the
+    /// Longest time the source stays frozen while the cutover runs (default 120 s, at least 5): past it the
     /// source lets writes through again by itself, even if pgshift is gone, and the cutover
     /// stops. The finish makes the freeze permanent.
     pub freeze_limit_seconds: Option<f64>,
@@ -99,6 +99,14 @@ pub async fn start_cutover(
     let max_lag = seconds("max_lag_seconds", req.max_lag_seconds, 5.0)?;
     let timeout = seconds("timeout_seconds", req.timeout_seconds, 30.0)?;
     let freeze_limit = seconds("freeze_limit_seconds", req.freeze_limit_seconds, 120.0)?;
+    // The finish needs a margin before the deadline (engine::cutover::freeze): a shorter limit
+    // would freeze the source for a cutover that can never finish.
+    if freeze_limit < 5.0 {
+        return Err(ServiceError::invalid(
+            "invalid_body",
+            "freeze_limit_seconds must be at least 5",
+        ));
+    }
     if let Some(url) = &req.webhook_url {
         check_webhook(app, url).await?;
     }
@@ -134,7 +142,7 @@ pub async fn start_cutover(
         "webhook_url": req.webhook_url.as_deref().map(super::operations::redact_webhook_url),
     });
     let op = new_operation(&record, "cutover", requested_by, shown);
-    let cancel = app.operations.claim(record.id, op.id)?;
+    let cancel = app.operations.claim(record.id, op.id, "cutover")?;
     let webhook = req
         .webhook_url
         .clone()
@@ -191,9 +199,9 @@ pub async fn unfreeze(app: &App, name: &str) -> ServiceResult<Unfrozen> {
             format!("an operation is running on migration {name:?}; it lifts its own freeze when it stops"),
         )
     };
-    if app.operations.migration_busy(record.id) {
-        return Err(running());
-    }
+    let _held = app
+        .operations
+        .hold(record.id, name, "lifting the freeze".into())?;
     match sequence::lift_left_freeze(&app.supervisor, &record).await? {
         Some(lifted) => {
             if lifted {

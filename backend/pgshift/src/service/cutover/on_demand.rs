@@ -3,11 +3,12 @@
 //! table compared at a common point, optionally the differing key ranges repaired).
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use super::require_running;
+use super::{require_running, seconds};
 use crate::engine::cutover::on_demand;
 use crate::service::migrations::find;
 use crate::service::operations::{new_operation, Recorder};
@@ -22,6 +23,9 @@ pub struct VerifyRequest {
     pub repair: Option<bool>,
     /// Rows per compared key range (default 10,000).
     pub range_rows: Option<i64>,
+    /// Refused (409 `lagging`) while the target is further behind the source than this, in
+    /// seconds (default 5); before each table, the verification waits until it is not.
+    pub max_lag_seconds: Option<f64>,
 }
 
 /// Starts a verification operation.
@@ -40,15 +44,22 @@ pub async fn start_verify(
             "range_rows must be between 1 and 10000000",
         ));
     }
-    let synced = app
-        .supervisor
-        .status(record.id)
-        .is_some_and(|s| s.all_synced());
-    if !synced {
+    let max_lag = seconds("max_lag_seconds", req.max_lag_seconds, 5.0)?;
+    let status = app.supervisor.status(record.id);
+    if !status.as_ref().is_some_and(|s| s.all_synced()) {
         return Err(ServiceError::conflict(
             "not_synced",
             format!(
                 "migration {name:?} must be running here with every table synced to be verified"
+            ),
+        ));
+    }
+    // Like the cutover's lag gate: each table's writes would wait for the target to catch up.
+    if let Some(lag) = status.and_then(|s| s.lag_seconds).filter(|l| *l > max_lag) {
+        return Err(ServiceError::conflict(
+            "lagging",
+            format!(
+                "the target of migration {name:?} is {lag:.1} s behind the source, more than max_lag_seconds ({max_lag} s): verifying now would hold each table's writes while the target catches up; verify once it has caught up, or raise max_lag_seconds"
             ),
         ));
     }
@@ -57,9 +68,9 @@ pub async fn start_verify(
         &record,
         "verify",
         requested_by,
-        json!({"repair": repair, "range_rows": range_rows}),
+        json!({"repair": repair, "range_rows": range_rows, "max_lag_seconds": max_lag}),
     );
-    let cancel = app.operations.claim(record.id, op.id)?;
+    let cancel = app.operations.claim(record.id, op.id, "verification")?;
     let mut rec = match Recorder::create(app.store.clone(), op, None).await {
         Ok(r) => r,
         Err(e) => {
@@ -70,7 +81,11 @@ pub async fn start_verify(
     let snapshot = rec.op.clone();
     let task_app = app.clone();
     let id = record.id;
-    let plan = on_demand::VerifyPlan { repair, range_rows };
+    let plan = on_demand::VerifyPlan {
+        repair,
+        range_rows,
+        max_lag: Duration::from_secs_f64(max_lag),
+    };
     app.operations.start(id, async move {
         let end = on_demand::run(&task_app.supervisor, &record, plan, cancel, &mut rec).await;
         rec.finish(end.state, Some(end.result), end.error).await;
