@@ -18,6 +18,7 @@ use serde_json::{json, Value};
 const DRAIN: Duration = Duration::from_secs(180);
 
 /// An application schema with what pgshift must build: an extension's type, schemas, an enum,
+/// a table keyed by a unique constraint instead of a primary key,
 /// a domain over a function, a composite type, sequences (owned and shared), a partitioned
 /// table with partitions, check (also NOT VALID) and unique constraints, foreign keys (one
 /// between partitioned tables), secondary indexes (one on a partitioned table), a trigger with
@@ -68,6 +69,7 @@ COMMENT ON COLUMN shop.orders.qty IS 'how many';
 GRANT USAGE ON SCHEMA shop TO reader;
 GRANT SELECT ON shop.orders, shop.order_totals TO reader;
 CREATE TABLE public.notes (id int GENERATED ALWAYS AS IDENTITY PRIMARY KEY, body text);
+CREATE TABLE shop.codes (code text NOT NULL, label text, UNIQUE (code) INCLUDE (label));
 "#;
 
 /// Rows for every table, before the migration starts.
@@ -80,6 +82,7 @@ INSERT INTO shop.orders (customer_id, sku, status, qty, price, tags)
       FROM generate_series(1, 3000) g;
 INSERT INTO shop.events SELECT g, date '2026-01-01' + (g % 700), 'kind ' || g % 5, 1 + g % 300 FROM generate_series(1, 2000) g;
 INSERT INTO public.notes (body) SELECT 'note ' || g FROM generate_series(1, 100) g;
+INSERT INTO shop.codes SELECT 'C' || g, 'code ' || g FROM generate_series(1, 200) g;
 "#;
 
 /// Writes while the migration runs: through the copy, the catch-up and the objects' builds.
@@ -87,6 +90,7 @@ const WRITES: &str = r#"
 UPDATE shop.customers SET name = name || '!' WHERE id % 10 = 0;
 INSERT INTO shop.orders (customer_id, sku, qty) SELECT 1 + g % 300, 'SKU-1', 2 FROM generate_series(1, 50) g;
 DELETE FROM shop.events WHERE id % 17 = 0;
+UPDATE shop.codes SET label = NULL WHERE code LIKE 'C1%';
 INSERT INTO shop.events VALUES (5000, '2027-06-01', 'late', 7);
 "#;
 
@@ -97,6 +101,7 @@ const TABLES: &[(&str, &str)] = &[
     ("shop.orders", "id"),
     ("shop.events", "id, at"),
     ("public.notes", "id"),
+    ("shop.codes", "code"),
 ];
 
 /// `pg_dump --schema-only` of a database, normalized: comments, settings and psql's lines out,
