@@ -314,17 +314,16 @@ async fn bad_input_gets_a_clear_4xx() {
         "target_columns_differ",
     );
     assert!(
-        msg.contains("w integer") && msg.contains("w bigint"),
+        msg.contains("public.b: column w is integer on the source but bigint on the target"),
         "{msg}"
     );
     source.psql("app", "CREATE TABLE only_here (id int PRIMARY KEY); GRANT SELECT, TRIGGER ON only_here TO migrator").await;
+    // Schema "existing": the operator says the tables are there (without it pgshift would
+    // create this one, which the target lacks).
+    let mut existing = migration("m", "source", "app", json!(["public.only_here"]));
+    existing["schema"] = json!("existing");
     let msg = refused(
-        server
-            .post(
-                "/migrations",
-                migration("m", "source", "app", json!(["public.only_here"])),
-            )
-            .await,
+        server.post("/migrations", existing).await,
         StatusCode::UNPROCESSABLE_ENTITY,
         "target_table_missing",
     );

@@ -699,6 +699,7 @@ async fn an_application_session_cannot_pass_for_pgshift() {
         table_patterns: None,
         tables: vec![table],
         desired_state: DesiredState::Running,
+        schema_mode: pgshift::store::SchemaMode::Existing,
         last_error: None,
         created_at: chrono::Utc::now(),
         updated_at: chrono::Utc::now(),

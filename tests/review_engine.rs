@@ -773,6 +773,7 @@ async fn wide_rows_after_narrow_ones_stay_within_the_chunk_budget() {
             partitioned: false,
         }],
         desired_state: DesiredState::Running,
+        schema_mode: pgshift::store::SchemaMode::Existing,
         last_error: None,
         created_at: Utc::now(),
         updated_at: Utc::now(),

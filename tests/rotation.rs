@@ -57,6 +57,7 @@ impl Source {
             }],
             desired_state: DesiredState::Running,
             last_error: None,
+            schema_mode: Default::default(),
             created_at: Utc::now(),
             updated_at: Utc::now(),
         };

@@ -13,7 +13,7 @@ use pgshift::store::{
     self, AuditFilter, Cluster, ColumnSpec, DesiredState, Endpoint, MigrationRecord, NewAuditEntry,
     PostgresStore, SqliteStore, Store, StoreError, TableSpec, TokenRecord,
 };
-use pgshift::store::{Operation, OperationState, OperationStep, StepOutcome};
+use pgshift::store::{Operation, OperationState, OperationStep, SchemaMode, StepOutcome};
 use pgshift_tests::server::test_settings;
 use pgshift_tests::{init_tracing, PgCluster};
 use serde_json::{json, Value};
@@ -103,6 +103,7 @@ fn migration(name: &str, source: &Cluster, target: &Cluster, patterns: bool) -> 
         last_error: None,
         created_at: at,
         updated_at: at,
+        schema_mode: SchemaMode::Create,
     }
 }
 
@@ -129,6 +130,7 @@ fn same_migration(got: &MigrationRecord, want: &MigrationRecord) {
     assert_eq!(got.last_error, want.last_error);
     assert_eq!(got.created_at, want.created_at);
     assert_eq!(got.updated_at, want.updated_at);
+    assert_eq!(got.schema_mode, want.schema_mode);
 }
 
 /// Everything a `Store` promises, on an empty store.

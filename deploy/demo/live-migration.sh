@@ -37,7 +37,7 @@ die() { printf 'error: %s\n' "$*" >&2; exit 1; }
 
 # --- Preflight -------------------------------------------------------------------------------
 
-for tool in initdb pg_ctl psql pgbench pg_dump; do
+for tool in initdb pg_ctl psql pgbench pg_dump pg_restore; do
     [ -x "$pg_bin/$tool" ] || die "$pg_bin/$tool not found; install postgresql-15 or set PG_BIN"
 done
 for tool in curl python3; do
@@ -174,8 +174,8 @@ psql_on "$dst_port" -d postgres -c "CREATE DATABASE shop"
     || { tail -n 20 "$work/pgbench-init.log" >&2; die "pgbench -i failed"; }
 # pgshift identifies rows by primary key; pgbench_history has none.
 psql_on "$src_port" -d shop -c "ALTER TABLE pgbench_history ADD COLUMN id bigserial PRIMARY KEY"
-"$pg_bin/pg_dump" -h 127.0.0.1 -p "$src_port" -U postgres --schema-only shop | psql_on "$dst_port" -d shop >/dev/null
-say "$(psql_on "$src_port" -d shop -Atc "SELECT count(*) FROM pgbench_accounts") accounts loaded, schema copied to the target ($((SECONDS - t)) s)"
+# The target database stays empty: pgshift builds the tables from the source's schema (schema "create").
+say "$(psql_on "$src_port" -d shop -Atc "SELECT count(*) FROM pgbench_accounts") accounts loaded; the target database is empty ($((SECONDS - t)) s)"
 
 # --- pgshift ---------------------------------------------------------------------------------
 
@@ -198,7 +198,7 @@ step "Starting pgshift"
 api_port=$(free_port 58080)
 api_url=http://127.0.0.1:$api_port
 API=$api_url/api/v1
-setsid "$pgshift" serve --listen "127.0.0.1:$api_port" --data-dir "$work/pgshift" \
+setsid "$pgshift" serve --listen "127.0.0.1:$api_port" --data-dir "$work/pgshift" --pg-bin-dir "$pg_bin" \
     </dev/null >"$work/pgshift.log" 2>&1 &
 pgshift_pid=$!
 for _ in $(seq 60); do

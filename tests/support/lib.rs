@@ -12,7 +12,7 @@ pub mod workload;
 use std::future::Future;
 use std::time::{Duration, Instant};
 
-pub use cluster::{quote_ident, PgCluster, DEFAULT_PG_BIN, DIR_PREFIX};
+pub use cluster::{pg18_bin, quote_ident, PgCluster, DEFAULT_PG_BIN, DIR_PREFIX};
 pub use sqlx::PgPool;
 
 /// Installs a `tracing` fmt subscriber writing through the test writer, once

@@ -28,6 +28,7 @@ pub fn test_settings() -> EngineSettings {
         max_backoff: Duration::from_secs(2),
         // Generous on a shared, noisy machine; the tests of the bound set their own.
         verify_hold: Duration::from_secs(30),
+        ..EngineSettings::default()
     }
 }
 

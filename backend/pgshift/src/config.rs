@@ -54,6 +54,12 @@ pub struct Settings {
     /// loses at most one [default: 200000].
     #[arg(long, env = "PGSHIFT_COPY_CHUNK_ROWS")]
     pub copy_chunk_rows: Option<i64>,
+    /// Directory holding the PostgreSQL client tools pg_dump and pg_restore, which read the
+    /// source's schema for migrations that create the target's (schema "create"); they must be at
+    /// least as new as the source [default: the newest in /usr/lib/postgresql/*/bin,
+    /// /usr/pgsql-*/bin, /usr/local/pgsql/bin or PATH].
+    #[arg(long, env = "PGSHIFT_PG_BIN_DIR", value_name = "DIR")]
+    pub pg_bin_dir: Option<PathBuf>,
     /// Longest time verification on demand holds back writes to one table, in seconds (0.1 to
     /// 600); when reached, the table is let go and reported as not verified [default: 5].
     #[arg(long, env = "PGSHIFT_VERIFY_HOLD_SECONDS")]
@@ -109,6 +115,7 @@ impl Settings {
             store: self.store.under(top.store),
             copy_parallelism: top.copy_parallelism.or(self.copy_parallelism),
             copy_chunk_rows: top.copy_chunk_rows.or(self.copy_chunk_rows),
+            pg_bin_dir: top.pg_bin_dir.or(self.pg_bin_dir),
             verify_hold_seconds: top.verify_hold_seconds.or(self.verify_hold_seconds),
             webhook_allowed_networks: top
                 .webhook_allowed_networks
@@ -280,6 +287,15 @@ pub fn resolve(file: Settings, flags: Settings) -> Result<ServeConfig, ConfigErr
         }
         config.engine.copy_chunk_rows = n;
     }
+    if let Some(dir) = merged.pg_bin_dir {
+        if !dir.join("pg_dump").is_file() || !dir.join("pg_restore").is_file() {
+            return Err(ConfigError::Invalid(format!(
+                "pg_bin_dir = {:?} holds no pg_dump and pg_restore",
+                dir.display().to_string()
+            )));
+        }
+        config.engine.pg_bin_dir = Some(dir);
+    }
     if let Some(s) = merged.verify_hold_seconds {
         if !(0.1..=600.0).contains(&s) {
             return Err(ConfigError::Invalid(format!(
@@ -441,6 +457,7 @@ mod tests {
                 "data_dir",
                 "listen",
                 "metadata",
+                "pg_bin_dir",
                 "trusted_proxies",
                 "verify_hold_seconds",
                 "webhook_allowed_networks"

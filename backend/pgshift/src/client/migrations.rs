@@ -27,6 +27,11 @@ pub enum MigrationCommand {
         /// more [default: every table].
         #[arg(long = "table", value_name = "PATTERN")]
         tables: Vec<String>,
+        /// `create`: pgshift builds the target's tables from the source's schema; `existing`:
+        /// they are there and match the source's [default: create when none of the tables
+        /// exists on the target].
+        #[arg(long, value_name = "MODE", value_parser = ["create", "existing"])]
+        schema: Option<String>,
     },
     /// List migrations with their state and lag.
     List,
@@ -157,6 +162,7 @@ pub async fn run(
             source,
             target,
             tables,
+            schema,
         } => {
             let mut body = json!({
                 "name": name,
@@ -165,6 +171,9 @@ pub async fn run(
             });
             if !tables.is_empty() {
                 body["tables"] = json!(tables);
+            }
+            if let Some(mode) = schema {
+                body["schema"] = json!(mode);
             }
             let migration = api.post("/migrations", body).await?;
             if json {
@@ -220,7 +229,7 @@ pub async fn run(
             if json {
                 return print_json(out, &migration);
             }
-            print(out, &details(&migration))
+            print(out, &super::migration_show::details(&migration))
         }
         MigrationCommand::Start { name } => act(&api, out, json, &name, "start").await,
         MigrationCommand::Pause { name } => act(&api, out, json, &name, "pause").await,
@@ -387,7 +396,7 @@ fn endpoint(flag: &str, value: &str) -> Result<Value, ClientError> {
     }
 }
 
-fn side(endpoint: &Value) -> String {
+pub(super) fn side(endpoint: &Value) -> String {
     format!(
         "{}:{}",
         text(endpoint, "cluster"),
@@ -410,48 +419,4 @@ pub(super) fn tables_synced(migration: &Value) -> String {
         .unwrap_or_default();
     let synced = tables.iter().filter(|t| t["state"] == "synced").count();
     format!("{synced}/{}", tables.len())
-}
-
-fn details(m: &Value) -> String {
-    let fields = [
-        ("name", text(m, "name")),
-        ("state", text(m, "state")),
-        ("lag", lag(m)),
-        ("pending events", text(m, "pending_events")),
-        ("last tick", text(m, "last_tick")),
-        ("applied tick", text(m, "applied_tick")),
-        ("events applied", text(m, "events_applied")),
-        ("source", side(&m["source"])),
-        ("target", side(&m["target"])),
-        ("tables", tables_synced(m) + " synced"),
-        ("error", text(m, "error")),
-        ("created", text(m, "created_at")),
-        ("updated", text(m, "updated_at")),
-    ];
-    let width = fields.iter().map(|(k, _)| k.len()).max().unwrap_or(0) + 1;
-    let mut out = String::new();
-    for (key, value) in fields {
-        out.push_str(&format!("{:width$} {value}\n", format!("{key}:")));
-    }
-    let rows: Vec<Vec<String>> = m["tables"]
-        .as_array()
-        .map(Vec::as_slice)
-        .unwrap_or_default()
-        .iter()
-        .map(|t| {
-            vec![
-                text(t, "name"),
-                text(t, "state"),
-                text(t, "rows_copied"),
-                text(t, "rows_estimated"),
-                text(t, "error"),
-            ]
-        })
-        .collect();
-    out.push('\n');
-    out.push_str(&table::render(
-        &["TABLE", "STATE", "ROWS COPIED", "ROWS ESTIMATED", "ERROR"],
-        &rows,
-    ));
-    out
 }

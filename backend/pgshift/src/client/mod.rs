@@ -8,6 +8,7 @@ mod api;
 mod clusters;
 mod duration;
 mod exit;
+mod migration_show;
 mod migrations;
 mod operations;
 pub mod table;

@@ -30,6 +30,10 @@ pub struct TableRow {
     /// While copying: the time left at the last minute's rate.
     pub eta: Option<String>,
     pub error: Option<String>,
+    /// Objects of the table's schema pgshift has still to build on the target.
+    pub objects_pending: Vec<String>,
+    /// Objects that could not be built: the object, its statement and the error.
+    pub objects_failed: Vec<crate::engine::schema::ObjectFailure>,
 }
 
 /// The live part: figures, error and tables.
@@ -96,6 +100,8 @@ fn live(app: &AppState, m: &MigrationView, id: Option<uuid::Uuid>) -> Live {
                 progress: Progress::new(t.rows_copied, t.rows_estimated, done),
                 eta,
                 error: t.error.clone(),
+                objects_pending: t.objects_pending.clone(),
+                objects_failed: t.objects_failed.clone(),
             }
         })
         .collect();

@@ -17,6 +17,7 @@ use crate::service::clusters::{self, ClusterView};
 use crate::service::migration_preview::{self, Preview};
 use crate::service::migrations::{self, EndpointRef, NewMigration};
 use crate::service::AppState;
+use crate::store::SchemaMode;
 
 #[derive(Deserialize, Default)]
 pub struct MigrationForm {
@@ -35,6 +36,10 @@ pub struct MigrationForm {
     /// One pattern per line (or comma-separated); empty for every table.
     #[serde(default)]
     tables: String,
+    /// `create`, `existing`, or empty for the default (create when no selected table exists on
+    /// the target).
+    #[serde(default)]
+    schema: String,
 }
 
 impl MigrationForm {
@@ -44,6 +49,10 @@ impl MigrationForm {
             .map(|p| p.trim().to_string())
             .filter(|p| !p.is_empty())
             .collect()
+    }
+
+    fn schema(&self) -> Option<SchemaMode> {
+        SchemaMode::parse(self.schema.trim())
     }
 
     fn source(&self) -> EndpointRef {
@@ -121,7 +130,9 @@ pub async fn preview(
                 .to_string(),
         )
     } else {
-        match migration_preview::preview(&app, &f.source(), &f.target(), &f.patterns()).await {
+        match migration_preview::preview(&app, &f.source(), &f.target(), &f.patterns(), f.schema())
+            .await
+        {
             Ok(p) => Ok(p),
             Err(err) => Err(inline_error(err)?),
         }
@@ -149,6 +160,7 @@ pub async fn create(
             source: f.source(),
             target: f.target(),
             tables: (!patterns.is_empty()).then_some(patterns),
+            schema: f.schema(),
         },
     )
     .await;

@@ -18,6 +18,7 @@ pub mod resync;
 pub mod rotation;
 pub mod row_format;
 mod runner;
+pub mod schema;
 mod settings;
 pub(crate) mod source;
 mod status;

@@ -20,7 +20,7 @@ use super::status::{RuntimeState, StatusHandle};
 use super::target::{self, TableProgress, TableState};
 use super::ticker::{self, Ticker};
 use super::worker::Worker;
-use super::{pg, row_format, source, EngineError, EngineResult};
+use super::{pg, row_format, schema, source, EngineError, EngineResult};
 use crate::store::{DesiredState, MigrationRecord, Store};
 
 /// Everything a migration's run needs.
@@ -32,6 +32,9 @@ pub struct Run {
     pub status: StatusHandle,
     pub store: Arc<dyn Store>,
     pub left_freezes: Arc<LeftFreezes>,
+    /// Where pg_dump reads the source's schema, for a migration that builds the target's
+    /// (schema `create`); None otherwise.
+    pub dump_source: Option<schema::DumpSource>,
 }
 
 /// Keeps the session holding the migration's run lock until cancelled, checking every second
@@ -174,10 +177,36 @@ impl Run {
             source::install(&mut src, &self.record).await?;
             tracing::info!(migration = %self.record.name, "installed change capture on the source");
         }
+        let pg_bin_dir = self.settings.pg_bin_dir.as_deref();
+        let mut plan = None;
         if !target::is_installed(&mut dst, &schema).await? {
+            if let Some(dump) = &self.dump_source {
+                // Schema "create": the tables with their keys exist before the copy starts.
+                plan = schema::prepare(
+                    &mut src,
+                    &mut dst,
+                    &self.target,
+                    pg_bin_dir,
+                    dump,
+                    &self.record.tables,
+                )
+                .await?;
+            }
             let first = ticker::first_tick(&mut src, &schema).await?;
             target::install(&mut dst, &self.record, &first).await?;
             tracing::info!(migration = %self.record.name, "prepared the target");
+        }
+        if let Some(dump) = &self.dump_source {
+            schema::record_after(
+                &mut src,
+                &mut dst,
+                &schema,
+                plan,
+                pg_bin_dir,
+                dump,
+                &self.record.tables,
+            )
+            .await?;
         }
         source::check_format(&mut src, &schema).await?;
         row_format::prepare_target(&mut dst, &schema, &self.record.tables).await?;
@@ -244,6 +273,19 @@ impl Run {
         let left = self.left_freezes.clone();
         let (id, t) = (self.record.id, tasks.clone());
         set.spawn(async move { ("freeze watch", left.watch(id, t).await) });
+
+        if self.dump_source.is_some() {
+            // The rest of the schema, each object once the tables it needs are copied.
+            let builder = schema::Builder {
+                target: self.target.clone(),
+                schema: schema.clone(),
+                status: self.status.clone(),
+                table_nos: self.record.tables.iter().map(|t| t.no).collect(),
+                every: self.settings.ticker.idle_interval,
+            };
+            let t = tasks.clone();
+            set.spawn(async move { ("schema builder", builder.run(t).await) });
+        }
 
         let copies = self.copies(&schema, &progress, &tick_now);
         if !copies.is_empty() {

@@ -20,6 +20,9 @@ pub struct EngineSettings {
     pub batch_max_events: i64,
     /// Longest wait between retries of a failing migration.
     pub max_backoff: Duration,
+    /// Where `pg_dump` and `pg_restore` are (schema `create`); None: the newest found in the
+    /// usual PostgreSQL bin directories and `PATH`.
+    pub pg_bin_dir: Option<std::path::PathBuf>,
     /// Longest time verification on demand holds back writes to one table on the source: the
     /// lock, the wait for the target to apply what was written before it, and what runs under
     /// it. When reached, the lock is released and that table is reported as not verified.
@@ -35,6 +38,7 @@ impl Default for EngineSettings {
             fetch_events: 5_000,
             batch_max_events: 100_000,
             max_backoff: Duration::from_secs(30),
+            pg_bin_dir: None,
             verify_hold: Duration::from_secs(5),
         }
     }

@@ -32,6 +32,11 @@ pub struct TableStatus {
     pub rows_copied: i64,
     pub rows_estimated: Option<i64>,
     pub error: Option<String>,
+    /// Objects of the table's schema pgshift still has to build on the target (schema
+    /// `create`): its secondary indexes, constraints, triggers, foreign keys, the views using it…
+    pub objects_pending: Vec<String>,
+    /// Objects that could not be built, with the statement and the error.
+    pub objects_failed: Vec<super::schema::ObjectFailure>,
 }
 
 /// A migration's live figures.
@@ -73,6 +78,8 @@ impl MigrationStatus {
                     rows_copied: 0,
                     rows_estimated: None,
                     error: None,
+                    objects_pending: Vec::new(),
+                    objects_failed: Vec::new(),
                 })
                 .collect(),
             error: None,

@@ -12,10 +12,10 @@ use super::left_freezes::LeftFreezes;
 use super::runner::Run;
 use super::settings::EngineSettings;
 use super::status::{MigrationStatus, RuntimeState, StatusHandle};
-use super::{pg, source, target, EngineError, EngineResult};
+use super::{pg, schema, source, target, EngineError, EngineResult};
 use crate::base::TaskSet;
 use crate::secrets::Secrets;
-use crate::store::{Cluster, DesiredState, MigrationRecord, Store};
+use crate::store::{Cluster, DesiredState, MigrationRecord, SchemaMode, Store};
 use sqlx::postgres::PgConnectOptions;
 
 /// Owns every migration's run. Lives in the application state, not in a global.
@@ -47,7 +47,7 @@ impl Supervisor {
         &self.left_freezes
     }
 
-    /// The engine's tunables (verification reads its bound on held writes here).
+    /// The engine's tunables (where pg_dump is; verification reads its bound on held writes here).
     pub fn settings(&self) -> &EngineSettings {
         &self.settings
     }
@@ -66,16 +66,20 @@ impl Supervisor {
         })
     }
 
-    /// Connection options for `database` on the cluster, from its decrypted DSN.
-    async fn options(&self, cluster_id: Uuid, database: &str) -> EngineResult<PgConnectOptions> {
+    /// The decrypted DSN of the cluster.
+    async fn dsn(&self, cluster_id: Uuid) -> EngineResult<String> {
         let cluster = self.cluster(cluster_id).await?;
-        let dsn = self.secrets.decrypt(&cluster.dsn).map_err(|e| {
+        self.secrets.decrypt(&cluster.dsn).map_err(|e| {
             EngineError::invalid(
                 "secret_unreadable",
                 format!("cannot decrypt the DSN of cluster {:?}: {e}", cluster.name),
             )
-        })?;
-        pg::options(&dsn, Some(database))
+        })
+    }
+
+    /// Connection options for `database` on the cluster, from its decrypted DSN.
+    async fn options(&self, cluster_id: Uuid, database: &str) -> EngineResult<PgConnectOptions> {
+        pg::options(&self.dsn(cluster_id).await?, Some(database))
     }
 
     /// Connection options for the migration's source and target (the cutover and verification
@@ -101,6 +105,13 @@ impl Supervisor {
         let target = self
             .options(record.target.cluster_id, &record.target.database)
             .await?;
+        let dump_source = match record.schema_mode {
+            SchemaMode::Create => Some(schema::DumpSource::from_dsn(
+                &self.dsn(record.source.cluster_id).await?,
+                &record.source.database,
+            )?),
+            SchemaMode::Existing => None,
+        };
         let Ok(cancel) = self.runs.reserve(record.id, ()) else {
             return Ok(());
         };
@@ -117,6 +128,7 @@ impl Supervisor {
             status,
             store: self.store.clone(),
             left_freezes: self.left_freezes.clone(),
+            dump_source,
         };
         let name = record.name.clone();
         self.runs.start(&record.id, async move {
@@ -164,6 +176,13 @@ impl Supervisor {
                     t.rows_copied = p.rows_copied;
                     t.rows_estimated = p.rows_estimated;
                 }
+            }
+            let table_nos: Vec<i32> = record.tables.iter().map(|t| t.no).collect();
+            let objects = schema::outstanding(&mut conn, &schema, &table_nos).await?;
+            for t in &mut status.tables {
+                let (pending, failed) = objects.get(&t.table_no).cloned().unwrap_or_default();
+                t.objects_pending = pending;
+                t.objects_failed = failed;
             }
             let options = self
                 .options(record.source.cluster_id, &record.source.database)

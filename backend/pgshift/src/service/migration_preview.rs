@@ -6,7 +6,8 @@ use serde::Serialize;
 use super::migrations::EndpointRef;
 use super::{clusters, App, ServiceError, ServiceResult};
 use crate::engine::cutover::foreign_keys;
-use crate::engine::{catalog, pg, EngineError};
+use crate::engine::{catalog, pg, schema, EngineError};
+use crate::store::SchemaMode;
 
 /// At most this many tables are checked one by one (each check is a few round trips).
 pub const MAX_CHECKED: usize = 200;
@@ -23,6 +24,8 @@ pub struct PreviewTable {
 
 #[derive(Debug, Serialize)]
 pub struct Preview {
+    /// `create` or `existing`: what creating the migration with the same choice would do.
+    pub schema: &'static str,
     pub tables: Vec<PreviewTable>,
     /// Patterns that select nothing.
     pub unmatched_patterns: Vec<String>,
@@ -39,12 +42,13 @@ impl Preview {
 }
 
 /// Reads both catalogs and checks each selected table as `create` would. `patterns` empty means
-/// every table.
+/// every table; `mode` None means the default (create when none of the tables is on the target).
 pub async fn preview(
     app: &App,
     source: &EndpointRef,
     target: &EndpointRef,
     patterns: &[String],
+    mode: Option<SchemaMode>,
 ) -> ServiceResult<Preview> {
     let connect = |side: &'static str, e: EndpointRef| async move {
         let cluster = clusters::find(app, &e.cluster)
@@ -106,26 +110,40 @@ pub async fn preview(
         .collect();
     let not_selected = all.len() - matched.len();
     let truncated = matched.len() > MAX_CHECKED;
+    let checked_specs = catalog::specs(
+        &matched
+            .iter()
+            .take(MAX_CHECKED)
+            .map(|t| (*t).clone())
+            .collect::<Vec<_>>(),
+    );
+    let mode = match mode {
+        Some(m) => m,
+        None if schema::tables_on_target(&mut dst, &checked_specs)
+            .await?
+            .is_empty() =>
+        {
+            SchemaMode::Create
+        }
+        None => SchemaMode::Existing,
+    };
+    // Schema "create": what would refuse the whole migration (pg_dump, extensions, privileges).
+    let create_problem = match mode {
+        SchemaMode::Create if !checked_specs.is_empty() => {
+            let pg_bin_dir = app.supervisor.settings().pg_bin_dir.clone();
+            match schema::check_create(&mut src, &mut dst, &checked_specs, pg_bin_dir.as_deref())
+                .await
+            {
+                Err(e) => Some(problem_text(e)?),
+                Ok(()) => None,
+            }
+        }
+        _ => None,
+    };
     let mut tables = Vec::new();
     for t in matched.iter().copied().take(MAX_CHECKED) {
-        let problem = if t.key.is_empty() {
-            Some("no primary key and no unique index over NOT NULL columns: pgshift identifies rows by such a key; add one or leave the table out".to_string())
-        } else {
-            let spec = catalog::specs(std::slice::from_ref(t));
-            match catalog::check_source(&mut src, &spec).await {
-                Err(e) => Some(problem_text(e)?),
-                Ok(()) => match catalog::check_target(&mut dst, &spec).await {
-                    Err(e) => Some(problem_text(e)?),
-                    Ok(()) => {
-                        match catalog::check_key_collations(&mut src, &mut dst, &spec).await {
-                            Err(e) => Some(problem_text(e)?),
-                            Ok(()) => None,
-                        }
-                    }
-                },
-            }
-        };
-        let notes = t
+        let spec = catalog::specs(std::slice::from_ref(t));
+        let mut notes: Vec<String> = t
             .key_index
             .iter()
             .map(|index| {
@@ -135,6 +153,35 @@ pub async fn preview(
                 )
             })
             .collect();
+        let problem = if t.key.is_empty() {
+            Some("no primary key and no unique index over NOT NULL columns: pgshift identifies rows by such a key; add one or leave the table out".to_string())
+        } else if let Err(e) = catalog::check_source(&mut src, &spec).await {
+            Some(problem_text(e)?)
+        } else if mode == SchemaMode::Create {
+            notes.push("built on the target from the source's schema: the table and its key before the copy, its indexes, constraints, triggers and dependent views after it".into());
+            create_problem.clone()
+        } else {
+            let differences = schema::compare(&mut src, &mut dst, &spec).await?;
+            notes.extend(
+                differences
+                    .iter()
+                    .filter(|d| !d.refused)
+                    .map(|d| d.words.clone()),
+            );
+            if let Some(refused) = schema::differences_error(&differences) {
+                Some(refused.to_string())
+            } else {
+                match catalog::check_target(&mut dst, &spec).await {
+                    Err(e) => Some(problem_text(e)?),
+                    Ok(()) => {
+                        match catalog::check_key_collations(&mut src, &mut dst, &spec).await {
+                            Err(e) => Some(problem_text(e)?),
+                            Ok(()) => None,
+                        }
+                    }
+                }
+            }
+        };
         tables.push(PreviewTable {
             name: t.display_name(),
             problem,
@@ -146,7 +193,13 @@ pub async fn preview(
         .take(MAX_CHECKED)
         .map(|t| (*t).clone())
         .collect();
-    for key in foreign_keys::crossing(&mut dst, &catalog::specs(&checked)).await? {
+    // Keys on the target's tables: none yet when pgshift builds them.
+    let on_target = if mode == SchemaMode::Create {
+        Vec::new()
+    } else {
+        foreign_keys::crossing(&mut dst, &catalog::specs(&checked)).await?
+    };
+    for key in on_target {
         if let Some(t) = tables.iter_mut().find(|t| t.name == key.migrated_table()) {
             t.notes.push(format!(
                 "{} on the target: pgshift applies rows without checking it, so it can end up violated while marked valid; migrate that table too, or keep its rows in step on the target (a cutover gate checks it)",
@@ -155,6 +208,7 @@ pub async fn preview(
         }
     }
     Ok(Preview {
+        schema: mode.as_str(),
         tables,
         unmatched_patterns,
         not_selected,

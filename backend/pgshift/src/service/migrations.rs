@@ -7,8 +7,9 @@ use uuid::Uuid;
 use super::clusters;
 use super::{check_name, App, ServiceError, ServiceResult};
 use crate::engine::cutover::sequences::SequenceDrift;
+use crate::engine::schema::{self, Difference};
 use crate::engine::{catalog, pg, MigrationStatus, RuntimeState, TableStatus};
-use crate::store::{DesiredState, Endpoint, MigrationRecord};
+use crate::store::{DesiredState, Endpoint, MigrationRecord, SchemaMode};
 
 #[derive(Debug, Deserialize, Serialize, Clone, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -25,6 +26,10 @@ pub struct NewMigration {
     pub target: EndpointRef,
     /// Patterns over `schema.table`, `*` matching any run of characters; None = every table.
     pub tables: Option<Vec<String>>,
+    /// `create`: pgshift builds the target's tables from the source's schema (the default when
+    /// none of the selected tables exists on the target); `existing`: the operator made them, and
+    /// they must match the source's.
+    pub schema: Option<SchemaMode>,
 }
 
 /// A migration as callers see it.
@@ -41,6 +46,8 @@ pub struct MigrationView {
     pub source: EndpointRef,
     pub target: EndpointRef,
     pub table_patterns: Option<Vec<String>>,
+    /// How the target's tables came to exist: `create` (built by pgshift) or `existing`.
+    pub schema: SchemaMode,
     pub tables: Vec<TableStatus>,
     pub error: Option<String>,
     pub created_at: DateTime<Utc>,
@@ -48,6 +55,10 @@ pub struct MigrationView {
     /// Each sequence's value on the source and the target (single-migration reads only).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub sequences: Option<Vec<SequenceDrift>>,
+    /// How the migrated tables differ between the two sides now: column, type, nullability,
+    /// key (single-migration reads only, once the target's tables exist).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub differences: Option<Vec<Difference>>,
 }
 
 fn overall_state(record: &MigrationRecord, status: &MigrationStatus) -> &'static str {
@@ -105,6 +116,7 @@ async fn view(app: &App, record: &MigrationRecord) -> ServiceResult<MigrationVie
         source: endpoint_ref(app, &record.source).await?,
         target: endpoint_ref(app, &record.target).await?,
         table_patterns: record.table_patterns.clone(),
+        schema: record.schema_mode,
         error: status.error.clone().or_else(|| {
             (record.desired_state == DesiredState::Running
                 && status.runtime == RuntimeState::Retrying)
@@ -115,6 +127,7 @@ async fn view(app: &App, record: &MigrationRecord) -> ServiceResult<MigrationVie
         created_at: record.created_at,
         updated_at: record.updated_at,
         sequences: None,
+        differences: None,
     })
 }
 
@@ -177,9 +190,31 @@ pub async fn create(app: &App, new: NewMigration) -> ServiceResult<MigrationView
             .await
             .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))?;
     let tables = catalog::specs(&selected);
+    let schema_mode = match new.schema {
+        Some(mode) => mode,
+        None if schema::tables_on_target(&mut dst, &tables)
+            .await?
+            .is_empty() =>
+        {
+            SchemaMode::Create
+        }
+        None => SchemaMode::Existing,
+    };
     catalog::check_source(&mut src, &tables).await?;
-    catalog::check_target(&mut dst, &tables).await?;
-    catalog::check_key_collations(&mut src, &mut dst, &tables).await?;
+    match schema_mode {
+        SchemaMode::Create => {
+            let pg_bin_dir = app.supervisor.settings().pg_bin_dir.clone();
+            schema::check_create(&mut src, &mut dst, &tables, pg_bin_dir.as_deref()).await?;
+        }
+        SchemaMode::Existing => {
+            let differences = schema::compare(&mut src, &mut dst, &tables).await?;
+            if let Some(refused) = schema::differences_error(&differences) {
+                return Err(refused.into());
+            }
+            catalog::check_target(&mut dst, &tables).await?;
+            catalog::check_key_collations(&mut src, &mut dst, &tables).await?;
+        }
+    }
     let now = Utc::now();
     let record = MigrationRecord {
         id: Uuid::new_v4(),
@@ -198,6 +233,7 @@ pub async fn create(app: &App, new: NewMigration) -> ServiceResult<MigrationView
         last_error: None,
         created_at: now,
         updated_at: now,
+        schema_mode,
     };
     app.store.insert_migration(&record).await?;
     tracing::info!(migration = %record.name, tables = record.tables.len(), "migration created");
@@ -215,7 +251,36 @@ pub async fn get(app: &App, name: &str) -> ServiceResult<MigrationView> {
     let record = find(app, name).await?;
     let mut v = view(app, &record).await?;
     v.sequences = super::cutover::sequence_drift(app, &record).await;
+    v.differences = differences(app, &record).await;
     Ok(v)
+}
+
+/// How the migrated tables differ between the two sides now; None when a side cannot be read,
+/// or while pgshift has still to build the target's tables.
+async fn differences(app: &App, record: &MigrationRecord) -> Option<Vec<Difference>> {
+    if record.desired_state == DesiredState::CutOver {
+        return None;
+    }
+    let read = async {
+        let (source, target) = app.supervisor.endpoints(record).await?;
+        let mut src = pg::connect("the source", &source).await?;
+        let mut dst = pg::connect("the target", &target).await?;
+        if record.schema_mode == SchemaMode::Create
+            && schema::tables_on_target(&mut dst, &record.tables)
+                .await?
+                .len()
+                < record.tables.len()
+        {
+            return Ok(None);
+        }
+        schema::compare(&mut src, &mut dst, &record.tables)
+            .await
+            .map(Some)
+    };
+    read.await.unwrap_or_else(|e: crate::engine::EngineError| {
+        tracing::debug!(migration = %record.name, error = %e, "cannot compare the two sides' tables");
+        None
+    })
 }
 
 pub async fn list(app: &App) -> ServiceResult<Vec<MigrationView>> {

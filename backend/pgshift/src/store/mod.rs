@@ -15,7 +15,7 @@ mod sqlite;
 
 pub use model::{
     AuditEntry, AuditFilter, Cluster, ColumnSpec, DesiredState, Endpoint, MigrationRecord,
-    NewAuditEntry, TableSpec, TokenRecord,
+    NewAuditEntry, SchemaMode, TableSpec, TokenRecord,
 };
 pub use model::{User, UserSession};
 pub use operation::{Operation, OperationState, OperationStep, StepOutcome};

@@ -136,6 +136,37 @@ pub struct MigrationRecord {
     pub last_error: Option<String>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+    /// How the target's tables come to exist.
+    pub schema_mode: SchemaMode,
+}
+
+/// How a migration's target tables come to exist.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum SchemaMode {
+    /// pgshift builds them from the source's schema (`pg_dump --schema-only`): the tables with
+    /// their keys before the copy, everything else after it.
+    Create,
+    /// The operator created them; they must match the source's.
+    #[default]
+    Existing,
+}
+
+impl SchemaMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SchemaMode::Create => "create",
+            SchemaMode::Existing => "existing",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "create" => Some(SchemaMode::Create),
+            "existing" => Some(SchemaMode::Existing),
+            _ => None,
+        }
+    }
 }
 
 impl MigrationRecord {

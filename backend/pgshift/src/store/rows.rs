@@ -8,7 +8,7 @@ use uuid::Uuid;
 
 use super::{
     AuditEntry, Cluster, DesiredState, Endpoint, MigrationRecord, NewAuditEntry, Operation,
-    OperationState, StoreError, StoreResult, TokenRecord, User, UserSession,
+    OperationState, SchemaMode, StoreError, StoreResult, TokenRecord, User, UserSession,
 };
 
 /// How a backend reads one column of each kind from a row.
@@ -77,6 +77,11 @@ pub(super) fn migration(row: &impl Columns) -> StoreResult<MigrationRecord> {
         last_error: row.opt_text("last_error")?,
         created_at: row.time("created_at")?,
         updated_at: row.time("updated_at")?,
+        schema_mode: {
+            let mode = row.text("schema_mode")?;
+            SchemaMode::parse(&mode)
+                .ok_or_else(|| StoreError::Corrupt(format!("schema mode {mode:?}")))?
+        },
     })
 }
 

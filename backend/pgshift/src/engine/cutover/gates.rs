@@ -111,6 +111,9 @@ pub async fn check(
     gates.push(long_transactions(src, input).await?);
     gates.push(replica_sessions(src, input).await?);
     gates.push(target_ready(dst, input.tables).await?);
+    if let Some(status) = input.status {
+        gates.push(target_schema(status));
+    }
     gates.push(foreign_keys(dst, input).await?);
     gates.push(match sequences::drift(src, dst, input.tables).await {
         Ok(all) => {
@@ -252,6 +255,47 @@ async fn target_ready(dst: &mut PgConnection, tables: &[TableSpec]) -> EngineRes
     } else {
         Gate::new("target_ready", false, problems.join("; "))
     })
+}
+
+/// Schema "create": every object of the migrated tables' schema is built on the target (none
+/// still waiting, none failed), or the application would meet a target without them.
+fn target_schema(status: &MigrationStatus) -> Gate {
+    let mut pending: Vec<&str> = Vec::new();
+    let mut failed: Vec<String> = Vec::new();
+    for t in &status.tables {
+        for p in &t.objects_pending {
+            if !pending.contains(&p.as_str()) {
+                pending.push(p);
+            }
+        }
+        for f in &t.objects_failed {
+            let words = format!("{} ({})", f.object, f.error);
+            if !failed.contains(&words) {
+                failed.push(words);
+            }
+        }
+    }
+    if pending.is_empty() && failed.is_empty() {
+        return Gate::new(
+            "target_schema",
+            true,
+            "every object of the tables' schema is on the target",
+        );
+    }
+    let mut reasons = Vec::new();
+    if !failed.is_empty() {
+        reasons.push(format!(
+            "could not be built on the target: {}; fix the cause, then pause and resume the migration to try again",
+            failed.join("; ")
+        ));
+    }
+    if !pending.is_empty() {
+        reasons.push(format!(
+            "still to build on the target: {}",
+            pending.join(", ")
+        ));
+    }
+    Gate::new("target_schema", false, reasons.join("; "))
 }
 
 /// Foreign keys on the target with one end outside the migration: nothing checks them while rows

@@ -21,7 +21,7 @@ pub use super::outside::{
 use super::verifier::{differences, Verifier};
 use super::{drain, freeze, gates, reverse, sequences, Finished, StepRecorder};
 use crate::engine::{EngineError, EngineResult, Supervisor};
-use crate::store::{DesiredState, MigrationRecord, OperationState, StepOutcome, Store};
+use crate::store::{DesiredState, MigrationRecord, OperationState, SchemaMode, StepOutcome, Store};
 
 /// How a cutover runs, validated by the service from the request.
 #[derive(Debug, Clone)]
@@ -476,6 +476,8 @@ impl Cutover<'_> {
             last_error: None,
             created_at: now,
             updated_at: now,
+            // The old server has every table already.
+            schema_mode: SchemaMode::Existing,
         };
         self.store.insert_migration(&record).await?;
         if let Err(e) = reverse::arm(dst, src, &record).await {

@@ -204,8 +204,8 @@ impl Store for PostgresStore {
         sqlx::query(
             "INSERT INTO pgshift_meta.migration
                  (id, name, source_cluster, source_database, target_cluster, target_database,
-                  table_patterns, tables, desired_state, last_error, created_at, updated_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+                  table_patterns, tables, desired_state, last_error, created_at, updated_at, schema_mode)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
         )
         .bind(m.id)
         .bind(&m.name)
@@ -219,6 +219,7 @@ impl Store for PostgresStore {
         .bind(&m.last_error)
         .bind(m.created_at)
         .bind(m.updated_at)
+        .bind(m.schema_mode.as_str())
         .execute(&self.pool)
         .await
         .map_err(|e| map_unique(e, format!("migration {:?}", m.name)))?;

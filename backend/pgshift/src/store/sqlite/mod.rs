@@ -182,8 +182,9 @@ impl Store for SqliteStore {
         let tables = serde_json::to_string(&m.tables).expect("tables serialize");
         sqlx::query(
             "INSERT INTO migration (id, name, source_cluster, source_database, target_cluster, target_database,
-                                    table_patterns, tables, desired_state, last_error, created_at, updated_at)
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                                    table_patterns, tables, desired_state, last_error, created_at, updated_at,
+                                    schema_mode)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         )
         .bind(m.id.to_string())
         .bind(&m.name)
@@ -197,6 +198,7 @@ impl Store for SqliteStore {
         .bind(&m.last_error)
         .bind(m.created_at.to_rfc3339())
         .bind(m.updated_at.to_rfc3339())
+        .bind(m.schema_mode.as_str())
         .execute(&self.pool)
         .await
         .map_err(|e| map_unique(e, format!("migration {:?}", m.name)))?;

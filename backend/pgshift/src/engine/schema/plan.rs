@@ -1,0 +1,186 @@
+//! Engine layer (target schema): the plan: the source's schema dump cut down to what the
+//! migrated tables need, as statements in pg_dump's order: those built before the copy, and
+//! those built after it (each waiting for the tables it names to be copied, or synced).
+
+use std::collections::HashMap;
+
+use super::attach::{attached, attachments, Wanted};
+use super::dump::SchemaDump;
+use super::select::{Phase, Selection};
+use super::toc::{self, Entry, Key};
+use crate::engine::EngineResult;
+
+/// What an object built after the copy waits for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Wait {
+    /// Every table it names is copied (catching up or synced).
+    Copied,
+    /// Every table it names is synced.
+    Synced,
+}
+
+impl Wait {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Wait::Copied => "copied",
+            Wait::Synced => "synced",
+        }
+    }
+}
+
+/// One object to build: its statements and when.
+#[derive(Debug, Clone)]
+pub struct Item {
+    /// pg_dump's kind: `INDEX`, `FK CONSTRAINT`, `ACL`, … (`VALIDATE` for a foreign key's
+    /// validation).
+    pub kind: String,
+    /// How people read it: `INDEX shop.orders_customer_idx`.
+    pub name: String,
+    /// The table numbers it waits for (none: right after the tables exist).
+    pub tables: Vec<i32>,
+    pub wait: Wait,
+    pub statement: String,
+}
+
+/// The migrated tables' part of the source's schema.
+#[derive(Debug, Default)]
+pub struct Plan {
+    /// Session settings pg_restore starts its SQL with (`search_path` empty: every name in the
+    /// statements is qualified).
+    pub preamble: Vec<String>,
+    pub before: Vec<Item>,
+    pub after: Vec<Item>,
+}
+
+/// Cuts the dump down to the selection.
+pub async fn plan(dump: &SchemaDump, selection: &Selection) -> EngineResult<Plan> {
+    let entries = toc::parse_list(&dump.list().await?);
+    let mut chosen: Vec<(Entry, Phase)> = Vec::new();
+    // Each attachment's phase, and a privilege's (never before the copy: after the copy of the
+    // table it is on, or right after the tables exist for other objects).
+    let mut exact: HashMap<Key, (Phase, Phase)> = HashMap::new();
+    let mut prefixes: Vec<(Wanted, (Phase, Phase))> = Vec::new();
+    for e in &entries {
+        if e.catalog == 0 && e.kind != "ROW SECURITY" {
+            continue;
+        }
+        let Some(phase) = selection.phase_of(e) else {
+            continue;
+        };
+        let grants = match &phase {
+            Phase::Before => Phase::AfterCopy(selection.table_of(e).into_iter().collect()),
+            Phase::ForeignKey { tables, .. } => Phase::AfterCopy(tables.clone()),
+            other => other.clone(),
+        };
+        let phases = (phase.clone(), grants);
+        for wanted in attachments(e) {
+            if wanted.3 {
+                prefixes.push((wanted, phases.clone()));
+            } else {
+                exact
+                    .entry((wanted.0, wanted.1, wanted.2))
+                    .or_insert_with(|| phases.clone());
+            }
+        }
+        chosen.push((e.clone(), phase));
+    }
+    // Comments, privileges and attachments follow their object; privileges never come before
+    // the copy (a role missing on the target fails one grant, not the whole build).
+    for e in &entries {
+        if e.catalog != 0 || e.kind == "ROW SECURITY" {
+            continue;
+        }
+        let phase = exact.get(&e.key()).cloned().or_else(|| {
+            prefixes
+                .iter()
+                .find(|(w, _)| attached(e, w))
+                .map(|(_, p)| p.clone())
+        });
+        let Some((phase, grants)) = phase else {
+            continue;
+        };
+        let phase = match (e.kind.as_str(), phase) {
+            ("ACL", _) => grants,
+            (_, Phase::ForeignKey { tables, .. }) => Phase::AfterCopy(tables),
+            (_, p) => p,
+        };
+        chosen.push((e.clone(), phase));
+    }
+    // Back into the archive's order, which is an order its dependencies allow.
+    let position: HashMap<&str, usize> = entries
+        .iter()
+        .enumerate()
+        .map(|(i, e)| (e.line.as_str(), i))
+        .collect();
+    chosen.sort_by_key(|(e, _)| position.get(e.line.as_str()).copied().unwrap_or(usize::MAX));
+    let list: String = chosen
+        .iter()
+        .map(|(e, _)| format!("{}\n", e.line))
+        .collect();
+    let mut script = toc::split(&dump.sql(&list, "selected.list").await?);
+    let mut plan = Plan {
+        preamble: std::mem::take(&mut script.preamble),
+        ..Plan::default()
+    };
+    for (e, phase) in chosen {
+        let Some(statement) = script.take(&e.key()) else {
+            continue;
+        };
+        if statement.is_empty() {
+            continue;
+        }
+        let item = |kind: &str, name: String, tables: Vec<i32>, wait, statement: String| Item {
+            kind: kind.to_string(),
+            name,
+            tables,
+            wait,
+            statement,
+        };
+        match phase {
+            Phase::Before => plan.before.push(item(
+                &e.kind,
+                e.display(),
+                Vec::new(),
+                Wait::Copied,
+                statement,
+            )),
+            Phase::AfterCopy(tables) => {
+                plan.after
+                    .push(item(&e.kind, e.display(), tables, Wait::Copied, statement))
+            }
+            Phase::ForeignKey {
+                tables,
+                partitioned,
+                validate,
+            } => {
+                let trimmed = statement.trim_end().trim_end_matches(';').trim_end();
+                if partitioned || trimmed.ends_with("NOT VALID") {
+                    // Added whole once both ends are synced (or kept NOT VALID, as on the source).
+                    let wait = if partitioned {
+                        Wait::Synced
+                    } else {
+                        Wait::Copied
+                    };
+                    plan.after
+                        .push(item(&e.kind, e.display(), tables, wait, statement));
+                } else {
+                    plan.after.push(item(
+                        &e.kind,
+                        format!("{} (NOT VALID)", e.display()),
+                        tables.clone(),
+                        Wait::Copied,
+                        format!("{trimmed} NOT VALID;"),
+                    ));
+                    plan.after.push(item(
+                        "VALIDATE",
+                        format!("{} (VALIDATE)", e.display()),
+                        tables,
+                        Wait::Synced,
+                        format!("{validate};"),
+                    ));
+                }
+            }
+        }
+    }
+    Ok(plan)
+}
