@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use pgshift_tests::cutover::{
     assert_same, cutover, freeze_installed, pair, relaxed, stall_apply, start_synced, step,
-    try_write, wait_operation, wait_synced,
+    try_write, wait_operation, wait_step, wait_synced,
 };
 use pgshift_tests::migrate::wait_drained;
 use pgshift_tests::server::{test_settings, TestServer};
@@ -37,15 +37,7 @@ async fn stalled_cutover(
         || async { try_write(&pair.src).await.err() },
     )
     .await;
-    wait_for("the drain to begin", Duration::from_secs(60), || async {
-        let (_, op) = server.get(&format!("/operations/{id}")).await;
-        let steps = op["steps"].as_array().cloned().unwrap_or_default();
-        steps
-            .iter()
-            .any(|s| s["name"] == "drain" && s["outcome"] == "running")
-            .then_some(())
-    })
-    .await;
+    wait_step(server, &id, "drain").await;
     (id, error, stall)
 }
 
@@ -354,15 +346,7 @@ async fn a_crash_while_freezing_disarms_the_way_back() {
         .await;
     assert_eq!(status, 202, "{started}");
     let id = started["id"].as_str().unwrap().to_string();
-    wait_for("the freeze to begin", Duration::from_secs(60), || async {
-        let (_, op) = server.get(&format!("/operations/{id}")).await;
-        let steps = op["steps"].as_array().cloned().unwrap_or_default();
-        steps
-            .iter()
-            .any(|s| s["name"] == "freeze" && s["outcome"] == "running")
-            .then_some(())
-    })
-    .await;
+    wait_step(&server, &id, "freeze").await;
     let dir = server.crash();
     writer.rollback().await.unwrap();
     assert_eq!(

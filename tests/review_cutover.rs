@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use pgshift::config::ServeConfig;
 use pgshift_tests::cutover::{
     assert_same, cutover, freeze_installed, pair, relaxed, stall_apply, start_synced, step,
-    try_write, wait_operation, Pair,
+    try_write, wait_operation, wait_step, Pair,
 };
 use pgshift_tests::server::TestServer;
 use pgshift_tests::{init_tracing, wait_for};
@@ -109,15 +109,7 @@ async fn stalled_cutover(
     let (status, started) = server.post("/migrations/shop/cutover", body).await;
     assert_eq!(status, 202, "{started}");
     let id = started["id"].as_str().unwrap().to_string();
-    wait_for("the drain to begin", Duration::from_secs(120), || async {
-        let (_, op) = server.get(&format!("/operations/{id}")).await;
-        let steps = op["steps"].as_array().cloned().unwrap_or_default();
-        steps
-            .iter()
-            .any(|s| s["name"] == "drain" && s["outcome"] == "running")
-            .then_some(())
-    })
-    .await;
+    wait_step(server, &id, "drain").await;
     (id, stall)
 }
 

@@ -114,6 +114,23 @@ pub async fn wait_operation(server: &TestServer, id: &str, timeout: Duration) ->
     .await
 }
 
+/// Waits until step `step` of operation `id` is running.
+pub async fn wait_step(server: &TestServer, id: &str, step: &str) {
+    wait_for(
+        &format!("step {step} of operation {id} to begin"),
+        Duration::from_secs(120),
+        || async {
+            let (_, op) = server.get(&format!("/operations/{id}")).await;
+            let steps = op["steps"].as_array().cloned().unwrap_or_default();
+            steps
+                .iter()
+                .any(|s| s["name"] == step && s["outcome"] == "running")
+                .then_some(())
+        },
+    )
+    .await
+}
+
 /// Starts a cutover of `name` with `body` and waits for its outcome.
 pub async fn cutover(server: &TestServer, name: &str, body: Value) -> Value {
     let (status, op) = server
