@@ -67,6 +67,8 @@ CREATE TABLE region_event_eu PARTITION OF region_event FOR VALUES IN ('eu');
 CREATE TABLE region_event_us PARTITION OF region_event FOR VALUES IN ('us');
 CREATE TABLE region_event_other PARTITION OF region_event DEFAULT;
 CREATE TABLE "ünïcödé Tåble" ("ключ" integer PRIMARY KEY, "värde" text);
+-- No key at all: whole-row identity, duplicate rows included.
+CREATE TABLE visit_log (customer_id bigint, page text, hits numeric, at date, extra jsonb);
 -- The application's own triggers, changing rows the firing statement also changed while that
 -- statement's captures are still queued: a ripple to the next customer, and a deleted row that
 -- puts its neighbour's key back. (On the target they never fire for replicated rows.)
@@ -87,6 +89,15 @@ BEGIN
     RETURN NULL;
 END $$;
 CREATE TRIGGER phoenix AFTER DELETE ON "ünïcödé Tåble" FOR EACH ROW EXECUTE FUNCTION phoenix();
+-- Changes rows of the keyless table its statement also changes, before their captures fire.
+CREATE FUNCTION echo() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF pg_trigger_depth() = 1 AND NEW.page LIKE 'echo%' THEN
+        UPDATE visit_log SET hits = hits + 1, page = 'echoed' WHERE customer_id = NEW.customer_id + 1;
+    END IF;
+    RETURN NULL;
+END $$;
+CREATE TRIGGER echo AFTER UPDATE ON visit_log FOR EACH ROW EXECUTE FUNCTION echo();
 "#;
 
 /// Tables to compare, with their ORDER BY.
@@ -96,6 +107,8 @@ pub const TABLES: &[(&str, &str)] = &[
     ("ledger", "id"),
     ("region_event", "region, id"),
     ("\"ünïcödé Tåble\"", "\"ключ\""),
+    // Duplicates compare as a multiset: every row's text, in one order.
+    ("visit_log", "t::text COLLATE \"C\""),
 ];
 
 /// A trigger on the target that would corrupt replicated rows if it fired.
@@ -193,7 +206,10 @@ pub async fn seed(pool: &PgPool, customers: i64, seed: u64) {
                 "INSERT INTO \"Order Items\" SELECT c, l, c, l * 2, l * 1.25 FROM generate_series({id}, {}) c, generate_series(1, 3) l;
                  INSERT INTO ledger (customer_id, amount) SELECT c, c * 0.5 FROM generate_series({id}, {}) c;
                  INSERT INTO region_event SELECT c, (ARRAY['eu','us','apac'])[1 + c % 3], jsonb_build_object('c', c) FROM generate_series({id}, {}) c;
-                 INSERT INTO \"ünïcödé Tåble\" SELECT c, 'wert ' || c FROM generate_series({id}, {}) c;",
+                 INSERT INTO \"ünïcödé Tåble\" SELECT c, 'wert ' || c FROM generate_series({id}, {}) c;
+                 INSERT INTO visit_log SELECT c, 'home', 1.0, date '2020-01-01' + (c % 50), CASE WHEN c % 7 = 0 THEN NULL ELSE jsonb_build_object('c', c % 5) END
+                   FROM generate_series({id}, {}) c, generate_series(1, 1 + c % 3) d;",
+                end - 1,
                 end - 1,
                 end - 1,
                 end - 1,
@@ -224,7 +240,7 @@ fn random_transaction(rng: &mut StdRng, next_id: &AtomicU64, max_id: i64) -> Vec
     let mut ops = Vec::new();
     for _ in 0..rng.gen_range(1..=4) {
         let c = rng.gen_range(1..=max_id);
-        let op = match rng.gen_range(0..114) {
+        let op = match rng.gen_range(0..122) {
             0..=14 => {
                 let id = next_id.fetch_add(1, Ordering::Relaxed) as i64;
                 format!(
@@ -318,6 +334,28 @@ fn random_transaction(rng: &mut StdRng, next_id: &AtomicU64, max_id: i64) -> Vec
                  WHERE id BETWEEN {c} AND {c} + 2",
                 rng.gen_range(3_000..20_000)
             ),
+            // The keyless table: duplicates added and removed one at a time, values respelled
+            // (1.0 → 1.00), nested changes of rows the statement changes (see echo in SCHEMA).
+            114..=115 => format!(
+                "INSERT INTO visit_log VALUES ({c}, 'p{}', 1.0, date '2021-01-01', '{{\"d\": 1}}'), ({c}, 'p{}', 1.0, date '2021-01-01', '{{\"d\": 1}}')",
+                c % 3, c % 3
+            ),
+            116 => format!(
+                "UPDATE visit_log SET hits = hits + 1, page = 'echo' WHERE customer_id BETWEEN {c} AND {c} + 2"
+            ),
+            117 => format!(
+                "DELETE FROM visit_log WHERE ctid = (SELECT ctid FROM visit_log WHERE customer_id = {c} LIMIT 1)"
+            ),
+            118 => format!(
+                "UPDATE visit_log SET hits = 1.00, extra = NULL WHERE ctid = (SELECT ctid FROM visit_log WHERE customer_id = {c} LIMIT 1)"
+            ),
+            119 => format!("UPDATE visit_log SET at = NULL, page = page || 'x' WHERE customer_id = {c}"),
+            120 => format!("DELETE FROM visit_log WHERE customer_id = {c}"),
+            121 => if rng.gen_bool(0.2) {
+                "TRUNCATE visit_log".into()
+            } else {
+                format!("INSERT INTO visit_log SELECT customer_id, page, hits, at, extra FROM visit_log WHERE customer_id = {c}")
+            },
             // Swap two customers' unique emails within one transaction.
             _ => format!(
                 "UPDATE customer SET email = 'swap-' || id WHERE id = {c}; UPDATE customer SET email = 'c{c}-swapped@example.com' WHERE id = {}",

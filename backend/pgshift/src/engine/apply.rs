@@ -10,6 +10,7 @@ use std::collections::HashMap;
 
 use sqlx::PgConnection;
 
+pub(super) mod keyless;
 pub(super) mod wide;
 
 use super::batch::{Event, Op};
@@ -47,6 +48,8 @@ pub struct TablePlan {
     /// (the written ones and the key).
     row_type: String,
     assembled_columns: Vec<usize>,
+    /// A table without a key: its statements (whole-row identity, [`keyless`]).
+    keyless: Option<keyless::KeylessSql>,
 }
 
 /// What the target's catalog says about a table that changes how it is written.
@@ -58,6 +61,9 @@ pub struct TargetFacts {
     pub deferrable_key: bool,
     /// The key columns' own operators on the target.
     pub key_ops: Vec<key_ops::ColumnOps>,
+    /// A table without a key: its written columns that are NOT NULL on the target with an
+    /// ordinary equality there (see [`keyless`]).
+    pub keyless_match: Vec<String>,
 }
 
 impl TablePlan {
@@ -66,6 +72,7 @@ impl TablePlan {
             referenced_by_others,
             deferrable_key,
             key_ops: ops,
+            keyless_match,
         } = facts;
         let (referenced_by_others, deferrable_key) = (*referenced_by_others, *deferrable_key);
         let t = table.sql_name();
@@ -216,7 +223,22 @@ impl TablePlan {
                 .filter(|(_, c)| !c.generated || table.key.contains(&c.name))
                 .map(|(i, _)| i)
                 .collect(),
+            keyless: table
+                .key
+                .is_empty()
+                .then(|| keyless::KeylessSql::new(schema, table, keyless_match, &own_rows)),
         }
+    }
+
+    /// Whether the table has no key and is replicated with whole-row identity.
+    pub fn is_keyless(&self) -> bool {
+        self.keyless.is_some()
+    }
+
+    fn keyless_sql(&self) -> &keyless::KeylessSql {
+        self.keyless
+            .as_ref()
+            .expect("keyless statements are asked of a table without a key")
     }
 }
 
@@ -435,6 +457,12 @@ pub async fn apply_chunk(
             continue;
         };
         let table_events = &per_table[&table_no];
+        if plan.is_keyless() {
+            apply_keyless(conn, ctx, plan, table_events)
+                .await
+                .map_err(|e| e.on_table(table_no))?;
+            continue;
+        }
         let mut i = 0;
         while i < table_events.len() {
             let op = table_events[i].op;
@@ -454,4 +482,77 @@ pub async fn apply_chunk(
     Ok(Applied {
         events: events.len(),
     })
+}
+
+/// Applies one chunk's events of a table without a key: held while its copy has not landed,
+/// otherwise staged for the end of the batch (truncates apply what is staged first).
+async fn apply_keyless(
+    conn: &mut PgConnection,
+    ctx: &ChunkContext<'_>,
+    plan: &TablePlan,
+    events: &[&Event],
+) -> EngineResult<()> {
+    if (ctx.tombstone_tables)(plan.no) && keyless::still_copying(conn, plan).await? {
+        let data: Vec<&str> = events.iter().map(|e| e.data.as_str()).collect();
+        let mut from = 0;
+        for part in by_bytes(&data) {
+            keyless::hold(conn, plan, &events[from..from + part.len()]).await?;
+            from += part.len();
+        }
+        return Ok(());
+    }
+    let mut i = 0;
+    while i < events.len() {
+        let op = events[i].op;
+        let mut j = i + 1;
+        while j < events.len() && events[j].op == op {
+            j += 1;
+        }
+        let data: Vec<&str> = events[i..j].iter().map(|e| e.data.as_str()).collect();
+        match op {
+            Op::Upsert | Op::Delete => {
+                for part in by_bytes(&data) {
+                    keyless::stage(conn, plan, op, part).await?;
+                }
+            }
+            Op::Truncate | Op::Appeared => {
+                keyless::flush(conn, plan).await?;
+                for relation in &data {
+                    super::truncate::replay(conn, plan, relation, op == Op::Appeared).await?;
+                }
+            }
+            Op::Unsendable => {
+                let words = data[0].split_once('\n').map_or(data[0], |(_, w)| w);
+                return Err(EngineError::invalid(
+                    "row_cannot_travel",
+                    format!("{words}; pgshift cannot carry this row to the target: change the value on the source, then resync the table"),
+                ));
+            }
+            Op::KeyChange | Op::Piece | Op::Assemble => {
+                return Err(EngineError::invalid(
+                    "corrupt_event",
+                    format!(
+                        "an event of {} carries a key operation, but the table has no key",
+                        plan.display
+                    ),
+                ));
+            }
+        }
+        i = j;
+    }
+    Ok(())
+}
+
+/// Ends a batch inside the caller's target transaction: applies what tables without a key
+/// staged (see [`keyless`]). Called once per batch, before its tick is recorded.
+pub async fn finish_batch(conn: &mut PgConnection, ctx: &ChunkContext<'_>) -> EngineResult<()> {
+    for table_no in keyless::staged_tables(conn).await? {
+        let Some(plan) = ctx.plans.get(&table_no) else {
+            continue;
+        };
+        keyless::flush(conn, plan)
+            .await
+            .map_err(|e| e.on_table(table_no))?;
+    }
+    Ok(())
 }

@@ -58,6 +58,9 @@ impl Snapshot {
 #[derive(Debug, Clone)]
 pub struct Event {
     pub table_no: i32,
+    /// The source transaction that wrote it: a table without a key that is still copying keeps
+    /// its events with it, to tell which ones the copy's snapshot already saw (apply/keyless.rs).
+    pub txid: i64,
     pub op: Op,
     /// The row's record text (the new row of an upsert, the old row of a delete), or the
     /// truncated relation's quoted name.
@@ -122,7 +125,9 @@ pub fn batch_query(schema: &str, prev: &Snapshot, cur_text: &str, cur: &Snapshot
         sql
     };
     BatchQuery {
-        events: select("ev_id, ev_table, ev_op::text AS op, coalesce(ev_data, '') AS data"),
+        events: select(
+            "ev_id, ev_table, ev_txid, ev_op::text AS op, coalesce(ev_data, '') AS data",
+        ),
         // octet_length of a stored text reads its size from the header (TOAST pointer or
         // compressed header): the value is not fetched.
         sizes: select("ev_id, coalesce(octet_length(ev_data), 0)::bigint AS bytes"),
@@ -288,6 +293,7 @@ pub async fn fetch(conn: &mut PgConnection, limit: Limit<'_>) -> EngineResult<Ve
             };
             Ok(Event {
                 table_no: r.get("ev_table"),
+                txid: r.get("ev_txid"),
                 op,
                 data: r.get("data"),
             })

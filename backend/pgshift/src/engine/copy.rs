@@ -10,6 +10,7 @@
 //! worker's position: the target is always a consistent subset of one source state (unique
 //! constraints hold), and every later change reaches it through the worker.
 
+mod whole;
 mod wide_rows;
 
 use std::sync::Arc;
@@ -36,6 +37,8 @@ pub struct TableCopy {
     pub status: StatusHandle,
     /// Wakes the ticker, so the worker passes a chunk's snapshot without waiting for an idle tick.
     pub tick_now: Arc<tokio::sync::Notify>,
+    /// A table without a key: how its held events are applied when its copy lands ([`whole`]).
+    pub keyless: Option<super::apply::TablePlan>,
 }
 
 impl TableCopy {
@@ -94,6 +97,12 @@ impl TableCopy {
                 );
             }
             let epoch = progress.copy_epoch;
+            if self.keyless.is_some() {
+                let position = progress.copy_position.clone();
+                return self
+                    .copy_whole(&mut src, &mut dst, epoch, position, &cancel)
+                    .await;
+            }
             let position = progress.copy_position.as_deref();
             let range = |ops: &[key_ops::ColumnOps], upper: Option<&[String]>| {
                 let mut conds: Vec<String> = position

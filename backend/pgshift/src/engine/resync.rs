@@ -63,13 +63,16 @@ pub async fn reset_table(
     .execute(&mut *tx)
     .await
     .context(|| "resetting the table's copy state".into())?;
-    sqlx::query(&format!(
-        "DELETE FROM {}",
+    // What the worker kept for the old copy: tombstones, or a keyless table's held events.
+    let kept = if table.key.is_empty() {
+        super::apply::keyless::held_table(schema, table)
+    } else {
         super::row_format::tombstone_table(schema, table)
-    ))
-    .execute(&mut *tx)
-    .await
-    .context(|| "clearing the table's tombstones".into())?;
+    };
+    sqlx::query(&format!("DELETE FROM {kept}"))
+        .execute(&mut *tx)
+        .await
+        .context(|| "clearing the table's tombstones".into())?;
     tx.commit()
         .await
         .context(|| format!("committing the resync of {}", table.display_name()))?;

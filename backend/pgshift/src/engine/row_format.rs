@@ -144,6 +144,11 @@ pub async fn prepare_target(
             .await
             .context(|| format!("creating the row type of {}", table.display_name()))?;
 
+        if table.key.is_empty() {
+            // Without a key there is nothing to tombstone: events are held while it copies.
+            super::apply::keyless::prepare_held(conn, schema, table).await?;
+            continue;
+        }
         // The tombstone table keeps the key columns' own types and collations, so equality is
         // the key's equality (1.0 = 1.00, citext, nondeterministic collations).
         let keys = table

@@ -248,6 +248,12 @@ impl Run {
             .iter()
             .map(|t| (t.no, TablePlan::new(&schema, t, &facts[&t.no])))
             .collect();
+        // A table without a key replays the events held while it copied (apply/keyless.rs).
+        let copy_plans: HashMap<i32, TablePlan> = plans
+            .iter()
+            .filter(|(_, p)| p.is_keyless())
+            .map(|(no, p)| (*no, p.clone()))
+            .collect();
         let worker = Worker {
             schema: schema.clone(),
             source: source_pool.clone(),
@@ -287,7 +293,7 @@ impl Run {
             set.spawn(async move { ("schema builder", builder.run(t).await) });
         }
 
-        let copies = self.copies(&schema, &progress, &tick_now);
+        let copies = self.copies(&schema, &progress, &tick_now, &copy_plans);
         if !copies.is_empty() {
             let t = tasks.clone();
             let parallel = self.settings.copy_parallelism;
@@ -358,6 +364,7 @@ impl Run {
         schema: &str,
         progress: &[TableProgress],
         tick_now: &Arc<tokio::sync::Notify>,
+        plans: &HashMap<i32, TablePlan>,
     ) -> Vec<Arc<TableCopy>> {
         let mut todo: Vec<(&TableProgress, Arc<TableCopy>)> = self
             .record
@@ -376,6 +383,7 @@ impl Run {
                             chunk_rows: self.settings.copy_chunk_rows,
                             status: self.status.clone(),
                             tick_now: tick_now.clone(),
+                            keyless: plans.get(&t.no).cloned(),
                         }),
                     )
                 })
@@ -454,16 +462,49 @@ async fn target_facts(
         .await
         .context(|| format!("reading the constraints of {} on the target", t.display_name()))?;
         let key_ops = super::key_ops::key_operators(&mut *dst, t).await?;
+        let keyless_match = if t.key.is_empty() {
+            keyless_match_columns(&mut *dst, t).await?
+        } else {
+            Vec::new()
+        };
         out.insert(
             t.no,
             apply::TargetFacts {
                 referenced_by_others,
                 deferrable_key,
                 key_ops,
+                keyless_match,
             },
         );
     }
     Ok(out)
+}
+
+/// The written columns of a table without a key that are NOT NULL on the target and whose type
+/// has a default btree equality there: compared with `=` besides the rows' text when applying,
+/// so an index on them can find the rows (apply/keyless.rs).
+async fn keyless_match_columns(
+    dst: &mut PgConnection,
+    table: &crate::store::TableSpec,
+) -> EngineResult<Vec<String>> {
+    let written: Vec<String> = table.writable_columns().map(|c| c.name.clone()).collect();
+    sqlx::query_scalar(
+        "SELECT a.attname::text FROM pg_attribute a
+          WHERE a.attrelid = $1::regclass AND a.attnum > 0 AND NOT a.attisdropped
+            AND a.attnotnull AND a.attname = ANY($2)
+            AND EXISTS (SELECT 1 FROM pg_opclass o JOIN pg_am m ON m.oid = o.opcmethod
+                         WHERE m.amname = 'btree' AND o.opcdefault
+                           -- Found by pgshift's sessions (search_path = pg_catalog, pg_temp).
+                           AND o.opcnamespace = 'pg_catalog'::regnamespace
+                           AND o.opcintype = (SELECT CASE WHEN ty.typtype = 'd' THEN ty.typbasetype ELSE ty.oid END
+                                                FROM pg_type ty WHERE ty.oid = a.atttypid))
+          ORDER BY a.attnum",
+    )
+    .bind(table.sql_name())
+    .bind(&written)
+    .fetch_all(&mut *dst)
+    .await
+    .context(|| format!("reading the columns of {} on the target", table.display_name()))
 }
 
 /// Watches the source's tables every `every` (the ticker's idle interval): a column change ends

@@ -27,6 +27,9 @@ pub struct TableStatus {
     #[serde(skip)]
     pub table_no: i32,
     pub name: String,
+    /// How rows are identified: `primary key`, `unique index <name>` or `whole row` (a table
+    /// without a key, replicated as `REPLICA IDENTITY FULL` would).
+    pub identity: String,
     /// pending, copying, catching_up, synced or error.
     pub state: String,
     pub rows_copied: i64,
@@ -74,6 +77,7 @@ impl MigrationStatus {
                 .map(|t| TableStatus {
                     table_no: t.no,
                     name: t.display_name(),
+                    identity: t.identity(),
                     state: TableState::Pending.as_str().into(),
                     rows_copied: 0,
                     rows_estimated: None,

@@ -130,6 +130,7 @@ impl Worker {
             size.observe(&chunk);
             events += apply::apply_chunk(&mut dst, &ctx, &chunk).await?.events as i64;
         }
+        apply::finish_batch(&mut dst, &ctx).await?;
         let applied =
             target::record_batch(&mut dst, &self.schema, self.applied.tick_id, tick, events)
                 .await?;

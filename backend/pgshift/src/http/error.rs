@@ -131,7 +131,7 @@ pub enum BodyErrors {
     /// `invalid_body` (fields missing, unknown or of the wrong type) or a check that failed:
     /// `invalid_name`, `invalid_database`, `invalid_dsn`, `unknown_cluster`, `same_database`,
     /// `unreachable`, `authentication_failed`, `database_not_found`, `missing_privilege`,
-    /// `no_tables`, `invalid_pattern`, `pattern_matches_nothing`, `no_primary_key`,
+    /// `no_tables`, `invalid_pattern`, `pattern_matches_nothing`,
     /// `target_table_missing`, `target_columns_differ`, `target_key_differs`, `invalid_subject`,
     /// `invalid_ttl`, `invalid_webhook_url`, `webhook_not_allowed`, `key_collation_differs`.
     #[response(status = 422)]

@@ -15,6 +15,8 @@ pub const MAX_CHECKED: usize = 200;
 #[derive(Debug, Serialize)]
 pub struct PreviewTable {
     pub name: String,
+    /// How rows are identified: `primary key`, `unique index <name>` or `whole row`.
+    pub identity: String,
     /// Why the engine will refuse this table; None when it is fine.
     pub problem: Option<String>,
     /// What the operator should know although the table is accepted (a foreign key on the
@@ -153,9 +155,10 @@ pub async fn preview(
                 )
             })
             .collect();
-        let problem = if t.key.is_empty() {
-            Some("no primary key and no unique index over NOT NULL columns: pgshift identifies rows by such a key; add one or leave the table out".to_string())
-        } else if let Err(e) = catalog::check_source(&mut src, &spec).await {
+        if t.key.is_empty() {
+            notes.extend(keyless_notes(&mut src, t).await?);
+        }
+        let problem = if let Err(e) = catalog::check_source(&mut src, &spec).await {
             Some(problem_text(e)?)
         } else if mode == SchemaMode::Create {
             notes.push("built on the target from the source's schema: the table and its key before the copy, its indexes, constraints, triggers and dependent views after it".into());
@@ -184,6 +187,7 @@ pub async fn preview(
         };
         tables.push(PreviewTable {
             name: t.display_name(),
+            identity: spec[0].identity(),
             problem,
             notes,
         });
@@ -214,6 +218,40 @@ pub async fn preview(
         not_selected,
         truncated,
     })
+}
+
+/// Rows of a table without a key above which applying its updates and deletes is slow unless
+/// the target can find rows by an index.
+const LARGE_KEYLESS_ROWS: f64 = 100_000.0;
+
+/// What the operator should know about a table without a key.
+async fn keyless_notes(
+    src: &mut sqlx::PgConnection,
+    t: &catalog::CatalogTable,
+) -> ServiceResult<Vec<String>> {
+    let mut notes = vec!["no primary key and no unique index over NOT NULL columns: replicated with whole-row identity (an update or delete changes exactly one target row equal to the old row; duplicates stay duplicates); copied in one snapshot (a crash restarts its copy), compared as a whole by verification and inside the cutover's freeze".to_string()];
+    let rows: f64 = sqlx::query_scalar(
+        "SELECT coalesce(sum(c.reltuples) FILTER (WHERE c.reltuples > 0), 0)::float8
+           FROM pg_partition_tree($1::regclass) p JOIN pg_class c ON c.oid = p.relid",
+    )
+    .bind(format!(
+        "{}.{}",
+        crate::base::quote_ident(&t.schema),
+        crate::base::quote_ident(&t.name)
+    ))
+    .fetch_one(&mut *src)
+    .await
+    .map_err(|e| EngineError::Database {
+        context: format!("estimating the size of {}", t.display_name()),
+        source: e,
+    })?;
+    if rows >= LARGE_KEYLESS_ROWS {
+        notes.push(format!(
+            "large table without a key (about {} rows): each batch that updates or deletes its rows looks them up on the target, which reads the whole table unless an index covers some of its NOT NULL columns; its copy holds one snapshot on the source for its whole length, and the cutover compares every row inside the freeze. Add a primary key if you can",
+            rows.round() as i64
+        ));
+    }
+    Ok(notes)
 }
 
 /// A refusal the operator can act on becomes the table's problem; a failing server fails the

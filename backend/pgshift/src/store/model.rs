@@ -83,8 +83,12 @@ pub struct TableSpec {
     pub no: i32,
     pub schema: String,
     pub name: String,
-    /// Primary key columns, in key order.
+    /// The columns rows are identified by, in key order: the primary key, or a unique index
+    /// over NOT NULL columns ([`Self::key_index`]); empty for whole-row identity.
     pub key: Vec<String>,
+    /// The unique index the key comes from when the table has no primary key.
+    #[serde(default)]
+    pub key_index: Option<String>,
     pub columns: Vec<ColumnSpec>,
     /// Partitioned on the source: capture triggers also sit on each partition.
     #[serde(default)]
@@ -92,6 +96,15 @@ pub struct TableSpec {
 }
 
 impl TableSpec {
+    /// How rows are identified, in words: `primary key`, `unique index <name>` or `whole row`.
+    pub fn identity(&self) -> String {
+        match (&self.key_index, self.key.is_empty()) {
+            (_, true) => "whole row".into(),
+            (Some(index), false) => format!("unique index {index}"),
+            (None, false) => "primary key".into(),
+        }
+    }
+
     /// The unquoted `schema.table` name users see and patterns match.
     pub fn display_name(&self) -> String {
         format!("{}.{}", self.schema, self.name)

@@ -128,6 +128,7 @@ pub fn specs(selected: &[CatalogTable]) -> Vec<TableSpec> {
             schema: t.schema.clone(),
             name: t.name.clone(),
             key: t.key.clone(),
+            key_index: t.key_index.clone(),
             columns: t.columns.clone(),
             partitioned: t.partitioned,
         })

@@ -1,6 +1,6 @@
 //! Engine layer: picking the tables a migration covers by `schema.table` patterns (`*` matches
 //! any run of characters), in time linear in the name whatever the pattern, and refusing a
-//! selection that is empty or holds a table without a key.
+//! selection that is empty. A table without a key is replicated with whole-row identity.
 
 use super::CatalogTable;
 use crate::engine::{EngineError, EngineResult};
@@ -95,20 +95,6 @@ pub fn select_tables(
         return Err(EngineError::invalid(
             "no_tables",
             "the source database has no tables to migrate",
-        ));
-    }
-    let keyless: Vec<String> = selected
-        .iter()
-        .filter(|t| t.key.is_empty())
-        .map(|t| t.display_name())
-        .collect();
-    if !keyless.is_empty() {
-        return Err(EngineError::invalid(
-            "no_primary_key",
-            format!(
-                "table(s) without a primary key or a unique index over NOT NULL columns: {}. pgshift identifies rows by such a key to replicate updates and deletes; add one or leave these tables out with table patterns",
-                keyless.join(", ")
-            ),
         ));
     }
     Ok(selected)

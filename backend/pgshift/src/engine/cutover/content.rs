@@ -235,6 +235,17 @@ async fn recheck_at_common_point(
         let mut differing = Vec::new();
         for (lo, hi) in ranges {
             let (lo, hi) = (lo.as_ref(), hi.as_ref());
+            if shape.key.is_empty() {
+                // No key to name rows by: the whole table's digests decide.
+                let (a, b) = tokio::join!(
+                    verify::table_digest(&mut conns.source, shape, Side::Source, true),
+                    verify::table_digest(&mut conns.target, shape, Side::Target, true)
+                );
+                if a? != b? {
+                    differing.push(((None, None), Vec::new()));
+                }
+                continue;
+            }
             let (a, b) = tokio::join!(
                 verify::range_rows(&mut conns.source, shape, Side::Source, lo, hi),
                 verify::range_rows(&mut conns.target, shape, Side::Target, lo, hi)
@@ -262,6 +273,9 @@ fn range_words((lo, hi): &Range) -> String {
 }
 
 fn keys_words(keys: &[KeyBound]) -> String {
+    if keys.is_empty() {
+        return "whole rows differ (the table has no key to name them by)".into();
+    }
     let shown: Vec<String> = keys.iter().map(verify::key_words).collect();
     format!(
         "key{} {}{}",
@@ -315,9 +329,11 @@ pub async fn recheck(
     if !shape.differences.is_empty() || !shape.comparable {
         return Ok(verdict);
     }
-    if !shape.same_columns(&baseline.shape) {
+    if !shape.same_columns(&baseline.shape) || shape.key.is_empty() {
         // The definitions changed since the range pass (on both sides alike): rows that kept
-        // their versions may read differently now, so every row is compared.
+        // their versions may read differently now, so every row is compared. A table without
+        // a key has no keys to recheck by: every row is compared too (inside the freeze: the
+        // preview warns about large keyless tables).
         let (a, b) = tokio::join!(
             verify::table_digest(src, &shape, Side::Source, true),
             verify::table_digest(dst, &shape, Side::Target, true)

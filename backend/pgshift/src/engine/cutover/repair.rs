@@ -34,6 +34,9 @@ pub async fn copy_range(
         .writable_columns()
         .map(|c| quote_ident(&c.name))
         .collect();
+    if shape.key.is_empty() {
+        return copy_whole(src, dst, shape, &cols).await;
+    }
     let keys: Vec<String> = shape.key.iter().map(|k| quote_ident(k)).collect();
     let same_key = |a: &str, b: &str| {
         keys.iter()
@@ -151,4 +154,27 @@ fn range_literals(
         parts.push(format!("{cols} <= {}", bound(hi)));
     }
     parts.join(" AND ")
+}
+
+/// The repair of a table without a key: its one range is the whole table, and rows cannot be
+/// told apart but by value, so the target's rows are replaced by the source's (the caller holds
+/// the table still on the source and the target has caught up).
+async fn copy_whole(
+    src: &mut PgConnection,
+    dst: &mut PgConnection,
+    shape: &TableShape,
+    cols: &[String],
+) -> EngineResult<u64> {
+    let cols = cols.join(", ");
+    let own_rows = shape.from(Side::Target);
+    sqlx::query(&format!("DELETE FROM {own_rows}"))
+        .execute(&mut *dst)
+        .await
+        .context(|| format!("emptying {} on the target for its repair", shape.name))?;
+    let copy_out = format!(
+        "COPY (SELECT {cols} FROM {}) TO STDOUT",
+        shape.from(Side::Source)
+    );
+    let copy_in = format!("COPY {} ({cols}) FROM STDIN", shape.sql_name());
+    crate::engine::copy::stream(src, dst, &copy_out, &copy_in, &shape.name).await
 }

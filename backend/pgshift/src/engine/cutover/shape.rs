@@ -77,7 +77,8 @@ pub struct TableShape {
     /// Where the definitions differ, one sentence each, e.g. `public.t: column w exists only on
     /// the target`.
     pub differences: Vec<String>,
-    /// Both sides have the table and every key column, so rows can be compared by key.
+    /// Both sides have the table and every key column, so rows can be compared by key (or, for
+    /// a table without a key, as a whole).
     pub comparable: bool,
 }
 
@@ -204,11 +205,11 @@ fn compare(
             ));
         }
     }
-    shape.comparable = !shape.key.is_empty()
-        && shape
-            .key
-            .iter()
-            .all(|k| shape.columns.iter().any(|c| &c.name == k));
+    // A table without a key compares as a whole (a multiset of rows: its digest).
+    shape.comparable = shape
+        .key
+        .iter()
+        .all(|k| shape.columns.iter().any(|c| &c.name == k));
     shape
 }
 
@@ -288,6 +289,7 @@ mod tests {
             schema: "public".into(),
             name: "t".into(),
             key: vec!["id".into()],
+            key_index: None,
             columns: vec![ColumnSpec {
                 name: "id".into(),
                 type_name: "integer".into(),

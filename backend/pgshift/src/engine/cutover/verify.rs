@@ -151,6 +151,10 @@ pub async fn range_bounds(
     shape: &TableShape,
     every: i64,
 ) -> EngineResult<Vec<KeyBound>> {
+    if shape.key.is_empty() {
+        // No key, no ranges: the table is one range.
+        return Ok(Vec::new());
+    }
     let keys = shape.key_columns().join(", ");
     let sql = format!(
         "SELECT pgshift_key FROM (SELECT {}, row_number() OVER (ORDER BY {keys}) AS pgshift_rn FROM {}) s
@@ -174,6 +178,10 @@ pub async fn next_bound(
     lo: Option<&KeyBound>,
     every: i64,
 ) -> EngineResult<Option<KeyBound>> {
+    if shape.key.is_empty() {
+        // No key, no ranges: the table is one range.
+        return Ok(None);
+    }
     let n = shape.key.len();
     let sql = format!(
         "SELECT {} FROM {} WHERE {} ORDER BY {} OFFSET ${} LIMIT 1",
@@ -200,6 +208,10 @@ pub async fn range_rows(
     lo: Option<&KeyBound>,
     hi: Option<&KeyBound>,
 ) -> EngineResult<Vec<(KeyBound, String)>> {
+    if shape.key.is_empty() {
+        // Rows without a key cannot be named: callers compare digests instead.
+        return Ok(Vec::new());
+    }
     let sql = format!(
         "SELECT {}, md5({}) FROM {} WHERE {} ORDER BY {}",
         key_array(shape),

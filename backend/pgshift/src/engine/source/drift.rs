@@ -235,6 +235,7 @@ mod tests {
             schema: "public".into(),
             name: "t".into(),
             key: vec!["id".into()],
+            key_index: None,
             columns: vec![column("id", "integer"), column("v", "mood")],
             partitioned: false,
         };

@@ -7,6 +7,8 @@ use crate::store::TableSpec;
 
 const INSTALL_SQL: &str = include_str!("../../../../../sql/source/install.sql");
 const TABLE_CAPTURE_SQL: &str = include_str!("../../../../../sql/source/table_capture.sql");
+const KEYLESS_CAPTURE_SQL: &str =
+    include_str!("../../../../../sql/source/table_capture_keyless.sql");
 const TABLE_TRIGGERS_SQL: &str = include_str!("../../../../../sql/source/table_triggers.sql");
 const STATEMENT_TRIGGERS_SQL: &str =
     include_str!("../../../../../sql/source/statement_triggers.sql");
@@ -78,7 +80,13 @@ pub(super) fn table_capture_sql(
         .map(|(name, value)| format!("SET {name} = {}", quote_literal(value)))
         .collect::<Vec<_>>()
         .join("\n    ");
-    expand_generations(TABLE_CAPTURE_SQL)
+    // A table without a key is captured with whole-row identity (table_capture_keyless.sql).
+    let template = if table.key.is_empty() {
+        KEYLESS_CAPTURE_SQL
+    } else {
+        TABLE_CAPTURE_SQL
+    };
+    expand_generations(template)
         .replace(
             "@partition_seen@",
             if table.partitioned {
