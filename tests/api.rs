@@ -285,19 +285,17 @@ async fn bad_input_gets_a_clear_4xx() {
         "pattern_matches_nothing",
     );
     assert!(msg.contains("public.zz*"), "{msg}");
-    let msg = refused(
-        server
-            .post(
-                "/migrations",
-                migration("m", "source", "app", json!(["public.nokey"])),
-            )
-            .await,
-        StatusCode::UNPROCESSABLE_ENTITY,
-        "target_table_missing",
-    );
-    // A table without a key is accepted (whole-row identity): what refuses it here is only
-    // that the target lacks it.
-    assert!(msg.contains("public.nokey"), "{msg}");
+    // A table without a key is not refused: it is replicated with whole-row identity.
+    let (status, created) = server
+        .post(
+            "/migrations",
+            migration("nokey", "source", "app", json!(["public.nokey"])),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{created}");
+    assert_eq!(created["tables"][0]["identity"], "whole row", "{created}");
+    let (status, removed) = server.delete("/migrations/nokey").await;
+    assert!(status.is_success(), "{status} {removed}");
     let msg = refused(
         server
             .post(

@@ -297,13 +297,21 @@ async fn roles_on_pages_and_a_migration_driven_from_the_dashboard() {
     assert_eq!(page.status, StatusCode::OK);
     assert!(page.body.contains("3 table(s) match"), "{}", page.body);
     assert!(page.body.contains("1 will be refused"), "{}", page.body);
-    assert!(page.body.contains("no primary key"), "{}", page.body);
+    // The table without a key is accepted with whole-row identity; it is refused because the
+    // target lacks it.
+    assert!(page.body.contains("whole-row identity"), "{}", page.body);
+    assert!(
+        page.body.contains("data-identity=\"whole row\"")
+            && page.body.contains("data-identity=\"primary key\""),
+        "{}",
+        page.body
+    );
     let page = admin
         .get(&preview.replace("public.*", "public.accounts%0Apublic.nope"))
         .await;
     assert!(page.body.contains("matches no table"), "{}", page.body);
 
-    // Creating with the keyless table is refused inline; without it, it works.
+    // Creating with the table the target lacks is refused inline; without it, it works.
     let base_form = |tables: &'static str| {
         vec![
             ("name", "shop"),
@@ -318,7 +326,12 @@ async fn roles_on_pages_and_a_migration_driven_from_the_dashboard() {
     form.push(("csrf", &csrf));
     let page = admin.post("/ui/migrations", &form).await;
     assert_eq!(page.status, StatusCode::UNPROCESSABLE_ENTITY);
-    assert!(page.body.contains("without a primary key"), "{}", page.body);
+    assert!(
+        page.body
+            .contains("public.keyless: does not exist on the target"),
+        "{}",
+        page.body
+    );
     let mut form = base_form("public.accounts\npublic.notes");
     form.push(("csrf", &csrf));
     let page = admin.post("/ui/migrations", &form).await;

@@ -39,6 +39,7 @@ pub(super) fn details(m: &Value) -> String {
         .map(|t| {
             vec![
                 text(t, "name"),
+                text(t, "identity"),
                 text(t, "state"),
                 text(t, "rows_copied"),
                 text(t, "rows_estimated"),
@@ -51,6 +52,7 @@ pub(super) fn details(m: &Value) -> String {
     out.push_str(&table::render(
         &[
             "TABLE",
+            "IDENTITY",
             "STATE",
             "ROWS COPIED",
             "ROWS ESTIMATED",

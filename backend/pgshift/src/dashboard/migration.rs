@@ -24,6 +24,8 @@ use crate::store::{AuditEntry, DesiredState, MigrationRecord};
 /// One table's row on the page.
 pub struct TableRow {
     pub name: String,
+    /// How rows are identified: `primary key`, `unique index <name>` or `whole row`.
+    pub identity: String,
     pub state: String,
     pub state_words: &'static str,
     pub progress: Progress,
@@ -95,6 +97,7 @@ fn live(app: &AppState, m: &MigrationView, id: Option<uuid::Uuid>) -> Live {
                 });
             TableRow {
                 name: t.name.clone(),
+                identity: t.identity.clone(),
                 state: t.state.clone(),
                 state_words: view::state_words(&t.state),
                 progress: Progress::new(t.rows_copied, t.rows_estimated, done),
