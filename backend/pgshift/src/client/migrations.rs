@@ -55,6 +55,15 @@ pub enum MigrationCommand {
     /// itself as soon as it can, this tries now. Refused while an operation runs and for a
     /// cut-over migration (use `remove --unfreeze-source`).
     Unfreeze { name: String },
+    /// Apply a schema change on both sides at the same point of the stream: the statements run
+    /// on the source in one transaction with an event the target applies in order. Admins only;
+    /// every table must be synced.
+    Ddl {
+        name: String,
+        /// The file holding the statements (`-` reads them from standard input).
+        #[arg(short = 'f', long = "file", value_name = "FILE")]
+        file: std::path::PathBuf,
+    },
     /// Wait until the migration is synced and/or its lag is low enough; exits 5 on timeout.
     Wait {
         name: String,
@@ -307,6 +316,30 @@ pub async fn run(
             }
             let op = api.post(&format!("{}/cutover", path(&name)), body).await?;
             follow(&api, op, &how.with(json), out).await
+        }
+        MigrationCommand::Ddl { name, file } => {
+            let sql = if file.as_os_str() == "-" {
+                let mut sql = String::new();
+                std::io::Read::read_to_string(&mut std::io::stdin(), &mut sql).map_err(|e| {
+                    ClientError::Usage(format!("reading the statements from standard input: {e}"))
+                })?;
+                sql
+            } else {
+                std::fs::read_to_string(&file)
+                    .map_err(|e| ClientError::Usage(format!("reading {}: {e}", file.display())))?
+            };
+            let m = api
+                .post(&format!("{}/ddl", path(&name)), json!({ "sql": sql }))
+                .await?;
+            if json {
+                return print_json(out, &m);
+            }
+            print(
+                out,
+                &format!(
+                    "migration {name}: the schema change is committed on the source; the target applies it at the same point of the stream (watch `pgshift migration show {name}` for errors)\n"
+                ),
+            )
         }
         MigrationCommand::Unfreeze { name } => {
             let done = api

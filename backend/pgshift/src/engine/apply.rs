@@ -289,11 +289,6 @@ pub struct ChunkContext<'a> {
     pub careful: bool,
 }
 
-/// What one chunk did.
-pub struct Applied {
-    pub events: usize,
-}
-
 /// At most this many bytes of row text go into one statement's parameter: PostgreSQL refuses a
 /// message over 1 GB, and memory on both sides stays bounded. A single row larger than this
 /// still goes alone.
@@ -397,6 +392,13 @@ async fn run(
                 wide::write(conn, plan, tag).await?;
             }
         }
+        // Handled by the worker before the chunk reaches here (ddl.rs); never a table's.
+        Op::SchemaChange => {
+            return Err(EngineError::invalid(
+                "corrupt_event",
+                format!("a schema change was given as an event of {}", plan.display),
+            ));
+        }
         Op::Unsendable => {
             // While the table copies (after a resync, say) the copy reads the row as it is now:
             // the target forgets what it holds under that key and the copy starts again, so the
@@ -438,7 +440,7 @@ pub async fn apply_chunk(
     conn: &mut PgConnection,
     ctx: &ChunkContext<'_>,
     events: &[Event],
-) -> EngineResult<Applied> {
+) -> EngineResult<()> {
     // Split by table, keeping each table's own order.
     let mut order: Vec<i32> = Vec::new();
     let mut per_table: HashMap<i32, Vec<&Event>> = HashMap::new();
@@ -479,9 +481,7 @@ pub async fn apply_chunk(
             i = j;
         }
     }
-    Ok(Applied {
-        events: events.len(),
-    })
+    Ok(())
 }
 
 /// Applies one chunk's events of a table without a key: held while its copy has not landed,
@@ -528,7 +528,7 @@ async fn apply_keyless(
                     format!("{words}; pgshift cannot carry this row to the target: change the value on the source, then resync the table"),
                 ));
             }
-            Op::KeyChange | Op::Piece | Op::Assemble => {
+            Op::KeyChange | Op::Piece | Op::Assemble | Op::SchemaChange => {
                 return Err(EngineError::invalid(
                     "corrupt_event",
                     format!(

@@ -86,6 +86,9 @@ pub enum Op {
     /// A row that cannot be carried at all (a value whose own text form is over 1 GB); the
     /// payload says which and why.
     Unsendable,
+    /// A schema change made through pgshift (table 0): its statements and the tables' new
+    /// layout (ddl.rs). The worker runs it at this point of the stream.
+    SchemaChange,
 }
 
 /// The batch between two ticks, as two queries over the same events in the same order: the
@@ -284,6 +287,7 @@ pub async fn fetch(conn: &mut PgConnection, limit: Limit<'_>) -> EngineResult<Ve
                 "P" => Op::Piece,
                 "W" => Op::Assemble,
                 "E" => Op::Unsendable,
+                "S" => Op::SchemaChange,
                 other => {
                     return Err(EngineError::invalid(
                         "corrupt_event",

@@ -8,6 +8,7 @@ pub mod batch;
 pub mod catalog;
 pub(crate) mod copy;
 pub mod cutover;
+pub mod ddl;
 mod error;
 pub mod key_ops;
 mod left_freezes;

@@ -209,11 +209,14 @@ impl Run {
             .await?;
         }
         source::check_format(&mut src, &schema).await?;
-        row_format::prepare_target(&mut dst, &schema, &self.record.tables).await?;
+        // The column lists the worker reads rows with: the target's, as of the last schema change
+        // it applied (see ddl.rs).
+        let layout = super::ddl::layout(&mut dst, &schema, &self.record.tables).await?;
+        row_format::prepare_target(&mut dst, &schema, &layout).await?;
         let applied = target::applied_tick(&mut dst, &schema).await?;
         let progress = target::table_progress(&mut dst, &schema).await?;
         self.refresh_tables(&progress);
-        let facts = target_facts(&mut dst, &self.record).await?;
+        let facts = target_facts(&mut dst, &layout).await?;
 
         let source_pool = pg::pool("the source", &self.source, 3).await?;
         let (applied_tx, applied_rx) = watch::channel(Some(applied.clone()));
@@ -242,9 +245,7 @@ impl Run {
         let t = tasks.clone();
         set.spawn(async move { ("source watch", watch.run(t).await) });
 
-        let plans: HashMap<i32, TablePlan> = self
-            .record
-            .tables
+        let plans: HashMap<i32, TablePlan> = layout
             .iter()
             .map(|t| (t.no, TablePlan::new(&schema, t, &facts[&t.no])))
             .collect();
@@ -449,35 +450,40 @@ async fn run_copies(
 /// What the target's catalog says about each migrated table that shapes how it is written.
 async fn target_facts(
     dst: &mut PgConnection,
-    record: &MigrationRecord,
+    tables: &[crate::store::TableSpec],
 ) -> EngineResult<HashMap<i32, apply::TargetFacts>> {
     let mut out = HashMap::new();
-    for t in &record.tables {
-        let (referenced_by_others, deferrable_key): (bool, bool) = sqlx::query_as(
-            "SELECT EXISTS (SELECT 1 FROM pg_constraint WHERE contype = 'f' AND confrelid = $1::regclass AND conrelid <> confrelid),
-                    EXISTS (SELECT 1 FROM pg_constraint WHERE contype IN ('p', 'u') AND conrelid = $1::regclass AND condeferrable)",
-        )
-        .bind(t.sql_name())
-        .fetch_one(&mut *dst)
-        .await
-        .context(|| format!("reading the constraints of {} on the target", t.display_name()))?;
-        let key_ops = super::key_ops::key_operators(&mut *dst, t).await?;
-        let keyless_match = if t.key.is_empty() {
-            keyless_match_columns(&mut *dst, t).await?
-        } else {
-            Vec::new()
-        };
-        out.insert(
-            t.no,
-            apply::TargetFacts {
-                referenced_by_others,
-                deferrable_key,
-                key_ops,
-                keyless_match,
-            },
-        );
+    for t in tables {
+        out.insert(t.no, table_facts(dst, t).await?);
     }
     Ok(out)
+}
+
+/// What the target's catalog says about one migrated table that shapes how it is written.
+pub(super) async fn table_facts(
+    dst: &mut PgConnection,
+    t: &crate::store::TableSpec,
+) -> EngineResult<apply::TargetFacts> {
+    let (referenced_by_others, deferrable_key): (bool, bool) = sqlx::query_as(
+        "SELECT EXISTS (SELECT 1 FROM pg_constraint WHERE contype = 'f' AND confrelid = $1::regclass AND conrelid <> confrelid),
+                EXISTS (SELECT 1 FROM pg_constraint WHERE contype IN ('p', 'u') AND conrelid = $1::regclass AND condeferrable)",
+    )
+    .bind(t.sql_name())
+    .fetch_one(&mut *dst)
+    .await
+    .context(|| format!("reading the constraints of {} on the target", t.display_name()))?;
+    let key_ops = super::key_ops::key_operators(&mut *dst, t).await?;
+    let keyless_match = if t.key.is_empty() {
+        keyless_match_columns(&mut *dst, t).await?
+    } else {
+        Vec::new()
+    };
+    Ok(apply::TargetFacts {
+        referenced_by_others,
+        deferrable_key,
+        key_ops,
+        keyless_match,
+    })
 }
 
 /// The written columns of a table without a key that are NOT NULL on the target and whose type

@@ -219,6 +219,24 @@ async fn install_in_one(
     Ok(())
 }
 
+/// Replaces a table's capture function with one rendered for `table` as it is now (the DDL
+/// route, after a change of its columns or key). In place: the triggers keep calling it.
+pub(crate) async fn replace_capture(
+    conn: &mut PgConnection,
+    schema: &str,
+    table: &TableSpec,
+) -> EngineResult<()> {
+    let ops = key_ops::key_operators(&mut *conn, table).await?;
+    let sql = table_capture_sql(schema, table, &ops).replacen(
+        "CREATE FUNCTION",
+        "CREATE OR REPLACE FUNCTION",
+        1,
+    );
+    super::pg::run_script(&mut *conn, &sql)
+        .await
+        .context(|| format!("replacing the capture function of {}", table.display_name()))
+}
+
 /// Removes everything this migration installed on the source. The trigger functions live in the
 /// schema, so dropping it with CASCADE takes the triggers with it (no table ownership needed).
 /// Dropping a trigger locks its table ACCESS EXCLUSIVE, and the application's queries queue behind

@@ -12,7 +12,8 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use super::apply::{self, ChunkContext, TablePlan};
-use super::batch::{self, Snapshot};
+use super::batch::{self, Op, Snapshot};
+use super::ddl;
 use super::error::Context;
 use super::runner::refresh_tables;
 use super::settings::EngineSettings;
@@ -115,22 +116,56 @@ impl Worker {
             .map(|p| p.table_no)
             .collect();
         let needs_tombstone = |no: i32| tombstones.contains(&no);
-        let ctx = ChunkContext {
-            plans: &self.plans,
-            tombstone_tables: &needs_tombstone,
-            careful,
-        };
-        let mut events = 0i64;
-        let mut size = batch::FetchSize::new(self.settings.fetch_events, apply::STATEMENT_BYTES);
-        loop {
-            let chunk = batch::fetch(&mut src, size.next()).await?;
-            if chunk.is_empty() {
-                break;
+        // A schema change in the batch replaces plans; a failed attempt must not keep them.
+        let plans_before = self.plans.clone();
+        let applied = async {
+            let mut events = 0i64;
+            let mut size =
+                batch::FetchSize::new(self.settings.fetch_events, apply::STATEMENT_BYTES);
+            loop {
+                let chunk = batch::fetch(&mut src, size.next()).await?;
+                if chunk.is_empty() {
+                    break;
+                }
+                size.observe(&chunk);
+                events += chunk.len() as i64;
+                // A schema change splits the chunk: what comes before it is applied with the
+                // old column lists, what follows with the new ones (ddl.rs).
+                for part in chunk.split_inclusive(|e| e.op == Op::SchemaChange) {
+                    let (rows, change) = match part.split_last() {
+                        Some((last, rows)) if last.op == Op::SchemaChange => (rows, Some(last)),
+                        _ => (part, None),
+                    };
+                    let ctx = ChunkContext {
+                        plans: &self.plans,
+                        tombstone_tables: &needs_tombstone,
+                        careful,
+                    };
+                    apply::apply_chunk(&mut dst, &ctx, rows).await?;
+                    if let Some(change) = change {
+                        apply::finish_batch(&mut dst, &ctx).await?;
+                        ddl::apply_on_target(&mut dst, &self.schema, &change.data, &mut self.plans)
+                            .await?;
+                        tracing::info!(migration = %self.record.name, "applied a schema change on the target");
+                    }
+                }
             }
-            size.observe(&chunk);
-            events += apply::apply_chunk(&mut dst, &ctx, &chunk).await?.events as i64;
+            let ctx = ChunkContext {
+                plans: &self.plans,
+                tombstone_tables: &needs_tombstone,
+                careful,
+            };
+            apply::finish_batch(&mut dst, &ctx).await?;
+            Ok::<_, EngineError>(events)
         }
-        apply::finish_batch(&mut dst, &ctx).await?;
+        .await;
+        let events = match applied {
+            Ok(events) => events,
+            Err(err) => {
+                self.plans = plans_before;
+                return Err(err);
+            }
+        };
         let applied =
             target::record_batch(&mut dst, &self.schema, self.applied.tick_id, tick, events)
                 .await?;

@@ -6,6 +6,7 @@ mod audit;
 mod auth;
 mod clusters;
 mod cutover;
+mod ddl;
 mod error;
 mod json;
 mod metrics;
@@ -51,6 +52,7 @@ pub fn api(app: AppState) -> Router<AppState> {
         .route("/migrations/{name}/cutover", post(cutover::start))
         .route("/migrations/{name}/cutover/abort", post(cutover::abort))
         .route("/migrations/{name}/verify", post(cutover::verify))
+        .route("/migrations/{name}/ddl", post(ddl::run))
         .route("/migrations/{name}/unfreeze", post(cutover::unfreeze))
         .route("/migrations/{name}/operations", get(operations::list))
         .route("/operations/{id}", get(operations::get))

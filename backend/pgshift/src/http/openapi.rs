@@ -7,7 +7,7 @@ use axum::Json;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::{audit, clusters, cutover, metrics, migrations, operations, tokens};
+use super::{audit, clusters, cutover, ddl, metrics, migrations, operations, tokens};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -27,6 +27,7 @@ use super::{audit, clusters, cutover, metrics, migrations, operations, tokens};
         migrations::pause,
         migrations::resume,
         migrations::resync_table,
+        ddl::run,
         migrations::remove,
         cutover::start,
         cutover::abort,

@@ -6,6 +6,7 @@ pub mod audit;
 pub mod cluster_probe;
 pub mod clusters;
 pub mod cutover;
+pub mod ddl;
 mod error;
 pub mod lag_history;
 pub mod migration_preview;

@@ -81,6 +81,8 @@ pub trait Store: Send + Sync + 'static {
     async fn migration_by_name(&self, name: &str) -> StoreResult<Option<MigrationRecord>>;
     async fn set_desired_state(&self, id: Uuid, state: DesiredState) -> StoreResult<()>;
     async fn set_last_error(&self, id: Uuid, error: Option<&str>) -> StoreResult<()>;
+    /// Replaces a migration's tables (their column lists after a schema change).
+    async fn set_tables(&self, id: Uuid, tables: &[TableSpec]) -> StoreResult<()>;
     async fn delete_migration(&self, id: Uuid) -> StoreResult<()>;
     /// Appends one entry to the audit trail.
     async fn insert_audit(&self, entry: &NewAuditEntry) -> StoreResult<()>;

@@ -235,6 +235,7 @@ pub(in crate::engine) fn op_letter(op: Op) -> char {
         Op::Piece => 'P',
         Op::Assemble => 'W',
         Op::Unsendable => 'E',
+        Op::SchemaChange => 'S',
     }
 }
 

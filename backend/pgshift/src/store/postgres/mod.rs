@@ -265,6 +265,17 @@ impl Store for PostgresStore {
         Ok(())
     }
 
+    async fn set_tables(&self, id: Uuid, tables: &[crate::store::TableSpec]) -> StoreResult<()> {
+        let tables = serde_json::to_value(tables).expect("tables serialize");
+        sqlx::query("UPDATE pgshift_meta.migration SET tables = $1, updated_at = $2 WHERE id = $3")
+            .bind(tables)
+            .bind(Utc::now())
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
     async fn delete_migration(&self, id: Uuid) -> StoreResult<()> {
         sqlx::query("DELETE FROM pgshift_meta.migration WHERE id = $1")
             .bind(id)

@@ -240,6 +240,17 @@ impl Store for SqliteStore {
         Ok(())
     }
 
+    async fn set_tables(&self, id: Uuid, tables: &[crate::store::TableSpec]) -> StoreResult<()> {
+        let tables = serde_json::to_string(tables).expect("tables serialize");
+        sqlx::query("UPDATE migration SET tables = ?, updated_at = ? WHERE id = ?")
+            .bind(tables)
+            .bind(now())
+            .bind(id.to_string())
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
     async fn delete_migration(&self, id: Uuid) -> StoreResult<()> {
         sqlx::query("DELETE FROM migration WHERE id = ?")
             .bind(id.to_string())
