@@ -309,3 +309,114 @@ async fn a_restart_between_source_and_target_keeps_the_boundary() {
     };
     case.drain_and_compare(TABLES).await;
 }
+
+/// The same route from the CLI (`pgshift migration ddl NAME -f FILE`) and from the dashboard's
+/// form, which only admins see; a viewer's post is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn schema_changes_from_the_cli_and_the_dashboard() {
+    use pgshift::auth::Role;
+    use pgshift_tests::dashboard::{create_user, UiClient};
+
+    let case = Case::start(SCHEMA, SEED).await;
+    let file = case.server.data_dir.join("change.sql");
+    std::fs::write(&file, "ALTER TABLE t ADD COLUMN from_cli int;").unwrap();
+    let (mut out, mut err) = (Vec::new(), Vec::new());
+    let args = [
+        "pgshift",
+        "migration",
+        "ddl",
+        "m",
+        "-f",
+        file.to_str().unwrap(),
+        "--url",
+        &case.server.base,
+        "--token",
+        &case.server.token,
+    ];
+    let exit = pgshift::client::run_async(args.iter().copied(), &mut out, &mut err).await;
+    let (out, err) = (
+        String::from_utf8(out).unwrap(),
+        String::from_utf8(err).unwrap(),
+    );
+    assert_eq!(exit, pgshift::client::Exit::Ok, "{out} {err}");
+    assert!(out.contains("committed on the source"), "{out}");
+    case.write_and_compare("UPDATE t SET from_cli = 1 WHERE id < 10", TABLES)
+        .await;
+
+    create_user(
+        &case.server.data_dir,
+        "adam",
+        Role::Admin,
+        "admin-password-1",
+    )
+    .await;
+    create_user(
+        &case.server.data_dir,
+        "vera",
+        Role::Viewer,
+        "viewer-password-1",
+    )
+    .await;
+    let mut viewer = UiClient::new(&case.server.base);
+    viewer.sign_in("vera", "viewer-password-1").await;
+    let page = viewer.get("/ui/migrations/m").await;
+    assert!(
+        !page.body.contains("ddl-form"),
+        "a viewer sees the schema-change form"
+    );
+    let csrf = page.csrf();
+    let page = viewer
+        .post(
+            "/ui/migrations/m/ddl",
+            &[
+                ("csrf", &csrf),
+                ("sql", "ALTER TABLE t ADD COLUMN nope int"),
+            ],
+        )
+        .await;
+    assert_eq!(page.status, StatusCode::FORBIDDEN, "{}", page.body);
+
+    let mut admin = UiClient::new(&case.server.base);
+    admin.sign_in("adam", "admin-password-1").await;
+    let page = admin.get("/ui/migrations/m").await;
+    assert!(page.body.contains("ddl-form"), "{}", page.body);
+    let csrf = page.csrf();
+    let page = admin
+        .post(
+            "/ui/migrations/m/ddl",
+            &[
+                ("csrf", &csrf),
+                ("sql", "ALTER TABLE t ADD COLUMN from_ui text"),
+            ],
+        )
+        .await;
+    assert_eq!(page.status, StatusCode::SEE_OTHER, "{}", page.body);
+    let page = admin
+        .post(
+            "/ui/migrations/m/ddl",
+            &[
+                ("csrf", &csrf),
+                ("sql", "ALTER TABLE nosuch ADD COLUMN x int"),
+            ],
+        )
+        .await;
+    assert_eq!(
+        page.status,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "{}",
+        page.body
+    );
+    assert!(page.body.contains("does not exist"), "{}", page.body);
+    case.write_and_compare("UPDATE t SET from_ui = 'ui' WHERE id < 10", TABLES)
+        .await;
+    assert!(
+        !columns(&case.src, "t")
+            .await
+            .iter()
+            .any(|c| c.starts_with("nope ")),
+        "the viewer's change ran"
+    );
+    let (status, audit) = case.server.get("/audit?action=migration.ddl").await;
+    assert_eq!(status, StatusCode::OK, "{audit}");
+    assert!(audit.to_string().contains("migration.ddl"), "{audit}");
+}

@@ -8,6 +8,7 @@ mod audit;
 mod clusters;
 mod cutover;
 mod cutover_steps;
+mod ddl;
 mod error;
 mod form;
 mod migration;
@@ -52,6 +53,7 @@ pub fn router() -> Router<AppState> {
             "/migrations/{name}/tables/{table}/resync",
             get(migration::resync_page).post(migration::resync),
         )
+        .route("/migrations/{name}/ddl", post(ddl::run))
         .route("/migrations/{name}/cutover", post(cutover::start))
         .route("/migrations/{name}/cutover/abort", post(cutover::abort))
         .route("/migrations/{name}/cutover/gates", get(cutover::gates))

@@ -47,10 +47,14 @@ pub async fn run(app: &App, name: &str, sql: &str) -> ServiceResult<MigrationVie
         .hold(record.id, name, "a schema change".into())?;
     // A table still copying reads the source with the column list of its copy: a change under
     // it would need the copy to start again. Changes wait until everything is synced.
-    let synced = app
-        .supervisor
-        .status(record.id)
-        .is_some_and(|s| s.all_synced() && s.error.is_none());
+    let live = app.supervisor.status(record.id);
+    let synced = match live {
+        Some(s) if s.error.is_some() => false,
+        Some(s) if s.all_synced() => true,
+        // A run that has just started (after an earlier change, say) has not read the tables'
+        // states yet: the target's bookkeeping says.
+        _ => app.supervisor.inspect(&record).await?.all_synced(),
+    };
     if !synced {
         return Err(ServiceError::conflict(
             "not_synced",
