@@ -1,8 +1,10 @@
 //! Operations that must not get in each other's way (issue 13, item 15): while a cutover, a
-//! verification or a table resync runs on a migration, pausing and removing it are refused with
-//! 409 `operation_running`, on the API and on the dashboard, and the migration keeps running; once
-//! the operation has finished, nothing is refused any more (item 14: a finished operation does not
-//! count as running).
+//! verification or a table resync runs on a migration, starting, pausing, resuming and removing
+//! it are refused with 409 `operation_running`, on the API and on the dashboard, and the
+//! migration keeps running; once the operation has finished, nothing is refused any more (item
+//! 14: a finished operation does not count as running). A start or resume would set the run
+//! going again under a cutover that has stopped it at its finish, or beside a resync that
+//! restarts it itself.
 
 use std::time::Duration;
 
@@ -60,13 +62,18 @@ fn assert_refused(what: &str, status: StatusCode, body: &Value) {
     assert_eq!(body["error"]["code"], "operation_running", "{what}: {body}");
 }
 
-/// Pause, DELETE and (for completeness) resync are refused on the API, pause and remove on the
-/// dashboard, with words that say why; the migration still runs afterwards.
+/// Start, pause, resume, DELETE and (for completeness) resync are refused on the API, start,
+/// pause, resume and remove on the dashboard, with words that say why; the migration still runs
+/// afterwards.
 async fn assert_everything_refused(server: &TestServer) {
-    let (status, body) = server.post("/migrations/shop/pause", json!({})).await;
-    assert_refused("pause", status, &body);
-    let message = body["error"]["message"].as_str().unwrap().to_string();
-    assert!(message.contains("running"), "{message}");
+    for action in ["start", "pause", "resume"] {
+        let (status, body) = server
+            .post(&format!("/migrations/shop/{action}"), json!({}))
+            .await;
+        assert_refused(action, status, &body);
+        let message = body["error"]["message"].as_str().unwrap().to_string();
+        assert!(message.contains("running"), "{action}: {message}");
+    }
     let (status, body) = server.delete("/migrations/shop").await;
     assert_refused("delete", status, &body);
     let (status, body) = server
@@ -77,11 +84,13 @@ async fn assert_everything_refused(server: &TestServer) {
     let mut olga = UiClient::new(&server.base);
     olga.sign_in("olga", OPERATOR_PW).await;
     let csrf = olga.csrf().await;
-    let page = olga
-        .post("/ui/migrations/shop/pause", &[("csrf", &csrf)])
-        .await;
-    assert_eq!(page.status, StatusCode::CONFLICT, "{}", page.body);
-    assert!(page.body.contains("is running"), "{}", page.body);
+    for action in ["start", "pause", "resume"] {
+        let page = olga
+            .post(&format!("/ui/migrations/shop/{action}"), &[("csrf", &csrf)])
+            .await;
+        assert_eq!(page.status, StatusCode::CONFLICT, "{action}: {}", page.body);
+        assert!(page.body.contains("is running"), "{action}: {}", page.body);
+    }
     let mut adam = UiClient::new(&server.base);
     adam.sign_in("adam", ADMIN_PW).await;
     let csrf = adam.csrf().await;
@@ -100,8 +109,10 @@ async fn assert_everything_refused(server: &TestServer) {
     assert_ne!(body["state"], "paused", "{body}");
 }
 
-/// Once no operation runs, resync, pause, resume and remove go through.
+/// Once no operation runs, start, resync, pause, resume and remove go through.
 async fn assert_nothing_refused(server: &TestServer) {
+    let (status, body) = server.post("/migrations/shop/start", json!({})).await;
+    assert_eq!(status, StatusCode::OK, "start after the operation: {body}");
     let (status, body) = server
         .post("/migrations/shop/tables/public.ledger/resync", json!({}))
         .await;
@@ -122,7 +133,7 @@ async fn assert_nothing_refused(server: &TestServer) {
 /// A cutover held in its drain (the target cannot apply): pausing used to go through and be
 /// silently overridden when the cutover restored the run.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn pause_and_remove_are_refused_while_a_cutover_runs() {
+async fn start_pause_resume_and_remove_are_refused_while_a_cutover_runs() {
     init_tracing();
     let pair = pair(500).await;
     let server = server_with_users().await;
@@ -161,7 +172,7 @@ async fn pause_and_remove_are_refused_while_a_cutover_runs() {
 
 /// A verification whose comparison waits for a table the test holds on the target.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn pause_and_remove_are_refused_while_a_verification_runs() {
+async fn start_pause_resume_and_remove_are_refused_while_a_verification_runs() {
     init_tracing();
     let pair = pair(500).await;
     let server = server_with_users().await;
@@ -189,7 +200,7 @@ async fn pause_and_remove_are_refused_while_a_verification_runs() {
 /// A resync whose emptying of the table waits for a reader the test holds on the target: a
 /// pause meanwhile used to go through, and the resync then started the paused migration again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn pause_and_remove_are_refused_while_a_resync_runs() {
+async fn start_pause_resume_and_remove_are_refused_while_a_resync_runs() {
     init_tracing();
     let pair = pair(500).await;
     let server = server_with_users().await;

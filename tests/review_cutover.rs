@@ -197,12 +197,13 @@ async fn a_second_process_lifts_the_permanent_freeze_after_the_cutover() {
 }
 
 /// A second pgshift process that starts (or restarts) while the first is between making the
-/// freeze permanent and recording the migration as cut over: its recovery treats every
-/// operation marked running in the shared store as left by a crash, and lifts the freeze with
-/// `lift_freeze` (a plain DROP), not `lift_left`, which would have seen the cutover's advisory
-/// lock. The first process then records the cutover as succeeded, and the old server is left
-/// without any freeze: writes there are not refused, and the new server is not where they go.
-#[ignore = "defect, partly fixed (recovery now skips a cutover whose lock another process holds, and rolls a permanent freeze forward); the test did not end within 60 s after the fix: re-check"]
+/// freeze permanent and recording the migration as cut over. Its recovery sees the operation
+/// marked running in the shared store; it used to take it for one left by a crash and lift the
+/// freeze. Recovery now asks the source first whether a cutover holds the migration's cutover
+/// lock, and leaves such an operation to the process that runs it. (Before that look came
+/// first, B found the permanent freeze, tried to record the cutover itself, and its start waited
+/// on the migration's row, which the first process's finish was waiting for: B never served.)
+/// The old server stays frozen throughout, and the first process records its cutover.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn recovery_in_a_second_process_lifts_the_freeze_of_a_running_cutover() {
     init_tracing();
@@ -250,6 +251,12 @@ async fn recovery_in_a_second_process_lifts_the_freeze_of_a_running_cutover() {
             Err(e) => format!("refuses writes: {e}"),
         }
     );
+    // B left A's operation alone, and A recorded its own outcome.
+    assert_eq!(seen_by_b["state"], "running", "{seen_by_b}");
+    assert_eq!(op["state"], "succeeded", "{op}");
+    assert_eq!(m["state"], "cut_over", "{m}");
+    let told = try_write(&pair.src).await.unwrap_err();
+    assert!(told.contains("moved this database"), "{told}");
 }
 
 /// A partition created on the source while the cutover runs (pg_partman's daily job, say) gets
@@ -330,12 +337,19 @@ async fn a_partition_created_during_the_cutover_takes_writes_after_the_finish() 
 }
 
 /// The finish makes the freeze permanent, then records the migration as cut over. From the
-/// first moment writers are told "moved this database to … write there"; if recording fails
+/// first moment writers are told "moved this database to … write there"; if recording failed
 /// (the metadata store's connection drops; a crash there does the same through recovery) the
-/// cutover gives writes back to the old server and replication goes on old → new. An
+/// cutover used to give writes back to the old server and replication went on old → new. An
 /// application that did as it was told has written to the new server meanwhile; the old server
-/// takes writes again, and the forward replication overwrites the new server's rows with them.
-#[ignore = "defect, partly fixed (the permanent freeze is the decision: never lifted; a run or recovery records it); the test did not end within 60 s after the fix: re-check"]
+/// took writes again, and the forward replication overwrote the new server's rows with them.
+///
+/// The expectation follows the design: the permanent freeze is the decision, and the finish
+/// keeps trying to record it (as a run or recovery would) instead of restoring. Its retry is a
+/// store write like any other and waits for the migration's row, so the row lock is released
+/// once the connection has dropped (the store's outage is over) and only then is the outcome
+/// awaited; the test first waited for the outcome while still holding the row, which the
+/// retrying finish can never reach. The old server must still refuse writes, and the new
+/// server keep what the application wrote there.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn writers_told_the_database_moved_are_sent_back() {
     init_tracing();
@@ -367,8 +381,8 @@ async fn writers_told_the_database_moved_are_sent_back() {
         .fetch_one(&meta)
         .await
         .unwrap();
-    let op = wait_operation(&server, &id, Duration::from_secs(120)).await;
     held.rollback().await.unwrap();
+    let op = wait_operation(&server, &id, Duration::from_secs(120)).await;
 
     let after = try_write(&pair.src).await;
     if after.is_ok() {
@@ -386,6 +400,15 @@ async fn writers_told_the_database_moved_are_sent_back() {
         op["state"],
         op["error"],
         note_of(&pair.dst, 3).await
+    );
+    let told_after = after.unwrap_err();
+    assert!(told_after.contains("moved this database"), "{told_after}");
+    // The decision was recorded, and the application's write on the new server stands.
+    assert_eq!(op["state"], "succeeded", "{op}");
+    assert_eq!(server.migration("shop").await["state"], "cut_over");
+    assert_eq!(
+        note_of(&pair.dst, 3).await.as_deref(),
+        Some("written on the new server as told")
     );
 }
 

@@ -84,6 +84,7 @@ fn gate_words(name: &str) -> &'static str {
         "lag" => "Lag is under the threshold",
         "apply_errors" => "No apply errors",
         "long_transactions" => "No long transaction on the source",
+        "wraparound" => "No table due for an anti-wraparound vacuum on the source",
         "target_ready" => "Target triggers and foreign keys ready",
         "foreign_keys" => "No violated foreign key to or from tables outside the migration",
         "sequences" => "Sequences readable on both sides",

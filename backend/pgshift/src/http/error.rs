@@ -145,8 +145,8 @@ pub enum ConflictErrors {
     /// `duplicate_name`, `cluster_in_use`, `in_use`, `target_not_empty`, `paused` (resume a
     /// paused migration instead of starting it), `not_started`, `tables_busy` (removing a
     /// migration: other sessions held the source tables too long; the message names them),
-    /// `operation_running` (pausing, removing or resyncing while a cutover, a verification or
-    /// a resync runs on the migration).
+    /// `operation_running` (starting, pausing, resuming, removing or resyncing while a cutover,
+    /// a verification or a resync runs on the migration).
     #[response(status = 409)]
     Conflict(ErrorBody),
 }

@@ -291,7 +291,11 @@ pub async fn list(app: &App) -> ServiceResult<Vec<MigrationView>> {
     Ok(out)
 }
 
-async fn run(app: &App, mut record: MigrationRecord) -> ServiceResult<MigrationView> {
+/// Sets the migration running and starts its run; `what` is the request (`a start`). Refused
+/// while an operation runs on the migration: a cutover stops the run at its finish (a start
+/// then would run it again beside the decision) and a resync restarts it itself.
+async fn run(app: &App, mut record: MigrationRecord, what: &str) -> ServiceResult<MigrationView> {
+    let _held = app.operations.hold(record.id, &record.name, what.into())?;
     app.store
         .set_desired_state(record.id, DesiredState::Running)
         .await?;
@@ -305,7 +309,7 @@ async fn run(app: &App, mut record: MigrationRecord) -> ServiceResult<MigrationV
 pub async fn start(app: &App, name: &str) -> ServiceResult<MigrationView> {
     let record = find(app, name).await?;
     match record.desired_state {
-        DesiredState::Created | DesiredState::Running => run(app, record).await,
+        DesiredState::Created | DesiredState::Running => run(app, record, "a start").await,
         DesiredState::Paused => Err(ServiceError::conflict(
             "paused",
             format!("migration {name:?} is paused; resume it"),
@@ -346,7 +350,7 @@ pub async fn resume(app: &App, name: &str) -> ServiceResult<MigrationView> {
             format!("migration {name:?} has not been started; start it"),
         )),
         DesiredState::CutOver => Err(cut_over(name)),
-        DesiredState::Paused | DesiredState::Running => run(app, record).await,
+        DesiredState::Paused | DesiredState::Running => run(app, record, "a resume").await,
     }
 }
 

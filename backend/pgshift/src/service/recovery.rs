@@ -1,13 +1,15 @@
 //! Service layer: what a crash left behind, put right at server start. Every operation still
-//! marked running is finished as failed; a cutover's freeze is lifted (unless the migration was
-//! cut over) and the reverse migration it armed is removed, or started when the cutover had
-//! finished: nothing stays frozen, and nothing replicates back, because pgshift died.
+//! marked running is finished as failed, except a cutover another pgshift process on the same
+//! store still runs (it holds the cutover's lock on the source). A cutover's freeze is lifted
+//! (unless the migration was cut over) and the reverse migration it armed is removed, or started
+//! when the cutover had finished: nothing stays frozen, and nothing replicates back, because
+//! pgshift died.
 
 use chrono::Utc;
 use serde_json::Value;
 
 use super::{App, ServiceResult};
-use crate::engine::cutover::sequence;
+use crate::engine::cutover::sequence::{self, LeftCutover};
 use crate::store::{DesiredState, MigrationRecord, Operation, OperationState, StepOutcome};
 
 /// Finishes every operation a crash left running. When the source cannot be reached yet, the
@@ -18,12 +20,23 @@ pub async fn recover(app: &App) -> ServiceResult<()> {
     for mut op in app.store.running_operations().await? {
         let mut note = String::from("pgshift stopped while this operation ran");
         let mut state = OperationState::Failed;
-        if let Some(record) = migrations.iter_mut().find(|m| m.id == op.migration_id) {
-            if op.kind == "cutover" && record.desired_state != DesiredState::CutOver {
-                match sequence::decided(&app.supervisor, record).await {
+        if let Some(record) = migrations
+            .iter_mut()
+            .find(|m| m.id == op.migration_id)
+            .filter(|_| op.kind == "cutover")
+        {
+            let left = sequence::left_cutover(&app.supervisor, record).await;
+            if matches!(left, Ok(LeftCutover::RunningElsewhere)) {
+                // Another pgshift process on this store runs it (its source connection holds
+                // the cutover's lock): it finishes or restores it and records the outcome.
+                tracing::info!(operation = %op.id, migration = %op.migration_name, "a cutover marked running is held by another pgshift process; leaving it to that process");
+                continue;
+            }
+            if record.desired_state != DesiredState::CutOver {
+                match left {
                     // The finish made the freeze permanent and died before recording it: the
                     // cutover happened (writers were told the database moved).
-                    Ok(true) => {
+                    Ok(LeftCutover::Decided) => {
                         app.store
                             .set_desired_state(record.id, DesiredState::CutOver)
                             .await?;
@@ -33,9 +46,10 @@ pub async fn recover(app: &App) -> ServiceResult<()> {
                         );
                         state = OperationState::Succeeded;
                     }
-                    Ok(false) => match lift_freeze(app, record, &mut note).await {
+                    // Undecided.
+                    Ok(_) => match lift_freeze(app, record, &mut note).await {
                         Some(writable) => report_blocked(&mut op, !writable),
-                        // Another pgshift process runs this cutover: not ours to finish.
+                        // A cutover took the lock since: not ours to finish.
                         None => continue,
                     },
                     Err(e) => {

@@ -344,6 +344,25 @@ pub async fn hold_cutover_lock(conn: &mut PgConnection, schema: &str) -> EngineR
     Ok(())
 }
 
+/// Whether a cutover (of any pgshift process) holds the migration's cutover lock now. Probed
+/// with a transaction-scoped lock, released again when the probe commits.
+pub async fn cutover_running(conn: &mut PgConnection, schema: &str) -> EngineResult<bool> {
+    let mut tx = conn
+        .begin()
+        .await
+        .context(|| "opening a transaction on the source".into())?;
+    let free: bool =
+        sqlx::query_scalar("SELECT pg_catalog.pg_try_advisory_xact_lock(pg_catalog.hashtext($1))")
+            .bind(cutover_lock_key(schema))
+            .fetch_one(&mut *tx)
+            .await
+            .context(|| "looking for a running cutover".into())?;
+    tx.commit()
+        .await
+        .context(|| "ending the look for a running cutover".into())?;
+    Ok(!free)
+}
+
 /// Lifts a freeze no cutover holds (one a stopped cutover could not lift, or a crash left):
 /// `Some(lifted)`, or `None` while a cutover runs. Waits at most a few seconds for the tables'
 /// locks, so the application never queues behind pgshift.

@@ -6,6 +6,7 @@ use sqlx::PgConnection;
 
 use super::foreign_keys;
 use super::sequences;
+use super::wraparound;
 use crate::engine::error::Context;
 use crate::engine::{catalog, EngineResult, MigrationStatus, RuntimeState};
 use crate::store::TableSpec;
@@ -19,7 +20,7 @@ pub struct Gate {
 }
 
 impl Gate {
-    fn new(name: &'static str, passed: bool, reason: impl Into<String>) -> Self {
+    pub(super) fn new(name: &'static str, passed: bool, reason: impl Into<String>) -> Self {
         Self {
             name,
             passed,
@@ -109,6 +110,7 @@ pub async fn check(
         }
     }
     gates.push(long_transactions(src, input).await?);
+    gates.push(wraparound::gate(src, input.tables).await?);
     gates.push(replica_sessions(src, input).await?);
     gates.push(target_ready(dst, input.tables).await?);
     if let Some(status) = input.status {

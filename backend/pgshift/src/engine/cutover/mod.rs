@@ -20,6 +20,7 @@ pub mod shape;
 pub mod since;
 mod verifier;
 pub mod verify;
+mod wraparound;
 
 use serde_json::Value;
 use sqlx::PgConnection;

@@ -108,10 +108,35 @@ pub async fn disarm_reverse(
         .map_err(EngineError::from)
 }
 
-/// Whether the migration's source holds a finished cutover's permanent freeze (the decision a
-/// crash may have kept from being recorded).
-pub async fn decided(supervisor: &Supervisor, record: &MigrationRecord) -> EngineResult<bool> {
+/// What the source says about a cutover whose operation is still marked running at a start.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LeftCutover {
+    /// A cutover holds the migration's cutover lock: another pgshift process on the same store
+    /// runs it, and finishes it (or restores the source) itself.
+    RunningElsewhere,
+    /// The freeze is the finished cutover's permanent one: the decision, which a crash may have
+    /// kept from being recorded.
+    Decided,
+    /// Neither: the cutover died before its decision.
+    Undecided,
+}
+
+/// Looks at the source for what became of a cutover a crash may have interrupted. The lock is
+/// looked at first: a cutover that is finishing in another process has made its freeze
+/// permanent already, and recording it here would wait on that process's own bookkeeping.
+pub async fn left_cutover(
+    supervisor: &Supervisor,
+    record: &MigrationRecord,
+) -> EngineResult<LeftCutover> {
     let (source, _) = supervisor.endpoints(record).await?;
     let mut src = pg::connect("the source", &source).await?;
-    freeze::is_permanent(&mut src, &record.schema_name()).await
+    let schema = record.schema_name();
+    if freeze::cutover_running(&mut src, &schema).await? {
+        return Ok(LeftCutover::RunningElsewhere);
+    }
+    Ok(if freeze::is_permanent(&mut src, &schema).await? {
+        LeftCutover::Decided
+    } else {
+        LeftCutover::Undecided
+    })
 }

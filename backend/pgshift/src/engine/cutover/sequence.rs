@@ -15,8 +15,8 @@ use uuid::Uuid;
 
 use super::outside::connect_both;
 pub use super::outside::{
-    decided, disarm_reverse, lift_freeze, lift_left_freeze, preflight, sequence_drift,
-    start_reverse,
+    disarm_reverse, left_cutover, lift_freeze, lift_left_freeze, preflight, sequence_drift,
+    start_reverse, LeftCutover,
 };
 use super::verifier::{differences, Verifier};
 use super::{drain, freeze, gates, reverse, sequences, Finished, StepRecorder};
