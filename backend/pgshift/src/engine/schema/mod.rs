@@ -53,7 +53,12 @@ pub async fn read_plan(
     let tools = tools_for(pg_bin_dir, major).await?;
     let selection = select::select(src, tables).await?;
     let dump = dump::SchemaDump::take(&tools, source, &selection.excluded_tables).await?;
-    let plan = plan::plan(&dump, &selection).await?;
+    let mut plan = plan::plan(&dump, &selection).await?;
+    let role: String = sqlx::query_scalar("SELECT current_user::text")
+        .fetch_one(&mut *src)
+        .await
+        .context(|| "reading the source role's name".into())?;
+    plan.leave_out_grants_to(&role);
     tracing::info!(
         before = plan.before.len(),
         after = plan.after.len(),
