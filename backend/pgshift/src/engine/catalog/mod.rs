@@ -8,6 +8,7 @@ mod checks;
 mod keys;
 mod patterns;
 
+pub(crate) use checks::missing_table_privileges;
 pub use checks::{
     can_silence_triggers, check_replication_role, check_schema_usage, check_source, check_target,
     replication_role_missing,
