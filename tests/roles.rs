@@ -8,9 +8,7 @@
 
 use std::time::Duration;
 
-use pgshift_tests::cutover::{
-    assert_same, cutover, gate, relaxed, try_write, wait_operation, Writers,
-};
+use pgshift_tests::cutover::{assert_same, cutover, gate, relaxed, wait_operation, Writers};
 use pgshift_tests::migrate::wait_drained;
 use pgshift_tests::server::TestServer;
 use pgshift_tests::{init_tracing, wait_for, PgCluster, PgPool};
@@ -199,28 +197,34 @@ async fn unstamped_items(pool: &PgPool) -> i64 {
     .await
 }
 
-/// Writes on `pool`'s server as the app owner: the item's trigger stamps it there.
-async fn write_as_app(cluster: &PgCluster) -> i64 {
+/// Writes an item on `cluster` as the app owner and checks that the item's trigger stamped it
+/// there.
+async fn write_as_app(cluster: &PgCluster) {
     let app = PgPool::connect(&dsn_as(cluster, "app_owner", "app"))
         .await
         .unwrap();
-    let id: i64 =
-        sqlx::query_scalar("INSERT INTO item (writer, n, note) VALUES (-2, 0, 'app') RETURNING id")
-            .fetch_one(&app)
-            .await
-            .unwrap();
-    let by: Option<String> = sqlx::query_scalar("SELECT touched_by FROM item WHERE id = $1")
-        .bind(id)
-        .fetch_one(&app)
-        .await
-        .unwrap();
+    let by: Option<String> = sqlx::query_scalar(
+        "INSERT INTO item (writer, n, note) VALUES (-2, 0, 'app') RETURNING touched_by",
+    )
+    .fetch_one(&app)
+    .await
+    .unwrap();
     assert_eq!(
         by.as_deref(),
         Some("app_owner"),
         "the trigger fires for the application"
     );
     app.close().await;
-    id
+}
+
+/// Every writer stopped on the freeze, none on another error.
+fn assert_frozen(writers: &Writers) {
+    let (frozen, errors) = (
+        writers.frozen.lock().unwrap(),
+        writers.errors.lock().unwrap(),
+    );
+    assert!(errors.is_empty(), "{errors:?}");
+    assert_eq!(frozen.len(), 3, "{frozen:?}");
 }
 
 /// Nothing of pgshift is left in the database: no schema of its own, no trigger on the tables
@@ -295,15 +299,11 @@ async fn whole_flow(schema: &str) {
     assert_eq!(op["state"], "succeeded", "{op}");
     assert_eq!(op["result"]["differs"], false, "{op}");
 
-    // The cutover, with the way back armed, under the writers.
+    // The cutover, with the way back armed, under the writers: each ends on the freeze.
     let op = cutover(&server, "m", relaxed(json!({"reverse": true}))).await;
     assert_eq!(op["state"], "succeeded", "{op}");
     writers.join().await;
-    assert!(
-        writers.errors.lock().unwrap().is_empty(),
-        "{:?}",
-        writers.errors.lock().unwrap()
-    );
+    assert_frozen(&writers);
     assert_same_tables(&sides.src, &sides.dst).await;
     // The target's trigger fired for no replicated row.
     assert_eq!(unstamped_items(&sides.dst).await, 0);
@@ -319,41 +319,34 @@ async fn whole_flow(schema: &str) {
             .unwrap();
         owner.close().await;
     }
-    // The application moves: its writes on the new server go back to the old one, and the
-    // trigger fires there for them.
-    write_as_app(&sides.target).await;
+    // The application moves: the new server's trigger fires for its writes, which the way
+    // back carries to the old server.
     let back = wait_for("the way back to be synced", WAIT, || async {
         let m = server.migration("m-reverse").await;
         (m["state"] == "synced").then_some(m)
     })
     .await;
     assert_eq!(back["source"]["cluster"], "target", "{back}");
+    write_as_app(&sides.target).await;
+    wait_for("the new server's write on the old one", WAIT, || async {
+        let n = scalar_i64(&sides.src, "SELECT count(*) FROM item WHERE writer = -2").await;
+        (n == 1).then_some(())
+    })
+    .await;
     let mut writers = Writers::spawn(dsn_as(&sides.target, "app_owner", "app"), 3);
     wait_for("writes on the new server", WAIT, || async {
         (writers.committed() > 100).then_some(())
     })
     .await;
-    wait_drained(&server, "m-reverse", &sides.dst, WAIT).await;
 
     // Cutting back: the old server has everything and takes writes again.
     let op = cutover(&server, "m-reverse", relaxed(json!({}))).await;
     assert_eq!(op["state"], "succeeded", "{op}");
     writers.join().await;
-    assert!(
-        writers.errors.lock().unwrap().is_empty(),
-        "{:?}",
-        writers.errors.lock().unwrap()
-    );
+    assert_frozen(&writers);
     assert_same_tables(&sides.src, &sides.dst).await;
     assert_eq!(unstamped_items(&sides.src).await, 0);
     assert_eq!(unstamped_items(&sides.dst).await, 0);
-    try_write(
-        &PgPool::connect(&dsn_as(&sides.source, "app_owner", "app"))
-            .await
-            .unwrap(),
-    )
-    .await
-    .unwrap();
     write_as_app(&sides.source).await;
 
     // Finishing: both migrations removed, nothing of pgshift left on either server.
