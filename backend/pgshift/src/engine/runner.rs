@@ -20,7 +20,7 @@ use super::status::{RuntimeState, StatusHandle};
 use super::target::{self, TableProgress, TableState};
 use super::ticker::{self, Ticker};
 use super::worker::Worker;
-use super::{pg, row_format, schema, source, EngineError, EngineResult};
+use super::{catalog, pg, row_format, schema, source, EngineError, EngineResult};
 use crate::store::{DesiredState, MigrationRecord, Store};
 
 /// Everything a migration's run needs.
@@ -167,6 +167,9 @@ impl Run {
         }
         self.lift_left_freeze(&mut src, &schema).await?;
         let mut dst = pg::connect("the target", &self.target).await?;
+        // Every write on the target runs with it; without it (a grant revoked since the
+        // migration was created) the target's own triggers would fire on replicated rows.
+        catalog::check_replication_role(&mut dst).await?;
         if !source::is_installed(&mut src, &schema).await? {
             if target::is_installed(&mut dst, &schema).await? {
                 return Err(EngineError::invalid(

@@ -163,6 +163,8 @@ pub async fn preview(
         } else if mode == SchemaMode::Create {
             notes.push("built on the target from the source's schema: the table and its key before the copy, its indexes, constraints, triggers and dependent views after it".into());
             create_problem.clone()
+        } else if let Err(e) = catalog::check_schema_usage(&mut dst, &spec, "target").await {
+            Some(problem_text(e)?)
         } else {
             let differences = schema::compare(&mut src, &mut dst, &spec).await?;
             notes.extend(

@@ -207,6 +207,8 @@ pub async fn create(app: &App, new: NewMigration) -> ServiceResult<MigrationView
             schema::check_create(&mut src, &mut dst, &tables, pg_bin_dir.as_deref()).await?;
         }
         SchemaMode::Existing => {
+            // The comparison reads the target's tables, through their schemas.
+            catalog::check_schema_usage(&mut dst, &tables, "target").await?;
             let differences = schema::compare(&mut src, &mut dst, &tables).await?;
             if let Some(refused) = schema::differences_error(&differences) {
                 return Err(refused.into());

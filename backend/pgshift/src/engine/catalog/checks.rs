@@ -7,17 +7,25 @@ use sqlx::{PgConnection, Row};
 
 use super::keys::{check_keys_comparable, check_keys_immediate};
 use super::user_tables;
+use crate::engine::cutover::sequences;
 use crate::engine::error::Context;
 use crate::engine::{quote_ident, EngineError, EngineResult};
 use crate::store::{ColumnSpec, TableSpec};
 
-async fn missing_table_privileges(
+/// The table privileges among `privileges` the connected role lacks on `tables`, each group of
+/// tables lacking the same ones as the grant that gives them to `user`: `SELECT, TRIGGER on
+/// "public"."a", "public"."b" (GRANT SELECT, TRIGGER ON TABLE "public"."a", "public"."b" TO
+/// "pgshift")`.
+pub(crate) async fn missing_table_privileges(
     conn: &mut PgConnection,
     tables: &[TableSpec],
     privileges: &[&str],
+    user: &str,
 ) -> EngineResult<Vec<String>> {
-    let mut missing = Vec::new();
+    // Tables by the privileges they lack, in the order first met.
+    let mut groups: Vec<(Vec<&str>, Vec<String>)> = Vec::new();
     for t in tables {
+        let mut lacking = Vec::new();
         for p in privileges {
             let ok: bool = sqlx::query_scalar("SELECT has_table_privilege($1::regclass, $2)")
                 .bind(t.sql_name())
@@ -26,11 +34,77 @@ async fn missing_table_privileges(
                 .await
                 .context(|| format!("checking {p} on {}", t.display_name()))?;
             if !ok {
-                missing.push(format!("{p} on {}", t.sql_name()));
+                lacking.push(*p);
             }
         }
+        if lacking.is_empty() {
+            continue;
+        }
+        match groups.iter_mut().find(|(l, _)| *l == lacking) {
+            Some((_, names)) => names.push(t.sql_name()),
+            None => groups.push((lacking, vec![t.sql_name()])),
+        }
     }
-    Ok(missing)
+    Ok(groups
+        .into_iter()
+        .map(|(lacking, names)| {
+            let (lacking, names) = (lacking.join(", "), names.join(", "));
+            format!(
+                "{lacking} on {names} (GRANT {lacking} ON TABLE {names} TO {})",
+                quote_ident(user)
+            )
+        })
+        .collect())
+}
+
+/// Every name pgshift reads or writes is qualified by its schema, which the role must be
+/// allowed to use: the schemas of `tables` it may not, each with the grant to add.
+async fn schemas_without_usage(
+    conn: &mut PgConnection,
+    tables: &[TableSpec],
+    user: &str,
+) -> EngineResult<Vec<String>> {
+    let schemas: Vec<String> = tables.iter().map(|t| t.schema.clone()).collect();
+    let closed: Vec<String> = sqlx::query_scalar(
+        "SELECT n.nspname::text FROM pg_catalog.pg_namespace n
+          WHERE n.nspname = ANY($1) AND NOT has_schema_privilege(n.oid, 'USAGE')
+          ORDER BY 1",
+    )
+    .bind(&schemas)
+    .fetch_all(&mut *conn)
+    .await
+    .context(|| "checking schema privileges".into())?;
+    Ok(closed
+        .into_iter()
+        .map(|schema| {
+            format!(
+                "USAGE on schema {schema:?} (GRANT USAGE ON SCHEMA {} TO {})",
+                quote_ident(&schema),
+                quote_ident(user)
+            )
+        })
+        .collect())
+}
+
+/// Refuses, naming the grants, a role that may not use the schemas of `tables` on `side`
+/// ("source" or "target"): nothing about those tables can be read before that.
+pub async fn check_schema_usage(
+    conn: &mut PgConnection,
+    tables: &[TableSpec],
+    side: &str,
+) -> EngineResult<()> {
+    let user: String = sqlx::query_scalar("SELECT current_user::text")
+        .fetch_one(&mut *conn)
+        .await
+        .context(|| "reading the role's name".into())?;
+    let missing = schemas_without_usage(conn, tables, &user).await?;
+    if missing.is_empty() {
+        return Ok(());
+    }
+    Err(EngineError::MissingPrivilege(format!(
+        "the {side} role {user:?} lacks: {}",
+        missing.join(", ")
+    )))
 }
 
 /// What the connected role may do in the connected database as a whole.
@@ -98,11 +172,14 @@ fn row_security_missing(hidden: &[String], user: &str) -> String {
 
 /// Checks that the source lets pgshift install capture and read every row of the tables.
 pub async fn check_source(conn: &mut PgConnection, tables: &[TableSpec]) -> EngineResult<()> {
+    check_schema_usage(conn, tables, "source").await?;
     check_keys_comparable(conn, tables).await?;
     check_keys_immediate(conn, tables).await?;
     let access = database_access(conn).await?;
     let (user, db) = (&access.user, &access.database);
-    let mut missing = missing_table_privileges(conn, tables, &["SELECT", "TRIGGER"]).await?;
+    let mut missing = missing_table_privileges(conn, tables, &["SELECT", "TRIGGER"], user).await?;
+    // The cutover reads the sequences here to move the target's forward.
+    missing.extend(sequences::missing_privileges(conn, tables, &["SELECT"], user).await?);
     if !access.create {
         missing.insert(
             0,
@@ -129,6 +206,7 @@ pub async fn check_source(conn: &mut PgConnection, tables: &[TableSpec]) -> Engi
 /// Checks that every table exists on the target with the same columns and key, that pgshift may
 /// write it, and that it is empty (the copy fills it).
 pub async fn check_target(conn: &mut PgConnection, tables: &[TableSpec]) -> EngineResult<()> {
+    check_schema_usage(conn, tables, "target").await?;
     let found = user_tables(conn).await?;
     for t in tables {
         let Some(target) = found
@@ -188,8 +266,11 @@ pub async fn check_target(conn: &mut PgConnection, tables: &[TableSpec]) -> Engi
         conn,
         tables,
         &["SELECT", "INSERT", "UPDATE", "DELETE", "TRUNCATE"],
+        user,
     )
     .await?;
+    // The cutover moves them forward (setval) after reading them.
+    missing.extend(sequences::missing_privileges(conn, tables, &["SELECT", "UPDATE"], user).await?);
     let grant = |privilege: &str| {
         format!(
             "{privilege} on database {db:?} (GRANT {privilege} ON DATABASE {} TO {})",
@@ -213,12 +294,7 @@ pub async fn check_target(conn: &mut PgConnection, tables: &[TableSpec]) -> Engi
             missing.join(", ")
         )));
     }
-    if !can_silence_triggers(conn).await? {
-        return Err(EngineError::MissingPrivilege(format!(
-            "the target role {user:?} may not set session_replication_role, which keeps the target's own triggers from firing on replicated rows; run GRANT SET ON PARAMETER session_replication_role TO {}",
-            quote_ident(user)
-        )));
-    }
+    check_replication_role(conn).await?;
     for t in tables {
         let has_rows: bool =
             sqlx::query_scalar(&format!("SELECT EXISTS (SELECT 1 FROM {})", t.sql_name()))
@@ -233,6 +309,33 @@ pub async fn check_target(conn: &mut PgConnection, tables: &[TableSpec]) -> Engi
         }
     }
     Ok(())
+}
+
+/// What a role that may not set `session_replication_role` lacks, with the grant to add.
+/// pgshift applies with it so that the target's own triggers (a `last_update` stamp would
+/// overwrite the replicated value) and foreign-key checks do not fire on replicated rows.
+pub fn replication_role_missing(user: &str) -> String {
+    format!(
+        "SET on session_replication_role, which keeps the target's own triggers and foreign-key checks from firing on replicated rows (GRANT SET ON PARAMETER session_replication_role TO {}; PostgreSQL 15 and later, run by a superuser; before 15 only a superuser may set it)",
+        quote_ident(user)
+    )
+}
+
+/// Refuses a target role that may not set `session_replication_role`, naming the grant. Checked
+/// when a migration is created and at the start of each of its runs (a grant revoked meanwhile
+/// stops the run before anything is applied without it).
+pub async fn check_replication_role(conn: &mut PgConnection) -> EngineResult<()> {
+    if can_silence_triggers(conn).await? {
+        return Ok(());
+    }
+    let user: String = sqlx::query_scalar("SELECT current_user::text")
+        .fetch_one(&mut *conn)
+        .await
+        .context(|| "reading the role's name".into())?;
+    Err(EngineError::MissingPrivilege(format!(
+        "the target role {user:?} lacks: {}",
+        replication_role_missing(&user)
+    )))
 }
 
 /// Whether this session may set `session_replication_role` (superuser, or PG15's

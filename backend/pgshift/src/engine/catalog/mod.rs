@@ -8,7 +8,11 @@ mod checks;
 mod keys;
 mod patterns;
 
-pub use checks::{can_silence_triggers, check_source, check_target};
+pub(crate) use checks::missing_table_privileges;
+pub use checks::{
+    can_silence_triggers, check_replication_role, check_schema_usage, check_source, check_target,
+    replication_role_missing,
+};
 pub use keys::{check_key_collations, check_keys_comparable, check_keys_immediate};
 pub use patterns::{pattern_matches, select_tables, TablePattern, MAX_PATTERNS, MAX_PATTERN_CHARS};
 

@@ -117,11 +117,15 @@ pub async fn check(
         gates.push(target_schema(status));
     }
     gates.push(foreign_keys(dst, input).await?);
+    let unsettable = sequences_unsettable(dst, input.tables).await?;
     gates.push(match sequences::drift(src, dst, input.tables).await {
         Ok(all) => {
-            // Checked before anything changes: the step after the freeze cannot create it.
+            // Checked before anything changes: the step after the freeze can neither create
+            // a sequence nor grant itself the right to set one.
             let missing = sequences::missing(&all);
-            if missing.is_empty() {
+            if let Some(grant) = unsettable {
+                Gate::new("sequences", false, format!("the target role lacks {grant}"))
+            } else if missing.is_empty() {
                 Gate::new(
                     "sequences",
                     true,
@@ -148,6 +152,23 @@ pub async fn check(
         gates.push(reverse_ready(src, dst, input.tables).await?);
     }
     Ok(gates)
+}
+
+async fn current_user(conn: &mut PgConnection) -> EngineResult<String> {
+    sqlx::query_scalar("SELECT current_user::text")
+        .fetch_one(conn)
+        .await
+        .context(|| "reading the role's name".into())
+}
+
+/// The grant the target role needs to set the sequences the cutover moves forward, if any.
+async fn sequences_unsettable(
+    dst: &mut PgConnection,
+    tables: &[TableSpec],
+) -> EngineResult<Option<String>> {
+    let user = current_user(dst).await?;
+    let missing = sequences::missing_privileges(dst, tables, &["SELECT", "UPDATE"], &user).await?;
+    Ok((!missing.is_empty()).then(|| missing.join(", ")))
 }
 
 /// Transactions that hold a lock on a migrated table that the freeze would wait for, and began
@@ -184,7 +205,24 @@ async fn long_transactions(src: &mut PgConnection, input: &GateInput<'_>) -> Eng
     .await
     .context(|| "looking for long transactions on the source".into())?;
     if found.is_empty() {
-        return Ok(Gate::new("long_transactions", true, "none"));
+        // pg_stat_activity hides other roles' transaction start from a role without
+        // pg_read_all_stats: their transactions cannot be seen here, only in the freeze's wait.
+        let sees_all: bool = sqlx::query_scalar("SELECT pg_has_role('pg_read_all_stats', 'USAGE')")
+            .fetch_one(&mut *src)
+            .await
+            .context(|| "reading the source role's view of other sessions".into())?;
+        if sees_all {
+            return Ok(Gate::new("long_transactions", true, "none"));
+        }
+        let user = current_user(src).await?;
+        return Ok(Gate::new(
+            "long_transactions",
+            true,
+            format!(
+                "none of the source role's own; other roles' transactions are hidden from it (GRANT pg_read_all_stats TO {} lets this gate see them; without it a long transaction shows only when the freeze waits for it)",
+                crate::engine::quote_ident(&user)
+            ),
+        ));
     }
     Ok(Gate::new(
         "long_transactions",
@@ -368,21 +406,25 @@ async fn reverse_ready(
             "on the target (the reverse migration's source): {e}"
         ));
     }
-    let names: Vec<String> = tables.iter().map(|t| t.sql_name()).collect();
-    let missing: Vec<String> = sqlx::query_scalar(
-        "SELECT format('%s on %s', p, t)
-           FROM unnest($1::text[]) t, unnest(ARRAY['SELECT','INSERT','UPDATE','DELETE','TRUNCATE']) p
-          WHERE NOT has_table_privilege(t, p) ORDER BY 1",
+    // The old server becomes the way back's target: the source role writes there, and sets
+    // the sequences when the application moves back.
+    let user = current_user(src).await?;
+    let mut missing = catalog::missing_table_privileges(
+        src,
+        tables,
+        &["SELECT", "INSERT", "UPDATE", "DELETE", "TRUNCATE"],
+        &user,
     )
-    .bind(&names)
-    .fetch_all(&mut *src)
-    .await
-    .context(|| "checking privileges on the source".into())?;
-    if !missing.is_empty() {
-        problems.push(format!("the source role lacks {}", missing.join(", ")));
-    }
+    .await?;
+    missing.extend(sequences::missing_privileges(src, tables, &["SELECT", "UPDATE"], &user).await?);
     if !catalog::can_silence_triggers(src).await? {
-        problems.push("the source role may not set session_replication_role".into());
+        missing.push(catalog::replication_role_missing(&user));
+    }
+    if !missing.is_empty() {
+        problems.push(format!(
+            "on the source (the reverse migration's target): the source role {user:?} lacks: {}",
+            missing.join(", ")
+        ));
     }
     Ok(if problems.is_empty() {
         Gate::new(

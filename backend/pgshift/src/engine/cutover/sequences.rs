@@ -73,6 +73,41 @@ async fn sequence_names(
     Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
 }
 
+/// The privileges among `privileges` the connected role lacks on the sequences of `tables` on
+/// this side (those that exist here), as the grant that gives them to `user`: the cutover reads
+/// them on the source and sets them on the target (and the way back the other way round).
+pub async fn missing_privileges(
+    conn: &mut PgConnection,
+    tables: &[TableSpec],
+    privileges: &[&str],
+    user: &str,
+) -> EngineResult<Vec<String>> {
+    let quoted: Vec<String> = sequence_names(conn, tables)
+        .await?
+        .into_iter()
+        .map(|(q, _)| q)
+        .collect();
+    let privileges: Vec<String> = privileges.iter().map(|p| p.to_string()).collect();
+    let lacking: Vec<String> = sqlx::query_scalar(
+        "SELECT s FROM unnest($1::text[]) WITH ORDINALITY AS q(s, i)
+          WHERE EXISTS (SELECT 1 FROM unnest($2::text[]) p WHERE NOT has_sequence_privilege(s, p))
+          ORDER BY i",
+    )
+    .bind(&quoted)
+    .bind(&privileges)
+    .fetch_all(&mut *conn)
+    .await
+    .context(|| "checking privileges on the sequences".into())?;
+    if lacking.is_empty() {
+        return Ok(Vec::new());
+    }
+    let (privileges, names) = (privileges.join(", "), lacking.join(", "));
+    Ok(vec![format!(
+        "{privileges} on sequences {names} (GRANT {privileges} ON SEQUENCE {names} TO {})",
+        crate::engine::quote_ident(user)
+    )])
+}
+
 /// The sequence's last and next values and its direction. `Ok(None)` when missing.
 async fn read(conn: &mut PgConnection, quoted: &str, side: &str) -> EngineResult<Option<Reading>> {
     let exists: bool = sqlx::query_scalar("SELECT to_regclass($1) IS NOT NULL")

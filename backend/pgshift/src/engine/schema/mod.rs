@@ -53,7 +53,12 @@ pub async fn read_plan(
     let tools = tools_for(pg_bin_dir, major).await?;
     let selection = select::select(src, tables).await?;
     let dump = dump::SchemaDump::take(&tools, source, &selection.excluded_tables).await?;
-    let plan = plan::plan(&dump, &selection).await?;
+    let mut plan = plan::plan(&dump, &selection).await?;
+    let role: String = sqlx::query_scalar("SELECT current_user::text")
+        .fetch_one(&mut *src)
+        .await
+        .context(|| "reading the source role's name".into())?;
+    plan.leave_out_grants_to(&role);
     tracing::info!(
         before = plan.before.len(),
         after = plan.after.len(),
@@ -181,29 +186,31 @@ pub async fn check_create(
         }
     }
     // The tables go into their schemas: one the target has already must let the role create in it
-    // (PostgreSQL 15's `public` does not by default); a missing one the role creates, and owns.
+    // (PostgreSQL 15's `public` does not by default) and use it; a missing one the role creates,
+    // and owns.
     let schemas: Vec<String> = tables.iter().map(|t| t.schema.clone()).collect();
-    let closed: Vec<String> = sqlx::query_scalar(
-        "SELECT DISTINCT n.nspname::text FROM pg_catalog.pg_namespace n
-          WHERE n.nspname = ANY($1) AND NOT has_schema_privilege(n.oid, 'CREATE')
+    let closed: Vec<(String, String)> = sqlx::query_as(
+        "SELECT n.nspname::text,
+                array_to_string(ARRAY(SELECT p FROM unnest(ARRAY['USAGE', 'CREATE']) p
+                                       WHERE NOT has_schema_privilege(n.oid, p)), ', ')
+           FROM pg_catalog.pg_namespace n
+          WHERE n.nspname = ANY($1)
+            AND NOT (has_schema_privilege(n.oid, 'CREATE') AND has_schema_privilege(n.oid, 'USAGE'))
           ORDER BY 1",
     )
     .bind(&schemas)
     .fetch_all(&mut *dst)
     .await
     .context(|| "checking schema privileges on the target".into())?;
-    for schema in closed {
+    for (schema, lacking) in closed {
         missing.push(format!(
-            "CREATE on schema {schema:?}, where the tables go (GRANT CREATE ON SCHEMA {} TO {})",
+            "{lacking} on schema {schema:?}, where the tables go (GRANT {lacking} ON SCHEMA {} TO {})",
             quote_ident(&schema),
             quote_ident(&user)
         ));
     }
     if !catalog::can_silence_triggers(dst).await? {
-        missing.push(format!(
-            "SET on session_replication_role, which keeps the target's own triggers from firing on replicated rows (GRANT SET ON PARAMETER session_replication_role TO {})",
-            quote_ident(&user)
-        ));
+        missing.push(catalog::replication_role_missing(&user));
     }
     if !missing.is_empty() {
         return Err(EngineError::MissingPrivilege(format!(

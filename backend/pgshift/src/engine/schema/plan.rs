@@ -8,7 +8,7 @@ use super::attach::{attached, attachments, Wanted};
 use super::dump::SchemaDump;
 use super::select::{Phase, Selection};
 use super::toc::{self, Entry, Key};
-use crate::engine::EngineResult;
+use crate::engine::{quote_ident, EngineResult};
 
 /// What an object built after the copy waits for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -183,4 +183,93 @@ pub async fn plan(dump: &SchemaDump, selection: &Selection) -> EngineResult<Plan
         }
     }
     Ok(plan)
+}
+
+impl Plan {
+    /// Leaves out the grants to `role`, pgshift's own role on the source: they are there for
+    /// pgshift's capture, not for the application, and they name a role of the source's server
+    /// (on the target it may not exist, and a missing role would fail the grant and hold the
+    /// cutover). Other grants of the same object are kept.
+    pub fn leave_out_grants_to(&mut self, role: &str) {
+        let mut names = vec![quote_ident(role)];
+        // pg_dump writes a name bare when it needs no quotes.
+        let bare = role
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_lowercase() || c == '_')
+            && role
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+        if bare {
+            names.push(role.to_string());
+        }
+        let names_role = |line: &str| {
+            let line = line.trim_end().trim_end_matches(';');
+            let grantee = if line.starts_with("GRANT ") {
+                line.rsplit_once(" TO ")
+                    .map(|(_, g)| g.trim_end_matches(" WITH GRANT OPTION"))
+            } else if line.starts_with("REVOKE ") {
+                line.rsplit_once(" FROM ").map(|(_, g)| g)
+            } else {
+                None
+            };
+            grantee.is_some_and(|g| names.iter().any(|n| n == g))
+        };
+        for items in [&mut self.before, &mut self.after] {
+            for item in items.iter_mut().filter(|i| i.kind == "ACL") {
+                if !item.statement.lines().any(names_role) {
+                    continue;
+                }
+                let kept: Vec<&str> = item.statement.lines().filter(|l| !names_role(l)).collect();
+                let end = if item.statement.ends_with('\n') {
+                    "\n"
+                } else {
+                    ""
+                };
+                item.statement = format!("{}{end}", kept.join("\n"));
+            }
+            items.retain(|i| i.kind != "ACL" || !i.statement.trim().is_empty());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn acl(statement: &str) -> Item {
+        Item {
+            kind: "ACL".into(),
+            name: "ACL ON TABLE public.item".into(),
+            tables: vec![1],
+            wait: Wait::Copied,
+            statement: statement.into(),
+        }
+    }
+
+    #[test]
+    fn grants_to_pgshifts_source_role_are_left_out() {
+        let mut plan = Plan {
+            after: vec![
+                acl("GRANT SELECT,TRIGGER ON TABLE public.item TO shift_src;\nGRANT SELECT ON TABLE public.item TO reader WITH GRANT OPTION;\n"),
+                acl("GRANT SELECT(n) ON TABLE public.item TO shift_src WITH GRANT OPTION;\nREVOKE ALL ON TABLE public.item FROM shift_src;\n"),
+                acl("GRANT SELECT ON TABLE public.item TO shift_src_2;\nGRANT SELECT ON TABLE public.item TO \"Shift\";\n"),
+            ],
+            ..Plan::default()
+        };
+        plan.leave_out_grants_to("shift_src");
+        let left: Vec<&str> = plan.after.iter().map(|i| i.statement.as_str()).collect();
+        assert_eq!(
+            left,
+            [
+                "GRANT SELECT ON TABLE public.item TO reader WITH GRANT OPTION;\n",
+                "GRANT SELECT ON TABLE public.item TO shift_src_2;\nGRANT SELECT ON TABLE public.item TO \"Shift\";\n",
+            ]
+        );
+        plan.leave_out_grants_to("Shift");
+        assert_eq!(
+            plan.after[1].statement,
+            "GRANT SELECT ON TABLE public.item TO shift_src_2;\n"
+        );
+    }
 }
