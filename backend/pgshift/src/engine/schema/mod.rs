@@ -8,12 +8,13 @@
 //! the tables are the operator's, and `compare` names every difference from the source's.
 //!
 //! Files: `dump.rs` runs pg_dump and pg_restore, `toc.rs` reads their output, `select.rs` picks
-//! the objects from the source's catalog, `attach.rs` the entries that go with them, `plan.rs` turns them into statements, `build.rs`
+//! the objects from the source's catalog (read by `depend.rs`), `attach.rs` the entries that go with them, `plan.rs` turns them into statements, `build.rs`
 //! builds them and keeps their state on the target, `compare.rs` compares two sides' tables.
 
 mod attach;
 mod build;
 mod compare;
+mod depend;
 mod dump;
 mod plan;
 mod select;
