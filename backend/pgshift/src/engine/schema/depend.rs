@@ -16,6 +16,8 @@ pub(super) struct Catalog {
     pub(super) refs: HashMap<Node, Vec<(Node, char)>>,
     pub(super) dependents: HashMap<Node, Vec<(Node, char)>>,
     pub(super) relkind: HashMap<u32, char>,
+    /// Materialized views: their SQL name and whether they are populated.
+    pub(super) matviews: HashMap<u32, (String, bool)>,
     pub(super) extension_of: HashMap<Node, u32>,
     pub(super) extension_names: HashMap<u32, String>,
     /// pgshift's own objects on the source (its capture functions…): what uses them (its
@@ -32,8 +34,11 @@ pub(super) async fn read_catalog(conn: &mut PgConnection) -> EngineResult<Catalo
     .fetch_all(&mut *conn)
     .await
     .context(|| "reading the source's object dependencies".into())?;
-    let kinds: Vec<(i64, String)> = sqlx::query_as(
-        "SELECT oid::int8, relkind::text FROM pg_catalog.pg_class WHERE oid >= 16384",
+    let kinds: Vec<(i64, String, Option<String>, bool)> = sqlx::query_as(
+        "SELECT c.oid::int8, c.relkind::text,
+                CASE WHEN c.relkind = 'm' THEN format('%I.%I', n.nspname, c.relname) END, c.relispopulated
+           FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+          WHERE c.oid >= 16384",
     )
     .fetch_all(&mut *conn)
     .await
@@ -53,9 +58,15 @@ pub(super) async fn read_catalog(conn: &mut PgConnection) -> EngineResult<Catalo
         pgshift_objects: HashSet::new(),
         refs: HashMap::new(),
         dependents: HashMap::new(),
+        matviews: kinds
+            .iter()
+            .filter_map(|(oid, _, name, populated)| {
+                name.clone().map(|n| (*oid as u32, (n, *populated)))
+            })
+            .collect(),
         relkind: kinds
             .into_iter()
-            .map(|(oid, k)| (oid as u32, k.chars().next().unwrap_or('r')))
+            .map(|(oid, k, _, _)| (oid as u32, k.chars().next().unwrap_or('r')))
             .collect(),
         extension_of: HashMap::new(),
         extension_names: extensions

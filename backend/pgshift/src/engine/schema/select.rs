@@ -6,7 +6,7 @@
 //! uses them (views, functions, and what uses those). Objects of tables that are not selected
 //! are left out.
 
-use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 
 use sqlx::PgConnection;
 
@@ -66,6 +66,19 @@ pub struct Selection {
     /// The other tables, as pg_dump patterns (`"schema"."table"`): left out of the dump, which
     /// then neither reads nor locks them.
     pub excluded_tables: Vec<String>,
+    /// The materialized views built (they use migrated tables), by oid.
+    pub materialized_views: BTreeMap<u32, MaterializedView>,
+}
+
+/// A materialized view schema "create" builds.
+#[derive(Debug, Clone)]
+pub struct MaterializedView {
+    /// Its name for SQL, quoted where needed (`shop."Daily"`).
+    pub sql_name: String,
+    /// Whether it holds rows on the source (it was refreshed, not left `WITH NO DATA`).
+    pub populated: bool,
+    /// The migrated tables (numbers) it waits for.
+    pub tables: Vec<i32>,
 }
 
 /// Reads the source's catalog and decides, for every object, whether and when it is built.
@@ -221,6 +234,29 @@ fn decide(catalog: &Catalog, keys: &Keys, root_of: &HashMap<u32, i32>) -> Select
         }
     }
 
+    // A materialized view's indexes go with it (a unique one is what `REFRESH … CONCURRENTLY`
+    // needs on the target after the cutover), built once it is.
+    for (view, tables) in sel.dependents.clone() {
+        let Some((sql_name, populated)) =
+            catalog.matviews.get(&view.1).filter(|_| view.0 == PG_CLASS)
+        else {
+            continue;
+        };
+        for (part, deptype) in catalog.dependents.get(&view).into_iter().flatten() {
+            if *deptype == 'a' && relkind(part) == Some('i') {
+                sel.dependents.insert(*part, tables.clone());
+            }
+        }
+        sel.materialized_views.insert(
+            view.1,
+            MaterializedView {
+                sql_name: sql_name.clone(),
+                populated: *populated,
+                tables: tables.into_iter().collect(),
+            },
+        );
+    }
+
     // What everything above uses, built before the copy.
     let mut walk: VecDeque<Node> = rels
         .iter()
@@ -299,6 +335,13 @@ impl Selection {
     pub fn table_of(&self, entry: &Entry) -> Option<i32> {
         (entry.catalog == PG_CLASS)
             .then(|| self.root_of.get(&entry.oid).copied())
+            .flatten()
+    }
+
+    /// The materialized view an archive entry creates, when it is one that is built.
+    pub fn materialized_view(&self, entry: &Entry) -> Option<&MaterializedView> {
+        (entry.catalog == PG_CLASS && entry.kind == "MATERIALIZED VIEW")
+            .then(|| self.materialized_views.get(&entry.oid))
             .flatten()
     }
 
