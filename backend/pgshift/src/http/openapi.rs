@@ -21,6 +21,7 @@ use super::{audit, clusters, cutover, metrics, migrations, operations, tokens};
         clusters::get,
         clusters::remove,
         migrations::create,
+        migrations::preview,
         migrations::list,
         migrations::get,
         migrations::start,
