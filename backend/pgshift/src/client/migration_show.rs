@@ -1,7 +1,8 @@
 //! Command-line layer (the API client): what `pgshift migration show` prints for people: the
 //! migration's figures, a row per table, the objects of the target's schema still to build or
-//! that failed (with the statement and the error), and the differences between the two sides'
-//! tables.
+//! that failed (with the statement and the error), the differences between the two sides'
+//! tables, and what is not moved as rows of the tables; and what `pgshift migration preview`
+//! prints.
 
 use serde_json::Value;
 
@@ -108,6 +109,103 @@ pub(super) fn details(m: &Value) -> String {
             out.push_str(&format!("  {}{refused}\n", text(d, "words")));
         }
     }
+    out.push_str(&special_objects(&m["special_objects"]));
+    out
+}
+
+/// The special objects (large objects, materialized views, unlogged and foreign tables, …)
+/// with what happens to each and the command to run by hand; empty when there are none.
+pub(super) fn special_objects(list_value: &Value) -> String {
+    let objects = list(list_value);
+    if objects.is_empty() {
+        return String::new();
+    }
+    let mut out =
+        String::from("\nnot moved as rows of the migrated tables, or moved with a caveat:\n");
+    for o in objects {
+        // `3 large objects` says what it is; other names need their kind.
+        let kind = match o["kind"].as_str() {
+            Some("large_objects") => String::new(),
+            _ => text(o, "kind").replace('_', " ") + " ",
+        };
+        out.push_str(&format!(
+            "  {kind}{}: {}\n    {}\n",
+            text(o, "name"),
+            handling_words(o["handling"].as_str().unwrap_or_default()),
+            text(o, "words")
+        ));
+        if let Some(command) = o["command"].as_str() {
+            out.push_str(&format!("    run: {command}\n"));
+        }
+    }
+    out
+}
+
+/// A special object's `handling` for people.
+fn handling_words(handling: &str) -> String {
+    match handling {
+        "refreshed" => "refreshed on the target".into(),
+        other => other.replace('_', " "),
+    }
+}
+
+/// What `pgshift migration preview` prints: the schema mode, a row per table with its check,
+/// the patterns that match nothing, and the special objects.
+pub(super) fn preview(p: &Value) -> String {
+    let mut out = format!("schema: {}\n", text(p, "schema"));
+    let tables = list(&p["tables"]);
+    let refused = tables.iter().filter(|t| !t["problem"].is_null()).count();
+    out.push_str(&format!(
+        "{} table{} match, {} left out; {}\n",
+        tables.len(),
+        if tables.len() == 1 { "" } else { "s" },
+        text(p, "not_selected"),
+        if refused == 0 {
+            "all can be migrated".to_string()
+        } else {
+            format!("{refused} will be refused")
+        }
+    ));
+    if p["truncated"] == true {
+        out.push_str("only the first tables were checked\n");
+    }
+    for pattern in list(&p["unmatched_patterns"]) {
+        out.push_str(&format!(
+            "pattern {} matches no table; creating will be refused\n",
+            pattern.as_str().unwrap_or_default()
+        ));
+    }
+    let rows: Vec<Vec<String>> = tables
+        .iter()
+        .map(|t| {
+            let check = match t["problem"].as_str() {
+                Some(why) => format!("refused: {why}"),
+                None => "ok".into(),
+            };
+            vec![text(t, "name"), check]
+        })
+        .collect();
+    if !rows.is_empty() {
+        out.push('\n');
+        out.push_str(&table::render(&["TABLE", "CHECK"], &rows));
+    }
+    let notes: Vec<String> = tables
+        .iter()
+        .flat_map(|t| {
+            list(&t["notes"]).iter().map(move |n| {
+                format!(
+                    "  {}: {}\n",
+                    text(t, "name"),
+                    n.as_str().unwrap_or_default()
+                )
+            })
+        })
+        .collect();
+    if !notes.is_empty() {
+        out.push_str("\nnotes:\n");
+        out.extend(notes);
+    }
+    out.push_str(&special_objects(&p["special_objects"]));
     out
 }
 

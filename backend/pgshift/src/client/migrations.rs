@@ -1,5 +1,5 @@
 //! Command-line layer (the API client): `pgshift migration
-//! create|list|show|start|pause|resume|remove|unfreeze|wait|cutover|cutover-abort| verify`.
+//! preview|create|list|show|start|pause|resume|remove|unfreeze|wait|cutover|cutover-abort| verify`.
 
 use std::io::Write;
 use std::time::Duration;
@@ -12,26 +12,57 @@ use super::clusters::segment;
 use super::operations::{follow, Follow};
 use super::{duration, print, print_json, table, text, wait, Connection};
 
+/// A migration's source, target, tables and schema mode, as `create` and `preview` take them.
+#[derive(clap::Args, Debug)]
+pub struct Definition {
+    /// The source database, as CLUSTER:DATABASE.
+    #[arg(long, value_name = "CLUSTER:DATABASE")]
+    source: String,
+    /// The target database, as CLUSTER:DATABASE.
+    #[arg(long, value_name = "CLUSTER:DATABASE")]
+    target: String,
+    /// Only tables matching this `schema.table` pattern (`*` matches anything); repeat for
+    /// more [default: every table].
+    #[arg(long = "table", value_name = "PATTERN")]
+    tables: Vec<String>,
+    /// `create`: pgshift builds the target's tables from the source's schema; `existing`:
+    /// they are there and match the source's [default: create when none of the tables
+    /// exists on the target].
+    #[arg(long, value_name = "MODE", value_parser = ["create", "existing"])]
+    schema: Option<String>,
+}
+
+impl Definition {
+    /// The API's body for it.
+    fn body(&self) -> Result<Value, ClientError> {
+        let mut body = json!({
+            "source": endpoint("--source", &self.source)?,
+            "target": endpoint("--target", &self.target)?,
+        });
+        if !self.tables.is_empty() {
+            body["tables"] = json!(self.tables);
+        }
+        if let Some(mode) = &self.schema {
+            body["schema"] = json!(mode);
+        }
+        Ok(body)
+    }
+}
+
 #[derive(Subcommand, Debug)]
 pub enum MigrationCommand {
+    /// What creating a migration would do, changing nothing: the tables the patterns select,
+    /// each checked as `create` checks it, and what is not moved as rows of the tables (large
+    /// objects, materialized views, unlogged and foreign tables) with what happens to each.
+    Preview {
+        #[command(flatten)]
+        definition: Definition,
+    },
     /// Check and store a migration (installs nothing until `start`).
     Create {
         name: String,
-        /// The source database, as CLUSTER:DATABASE.
-        #[arg(long, value_name = "CLUSTER:DATABASE")]
-        source: String,
-        /// The target database, as CLUSTER:DATABASE.
-        #[arg(long, value_name = "CLUSTER:DATABASE")]
-        target: String,
-        /// Only tables matching this `schema.table` pattern (`*` matches anything); repeat for
-        /// more [default: every table].
-        #[arg(long = "table", value_name = "PATTERN")]
-        tables: Vec<String>,
-        /// `create`: pgshift builds the target's tables from the source's schema; `existing`:
-        /// they are there and match the source's [default: create when none of the tables
-        /// exists on the target].
-        #[arg(long, value_name = "MODE", value_parser = ["create", "existing"])]
-        schema: Option<String>,
+        #[command(flatten)]
+        definition: Definition,
     },
     /// List migrations with their state and lag.
     List,
@@ -166,24 +197,16 @@ pub async fn run(
     let api = Api::new(&connection.url, connection.token.clone())?;
     let json = connection.json;
     match command {
-        MigrationCommand::Create {
-            name,
-            source,
-            target,
-            tables,
-            schema,
-        } => {
-            let mut body = json!({
-                "name": name,
-                "source": endpoint("--source", &source)?,
-                "target": endpoint("--target", &target)?,
-            });
-            if !tables.is_empty() {
-                body["tables"] = json!(tables);
+        MigrationCommand::Preview { definition } => {
+            let preview = api.post("/migrations/preview", definition.body()?).await?;
+            if json {
+                return print_json(out, &preview);
             }
-            if let Some(mode) = schema {
-                body["schema"] = json!(mode);
-            }
+            print(out, &super::migration_show::preview(&preview))
+        }
+        MigrationCommand::Create { name, definition } => {
+            let mut body = definition.body()?;
+            body["name"] = json!(name);
             let migration = api.post("/migrations", body).await?;
             if json {
                 return print_json(out, &migration);
@@ -192,12 +215,13 @@ pub async fn run(
             print(
                 out,
                 &format!(
-                    "migration {} created: {count} table{} from {} to {} (start it with: pgshift migration start {})\n",
+                    "migration {} created: {count} table{} from {} to {} (start it with: pgshift migration start {})\n{}",
                     text(&migration, "name"),
                     if count == 1 { "" } else { "s" },
                     side(&migration["source"]),
                     side(&migration["target"]),
                     text(&migration, "name"),
+                    super::migration_show::special_objects(&migration["special_objects"]),
                 ),
             )
         }

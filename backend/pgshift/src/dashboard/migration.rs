@@ -16,6 +16,7 @@ use super::form::{self, ActionForm};
 use super::session::SignedIn;
 use super::view::{self, MigrationRow, Nav, Progress};
 use crate::base::Role;
+use crate::engine::special::SpecialObject;
 use crate::service::lag_history::LagSeries;
 use crate::service::migrations::{self, MigrationView};
 use crate::service::AppState;
@@ -65,6 +66,8 @@ struct MigrationPage {
     patterns: String,
     audit: Vec<AuditEntry>,
     cutover: super::cutover::Panel,
+    /// What the migration does not move as rows of its tables; None when a side cannot be read.
+    special: Option<Vec<SpecialObject>>,
 }
 
 #[derive(Template)]
@@ -122,17 +125,23 @@ fn live(app: &AppState, m: &MigrationView, id: Option<uuid::Uuid>) -> Live {
     }
 }
 
-/// The migration's record, and its live part as `who` sees it.
+/// The migration's record, and its live part as `who` sees it; with `special`, the special
+/// objects too (for the page, not the fragment it polls).
 async fn load(
     app: &AppState,
     who: &SignedIn,
     name: &str,
-) -> Result<(MigrationRecord, Live), PageError> {
+    special: bool,
+) -> Result<(MigrationRecord, Live, Option<Vec<SpecialObject>>), PageError> {
     let record = migrations::find(app, name).await?;
-    let m = migrations::get(app, name).await?;
+    let m = if special {
+        migrations::get(app, name).await?
+    } else {
+        migrations::get_status(app, &record).await?
+    };
     let mut live = live(app, &m, Some(record.id));
     live.can_resync = can_resync(who, &record);
-    Ok((record, live))
+    Ok((record, live, m.special_objects))
 }
 
 /// `GET /ui/migrations/{name}`.
@@ -141,7 +150,7 @@ pub async fn page(
     who: SignedIn,
     Path(name): Path<String>,
 ) -> Result<Response, PageError> {
-    let (record, live) = load(&app, &who, &name).await?;
+    let (record, live, special) = load(&app, &who, &name, true).await?;
     let audit = crate::service::audit::list(&app, Some(name.clone()), None, Some(50)).await?;
     let cutover = super::cutover::panel(&app, &who, &record).await?;
     render(&MigrationPage {
@@ -153,6 +162,7 @@ pub async fn page(
             .map_or_else(|| "every table".into(), |p| p.join(", ")),
         audit,
         cutover,
+        special,
     })
 }
 
@@ -162,7 +172,7 @@ pub async fn live_fragment(
     who: SignedIn,
     Path(name): Path<String>,
 ) -> Result<Response, PageError> {
-    let (_, live) = load(&app, &who, &name).await?;
+    let (_, live, _) = load(&app, &who, &name, false).await?;
     render(&LivePartial { live })
 }
 

@@ -22,6 +22,7 @@ mod runner;
 pub mod schema;
 mod settings;
 pub(crate) mod source;
+pub mod special;
 mod status;
 mod supervisor;
 mod target;

@@ -97,6 +97,23 @@ impl Supervisor {
         Ok((source, target))
     }
 
+    /// Where pg_dump and pg_restore would reach the migration's source and target (libpq URIs
+    /// without their passwords).
+    pub async fn dump_sources(
+        &self,
+        record: &MigrationRecord,
+    ) -> EngineResult<(schema::DumpSource, schema::DumpSource)> {
+        let source = schema::DumpSource::from_dsn(
+            &self.dsn(record.source.cluster_id).await?,
+            &record.source.database,
+        )?;
+        let target = schema::DumpSource::from_dsn(
+            &self.dsn(record.target.cluster_id).await?,
+            &record.target.database,
+        )?;
+        Ok((source, target))
+    }
+
     /// Starts the migration's run unless it is already running.
     pub async fn start(&self, record: &MigrationRecord) -> EngineResult<()> {
         let source = self

@@ -152,14 +152,14 @@ fn object_kind(route: &str) -> Option<&'static str> {
     }
 }
 
-/// `cluster.create`, `migration.start`, …: the kind, then the route's last literal segment after
-/// the name, or what the method does.
+/// `cluster.create`, `migration.start`, `migration.preview`, …: the kind, then the route's last
+/// literal segment after the collection, or what the method does.
 fn action(method: &str, route: Option<&str>, kind: Option<&str>) -> String {
     let (Some(route), Some(kind)) = (route, kind) else {
         return format!("{}.unknown", kind.unwrap_or("api"));
     };
     let segments: Vec<&str> = route.trim_start_matches("/api/v1/").split('/').collect();
-    if segments.len() > 2 && !segments[segments.len() - 1].starts_with('{') {
+    if segments.len() > 1 && !segments[segments.len() - 1].starts_with('{') {
         return format!("{kind}.{}", segments[segments.len() - 1]);
     }
     let verb = match method {
@@ -241,6 +241,7 @@ mod tests {
             ("POST", "/api/v1/migrations", "migration.create"),
             ("DELETE", "/api/v1/migrations/{name}", "migration.delete"),
             ("POST", "/api/v1/migrations/{name}/start", "migration.start"),
+            ("POST", "/api/v1/migrations/preview", "migration.preview"),
             ("PUT", "/api/v1/migrations/{name}", "migration.update"),
         ];
         for (method, route, expected) in cases {

@@ -133,7 +133,8 @@ pub enum BodyErrors {
     /// `unreachable`, `authentication_failed`, `database_not_found`, `missing_privilege`,
     /// `no_tables`, `invalid_pattern`, `pattern_matches_nothing`,
     /// `target_table_missing`, `target_columns_differ`, `target_key_differs`, `invalid_subject`,
-    /// `invalid_ttl`, `invalid_webhook_url`, `webhook_not_allowed`, `key_collation_differs`.
+    /// `invalid_ttl`, `invalid_webhook_url`, `webhook_not_allowed`, `key_collation_differs`,
+    /// `foreign_partition`.
     #[response(status = 422)]
     Invalid(ErrorBody),
 }

@@ -12,6 +12,7 @@ use super::error::{
 };
 use super::json::ApiJson;
 use super::{ApiError, AppState};
+use crate::service::migration_preview::{self, Preview, PreviewRequest};
 use crate::service::migrations::{self, MigrationView, NewMigration};
 
 type ViewResult = Result<Json<MigrationView>, ApiError>;
@@ -28,6 +29,25 @@ pub async fn create(
     Ok((
         StatusCode::CREATED,
         Json(migrations::create(&app, body).await?),
+    ))
+}
+
+/// What creating this migration would do, changing nothing: each table the patterns select,
+/// checked as creation checks it (the first 200), and what the migration does not move as rows
+/// of its tables (large objects, materialized views, unlogged and foreign tables, partitions
+/// left half-detached) with what happens to each. Without `tables` (or with none), every table.
+#[utoipa::path(post, path = "/api/v1/migrations/preview", operation_id = "preview_migration", tag = "migrations", request_body = PreviewRequest,
+    responses((status = 200, body = Preview, description = "what the patterns select and what happens to each special object"), AuthErrors, RoleErrors, BodyErrors, DatabaseErrors),
+    security(("bearer" = [])))]
+pub async fn preview(
+    State(app): State<AppState>,
+    _caller: Authorized<Admin>,
+    ApiJson(body): ApiJson<PreviewRequest>,
+) -> Result<Json<Preview>, ApiError> {
+    let patterns = body.tables.unwrap_or_default();
+    Ok(Json(
+        migration_preview::preview(&app, &body.source, &body.target, &patterns, body.schema)
+            .await?,
     ))
 }
 

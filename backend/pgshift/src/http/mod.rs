@@ -38,6 +38,8 @@ pub fn api(app: AppState) -> Router<AppState> {
             "/migrations",
             post(migrations::create).get(migrations::list),
         )
+        // A migration cannot be named `preview` (see service::migrations::create).
+        .route("/migrations/preview", post(migrations::preview))
         .route(
             "/migrations/{name}",
             get(migrations::get).delete(migrations::remove),

@@ -21,6 +21,7 @@ use super::{audit, clusters, cutover, ddl, metrics, migrations, operations, toke
         clusters::get,
         clusters::remove,
         migrations::create,
+        migrations::preview,
         migrations::list,
         migrations::get,
         migrations::start,

@@ -1,18 +1,31 @@
 //! Service layer: the new-migration form's preview: which source tables the patterns select, and
 //! for each one whether the engine will accept it or why not, using the same checks as `create`.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::migrations::EndpointRef;
 use super::{clusters, App, ServiceError, ServiceResult};
 use crate::engine::cutover::foreign_keys;
+use crate::engine::special::{self, SpecialObject};
 use crate::engine::{catalog, pg, schema, EngineError};
 use crate::store::SchemaMode;
 
 /// At most this many tables are checked one by one (each check is a few round trips).
 pub const MAX_CHECKED: usize = 200;
 
-#[derive(Debug, Serialize)]
+/// What to preview: a migration's source, target, patterns and schema mode, without a name.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PreviewRequest {
+    pub source: EndpointRef,
+    pub target: EndpointRef,
+    /// Patterns over `schema.table`, `*` matching any run of characters; None = every table.
+    pub tables: Option<Vec<String>>,
+    /// `create` or `existing`; None = what creating would choose.
+    pub schema: Option<SchemaMode>,
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct PreviewTable {
     pub name: String,
     /// How rows are identified: `primary key`, `unique index <name>` or `whole row`.
@@ -24,7 +37,7 @@ pub struct PreviewTable {
     pub notes: Vec<String>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct Preview {
     /// `create` or `existing`: what creating the migration with the same choice would do.
     pub schema: &'static str,
@@ -35,6 +48,10 @@ pub struct Preview {
     pub not_selected: usize,
     /// More tables matched than were checked.
     pub truncated: bool,
+    /// What the migration does not move as rows of its tables, and what happens to each: large
+    /// objects, materialized views, unlogged tables, foreign tables, partitions left
+    /// half-detached.
+    pub special_objects: Vec<SpecialObject>,
 }
 
 impl Preview {
@@ -68,11 +85,13 @@ pub async fn preview(
                 format!("{side}.database is empty"),
             ));
         }
-        let options = pg::options(&app.secrets.decrypt(&cluster.dsn)?, Some(&e.database))?;
-        Ok::<_, ServiceError>(pg::connect(side, &options).await?)
+        let dsn = app.secrets.decrypt(&cluster.dsn)?;
+        let options = pg::options(&dsn, Some(&e.database))?;
+        let dump = schema::DumpSource::from_dsn(&dsn, &e.database)?;
+        Ok::<_, ServiceError>((pg::connect(side, &options).await?, dump))
     };
-    let mut src = connect("source", source.clone()).await?;
-    let mut dst = connect("target", target.clone()).await?;
+    let (mut src, source_at) = connect("source", source.clone()).await?;
+    let (mut dst, target_at) = connect("target", target.clone()).await?;
     let all = catalog::user_tables(&mut src).await?;
     let patterns: Vec<String> = patterns
         .iter()
@@ -158,7 +177,17 @@ pub async fn preview(
         if t.key.is_empty() {
             notes.extend(keyless_notes(&mut src, t).await?);
         }
-        let problem = if let Err(e) = catalog::check_source(&mut src, &spec).await {
+        let foreign_partition = if t.partitioned {
+            special::check_foreign_partitions(&mut src, &spec)
+                .await
+                .err()
+        } else {
+            None
+        };
+        // A foreign partition first: its rows live on another server, whatever the key.
+        let problem = if let Some(e) = foreign_partition {
+            Some(problem_text(e)?)
+        } else if let Err(e) = catalog::check_source(&mut src, &spec).await {
             Some(problem_text(e)?)
         } else if mode == SchemaMode::Create {
             notes.push("built on the target from the source's schema: the table and its key before the copy, its indexes, constraints, triggers and dependent views after it".into());
@@ -213,12 +242,26 @@ pub async fn preview(
             ));
         }
     }
+    // Every table the patterns select, checked or not: what is special is named for all.
+    let all_matched = catalog::specs(&matched.iter().map(|t| (*t).clone()).collect::<Vec<_>>());
+    let special_objects = special::list(
+        &mut src,
+        &mut dst,
+        &special::Scope {
+            tables: &all_matched,
+            mode,
+            source: &source_at,
+            target: &target_at,
+        },
+    )
+    .await?;
     Ok(Preview {
         schema: mode.as_str(),
         tables,
         unmatched_patterns,
         not_selected,
         truncated,
+        special_objects,
     })
 }
 

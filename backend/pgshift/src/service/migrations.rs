@@ -4,10 +4,11 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use super::clusters;
 use super::{check_name, App, ServiceError, ServiceResult};
+use super::{clusters, sides};
 use crate::engine::cutover::sequences::SequenceDrift;
 use crate::engine::schema::{self, Difference};
+use crate::engine::special::{self, SpecialObject};
 use crate::engine::{catalog, pg, MigrationStatus, RuntimeState, TableStatus};
 use crate::store::{DesiredState, Endpoint, MigrationRecord, SchemaMode};
 
@@ -59,6 +60,11 @@ pub struct MigrationView {
     /// key (single-migration reads only, once the target's tables exist).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub differences: Option<Vec<Difference>>,
+    /// What the migration does not move as rows of its tables (large objects, materialized
+    /// views, unlogged and foreign tables, partitions left half-detached) and what happens to
+    /// each, read from both sides now (creation and single-migration reads only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub special_objects: Option<Vec<SpecialObject>>,
 }
 
 fn overall_state(record: &MigrationRecord, status: &MigrationStatus) -> &'static str {
@@ -128,6 +134,7 @@ pub(super) async fn view(app: &App, record: &MigrationRecord) -> ServiceResult<M
         updated_at: record.updated_at,
         sequences: None,
         differences: None,
+        special_objects: None,
     })
 }
 
@@ -135,6 +142,13 @@ pub(super) async fn view(app: &App, record: &MigrationRecord) -> ServiceResult<M
 /// primary keys, the target has the same tables, and both roles have the privileges needed.
 pub async fn create(app: &App, new: NewMigration) -> ServiceResult<MigrationView> {
     check_name("migration", &new.name)?;
+    // `/api/v1/migrations/preview` is the preview's route.
+    if new.name == "preview" {
+        return Err(ServiceError::invalid(
+            "invalid_name",
+            "migration name \"preview\" is reserved (POST /api/v1/migrations/preview previews a migration); choose another",
+        ));
+    }
     if app.store.migration_by_name(&new.name).await?.is_some() {
         return Err(ServiceError::conflict(
             "duplicate_name",
@@ -201,6 +215,7 @@ pub async fn create(app: &App, new: NewMigration) -> ServiceResult<MigrationView
         None => SchemaMode::Existing,
     };
     catalog::check_source(&mut src, &tables).await?;
+    special::check_foreign_partitions(&mut src, &tables).await?;
     match schema_mode {
         SchemaMode::Create => {
             let pg_bin_dir = app.supervisor.settings().pg_bin_dir.clone();
@@ -217,6 +232,23 @@ pub async fn create(app: &App, new: NewMigration) -> ServiceResult<MigrationView
             catalog::check_key_collations(&mut src, &mut dst, &tables).await?;
         }
     }
+    let special_objects = special::list(
+        &mut src,
+        &mut dst,
+        &special::Scope {
+            tables: &tables,
+            mode: schema_mode,
+            source: &schema::DumpSource::from_dsn(
+                &app.secrets.decrypt(&source.dsn)?,
+                &new.source.database,
+            )?,
+            target: &schema::DumpSource::from_dsn(
+                &app.secrets.decrypt(&target.dsn)?,
+                &new.target.database,
+            )?,
+        },
+    )
+    .await?;
     let now = Utc::now();
     let record = MigrationRecord {
         id: Uuid::new_v4(),
@@ -239,7 +271,9 @@ pub async fn create(app: &App, new: NewMigration) -> ServiceResult<MigrationView
     };
     app.store.insert_migration(&record).await?;
     tracing::info!(migration = %record.name, tables = record.tables.len(), "migration created");
-    view(app, &record).await
+    let mut v = view(app, &record).await?;
+    v.special_objects = Some(special_objects);
+    Ok(v)
 }
 
 pub async fn find(app: &App, name: &str) -> ServiceResult<MigrationRecord> {
@@ -251,38 +285,43 @@ pub async fn find(app: &App, name: &str) -> ServiceResult<MigrationRecord> {
 
 pub async fn get(app: &App, name: &str) -> ServiceResult<MigrationView> {
     let record = find(app, name).await?;
-    let mut v = view(app, &record).await?;
-    v.sequences = super::cutover::sequence_drift(app, &record).await;
-    v.differences = differences(app, &record).await;
-    Ok(v)
+    read(app, &record, true).await
 }
 
-/// How the migrated tables differ between the two sides now; None when a side cannot be read,
-/// or while pgshift has still to build the target's tables.
-async fn differences(app: &App, record: &MigrationRecord) -> Option<Vec<Difference>> {
-    if record.desired_state == DesiredState::CutOver {
-        return None;
-    }
-    let read = async {
+/// The migration with its sequences and differences, without the special objects (which
+/// change only with the source's schema: the dashboard's live part, polled every 2 s, leaves
+/// them to the page).
+pub async fn get_status(app: &App, record: &MigrationRecord) -> ServiceResult<MigrationView> {
+    read(app, record, false).await
+}
+
+/// The migration, with what both sides say now: sequences, differences, and with `special` the
+/// special objects.
+async fn read(app: &App, record: &MigrationRecord, special: bool) -> ServiceResult<MigrationView> {
+    let mut v = view(app, record).await?;
+    v.sequences = super::cutover::sequence_drift(app, record).await;
+    let sides = async {
         let (source, target) = app.supervisor.endpoints(record).await?;
         let mut src = pg::connect("the source", &source).await?;
         let mut dst = pg::connect("the target", &target).await?;
-        if record.schema_mode == SchemaMode::Create
-            && schema::tables_on_target(&mut dst, &record.tables)
-                .await?
-                .len()
-                < record.tables.len()
-        {
-            return Ok(None);
-        }
-        schema::compare(&mut src, &mut dst, &record.tables)
-            .await
-            .map(Some)
+        let differences = sides::differences(&mut src, &mut dst, record).await;
+        let special = if special {
+            sides::special_objects(app, &mut src, &mut dst, record).await
+        } else {
+            None
+        };
+        Ok::<_, crate::engine::EngineError>((differences, special))
     };
-    read.await.unwrap_or_else(|e: crate::engine::EngineError| {
-        tracing::debug!(migration = %record.name, error = %e, "cannot compare the two sides' tables");
-        None
-    })
+    match sides.await {
+        Ok((differences, special)) => {
+            v.differences = differences;
+            v.special_objects = special;
+        }
+        Err(e) => {
+            tracing::debug!(migration = %record.name, error = %e, "cannot read the two sides");
+        }
+    }
+    Ok(v)
 }
 
 pub async fn list(app: &App) -> ServiceResult<Vec<MigrationView>> {

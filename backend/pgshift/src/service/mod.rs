@@ -14,6 +14,7 @@ pub mod migrations;
 pub mod monitoring;
 pub mod operations;
 pub mod recovery;
+mod sides;
 pub mod tokens;
 pub mod users;
 mod webhooks;

@@ -340,8 +340,17 @@ impl Builder {
         let progress = target::table_progress(conn, &self.schema).await?;
         let state = |no: &i32| progress.iter().find(|p| p.table_no == *no).map(|p| p.state);
         let mut left = false;
+        // Tables with an object that had to wait for a lock in this pass: their later objects
+        // wait for the next pass, since one may need it (the archive's order is an order the
+        // dependencies allow: a materialized view before its refresh, a foreign key added
+        // `NOT VALID` before its validation).
+        let mut held: Vec<i32> = Vec::new();
         for o in objects(conn, &self.schema).await? {
             if o.state != "pending" {
+                continue;
+            }
+            if o.tables.iter().any(|no| held.contains(no)) {
+                left = true;
                 continue;
             }
             let ready = o.tables.iter().all(|no| {
@@ -357,6 +366,7 @@ impl Builder {
             }
             if !self.build(conn, &o).await? {
                 left = true;
+                held.extend(&o.tables);
             }
         }
         Ok(left)

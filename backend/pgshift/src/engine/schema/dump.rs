@@ -91,6 +91,11 @@ impl DumpSource {
             password,
         })
     }
+
+    /// libpq's URI for the database, without the password.
+    pub fn uri(&self) -> &str {
+        &self.uri
+    }
 }
 
 fn percent_decode(s: &str) -> String {

@@ -4,16 +4,19 @@
 //! tables and partitions with their keys before the copy (`build_before`); after each table's
 //! copy its secondary indexes, unique and check constraints, triggers, rules, policies and
 //! privileges, foreign keys `NOT VALID` once both ends are copied and validated once both are
-//! synced, and the views and functions that use the tables (`Builder`). With schema `existing`
+//! synced, and the views, materialized views (with their indexes; refreshed once their tables
+//! are synced when they hold rows on the source) and functions that use the tables
+//! (`Builder`). With schema `existing`
 //! the tables are the operator's, and `compare` names every difference from the source's.
 //!
 //! Files: `dump.rs` runs pg_dump and pg_restore, `toc.rs` reads their output, `select.rs` picks
-//! the objects from the source's catalog, `attach.rs` the entries that go with them, `plan.rs` turns them into statements, `build.rs`
+//! the objects from the source's catalog (read by `depend.rs`), `attach.rs` the entries that go with them, `plan.rs` turns them into statements, `build.rs`
 //! builds them and keeps their state on the target, `compare.rs` compares two sides' tables.
 
 mod attach;
 mod build;
 mod compare;
+mod depend;
 mod dump;
 mod plan;
 mod select;
@@ -28,6 +31,7 @@ pub use build::{outstanding, show, Builder, ObjectFailure, TableObjects};
 pub use compare::{compare, differences_error, Difference, TableDifferences};
 pub use dump::{find as find_tools, tools_for, DumpSource, DumpTools};
 pub use plan::Plan;
+pub use select::MaterializedView;
 
 use super::error::Context;
 use super::{catalog, quote_ident, EngineError, EngineResult};
@@ -66,6 +70,14 @@ pub async fn read_plan(
         "read the source's schema"
     );
     Ok(plan)
+}
+
+/// The materialized views schema "create" builds (they read migrated tables), by oid.
+pub async fn materialized_views(
+    src: &mut PgConnection,
+    tables: &[TableSpec],
+) -> EngineResult<std::collections::BTreeMap<u32, MaterializedView>> {
+    Ok(select::select(src, tables).await?.materialized_views)
 }
 
 /// The selected tables that exist on the target (`schema.table`).

@@ -122,7 +122,23 @@ pub async fn plan(dump: &SchemaDump, selection: &Selection) -> EngineResult<Plan
         preamble: std::mem::take(&mut script.preamble),
         ..Plan::default()
     };
+    // pg_dump --schema-only creates materialized views `WITH NO DATA`; one that holds rows on
+    // the source is refreshed on the target once every table it uses is synced, after every
+    // other object (its indexes among them), so that the application finds it populated after
+    // the cutover. Its rows are then computed from the target's, not copied.
+    let mut refreshes = Vec::new();
     for (e, phase) in chosen {
+        if let (Some(view), Phase::AfterCopy(_)) = (selection.materialized_view(&e), &phase) {
+            if view.populated {
+                refreshes.push(Item {
+                    kind: "REFRESH".into(),
+                    name: format!("REFRESH {}", e.display()),
+                    tables: view.tables.clone(),
+                    wait: Wait::Synced,
+                    statement: format!("REFRESH MATERIALIZED VIEW {};", view.sql_name),
+                });
+            }
+        }
         let Some(statement) = script.take(&e.key()) else {
             continue;
         };
@@ -182,6 +198,7 @@ pub async fn plan(dump: &SchemaDump, selection: &Selection) -> EngineResult<Plan
             }
         }
     }
+    plan.after.extend(refreshes);
     Ok(plan)
 }
 

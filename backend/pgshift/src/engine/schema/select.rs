@@ -6,10 +6,11 @@
 //! uses them (views, functions, and what uses those). Objects of tables that are not selected
 //! are left out.
 
-use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 
 use sqlx::PgConnection;
 
+use super::depend::{read_catalog, read_keys, Catalog, Keys};
 use super::toc::Entry;
 use crate::engine::error::Context;
 use crate::engine::EngineResult;
@@ -22,11 +23,11 @@ const PG_CONSTRAINT: u32 = 2606;
 const PG_ATTRDEF: u32 = 2604;
 const PG_REWRITE: u32 = 2618;
 const PG_EXTENSION: u32 = 3079;
-const PG_NAMESPACE: u32 = 2615;
+pub(super) const PG_NAMESPACE: u32 = 2615;
 /// Objects below this oid come with PostgreSQL itself (`FirstNormalObjectId`).
 const FIRST_NORMAL_OID: u32 = 16384;
 
-type Node = (u32, u32);
+pub(super) type Node = (u32, u32);
 
 /// When an object is built on the target.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -65,154 +66,19 @@ pub struct Selection {
     /// The other tables, as pg_dump patterns (`"schema"."table"`): left out of the dump, which
     /// then neither reads nor locks them.
     pub excluded_tables: Vec<String>,
+    /// The materialized views built (they use migrated tables), by oid.
+    pub materialized_views: BTreeMap<u32, MaterializedView>,
 }
 
-struct Catalog {
-    refs: HashMap<Node, Vec<(Node, char)>>,
-    dependents: HashMap<Node, Vec<(Node, char)>>,
-    relkind: HashMap<u32, char>,
-    extension_of: HashMap<Node, u32>,
-    extension_names: HashMap<u32, String>,
-    /// pgshift's own objects on the source (its capture functions…): what uses them (its
-    /// triggers on the migrated tables) is pgshift's, not the application's.
-    pgshift_objects: HashSet<Node>,
-}
-
-async fn read_catalog(conn: &mut PgConnection) -> EngineResult<Catalog> {
-    let deps: Vec<(i64, i64, i64, i64, String)> = sqlx::query_as(
-        "SELECT classid::int8, objid::int8, refclassid::int8, refobjid::int8, deptype::text
-           FROM pg_catalog.pg_depend
-          WHERE deptype IN ('n', 'a', 'i', 'e') AND objid >= 16384 AND classid <> 0",
-    )
-    .fetch_all(&mut *conn)
-    .await
-    .context(|| "reading the source's object dependencies".into())?;
-    let kinds: Vec<(i64, String)> = sqlx::query_as(
-        "SELECT oid::int8, relkind::text FROM pg_catalog.pg_class WHERE oid >= 16384",
-    )
-    .fetch_all(&mut *conn)
-    .await
-    .context(|| "reading the source's relations".into())?;
-    let extensions: Vec<(i64, String)> =
-        sqlx::query_as("SELECT oid::int8, extname::text FROM pg_catalog.pg_extension")
-            .fetch_all(&mut *conn)
-            .await
-            .context(|| "reading the source's extensions".into())?;
-    let pgshift_namespaces: Vec<i64> = sqlx::query_scalar(
-        "SELECT oid::int8 FROM pg_catalog.pg_namespace WHERE nspname ~ '^pgshift_'",
-    )
-    .fetch_all(&mut *conn)
-    .await
-    .context(|| "reading pgshift's schemas on the source".into())?;
-    let mut catalog = Catalog {
-        pgshift_objects: HashSet::new(),
-        refs: HashMap::new(),
-        dependents: HashMap::new(),
-        relkind: kinds
-            .into_iter()
-            .map(|(oid, k)| (oid as u32, k.chars().next().unwrap_or('r')))
-            .collect(),
-        extension_of: HashMap::new(),
-        extension_names: extensions
-            .into_iter()
-            .map(|(oid, name)| (oid as u32, name))
-            .collect(),
-    };
-    for (class, obj, refclass, refobj, deptype) in deps {
-        let node = (class as u32, obj as u32);
-        let target = (refclass as u32, refobj as u32);
-        let deptype = deptype.chars().next().unwrap_or('n');
-        if deptype == 'e' {
-            catalog.extension_of.insert(node, target.1);
-            continue;
-        }
-        if target.0 == PG_NAMESPACE && pgshift_namespaces.contains(&(target.1 as i64)) {
-            catalog.pgshift_objects.insert(node);
-        }
-        catalog
-            .refs
-            .entry(node)
-            .or_default()
-            .push((target, deptype));
-        catalog
-            .dependents
-            .entry(target)
-            .or_default()
-            .push((node, deptype));
-    }
-    Ok(catalog)
-}
-
-/// Facts about the constraints and indexes hanging on the migrated relations.
-struct Keys {
-    /// Constraint oid → (contype, referenced relation, index, validate statement).
-    constraints: HashMap<u32, (char, u32, u32, String)>,
-    /// Indexes (and the constraints owning them) that carry a table's key.
-    key_indexes: HashSet<u32>,
-}
-
-async fn read_keys(
-    conn: &mut PgConnection,
-    relations: &[u32],
-    tables: &[TableSpec],
-    root_of: &HashMap<u32, i32>,
-) -> EngineResult<Keys> {
-    let oids: Vec<i64> = relations.iter().map(|o| *o as i64).collect();
-    let rows: Vec<(i64, String, i64, i64, String)> = sqlx::query_as(
-        "SELECT c.oid::int8, c.contype::text, c.confrelid::int8, c.conindid::int8,
-                format('ALTER TABLE %I.%I VALIDATE CONSTRAINT %I', n.nspname, r.relname, c.conname)
-           FROM pg_catalog.pg_constraint c
-           JOIN pg_catalog.pg_class r ON r.oid = c.conrelid
-           JOIN pg_catalog.pg_namespace n ON n.oid = r.relnamespace
-          WHERE c.conrelid = ANY($1::int8[]::oid[])",
-    )
-    .bind(&oids)
-    .fetch_all(&mut *conn)
-    .await
-    .context(|| "reading the constraints of the migrated tables".into())?;
-    let constraints = rows
-        .into_iter()
-        .map(|(oid, kind, refrel, index, validate)| {
-            (
-                oid as u32,
-                (
-                    kind.chars().next().unwrap_or('c'),
-                    refrel as u32,
-                    index as u32,
-                    validate,
-                ),
-            )
-        })
-        .collect();
-    // The key: the primary key's index, or the unique index over exactly the key's columns.
-    let indexes: Vec<(i64, i64, bool, Vec<String>)> = sqlx::query_as(
-        "SELECT i.indexrelid::int8, i.indrelid::int8, i.indisprimary,
-                array(SELECT a.attname::text FROM unnest(i.indkey::int2[]) WITH ORDINALITY k(attnum, ord)
-                        JOIN pg_catalog.pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
-                       WHERE k.ord <= i.indnkeyatts ORDER BY k.ord)
-           FROM pg_catalog.pg_index i
-          WHERE i.indrelid = ANY($1::int8[]::oid[]) AND i.indisunique",
-    )
-    .bind(&oids)
-    .fetch_all(&mut *conn)
-    .await
-    .context(|| "reading the indexes of the migrated tables".into())?;
-    let mut key_indexes = HashSet::new();
-    for (index, rel, primary, columns) in indexes {
-        let Some(no) = root_of.get(&(rel as u32)) else {
-            continue;
-        };
-        let Some(table) = tables.iter().find(|t| t.no == *no) else {
-            continue;
-        };
-        if primary || columns == table.key {
-            key_indexes.insert(index as u32);
-        }
-    }
-    Ok(Keys {
-        constraints,
-        key_indexes,
-    })
+/// A materialized view schema "create" builds.
+#[derive(Debug, Clone)]
+pub struct MaterializedView {
+    /// Its name for SQL, quoted where needed (`shop."Daily"`).
+    pub sql_name: String,
+    /// Whether it holds rows on the source (it was refreshed, not left `WITH NO DATA`).
+    pub populated: bool,
+    /// The migrated tables (numbers) it waits for.
+    pub tables: Vec<i32>,
 }
 
 /// Reads the source's catalog and decides, for every object, whether and when it is built.
@@ -368,6 +234,29 @@ fn decide(catalog: &Catalog, keys: &Keys, root_of: &HashMap<u32, i32>) -> Select
         }
     }
 
+    // A materialized view's indexes go with it (a unique one is what `REFRESH … CONCURRENTLY`
+    // needs on the target after the cutover), built once it is.
+    for (view, tables) in sel.dependents.clone() {
+        let Some((sql_name, populated)) =
+            catalog.matviews.get(&view.1).filter(|_| view.0 == PG_CLASS)
+        else {
+            continue;
+        };
+        for (part, deptype) in catalog.dependents.get(&view).into_iter().flatten() {
+            if *deptype == 'a' && relkind(part) == Some('i') {
+                sel.dependents.insert(*part, tables.clone());
+            }
+        }
+        sel.materialized_views.insert(
+            view.1,
+            MaterializedView {
+                sql_name: sql_name.clone(),
+                populated: *populated,
+                tables: tables.into_iter().collect(),
+            },
+        );
+    }
+
     // What everything above uses, built before the copy.
     let mut walk: VecDeque<Node> = rels
         .iter()
@@ -446,6 +335,13 @@ impl Selection {
     pub fn table_of(&self, entry: &Entry) -> Option<i32> {
         (entry.catalog == PG_CLASS)
             .then(|| self.root_of.get(&entry.oid).copied())
+            .flatten()
+    }
+
+    /// The materialized view an archive entry creates, when it is one that is built.
+    pub fn materialized_view(&self, entry: &Entry) -> Option<&MaterializedView> {
+        (entry.catalog == PG_CLASS && entry.kind == "MATERIALIZED VIEW")
+            .then(|| self.materialized_views.get(&entry.oid))
             .flatten()
     }
 
