@@ -22,7 +22,8 @@ const DRAIN: Duration = Duration::from_secs(180);
 /// a domain over a function, a composite type, sequences (owned and shared), a partitioned
 /// table with partitions, check (also NOT VALID) and unique constraints, foreign keys (one
 /// between partitioned tables), secondary indexes (one on a partitioned table), a trigger with
-/// its function, a view over a view, a SQL function using a table, comments and grants.
+/// its function, a view over a view, a SQL function using a table, comments and grants, and
+/// tables without a key (one partitioned), holding duplicate rows.
 const SCHEMA: &str = r#"
 CREATE EXTENSION citext;
 CREATE ROLE reader;
@@ -70,6 +71,11 @@ GRANT USAGE ON SCHEMA shop TO reader;
 GRANT SELECT ON shop.orders, shop.order_totals TO reader;
 CREATE TABLE public.notes (id int GENERATED ALWAYS AS IDENTITY PRIMARY KEY, body text);
 CREATE TABLE shop.codes (code text NOT NULL, label text, UNIQUE (code) INCLUDE (label));
+CREATE TABLE shop.audit_log (at date, who text, what jsonb, amount numeric);
+CREATE INDEX audit_log_who_idx ON shop.audit_log (who);
+CREATE TABLE shop.clicks (day date NOT NULL, page text, n int) PARTITION BY RANGE (day);
+CREATE TABLE shop.clicks_2026 PARTITION OF shop.clicks FOR VALUES FROM ('2026-01-01') TO ('2027-01-01');
+CREATE TABLE shop.clicks_rest PARTITION OF shop.clicks DEFAULT;
 "#;
 
 /// Rows for every table, before the migration starts.
@@ -83,6 +89,8 @@ INSERT INTO shop.orders (customer_id, sku, status, qty, price, tags)
 INSERT INTO shop.events SELECT g, date '2026-01-01' + (g % 700), 'kind ' || g % 5, 1 + g % 300 FROM generate_series(1, 2000) g;
 INSERT INTO public.notes (body) SELECT 'note ' || g FROM generate_series(1, 100) g;
 INSERT INTO shop.codes SELECT 'C' || g, 'code ' || g FROM generate_series(1, 200) g;
+INSERT INTO shop.audit_log SELECT date '2026-01-01' + g % 30, 'user ' || g % 7, jsonb_build_object('g', g % 3), 1.0 FROM generate_series(1, 400) g;
+INSERT INTO shop.clicks SELECT date '2026-12-25' + g % 14, '/p' || g % 4, 1 FROM generate_series(1, 300) g;
 "#;
 
 /// Writes while the migration runs: through the copy, the catch-up and the objects' builds.
@@ -92,6 +100,10 @@ INSERT INTO shop.orders (customer_id, sku, qty) SELECT 1 + g % 300, 'SKU-1', 2 F
 DELETE FROM shop.events WHERE id % 17 = 0;
 UPDATE shop.codes SET label = NULL WHERE code LIKE 'C1%';
 INSERT INTO shop.events VALUES (5000, '2027-06-01', 'late', 7);
+UPDATE shop.audit_log SET amount = 1.00 WHERE ctid IN (SELECT ctid FROM shop.audit_log WHERE who = 'user 3' LIMIT 5);
+DELETE FROM shop.audit_log WHERE ctid IN (SELECT ctid FROM shop.audit_log WHERE who = 'user 4' LIMIT 3);
+INSERT INTO shop.audit_log SELECT at, who, what, amount FROM shop.audit_log WHERE who = 'user 5' LIMIT 10;
+UPDATE shop.clicks SET day = day + 10, n = n + 1 WHERE page = '/p1';
 "#;
 
 /// The tables to compare, with their order.
@@ -102,6 +114,9 @@ const TABLES: &[(&str, &str)] = &[
     ("shop.events", "id, at"),
     ("public.notes", "id"),
     ("shop.codes", "code"),
+    // Without a key: whole-row identity, duplicates included.
+    ("shop.audit_log", "t::text COLLATE \"C\""),
+    ("shop.clicks", "t::text COLLATE \"C\""),
 ];
 
 /// `pg_dump --schema-only` of a database, normalized: comments, settings and psql's lines out,
