@@ -91,8 +91,10 @@ impl TableCopy {
             .begin()
             .await
             .context(|| "opening a copy transaction on the target".into())?;
+        // Not under a row lock: the worker takes a share lock on this row to hold an event, and
+        // must not wait for the whole read. The epoch is checked again when the copy is recorded.
         let current: i32 = sqlx::query_scalar(&format!(
-            "SELECT copy_epoch FROM {schema}.table_state WHERE table_no = $1 FOR UPDATE"
+            "SELECT copy_epoch FROM {schema}.table_state WHERE table_no = $1"
         ))
         .bind(t.no)
         .fetch_one(&mut *tx)
@@ -145,15 +147,22 @@ impl TableCopy {
             .await
             .context(|| "closing the copy transaction on the source".into())?;
         crate::engine::partitions::note_seen(src, &self.schema, t, &partitions).await?;
-        sqlx::query(&format!(
-            "UPDATE {schema}.table_state SET copy_position = $2, rows_copied = $3 WHERE table_no = $1"
+        let recorded = sqlx::query(&format!(
+            "UPDATE {schema}.table_state SET copy_position = $2, rows_copied = $3
+              WHERE table_no = $1 AND copy_epoch = $4"
         ))
         .bind(t.no)
         .bind([snapshot.as_str()])
         .bind(rows as i64)
+        .bind(epoch)
         .execute(&mut *tx)
         .await
-        .context(|| "recording the copy's snapshot".into())?;
+        .context(|| "recording the copy's snapshot".into())?
+        .rows_affected();
+        if recorded != 1 {
+            // A resync moved the epoch on meanwhile: this read is void.
+            return Ok(None);
+        }
         tx.commit()
             .await
             .context(|| format!("committing the copy of {}", t.display_name()))?;
