@@ -106,8 +106,10 @@ async fn keyless_rows_staged_in_a_batch_retried_carefully_count_once() {
 /// row the row trigger already carried (everything written to the partition before the watch
 /// looked) is on the target twice.
 ///
-/// Seen: `ev differs: source has 3 rows, target 5` (the rows written into the new partition
-/// are doubled).
+/// Seen: `ev differs: source has 3 rows, target 5; first difference at row 2: source:
+/// Some("(b,2)") target: Some("(B,1)")` (the two rows written into the new partition are on
+/// the target twice; the log says "a new partition's range cannot be emptied on the target
+/// ... its rows follow as upserts").
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "defect: a keyless partition that appears with rows already captured is re-sent as inserts without its range emptied: duplicated rows"]
 async fn keyless_partition_appearing_with_rows_is_not_duplicated() {
@@ -265,9 +267,9 @@ async fn keyless_schema_changes_through_pgshift_hold() {
 /// the same id names different rows on the two sides. Nothing notices: every later update and
 /// delete by key reaches the wrong row on the target.
 ///
-/// Seen: `kl differs: source has 50 rows, target 50; first difference at row 0: source:
-/// Some("(0,x,10)") target: Some("(0,x,5)")` (the same row got id 10 on the source and 5 on
-/// the target), and after keyed writes the contents differ too.
+/// Seen: `kl differs: source has 46 rows, target 46; first difference at row 0: source:
+/// Some("(3,x,1)") target: Some("(1,x,1)")` (ordered by id: id 1 names a different row on
+/// each side; the updates and deletes by id that follow then change different rows).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "defect: giving a keyless table a generated key through the DDL route numbers rows differently on each side; later keyed events hit the wrong rows"]
 async fn keyless_table_given_a_generated_key_through_the_ddl_route_stays_identical() {
@@ -963,4 +965,67 @@ async fn keyless_copy_under_racing_writers_holds() {
     }
     case.drain_and_compare(&[("kl", ORDER), ("u", "id"), ("keyed", "id")])
         .await;
+}
+
+/// The source's keyless table has a dropped column and the target orders its columns otherwise:
+/// the copy, the removals by whole row and the additions go by column name.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keyless_dropped_column_and_other_column_order_hold() {
+    let case = Case::prepare(
+        "CREATE TABLE kl (a int, gone text, b text, c numeric); ALTER TABLE kl DROP COLUMN gone;",
+        "CREATE TABLE kl (c numeric, b text, a int);",
+        "INSERT INTO kl SELECT g % 5, 'x', 1.0 FROM generate_series(1, 100) g;",
+    )
+    .await;
+    case.begin().await;
+    case.drain().await;
+    let order = "a, b, c::text COLLATE \"C\"";
+    let same = || async {
+        let q = format!("SELECT (a, b, c)::text FROM kl ORDER BY {order}");
+        let a: Vec<String> = sqlx::query_scalar(&q).fetch_all(&case.src).await.unwrap();
+        let b: Vec<String> = sqlx::query_scalar(&q).fetch_all(&case.dst).await.unwrap();
+        assert_eq!(a, b);
+    };
+    same().await;
+    case.source
+        .psql(
+            "app",
+            "DELETE FROM kl WHERE ctid = (SELECT ctid FROM kl WHERE a = 1 LIMIT 1);
+             UPDATE kl SET c = 1.00 WHERE ctid = (SELECT ctid FROM kl WHERE a = 2 LIMIT 1);
+             DELETE FROM kl WHERE ctid = (SELECT ctid FROM kl WHERE a = 2 AND c::text = '1.0' LIMIT 1);
+             INSERT INTO kl VALUES (7, 'y', 2), (7, 'y', 2);",
+        )
+        .await;
+    case.drain().await;
+    same().await;
+}
+
+/// The source server is killed (-9) while the whole-table copy's transaction is open on it (the
+/// target side of the copy waits for a lock), and started again: the copy starts over with a
+/// new snapshot.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keyless_source_killed_during_the_copy_holds() {
+    let schema = "CREATE TABLE kl (a int, b text);";
+    let seed = "INSERT INTO kl SELECT g % 50, 'x' FROM generate_series(1, 20000) g;";
+    let case = Case::prepare(schema, schema, seed).await;
+    let hold = lock_share(&case, "kl").await;
+    case.begin().await;
+    case.wait_waiters(&["kl"], 1).await;
+    case.source
+        .psql(
+            "app",
+            "DELETE FROM kl WHERE ctid IN (SELECT ctid FROM kl WHERE a = 1 LIMIT 5);
+             INSERT INTO kl SELECT 2, 'x' FROM generate_series(1, 5);",
+        )
+        .await;
+    case.source.kill9().await;
+    case.source.start_again().await;
+    hold.commit().await.unwrap();
+    case.source
+        .psql(
+            "app",
+            "DELETE FROM kl WHERE ctid IN (SELECT ctid FROM kl WHERE a = 2 LIMIT 7); INSERT INTO kl VALUES (1, 'x');",
+        )
+        .await;
+    case.drain_and_compare(&[("kl", ORDER)]).await;
 }
