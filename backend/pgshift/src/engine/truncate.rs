@@ -113,6 +113,17 @@ pub async fn replay(
             })?;
         return Ok(());
     }
+    if appeared && plan.is_keyless() {
+        // Without a key the rows that follow are added, not upserted: any the target already
+        // holds would be there twice.
+        return Err(EngineError::invalid(
+            "partition_unplaceable",
+            format!(
+                "{relation} appeared on the source as a partition of {}, a table without a key, and the target cannot empty its range (no partition of that name with the same bound, and the bound cannot be evaluated here): its rows would be added twice. Give the target a partition of that name and bound, then resync the table",
+                plan.display
+            ),
+        ));
+    }
     if appeared {
         tracing::warn!(%relation, table = %plan.display, "a new partition's range cannot be emptied on the target (no partition of that name, and its bound cannot be evaluated here); its rows follow as upserts");
         return Ok(());

@@ -50,6 +50,7 @@ pub async fn run_on_source(
             })?;
         by_oid.insert(oid.0, t);
     }
+    let before = column_numbers(&mut tx, &by_oid).await?;
     execute_statements(&mut tx, sql, "source").await.map_err(|e| {
         if e.sqlstate().as_deref() == Some("55P03") {
             EngineError::invalid(
@@ -75,6 +76,7 @@ pub async fn run_on_source(
             e
         }
     })?;
+    refuse_filled_per_row(&mut tx, &by_oid, &before).await?;
     let now = catalog::user_tables(&mut tx).await?;
     let mut tables: Vec<TableSpec> = Vec::new();
     for found in now {
@@ -130,4 +132,81 @@ pub async fn run_on_source(
         .await
         .context(|| "committing the schema change on the source".into())?;
     Ok(tables)
+}
+
+/// The column numbers of each table (by oid) before the change.
+async fn column_numbers(
+    conn: &mut PgConnection,
+    tables: &HashMap<u32, &TableSpec>,
+) -> EngineResult<HashMap<u32, Vec<i16>>> {
+    let mut out = HashMap::new();
+    for oid in tables.keys() {
+        let numbers: Vec<i16> = sqlx::query_scalar(
+            "SELECT attnum FROM pg_attribute WHERE attrelid = $1 AND attnum > 0 AND NOT attisdropped",
+        )
+        .bind(sqlx::postgres::types::Oid(*oid))
+        .fetch_all(&mut *conn)
+        .await
+        .context(|| "reading the tables' columns".into())?;
+        out.insert(*oid, numbers);
+    }
+    Ok(out)
+}
+
+/// Refuses a change that gives existing rows values each server computes on its own: a column
+/// added with an identity, a serial, or a default that is not a constant (`now()` is taken at
+/// each server's own moment, `random()` and `nextval` row by row in each server's own row
+/// order). The tables would differ from then on. A constant default is the same on both sides.
+async fn refuse_filled_per_row(
+    conn: &mut PgConnection,
+    tables: &HashMap<u32, &TableSpec>,
+    before: &HashMap<u32, Vec<i16>>,
+) -> EngineResult<()> {
+    for (oid, spec) in tables {
+        let old = before.get(oid).cloned().unwrap_or_default();
+        let filled: Vec<String> = sqlx::query_scalar(
+            "SELECT a.attname::text FROM pg_attribute a
+              WHERE a.attrelid = $1 AND a.attnum > 0 AND NOT a.attisdropped
+                AND NOT (a.attnum = ANY($2))
+                AND (a.attidentity <> ''
+                     OR (a.atthasdef AND a.attgenerated = ''
+                         AND EXISTS (SELECT 1 FROM pg_attrdef d
+                                      WHERE d.adrelid = a.attrelid AND d.adnum = a.attnum
+                                        AND d.adbin::text NOT LIKE '{CONST %')))",
+        )
+        .bind(sqlx::postgres::types::Oid(*oid))
+        .bind(&old)
+        .fetch_all(&mut *conn)
+        .await
+        .context(|| "reading the added columns".into())?;
+        if filled.is_empty() {
+            continue;
+        }
+        let relation = spec_relation(*oid, conn).await?;
+        let has_rows: bool =
+            sqlx::query_scalar(&format!("SELECT EXISTS (SELECT 1 FROM {relation})"))
+                .fetch_one(&mut *conn)
+                .await
+                .context(|| format!("looking at the rows of {}", spec.display_name()))?;
+        if has_rows {
+            return Err(EngineError::invalid(
+                "schema_change_not_replayable",
+                format!(
+                    "column(s) {} of {} would be filled by each server on its own (an identity, a serial, or a default that is not a constant: computed at each server's own moment or in its own row order): the two sides would differ. Add the column without a default (or with a constant one), fill it with an UPDATE, then set its default or identity; nothing was changed",
+                    filled.join(", "),
+                    spec.display_name()
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// A table's quoted name as it is now (a statement may have renamed it), by oid.
+async fn spec_relation(oid: u32, conn: &mut PgConnection) -> EngineResult<String> {
+    sqlx::query_scalar("SELECT $1::regclass::text")
+        .bind(sqlx::postgres::types::Oid(oid))
+        .fetch_one(&mut *conn)
+        .await
+        .context(|| "naming a table".into())
 }
