@@ -2,7 +2,7 @@
 //! logical replication, on two local servers, written to docs/benchmarks.md (issue 6).
 //!
 //! ```sh
-//! tests/bench/run [--scale 50] [--load-scale 10] [--clients 4] [--seconds 60] [--tools pgshift,londiste,native] [--scenarios load,copy,bulk,cutover]
+//! tests/bench/run [--scale 50] [--load-scale 10] [--clients 4] [--seconds 60] [--tools pgshift,londiste,native] [--scenarios load,copy,copy-create,bulk,cutover]
 //! ```
 //!
 //! `tests/bench/run` installs Londiste3's Debian packages, builds pgshift and this binary, and
@@ -157,12 +157,16 @@ async fn machine(report: &mut Report, args: &Args) {
         ("Kernel".into(), m.kernel),
         ("Load average at start (1/5/15 min)".into(), m.load),
         ("pgshift (git describe)".into(), common::git_version()),
-        ("londiste".into(), version("londiste", "--version").await),
-        (
+    ];
+    if args.uses(ToolKind::Londiste) {
+        report
+            .machine
+            .push(("londiste".into(), version("londiste", "--version").await));
+        report.machine.push((
             "PgQ, pgqd, londiste SQL (Debian packages)".into(),
             debian_versions().await,
-        ),
-    ];
+        ));
+    }
 }
 
 async fn debian_versions() -> String {
@@ -223,7 +227,8 @@ fn setup_lines() -> Vec<String> {
          paths, and pgqd's `database_list`."
             .into(),
         "Every tool gets fresh databases for each session: on the source a copy of a template \
-         (`CREATE DATABASE … TEMPLATE`), on the target the template's schema (`pg_dump --schema-only | psql`), \
+         (`CREATE DATABASE … TEMPLATE`), on the target the template's schema (`pg_dump --schema-only | psql`; \
+         in the copy-create scenario pgshift gets an empty database instead and creates the schema itself), \
          dropped afterwards."
             .into(),
         "Data checks compare every row of every table: per bucket of 100,000 keys, `count(*)` and \

@@ -17,10 +17,13 @@ usage: tests/bench/run [--scale N] [--load-scale N] [--clients N] [--seconds N]
   --seconds N      length of each pgbench run (default 60)
   --tools LIST     comma-separated, from: pgshift, londiste, native (default: all)
   --scenarios LIST comma-separated, from (default: all):
-                     load     write overhead, lag under load, drain
-                     copy     initial copy, next to pg_dump | pg_restore
-                     bulk     bulk UPDATE and bulk DELETE
-                     cutover  writes blocked until the target can take them
+                     load         write overhead, lag under load, drain
+                     copy         initial copy into tables made beforehand, next to
+                                  pg_dump | pg_restore
+                     copy-create  initial copy into an empty target database (pgshift
+                                  with schema \"create\"), next to pg_dump | pg_restore
+                     bulk         bulk UPDATE and bulk DELETE
+                     cutover      writes blocked until the target can take them
   --out PATH       the Markdown report (default docs/benchmarks.md in the workspace)
 
 A smoke run: tests/bench/run --scale 2 --seconds 10";
@@ -30,14 +33,16 @@ A smoke run: tests/bench/run --scale 2 --seconds 10";
 pub enum Scenario {
     Load,
     Copy,
+    CopyCreate,
     Bulk,
     Cutover,
 }
 
 impl Scenario {
-    pub const ALL: [Scenario; 4] = [
+    pub const ALL: [Scenario; 5] = [
         Scenario::Load,
         Scenario::Copy,
+        Scenario::CopyCreate,
         Scenario::Bulk,
         Scenario::Cutover,
     ];
@@ -46,6 +51,7 @@ impl Scenario {
         match self {
             Scenario::Load => "load",
             Scenario::Copy => "copy",
+            Scenario::CopyCreate => "copy-create",
             Scenario::Bulk => "bulk",
             Scenario::Cutover => "cutover",
         }
@@ -185,6 +191,8 @@ mod tests {
         assert!(a.smoke());
         let a = parse(&["--scenarios", "cutover,load"]).unwrap();
         assert_eq!(a.scenarios, [Scenario::Load, Scenario::Cutover]);
+        let a = parse(&["--scenarios", "copy-create"]).unwrap();
+        assert_eq!(a.scenarios, [Scenario::CopyCreate]);
         for bad in [
             &["--tools", "slony"][..],
             &["--scenarios", ""],

@@ -107,7 +107,7 @@ impl Rig {
         if a.runs(Scenario::Load) || a.runs(Scenario::Bulk) || a.runs(Scenario::Cutover) {
             make.push((LOAD_TEMPLATE, a.load_scale));
         }
-        if a.runs(Scenario::Copy) {
+        if a.runs(Scenario::Copy) || a.runs(Scenario::CopyCreate) {
             make.push((COPY_TEMPLATE, a.scale));
         }
         for (name, scale) in make {
@@ -144,16 +144,28 @@ impl Rig {
     /// A fresh database named `<label>_<n>` on both servers: on the source a copy of
     /// `template`, on the target its schema only (tables and primary keys, no rows).
     pub async fn pair(&self, template: &str, label: &str) -> R<Pair> {
+        self.pair_with(template, label, true).await
+    }
+
+    /// As [`Rig::pair`]; with `target_schema` false the target database stays empty (for a
+    /// tool that creates the schema itself). The time `pg_dump --schema-only | psql` took is
+    /// kept in [`Pair::schema_loaded`].
+    pub async fn pair_with(&self, template: &str, label: &str, target_schema: bool) -> R<Pair> {
         let n = self.runs.fetch_add(1, Ordering::SeqCst);
         let db = format!("{label}_{n}");
         self.admin(false, &format!("CREATE DATABASE {db} TEMPLATE {template}"))
             .await?;
         self.admin(true, &format!("CREATE DATABASE {db}")).await?;
-        let mut dump = pg_command("pg_dump", self.source.port());
-        dump.args(["--schema-only", template]);
-        let mut load = pg_command("psql", self.target.port());
-        load.args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", &db]);
-        common::pipe(dump, load).await?;
+        let mut schema_loaded = None;
+        if target_schema {
+            let t0 = Instant::now();
+            let mut dump = pg_command("pg_dump", self.source.port());
+            dump.args(["--schema-only", template]);
+            let mut load = pg_command("psql", self.target.port());
+            load.args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", &db]);
+            common::pipe(dump, load).await?;
+            schema_loaded = Some(t0.elapsed());
+        }
         let work = self.work.join(&db);
         std::fs::create_dir_all(&work).ctx(|| format!("creating {}", work.display()))?;
         Ok(Pair {
@@ -163,6 +175,7 @@ impl Rig {
             target_port: self.target.port(),
             db,
             work,
+            schema_loaded,
         })
     }
 
@@ -269,6 +282,25 @@ impl Rig {
             tokio::time::sleep(Duration::from_secs(1)).await;
         }
     }
+}
+
+/// Every row of the `public` tables (the pgbench tables and `heartbeat`), counted exactly.
+pub async fn count_rows(pool: &PgPool) -> R<i64> {
+    let tables: Vec<String> = sqlx::query_scalar(
+        "SELECT format('%I.%I', schemaname, tablename) FROM pg_tables WHERE schemaname = 'public'",
+    )
+    .fetch_all(pool)
+    .await
+    .ctx(|| "listing the tables".into())?;
+    let mut n = 0;
+    for t in tables {
+        let c: i64 = sqlx::query_scalar(&format!("SELECT count(*) FROM {t}"))
+            .fetch_one(pool)
+            .await
+            .ctx(|| format!("counting the rows of {t}"))?;
+        n += c;
+    }
+    Ok(n)
 }
 
 /// Cheap aggregates of every table: equal on both sides once the target has every change.

@@ -52,6 +52,9 @@ pub struct Pair {
     pub dst: PgPool,
     /// A directory for the tool's files (configuration, logs, pid files, data).
     pub work: PathBuf,
+    /// How long loading the target's schema took (`pg_dump --schema-only | psql`), not part
+    /// of any tool's time; `None` when the target database was left empty.
+    pub schema_loaded: Option<Duration>,
 }
 
 impl Pair {

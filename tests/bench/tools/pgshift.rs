@@ -1,9 +1,13 @@
 //! pgshift as a user runs it: the `pgshift serve` binary in its own process (so its memory and
 //! CPU are its own), with its default engine settings, driven through the REST API with an
-//! admin token from `pgshift token create`.
+//! admin token from `pgshift token create`. Into an empty target database the migration is
+//! made with `"schema": "create"` (pgshift builds the tables, copies, then builds the rest);
+//! into a target whose schema was loaded beforehand, with `"schema": "existing"`.
 
+use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use reqwest::StatusCode;
@@ -21,6 +25,12 @@ pub struct Pgshift {
     token: String,
     client: reqwest::Client,
     dir: PathBuf,
+    /// `"create"` or `"existing"`, as the migration was made.
+    pub schema: &'static str,
+    /// When a poll first saw every table copied (`catching_up` or `synced`).
+    pub copied_at: Mutex<Option<Instant>>,
+    /// Every object a poll saw in a table's `objects_pending` (schema `create`).
+    pub objects_seen: Mutex<BTreeSet<String>>,
 }
 
 /// The pgshift binary: `PGSHIFT_BIN` (set by tests/bench/run), else next to this benchmark's.
@@ -76,6 +86,13 @@ impl Pgshift {
             token: String::new(),
             client: reqwest::Client::new(),
             dir,
+            schema: if pair.schema_loaded.is_some() {
+                "existing"
+            } else {
+                "create"
+            },
+            copied_at: Mutex::new(None),
+            objects_seen: Mutex::new(BTreeSet::new()),
         };
         t.wait_healthy().await?;
         let mut token = Command::new(&bin);
@@ -101,6 +118,7 @@ impl Pgshift {
                 "name": MIGRATION,
                 "source": {"cluster": "source", "database": pair.db},
                 "target": {"cluster": "target", "database": pair.db},
+                "schema": t.schema,
             })),
             StatusCode::CREATED,
         )
@@ -175,8 +193,10 @@ impl Pgshift {
         Ok(serde_json::from_str(&text).unwrap_or(Value::Null))
     }
 
-    /// The migration is `synced`: every table copied and caught up. An `error` state is
-    /// retried by pgshift, so it is only reported when the wait times out.
+    /// The migration is `synced` (every table copied and caught up) and no table has an
+    /// object still to build (`objects_pending` empty: schema `create` builds secondary objects
+    /// after each table's copy). An `error` state is retried by pgshift, so it is only reported
+    /// when the wait times out; an object that failed to build is an error at once.
     pub async fn copy_done(&self) -> R<bool> {
         let m = self
             .call(
@@ -186,7 +206,38 @@ impl Pgshift {
                 StatusCode::OK,
             )
             .await?;
-        Ok(m["state"] == "synced")
+        let tables = m["tables"]
+            .as_array()
+            .ok_or_else(|| format!("the migration has no tables: {m}"))?;
+        let failed: Vec<String> = tables
+            .iter()
+            .flat_map(|t| t["objects_failed"].as_array().cloned().unwrap_or_default())
+            .map(|f| f.to_string())
+            .collect();
+        if !failed.is_empty() {
+            return Err(format!("pgshift could not build: {}", failed.join("; ")));
+        }
+        let mut pending = 0;
+        {
+            let mut seen = self.objects_seen.lock().expect("objects_seen");
+            for t in tables {
+                for o in t["objects_pending"].as_array().into_iter().flatten() {
+                    pending += 1;
+                    seen.insert(o.as_str().unwrap_or_default().to_string());
+                }
+            }
+        }
+        let copied = !tables.is_empty()
+            && tables
+                .iter()
+                .all(|t| t["state"] == "catching_up" || t["state"] == "synced");
+        if copied {
+            self.copied_at
+                .lock()
+                .expect("copied_at")
+                .get_or_insert_with(Instant::now);
+        }
+        Ok(m["state"] == "synced" && pending == 0)
     }
 
     pub fn processes(&self) -> Vec<u32> {

@@ -1,7 +1,8 @@
-//! The scenarios of issue 6, the same for every tool. For each tool, the copy scenario runs on
-//! its own database pair (a copy of the `--scale` template); load, bulk and cutover run in that
-//! order on one pair (a copy of the `--load-scale` template) with the tool replicating from
-//! the start. A failed scenario is reported in its table and ends that tool's session.
+//! The scenarios of issue 6, the same for every tool. For each tool, the copy scenarios run on
+//! their own database pair (a copy of the `--scale` template; for `copy-create` pgshift gets an
+//! empty target database); load, bulk and cutover run in that order on one pair (a copy of the
+//! `--load-scale` template) with the tool replicating from the start. A failed scenario is
+//! reported in its table and ends that tool's session.
 
 mod bulk;
 mod copy;
@@ -23,6 +24,7 @@ use crate::tools::{Tool, ToolKind};
 
 pub const LOAD: &str = "Write overhead, lag under load, drain";
 pub const COPY: &str = "Initial copy";
+pub const COPY_CREATE: &str = "Initial copy into an empty database";
 pub const BULK: &str = "Bulk change";
 pub const CUTOVER: &str = "Cutover";
 
@@ -33,6 +35,7 @@ pub fn declare(rig: &Rig, report: &mut Report) {
         report.tables.push(match s {
             Scenario::Load => load::table(a),
             Scenario::Copy => copy::table(a),
+            Scenario::CopyCreate => copy::table_create(a),
             Scenario::Bulk => bulk::table(a),
             Scenario::Cutover => cutover::table(a),
         });
@@ -40,7 +43,8 @@ pub fn declare(rig: &Rig, report: &mut Report) {
 }
 
 /// What runs without any tool: pgbench's baseline TPS (for the current wal_level) and, once,
-/// the pg_dump | pg_restore baselines of the copy.
+/// the pg_dump | pg_restore baselines of the copy (`with_dumps`); for copy-create, `pg_dump -Fc
+/// | pg_restore` again at `wal_level = logical` (the second call).
 pub async fn baselines(rig: &Rig, report: &mut Report, with_dumps: bool) {
     if rig.args.runs(Scenario::Load) {
         if let Err(e) = load::baseline(rig, report).await {
@@ -49,10 +53,27 @@ pub async fn baselines(rig: &Rig, report: &mut Report, with_dumps: bool) {
             report.failures.push(format!("{label}: {e}"));
         }
     }
-    if with_dumps && rig.args.runs(Scenario::Copy) {
+    let copies: Vec<&str> = [(Scenario::Copy, COPY), (Scenario::CopyCreate, COPY_CREATE)]
+        .into_iter()
+        .filter(|(s, _)| rig.args.runs(*s))
+        .map(|(_, h)| h)
+        .collect();
+    if with_dumps && !copies.is_empty() {
         if let Err(e) = copy::dumps(rig, report).await {
-            report.table(COPY).failed("pg_dump | pg_restore", &e);
+            for h in &copies {
+                report.table(h).failed("pg_dump | pg_restore", &e);
+            }
             report.failures.push(format!("pg_dump baselines: {e}"));
+        }
+    }
+    if !with_dumps && rig.args.runs(Scenario::CopyCreate) {
+        if let Err(e) = copy::dump_again(rig, report).await {
+            report
+                .table(COPY_CREATE)
+                .failed("pg_dump | pg_restore (`wal_level = logical`)", &e);
+            report
+                .failures
+                .push(format!("pg_dump baseline at wal_level = logical: {e}"));
         }
     }
 }
@@ -60,7 +81,10 @@ pub async fn baselines(rig: &Rig, report: &mut Report, with_dumps: bool) {
 /// Every selected scenario through one tool.
 pub async fn run_tool(rig: &Rig, report: &mut Report, kind: ToolKind) {
     if rig.args.runs(Scenario::Copy) {
-        copy_session(rig, report, kind).await;
+        copy_session(rig, report, kind, COPY).await;
+    }
+    if rig.args.runs(Scenario::CopyCreate) {
+        copy_session(rig, report, kind, COPY_CREATE).await;
     }
     let load_like = [Scenario::Load, Scenario::Bulk, Scenario::Cutover];
     if load_like.iter().any(|s| rig.args.runs(*s)) {
@@ -79,32 +103,51 @@ pub fn record_check(report: &mut Report, kind: ToolKind, what: &str, check: &Che
     }
 }
 
-async fn copy_session(rig: &Rig, report: &mut Report, kind: ToolKind) {
+/// One tool's initial copy for `heading` (copy or copy-create): in copy-create pgshift gets an
+/// empty target database (it creates the schema), the others the schema loaded beforehand.
+async fn copy_session(rig: &Rig, report: &mut Report, kind: ToolKind, heading: &str) {
     let label = kind.label();
-    say!("{label}: initial copy");
+    let create = heading == COPY_CREATE && kind == ToolKind::Pgshift;
+    say!(
+        "{label}: {}",
+        if heading == COPY_CREATE {
+            "initial copy into an empty database"
+        } else {
+            "initial copy"
+        }
+    );
+    let suffix = if heading == COPY_CREATE {
+        "create"
+    } else {
+        "copy"
+    };
     let pair = match rig
-        .pair(COPY_TEMPLATE, &format!("{}_copy", kind.name()))
+        .pair_with(COPY_TEMPLATE, &format!("{}_{suffix}", kind.name()), !create)
         .await
     {
         Ok(p) => p,
         Err(e) => {
-            report.table(COPY).failed(label, &e);
-            report.failures.push(format!("{label}, initial copy: {e}"));
+            report.table(heading).failed(label, &e);
+            report.failures.push(format!("{label}, {heading}: {e}"));
             return;
         }
     };
     let _ = rig.checkpoint().await;
-    let (tool, took) = start_and_copy(rig, kind, &pair).await;
-    let mut result = match took {
-        Ok(d) => copy::record(rig, report, kind, &pair, d).await,
-        Err(e) => Err(e),
+    let load = crate::common::load_average();
+    let (tool, took, started) = start_and_copy(rig, kind, &pair).await;
+    let mut result = match (took, &tool) {
+        (Ok(d), Some(t)) => {
+            copy::record(rig, report, heading, kind, t, &pair, d, started, &load).await
+        }
+        (Ok(_), None) => Err("the tool did not start".into()),
+        (Err(e), _) => Err(e),
     };
     if let Some(tool) = tool {
         result = result.and(tool.stop(&pair).await);
     }
     if let Err(e) = result {
-        report.table(COPY).failed(label, &e);
-        report.failures.push(format!("{label}, initial copy: {e}"));
+        report.table(heading).failed(label, &e);
+        report.failures.push(format!("{label}, {heading}: {e}"));
     }
     if let Err(e) = rig.drop_pair(pair).await {
         report
@@ -138,7 +181,7 @@ async fn load_session(rig: &Rig, report: &mut Report, kind: ToolKind) {
         Ok(p) => p,
         Err(e) => return fail_all(report, 0, &e),
     };
-    let (tool, copied) = start_and_copy(rig, kind, &pair).await;
+    let (tool, copied, _) = start_and_copy(rig, kind, &pair).await;
     let Some(mut tool) = tool else {
         fail_all(report, 0, &copied.err().unwrap_or_default());
         let _ = rig.drop_pair(pair).await;
@@ -187,8 +230,13 @@ async fn load_session(rig: &Rig, report: &mut Report, kind: ToolKind) {
 /// database is live, as in a real migration; Londiste's ticker would otherwise tick the idle
 /// queue once a minute, its `ticker_idle_period`), waits until the tool says the copy is done,
 /// stops the heartbeat and waits until the target's aggregates equal the source's. Returns the
-/// tool if it started, and the time from the first setup command until identical.
-async fn start_and_copy(rig: &Rig, kind: ToolKind, pair: &Pair) -> (Option<Tool>, R<Duration>) {
+/// tool if it started, the time from the first setup command until identical, and the instant
+/// of that first command.
+async fn start_and_copy(
+    rig: &Rig,
+    kind: ToolKind,
+    pair: &Pair,
+) -> (Option<Tool>, R<Duration>, Instant) {
     let stop = CancellationToken::new();
     let hb = spawn_heartbeat(rig.source.dsn(&pair.db), stop.clone());
     let t0 = Instant::now();
@@ -201,7 +249,7 @@ async fn start_and_copy(rig: &Rig, kind: ToolKind, pair: &Pair) -> (Option<Tool>
     let beats = hb.await.ctx(|| "heartbeat task".into());
     let tool = match tool {
         Ok(t) => t,
-        Err(e) => return (None, Err(e)),
+        Err(e) => return (None, Err(e), t0),
     };
     let result = async {
         let copied = copied?;
@@ -224,5 +272,5 @@ async fn start_and_copy(rig: &Rig, kind: ToolKind, pair: &Pair) -> (Option<Tool>
         Ok(identical)
     }
     .await;
-    (Some(tool), result)
+    (Some(tool), result, t0)
 }
