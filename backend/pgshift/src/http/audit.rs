@@ -159,6 +159,13 @@ fn action(method: &str, route: Option<&str>, kind: Option<&str>) -> String {
         return format!("{}.unknown", kind.unwrap_or("api"));
     };
     let segments: Vec<&str> = route.trim_start_matches("/api/v1/").split('/').collect();
+    // A migration's table set: `migration.tables.add` and `migration.tables.remove` (the
+    // general rules would say `migration.tables` and, wrongly, `migration.delete`).
+    match (method, &segments[..]) {
+        ("POST", [_, _, "tables"]) => return format!("{kind}.tables.add"),
+        ("DELETE", [_, _, "tables", _]) => return format!("{kind}.tables.remove"),
+        _ => {}
+    }
     if segments.len() > 2 && !segments[segments.len() - 1].starts_with('{') {
         return format!("{kind}.{}", segments[segments.len() - 1]);
     }
@@ -242,6 +249,21 @@ mod tests {
             ("DELETE", "/api/v1/migrations/{name}", "migration.delete"),
             ("POST", "/api/v1/migrations/{name}/start", "migration.start"),
             ("PUT", "/api/v1/migrations/{name}", "migration.update"),
+            (
+                "POST",
+                "/api/v1/migrations/{name}/tables",
+                "migration.tables.add",
+            ),
+            (
+                "DELETE",
+                "/api/v1/migrations/{name}/tables/{table}",
+                "migration.tables.remove",
+            ),
+            (
+                "POST",
+                "/api/v1/migrations/{name}/tables/{table}/resync",
+                "migration.resync",
+            ),
         ];
         for (method, route, expected) in cases {
             let kind = object_kind(route);

@@ -133,7 +133,8 @@ pub enum BodyErrors {
     /// `unreachable`, `authentication_failed`, `database_not_found`, `missing_privilege`,
     /// `no_tables`, `invalid_pattern`, `pattern_matches_nothing`,
     /// `target_table_missing`, `target_columns_differ`, `target_key_differs`, `invalid_subject`,
-    /// `invalid_ttl`, `invalid_webhook_url`, `webhook_not_allowed`, `key_collation_differs`.
+    /// `invalid_ttl`, `invalid_webhook_url`, `webhook_not_allowed`, `key_collation_differs`,
+    /// `already_in_migration` (adding tables: a pattern selects only tables the migration has).
     #[response(status = 422)]
     Invalid(ErrorBody),
 }
@@ -146,7 +147,8 @@ pub enum ConflictErrors {
     /// paused migration instead of starting it), `not_started`, `tables_busy` (removing a
     /// migration: other sessions held the source tables too long; the message names them),
     /// `operation_running` (pausing, removing or resyncing while a cutover, a verification or
-    /// a resync runs on the migration).
+    /// a resync runs on the migration), `cut_over`, `last_table` (removing the only table of a
+    /// migration: remove the migration instead), `tables_changed`.
     #[response(status = 409)]
     Conflict(ErrorBody),
 }

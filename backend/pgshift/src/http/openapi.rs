@@ -27,6 +27,8 @@ use super::{audit, clusters, cutover, metrics, migrations, operations, tokens};
         migrations::pause,
         migrations::resume,
         migrations::resync_table,
+        migrations::add_tables,
+        migrations::remove_table,
         migrations::remove,
         cutover::start,
         cutover::abort,

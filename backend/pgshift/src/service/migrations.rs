@@ -96,7 +96,7 @@ async fn endpoint_ref(app: &App, e: &Endpoint) -> ServiceResult<EndpointRef> {
     })
 }
 
-async fn view(app: &App, record: &MigrationRecord) -> ServiceResult<MigrationView> {
+pub(super) async fn view(app: &App, record: &MigrationRecord) -> ServiceResult<MigrationView> {
     let status = match app.supervisor.status(record.id) {
         Some(s) => s,
         None if record.desired_state == DesiredState::Created => MigrationStatus::new(&record.tables),
@@ -390,7 +390,7 @@ pub async fn resync_table(app: &App, name: &str, table: &str) -> ServiceResult<M
 }
 
 /// A cut-over migration is finished: the application writes to the target now.
-fn cut_over(name: &str) -> ServiceError {
+pub(super) fn cut_over(name: &str) -> ServiceError {
     ServiceError::conflict(
         "cut_over",
         format!("migration {name:?} has been cut over; nothing runs any more (remove it, or cut back with its reverse migration)"),

@@ -9,6 +9,7 @@ pub mod cutover;
 mod error;
 pub mod lag_history;
 pub mod migration_preview;
+pub mod migration_tables;
 pub mod migrations;
 pub mod monitoring;
 pub mod operations;
