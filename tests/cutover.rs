@@ -978,6 +978,7 @@ async fn freeze_check_finds_changes_without_capture() {
         schema: "public".into(),
         name: "t".into(),
         key: vec!["id".into()],
+        key_index: None,
         columns: vec![column("id", "integer"), column("v", "text")],
         partitioned: false,
     };

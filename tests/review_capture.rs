@@ -652,6 +652,7 @@ async fn an_application_session_cannot_pass_for_pgshift() {
         schema: "public".into(),
         name: "t".into(),
         key: vec!["id".into()],
+        key_index: None,
         columns: vec![column("id", "integer"), column("v", "text")],
         partitioned: false,
     };

@@ -769,6 +769,7 @@ async fn wide_rows_after_narrow_ones_stay_within_the_chunk_budget() {
             schema: "public".into(),
             name: "doc".into(),
             key: vec!["id".into()],
+            key_index: None,
             columns: vec![column("id", "integer"), column("body", "text")],
             partitioned: false,
         }],

@@ -52,6 +52,7 @@ impl Source {
                 schema: "public".into(),
                 name: "account".into(),
                 key: vec!["id".into()],
+                key_index: None,
                 columns: vec![column("id"), column("balance")],
                 partitioned: false,
             }],

@@ -60,6 +60,7 @@ fn table(no: i32, schema: &str, name: &str) -> TableSpec {
         schema: schema.into(),
         name: name.into(),
         key: vec!["id".into(), "Région \"x\"".into()],
+        key_index: None,
         columns: vec![
             ColumnSpec {
                 name: "id".into(),

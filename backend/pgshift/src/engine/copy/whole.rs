@@ -7,6 +7,7 @@
 //! 3. one target transaction (under the table state's row lock, which the worker takes before
 //!    holding an event) replays the events the worker held meanwhile whose transaction S did
 //!    not see, in the order they were captured, forgets them all and marks the table catching up.
+//!
 //! Until then the worker holds the table's events instead of applying them (apply/keyless.rs).
 //! The source transaction stays open for the whole read: a large table without a key holds back
 //! vacuum on the source as long as it copies (the preview says so).
