@@ -599,3 +599,93 @@ async fn cutover_follows_its_steps_and_fails_with_the_gate_named() {
         again.err
     );
 }
+
+/// `migration tables remove|add`: a table leaves the migration and comes back (its rows left on
+/// the target are refused until `--empty-target`); refusals exit 3 or 4 with the server's reason.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tables_are_removed_and_added_from_the_command_line() {
+    use pgshift_tests::cutover::{assert_same, pair, start_synced, wait_synced};
+    init_tracing();
+    let pair = pair(500).await;
+    let server = TestServer::start().await;
+    start_synced(&server, &pair, "shop").await;
+
+    let removed = pgshift(
+        &server,
+        &["migration", "tables", "remove", "shop", "public.ledger"],
+    )
+    .await;
+    let text = removed.ok();
+    assert!(text.contains("no longer replicated"), "{text}");
+    assert!(
+        text.contains("public.item") && !text.contains("public.ledger"),
+        "{text}"
+    );
+    let unknown = pgshift(
+        &server,
+        &["migration", "tables", "remove", "shop", "public.ledger"],
+    )
+    .await;
+    unknown.failed(Exit::NotFound);
+
+    let refused = pgshift(
+        &server,
+        &["migration", "tables", "add", "shop", "public.led*"],
+    )
+    .await;
+    let reason = refused.failed(Exit::Api);
+    assert!(
+        reason.contains("public.ledger") && reason.contains("empty_target"),
+        "{reason}"
+    );
+    let nothing = pgshift(
+        &server,
+        &["migration", "tables", "add", "shop", "public.item"],
+    )
+    .await;
+    assert!(
+        nothing.failed(Exit::Api).contains("already"),
+        "{}",
+        nothing.err
+    );
+
+    let added = pgshift(
+        &server,
+        &[
+            "migration",
+            "tables",
+            "add",
+            "shop",
+            "public.led*",
+            "--empty-target",
+            "--json",
+        ],
+    )
+    .await
+    .json();
+    let names: Vec<&str> = added["tables"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["name"].as_str().unwrap())
+        .collect();
+    assert!(names.contains(&"public.ledger"), "{added}");
+    pair.source
+        .psql(
+            "app",
+            "INSERT INTO ledger (item_id, amount) VALUES (1, 9.99)",
+        )
+        .await;
+    wait_synced(&server, "shop").await;
+    pgshift_tests::migrate::wait_drained(
+        &server,
+        "shop",
+        &pair.src,
+        std::time::Duration::from_secs(120),
+    )
+    .await;
+    assert_same(&pair.src, &pair.dst).await;
+
+    let usage = pgshift(&server, &["migration", "tables", "add", "shop"]).await;
+    usage.failed(Exit::Usage);
+}

@@ -919,3 +919,168 @@ async fn admins_manage_users_and_their_sessions_end_at_once() {
     assert_eq!(page.status, StatusCode::CONFLICT, "{}", page.body);
     assert_eq!(adam.get("/ui/users").await.status, StatusCode::OK);
 }
+
+/// The migration page's table set: operators add tables with a form (patterns, CSRF) and stop
+/// replicating one from its row through a confirmation page where its name is typed; viewers get
+/// neither; a refusal shows the server's reason; both land in the audit trail.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tables_are_added_and_removed_from_the_migration_page() {
+    init_tracing();
+    let (source, target) = tokio::join!(PgCluster::start(), PgCluster::start());
+    source.create_database("shop").await;
+    target.create_database("shop").await;
+    source.psql("shop", SOURCE_SCHEMA).await;
+    target.psql("shop", TARGET_SCHEMA).await;
+    let server = server_with_users().await;
+    server.add_cluster("source", &source.admin_dsn()).await;
+    server.add_cluster("target", &target.admin_dsn()).await;
+    server
+        .create_and_start("shop", "shop", "shop", Some(vec!["public.accounts"]))
+        .await;
+    let synced = || async {
+        wait_for(
+            "the migration to be synced",
+            Duration::from_secs(120),
+            || async {
+                let m = server.migration("shop").await;
+                (m["state"] == "synced").then_some(m)
+            },
+        )
+        .await
+    };
+    synced().await;
+    let mut operator = UiClient::new(&server.base);
+    let mut viewer = UiClient::new(&server.base);
+    operator.sign_in("olga", OPERATOR_PW).await;
+    viewer.sign_in("vera", VIEWER_PW).await;
+    let operator_csrf = operator.csrf().await;
+    let viewer_csrf = viewer.csrf().await;
+
+    let page = viewer.get("/ui/migrations/shop").await;
+    assert!(
+        !page.body.contains("id=\"add-tables-form\""),
+        "{}",
+        page.body
+    );
+    let page = operator.get("/ui/migrations/shop").await;
+    assert!(
+        page.body.contains("id=\"add-tables-form\""),
+        "{}",
+        page.body
+    );
+    // One table: nothing to stop replicating (the migration would be left empty).
+    assert!(!page.body.contains("data-remove-table="), "{}", page.body);
+
+    let page = viewer
+        .post(
+            "/ui/migrations/shop/tables",
+            &[("csrf", &viewer_csrf), ("patterns", "public.notes")],
+        )
+        .await;
+    assert_eq!(page.status, StatusCode::FORBIDDEN);
+    let page = operator
+        .post(
+            "/ui/migrations/shop/tables",
+            &[("patterns", "public.notes")],
+        )
+        .await;
+    assert_eq!(page.status, StatusCode::FORBIDDEN, "no CSRF token");
+    let page = operator
+        .post(
+            "/ui/migrations/shop/tables",
+            &[("csrf", &operator_csrf), ("patterns", "public.accounts")],
+        )
+        .await;
+    assert_eq!(
+        page.status,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "{}",
+        page.body
+    );
+    assert!(page.body.contains("already"), "{}", page.body);
+    let page = operator
+        .post(
+            "/ui/migrations/shop/tables",
+            &[("csrf", &operator_csrf), ("patterns", "public.notes")],
+        )
+        .await;
+    assert_eq!(page.status, StatusCode::SEE_OTHER, "{}", page.body);
+    let m = synced().await;
+    assert_eq!(m["tables"].as_array().unwrap().len(), 2, "{m}");
+    let dst = target.connect("shop").await;
+    let notes: i64 = sqlx::query_scalar("SELECT count(*) FROM notes")
+        .fetch_one(&dst)
+        .await
+        .unwrap();
+    assert_eq!(notes, 300);
+
+    let page = operator.get("/ui/migrations/shop").await;
+    assert!(
+        page.body.contains("data-remove-table=\"public.notes\""),
+        "{}",
+        page.body
+    );
+    assert!(!viewer
+        .get("/ui/migrations/shop")
+        .await
+        .body
+        .contains("data-remove-table="));
+    let page = operator
+        .get("/ui/migrations/shop/tables/public.notes/remove")
+        .await;
+    assert_eq!(page.status, StatusCode::OK, "{}", page.body);
+    assert!(
+        page.body.contains("id=\"remove-table-confirm\""),
+        "{}",
+        page.body
+    );
+    assert_eq!(
+        viewer
+            .get("/ui/migrations/shop/tables/public.notes/remove")
+            .await
+            .status,
+        StatusCode::FORBIDDEN
+    );
+    // Without the typed name: refused, still replicated.
+    let page = operator
+        .post(
+            "/ui/migrations/shop/tables/public.notes/remove",
+            &[("csrf", &operator_csrf)],
+        )
+        .await;
+    assert_eq!(
+        page.status,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "{}",
+        page.body
+    );
+    assert_eq!(
+        server.migration("shop").await["tables"]
+            .as_array()
+            .unwrap()
+            .len(),
+        2
+    );
+    let page = operator
+        .post(
+            "/ui/migrations/shop/tables/public.notes/remove",
+            &[("csrf", &operator_csrf), ("confirm", "public.notes")],
+        )
+        .await;
+    assert_eq!(page.status, StatusCode::SEE_OTHER, "{}", page.body);
+    let m = server.migration("shop").await;
+    assert_eq!(m["tables"].as_array().unwrap().len(), 1, "{m}");
+    let src = source.connect("shop").await;
+    let triggers: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM pg_trigger WHERE tgrelid = 'notes'::regclass AND tgname LIKE '!pgshift%'",
+    )
+    .fetch_one(&src)
+    .await
+    .unwrap();
+    assert_eq!(triggers, 0);
+
+    let page = operator.get("/ui/migrations/shop").await;
+    let trail = &page.body[page.body.find("Audit trail").unwrap()..];
+    assert!(trail.contains("migration.tables.add"), "{trail}");
+    assert!(trail.contains("migration.tables.remove"), "{trail}");
+}

@@ -1,5 +1,5 @@
 //! Command-line layer (the API client): `pgshift migration
-//! preview|create|list|show|start|pause|resume|remove|unfreeze|wait|cutover|cutover-abort| verify`.
+//! preview|create|list|show|start|pause|resume|remove|unfreeze|wait|tables|ddl|cutover|cutover-abort|verify`.
 
 use std::io::Write;
 use std::time::Duration;
@@ -111,6 +111,11 @@ pub enum MigrationCommand {
         #[arg(long, value_name = "DURATION", value_parser = duration::parse, default_value = "1s")]
         interval: Duration,
     },
+    /// Change which tables a migration replicates while it runs.
+    Tables {
+        #[command(subcommand)]
+        command: TablesCommand,
+    },
     /// Cut over to the target: gates, every row compared range by range, freeze, drain,
     /// sequences, the rows written since compared again, switch. Follows the operation step by
     /// step; exits 0 only when it succeeded, 8 when it failed or was aborted.
@@ -166,6 +171,25 @@ pub enum MigrationCommand {
         #[command(flatten)]
         follow: FollowArgs,
     },
+}
+
+/// `pgshift migration tables …`.
+#[derive(Subcommand, Debug)]
+pub enum TablesCommand {
+    /// Add the tables the patterns select (`schema.table`, `*` matches anything) that the
+    /// migration does not have yet; they are copied and caught up while the others replicate.
+    Add {
+        name: String,
+        #[arg(required = true, value_name = "PATTERN")]
+        patterns: Vec<String>,
+        /// Delete the rows an added table holds on the target (left from an earlier time in the
+        /// migration, say) and copy it again; refused without this.
+        #[arg(long)]
+        empty_target: bool,
+    },
+    /// Stop replicating one table (`schema.table`): its capture is removed from the source; its
+    /// rows on the target stay.
+    Remove { name: String, table: String },
 }
 
 /// How `cutover` and `verify` follow their operation.
@@ -264,6 +288,7 @@ pub async fn run(
             }
             print(out, &super::migration_show::details(&migration))
         }
+        MigrationCommand::Tables { command } => tables(&api, out, json, command).await,
         MigrationCommand::Start { name } => act(&api, out, json, &name, "start").await,
         MigrationCommand::Pause { name } => act(&api, out, json, &name, "pause").await,
         MigrationCommand::Resume { name } => act(&api, out, json, &name, "resume").await,
@@ -438,6 +463,50 @@ async fn act(
     print(
         out,
         &format!("migration {name}: {}\n", text(&migration, "state")),
+    )
+}
+
+/// `pgshift migration tables add|remove`: the migration's new table set is printed.
+async fn tables(
+    api: &Api,
+    out: &mut dyn Write,
+    json: bool,
+    command: TablesCommand,
+) -> Result<(), ClientError> {
+    let (name, migration, done) = match command {
+        TablesCommand::Add {
+            name,
+            patterns,
+            empty_target,
+        } => {
+            let body = json!({"tables": patterns, "empty_target": empty_target});
+            let migration = api.post(&format!("{}/tables", path(&name)), body).await?;
+            (name, migration, "tables added; they are copied next")
+        }
+        TablesCommand::Remove { name, table } => {
+            let migration = api
+                .delete(&format!("{}/tables/{}", path(&name), segment(&table)))
+                .await?;
+            let done = "table no longer replicated (its rows on the target stay)";
+            (name, migration, done)
+        }
+    };
+    if json {
+        return print_json(out, &migration);
+    }
+    let rows: Vec<Vec<String>> = migration["tables"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default()
+        .iter()
+        .map(|t| vec![text(t, "name"), text(t, "state")])
+        .collect();
+    print(
+        out,
+        &format!(
+            "migration {name}: {done}\n{}",
+            table::render(&["TABLE", "STATE"], &rows)
+        ),
     )
 }
 

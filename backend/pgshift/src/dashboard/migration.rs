@@ -18,6 +18,7 @@ use super::view::{self, MigrationRow, Nav, Progress};
 use crate::base::Role;
 use crate::engine::special::SpecialObject;
 use crate::service::lag_history::LagSeries;
+use crate::service::migration_tables;
 use crate::service::migrations::{self, MigrationView};
 use crate::service::AppState;
 use crate::store::{AuditEntry, DesiredState, MigrationRecord};
@@ -50,6 +51,14 @@ pub struct Live {
     /// Whether to show the per-table Resync links (to a confirmation page): only to operators,
     /// while the migration runs.
     pub can_resync: bool,
+    /// Whether to show the per-table "Stop replicating" links: to operators, until the
+    /// migration is cut over, while it has more than one table.
+    pub can_remove_tables: bool,
+}
+
+/// Operators may change the table set of a migration that is not cut over.
+fn can_change_tables(who: &SignedIn, record: &MigrationRecord) -> bool {
+    who.user.role >= Role::Operator && record.desired_state != DesiredState::CutOver
 }
 
 /// Operators may resync a table of a running migration.
@@ -68,6 +77,8 @@ struct MigrationPage {
     cutover: super::cutover::Panel,
     /// What the migration does not move as rows of its tables; None when a side cannot be read.
     special: Option<Vec<SpecialObject>>,
+    /// Whether to show the form adding tables (operators, until the migration is cut over).
+    can_add_tables: bool,
 }
 
 #[derive(Template)]
@@ -122,6 +133,7 @@ fn live(app: &AppState, m: &MigrationView, id: Option<uuid::Uuid>) -> Live {
         applied_tick: view::count_text(m.applied_tick),
         tables,
         can_resync: false,
+        can_remove_tables: false,
     }
 }
 
@@ -141,6 +153,7 @@ async fn load(
     };
     let mut live = live(app, &m, Some(record.id));
     live.can_resync = can_resync(who, &record);
+    live.can_remove_tables = can_change_tables(who, &record) && record.tables.len() > 1;
     Ok((record, live, m.special_objects))
 }
 
@@ -153,6 +166,7 @@ pub async fn page(
     let (record, live, special) = load(&app, &who, &name, true).await?;
     let audit = crate::service::audit::list(&app, Some(name.clone()), None, Some(50)).await?;
     let cutover = super::cutover::panel(&app, &who, &record).await?;
+    let can_add_tables = can_change_tables(&who, &record);
     render(&MigrationPage {
         nav: Nav::new("overview", &who),
         live,
@@ -163,6 +177,7 @@ pub async fn page(
         audit,
         cutover,
         special,
+        can_add_tables,
     })
 }
 
@@ -222,6 +237,101 @@ pub async fn resync(
     let what = Action {
         action: "migration.resync",
         route: "/ui/migrations/{name}/tables/{table}/resync",
+        kind: "migration",
+        name: &name,
+    };
+    form::done(&app, &who, what, result, &format!("/ui/migrations/{name}")).await
+}
+
+/// The form adding tables to a migration.
+#[derive(Deserialize)]
+pub struct AddTablesForm {
+    #[serde(default)]
+    pub csrf: String,
+    /// `schema.table` patterns, separated by spaces, commas or lines.
+    #[serde(default)]
+    pub patterns: String,
+    /// Checked: added tables' rows on the target are deleted and copied again.
+    #[serde(default)]
+    pub empty_target: Option<String>,
+}
+
+/// `POST /ui/migrations/{name}/tables`: operators add the tables the patterns select; they are
+/// copied while the others replicate.
+pub async fn add_tables(
+    State(app): State<AppState>,
+    who: SignedIn,
+    Path(name): Path<String>,
+    Form(f): Form<AddTablesForm>,
+) -> Result<Response, PageError> {
+    who.require(Role::Operator)?;
+    who.check_csrf(&f.csrf)?;
+    let patterns: Vec<String> = f
+        .patterns
+        .split(|c: char| c == ',' || c.is_whitespace())
+        .filter(|p| !p.is_empty())
+        .map(str::to_string)
+        .collect();
+    let add = migration_tables::AddTables {
+        tables: patterns,
+        empty_target: f.empty_target.is_some(),
+    };
+    let result = migration_tables::add(&app, &name, add).await.map(|_| ());
+    let what = Action {
+        action: "migration.tables.add",
+        route: "/ui/migrations/{name}/tables",
+        kind: "migration",
+        name: &name,
+    };
+    form::done(&app, &who, what, result, &format!("/ui/migrations/{name}")).await
+}
+
+#[derive(Template)]
+#[template(path = "remove_table_confirm.html")]
+struct RemoveTableConfirm<'a> {
+    nav: Nav,
+    migration: &'a str,
+    table: &'a str,
+}
+
+/// `GET /ui/migrations/{name}/tables/{table}/remove`: the confirmation page for no longer
+/// replicating a table (its name typed again).
+pub async fn remove_table_page(
+    State(app): State<AppState>,
+    who: SignedIn,
+    Path((name, table)): Path<(String, String)>,
+) -> Result<Response, PageError> {
+    who.require(Role::Operator)?;
+    let record = migrations::find(&app, &name).await?;
+    if !record.tables.iter().any(|t| t.display_name() == table) {
+        return Err(PageError::new(
+            StatusCode::NOT_FOUND,
+            format!("Migration {name} has no table {table}."),
+        ));
+    }
+    render(&RemoveTableConfirm {
+        nav: Nav::new("overview", &who),
+        migration: &record.name,
+        table: &table,
+    })
+}
+
+/// `POST /ui/migrations/{name}/tables/{table}/remove`: operators stop replicating one table,
+/// once its name is typed on the confirmation page.
+pub async fn remove_table(
+    State(app): State<AppState>,
+    who: SignedIn,
+    Path((name, table)): Path<(String, String)>,
+    Form(f): Form<ActionForm>,
+) -> Result<Response, PageError> {
+    f.allow(&who, Role::Operator)?;
+    f.confirmed(&table, "stop replicating the table, type its name")?;
+    let result = migration_tables::remove(&app, &name, &table)
+        .await
+        .map(|_| ());
+    let what = Action {
+        action: "migration.tables.remove",
+        route: "/ui/migrations/{name}/tables/{table}/remove",
         kind: "migration",
         name: &name,
     };

@@ -49,6 +49,11 @@ pub fn router() -> Router<AppState> {
         .route("/migrations/{name}/live", get(migration::live_fragment))
         .route("/migrations/{name}/lag.json", get(migration::lag_series))
         .route("/migrations/{name}/{action}", post(migration::action))
+        .route("/migrations/{name}/tables", post(migration::add_tables))
+        .route(
+            "/migrations/{name}/tables/{table}/remove",
+            get(migration::remove_table_page).post(migration::remove_table),
+        )
         .route(
             "/migrations/{name}/tables/{table}/resync",
             get(migration::resync_page).post(migration::resync),

@@ -25,6 +25,7 @@ pub(crate) mod source;
 pub mod special;
 mod status;
 mod supervisor;
+pub mod table_set;
 mod target;
 mod ticker;
 mod truncate;
@@ -35,6 +36,7 @@ pub use settings::EngineSettings;
 pub use source::install as install_capture;
 pub use status::{MigrationStatus, RuntimeState, TableStatus};
 pub use supervisor::Supervisor;
+pub use target::tables_with_rows as target_tables_with_rows;
 pub use ticker::TickerSettings;
 
 // Quoting lives in the foundation (the store's records quote their names too); engine code

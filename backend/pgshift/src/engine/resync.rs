@@ -27,30 +27,7 @@ pub async fn reset_table(
         .begin()
         .await
         .context(|| "opening the resync transaction on the target".into())?;
-    // Foreign keys pointing at this table must not cascade or refuse: their rows come back with
-    // the copy, as in the initial copy.
-    sqlx::query("SET LOCAL session_replication_role = replica")
-        .execute(&mut *tx)
-        .await
-        .context(|| "setting session_replication_role on the target".into())?;
-    let referenced: bool = sqlx::query_scalar(
-        "SELECT EXISTS (SELECT 1 FROM pg_constraint
-                         WHERE contype = 'f' AND confrelid = $1::regclass AND conrelid <> confrelid)",
-    )
-    .bind(table.sql_name())
-    .fetch_one(&mut *tx)
-    .await
-    .context(|| format!("looking for foreign keys to {}", table.display_name()))?;
-    // TRUNCATE is refused while another table's foreign key points here; DELETE is not.
-    let empty = if referenced {
-        format!("DELETE FROM {}", table.relation_only())
-    } else {
-        format!("TRUNCATE {}", table.relation_only())
-    };
-    sqlx::query(&empty)
-        .execute(&mut *tx)
-        .await
-        .context(|| format!("emptying {} on the target", table.display_name()))?;
+    empty_table(&mut tx, table).await?;
     let s = quote_ident(schema);
     sqlx::query(&format!(
         "UPDATE {s}.table_state
@@ -77,4 +54,49 @@ pub async fn reset_table(
         .await
         .context(|| format!("committing the resync of {}", table.display_name()))?;
     Ok(())
+}
+
+/// Deletes every row of `table` on the target in the caller's transaction, as the copy finds
+/// it at the start: foreign keys pointing at it neither cascade nor refuse (their rows come
+/// back with the copy, as in the initial copy).
+pub async fn empty_table(tx: &mut sqlx::PgConnection, table: &TableSpec) -> EngineResult<()> {
+    sqlx::query("SET LOCAL session_replication_role = replica")
+        .execute(&mut *tx)
+        .await
+        .context(|| "setting session_replication_role on the target".into())?;
+    let referenced: bool = sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM pg_constraint
+                         WHERE contype = 'f' AND confrelid = $1::regclass AND conrelid <> confrelid)",
+    )
+    .bind(table.sql_name())
+    .fetch_one(&mut *tx)
+    .await
+    .context(|| format!("looking for foreign keys to {}", table.display_name()))?;
+    // TRUNCATE is refused while another table's foreign key points here; DELETE is not.
+    let empty = if referenced {
+        format!("DELETE FROM {}", table.relation_only())
+    } else {
+        format!("TRUNCATE {}", table.relation_only())
+    };
+    sqlx::query(&empty)
+        .execute(&mut *tx)
+        .await
+        .context(|| format!("emptying {} on the target", table.display_name()))?;
+    Ok(())
+}
+
+/// Empties `tables` on the target in one transaction, for tables added to a migration whose
+/// rows there the operator chose to replace (`empty_target`); pgshift never does it unasked.
+pub async fn empty_tables(target: &PgConnectOptions, tables: &[TableSpec]) -> EngineResult<()> {
+    let mut conn = pg::connect("the target", target).await?;
+    let mut tx = conn
+        .begin()
+        .await
+        .context(|| "opening a transaction on the target".into())?;
+    for table in tables {
+        empty_table(&mut tx, table).await?;
+    }
+    tx.commit()
+        .await
+        .context(|| "committing the emptied tables".into())
 }

@@ -199,6 +199,17 @@ impl Run {
             target::install(&mut dst, &self.record, &first).await?;
             tracing::info!(migration = %self.record.name, "prepared the target");
         }
+        // Tables added to or removed from the migration since its capture was installed (or
+        // a change to its table set that a crash interrupted).
+        let build = self
+            .dump_source
+            .as_ref()
+            .map(|dump| super::table_set::Build {
+                target: &self.target,
+                pg_bin_dir,
+                dump,
+            });
+        super::table_set::reconcile(&mut src, &mut dst, &self.record, build).await?;
         if let Some(dump) = &self.dump_source {
             schema::record_after(
                 &mut src,

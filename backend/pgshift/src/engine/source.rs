@@ -159,6 +159,39 @@ pub async fn install_within(
     }
 }
 
+/// Installs one table's capture function and its row and statement triggers (on every
+/// partition too) in the caller's transaction.
+async fn install_table(tx: &mut PgConnection, schema: &str, table: &TableSpec) -> EngineResult<()> {
+    check_partition_layout(&mut *tx, table).await?;
+    let ops = key_ops::key_operators(&mut *tx, table).await?;
+    super::pg::run_script(&mut *tx, &table_capture_sql(schema, table, &ops))
+        .await
+        .context(|| format!("installing capture functions for {}", table.display_name()))?;
+    super::pg::run_script(&mut *tx, &row_trigger_sql(schema, table))
+        .await
+        .context(|| format!("installing the capture trigger on {}", table.display_name()))?;
+    let mut relations = vec![table.sql_name()];
+    if table.partitioned {
+        relations.extend(partitions(&mut *tx, table).await?);
+    }
+    for relation in relations {
+        super::pg::run_script(&mut *tx, &statement_triggers_sql(schema, table, &relation))
+            .await
+            .context(|| format!("installing the statement capture triggers on {relation}"))?;
+        // Partitions' row triggers are clones that follow the parent's setting.
+        if relation == table.sql_name() {
+            fire_always(&mut *tx, &relation, &trigger_name(schema, table, "")).await?;
+        }
+        for suffix in STATEMENT_TRIGGERS {
+            fire_always(&mut *tx, &relation, &trigger_name(schema, table, suffix)).await?;
+        }
+    }
+    if table.partitioned {
+        super::partitions::record(&mut *tx, schema, table).await?;
+    }
+    Ok(())
+}
+
 async fn install_in_one(
     conn: &mut PgConnection,
     migration: &MigrationRecord,
@@ -181,33 +214,7 @@ async fn install_in_one(
         .context(|| "installing the capture schema on the source".into())?;
     super::pg::marker::ensure(&mut tx, &schema).await?;
     for table in &migration.tables {
-        check_partition_layout(&mut tx, table).await?;
-        let ops = key_ops::key_operators(&mut tx, table).await?;
-        super::pg::run_script(&mut tx, &table_capture_sql(&schema, table, &ops))
-            .await
-            .context(|| format!("installing capture functions for {}", table.display_name()))?;
-        super::pg::run_script(&mut tx, &row_trigger_sql(&schema, table))
-            .await
-            .context(|| format!("installing the capture trigger on {}", table.display_name()))?;
-        let mut relations = vec![table.sql_name()];
-        if table.partitioned {
-            relations.extend(partitions(&mut tx, table).await?);
-        }
-        for relation in relations {
-            super::pg::run_script(&mut tx, &statement_triggers_sql(&schema, table, &relation))
-                .await
-                .context(|| format!("installing the statement capture triggers on {relation}"))?;
-            // Partitions' row triggers are clones that follow the parent's setting.
-            if relation == table.sql_name() {
-                fire_always(&mut tx, &relation, &trigger_name(&schema, table, "")).await?;
-            }
-            for suffix in STATEMENT_TRIGGERS {
-                fire_always(&mut tx, &relation, &trigger_name(&schema, table, suffix)).await?;
-            }
-        }
-        if table.partitioned {
-            super::partitions::record(&mut tx, &schema, table).await?;
-        }
+        install_table(&mut tx, &schema, table).await?;
     }
     sqlx::query(&format!("SELECT {}.tick()", quote_ident(&schema)))
         .execute(&mut *tx)
@@ -264,6 +271,94 @@ pub async fn uninstall(
         conn,
         &format!("DROP SCHEMA IF EXISTS {} CASCADE", quote_ident(schema)),
         "removing the capture schema from the source",
+        &relations,
+        super::pg::LockRetry::default(),
+        cancel,
+    )
+    .await
+}
+
+/// The numbers of the tables whose capture is installed in the migration's schema (each has its
+/// capture function `capture_<no>`).
+pub async fn captured_tables(conn: &mut PgConnection, schema: &str) -> EngineResult<Vec<i32>> {
+    sqlx::query_scalar(
+        "SELECT substring(p.proname from '^capture_([0-9]+)$')::int
+           FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
+          WHERE n.nspname = $1 AND p.proname ~ '^capture_[0-9]+$'
+          ORDER BY 1",
+    )
+    .bind(schema)
+    .fetch_all(conn)
+    .await
+    .context(|| "listing the tables captured on the source".into())
+}
+
+/// Installs capture for tables added to a running migration, all in one transaction that waits
+/// at most `lock_timeout` for each table (like [`install_within`]). Their changes are queued
+/// from its commit on; the copy that follows reads them in later snapshots.
+pub async fn install_tables(
+    conn: &mut PgConnection,
+    schema: &str,
+    tables: &[TableSpec],
+    lock_timeout: std::time::Duration,
+) -> EngineResult<()> {
+    let installed = async {
+        let mut tx = conn
+            .begin()
+            .await
+            .context(|| "opening the capture install on the source".into())?;
+        sqlx::query(&format!(
+            "SET LOCAL lock_timeout = '{}ms'",
+            lock_timeout.as_millis().max(1)
+        ))
+        .execute(&mut *tx)
+        .await
+        .context(|| "setting lock_timeout".into())?;
+        for table in tables {
+            install_table(&mut tx, schema, table).await?;
+        }
+        tx.commit()
+            .await
+            .context(|| "committing the capture install".into())
+    }
+    .await;
+    match installed {
+        Err(e) if e.sqlstate().as_deref() == Some("55P03") => Err(super::EngineError::invalid(
+            "lock_timeout",
+            format!(
+                "installing capture on {}: a table stayed locked for over {} ms (another transaction holds it; see pg_stat_activity): {e}",
+                tables.iter().map(TableSpec::display_name).collect::<Vec<_>>().join(", "),
+                lock_timeout.as_millis()
+            ),
+        )),
+        other => other,
+    }
+}
+
+/// Removes the capture of table number `no` from the source (its functions and triggers, on
+/// partitions too); the events of it still queued stay, and the worker skips them (no table of
+/// the migration has that number any more). Waits for the table's lock as [`uninstall`] does.
+pub async fn remove_table(
+    conn: &mut PgConnection,
+    schema: &str,
+    no: i32,
+    cancel: Option<&tokio_util::sync::CancellationToken>,
+) -> EngineResult<()> {
+    let relations: Vec<sqlx::postgres::types::Oid> =
+        sqlx::query_scalar("SELECT DISTINCT tgrelid FROM pg_trigger WHERE tgname = ANY($1)")
+            .bind(
+                ["", "_truncate", "_end"]
+                    .iter()
+                    .map(|suffix| format!("!{schema}_{no}{suffix}"))
+                    .collect::<Vec<_>>(),
+            )
+            .fetch_all(&mut *conn)
+            .await
+            .context(|| "listing the tables that carry the capture triggers".into())?;
+    super::pg::run_with_short_locks(
+        conn,
+        &render::remove_table_sql(schema, no),
+        "removing a table's capture from the source",
         &relations,
         super::pg::LockRetry::default(),
         cancel,

@@ -246,6 +246,37 @@ impl Supervisor {
         Ok(())
     }
 
+    /// Brings the installed capture and bookkeeping of a migration whose run is stopped in line
+    /// with its record's tables (tables added or removed; see table_set.rs). Nothing to do for a
+    /// migration that was never started: its run installs everything.
+    pub async fn reconcile_tables(
+        &self,
+        record: &MigrationRecord,
+    ) -> EngineResult<super::table_set::Changes> {
+        let (source, target) = self.endpoints(record).await?;
+        let mut src = pg::connect("the source", &source).await?;
+        let mut dst = pg::connect("the target", &target).await?;
+        let schema = record.schema_name();
+        if !source::is_installed(&mut src, &schema).await?
+            || !target::is_installed(&mut dst, &schema).await?
+        {
+            return Ok(Default::default());
+        }
+        let dump = match record.schema_mode {
+            SchemaMode::Create => Some(schema::DumpSource::from_dsn(
+                &self.dsn(record.source.cluster_id).await?,
+                &record.source.database,
+            )?),
+            SchemaMode::Existing => None,
+        };
+        let build = dump.as_ref().map(|dump| super::table_set::Build {
+            target: &target,
+            pg_bin_dir: self.settings.pg_bin_dir.as_deref(),
+            dump,
+        });
+        super::table_set::reconcile(&mut src, &mut dst, record, build).await
+    }
+
     /// Starts every migration the store says should be running (at server start).
     pub async fn resume_all(&self) -> EngineResult<()> {
         let records = self.store.list_migrations().await?;

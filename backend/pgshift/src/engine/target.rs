@@ -9,7 +9,7 @@ use sqlx::{Connection, PgConnection, Row};
 use super::error::Context;
 use super::ticker::SourceTick;
 use super::{quote_ident, EngineError, EngineResult};
-use crate::store::MigrationRecord;
+use crate::store::{MigrationRecord, TableSpec};
 
 const INSTALL_SQL: &str = include_str!("../../../../sql/target/install.sql");
 
@@ -313,4 +313,115 @@ pub async fn table_progress(
             rows_estimated: r.get(5),
         })
         .collect())
+}
+
+/// Table numbers `table_state` lists.
+pub async fn recorded_tables(conn: &mut PgConnection, schema: &str) -> EngineResult<Vec<i32>> {
+    sqlx::query_scalar(&format!(
+        "SELECT table_no FROM {}.table_state ORDER BY table_no",
+        quote_ident(schema)
+    ))
+    .fetch_all(conn)
+    .await
+    .context(|| "reading table states from the target".into())
+}
+
+/// The tables among `tables` that hold rows on the target.
+pub async fn tables_with_rows(
+    conn: &mut PgConnection,
+    tables: &[TableSpec],
+) -> EngineResult<Vec<String>> {
+    let mut out = Vec::new();
+    for t in tables {
+        let has_rows: bool =
+            sqlx::query_scalar(&format!("SELECT EXISTS (SELECT 1 FROM {})", t.sql_name()))
+                .fetch_one(&mut *conn)
+                .await
+                .context(|| format!("reading {} on the target", t.display_name()))?;
+        if has_rows {
+            out.push(t.display_name());
+        }
+    }
+    Ok(out)
+}
+
+/// Adds tables to a running migration's bookkeeping, waiting for their copy (`pending`), in one
+/// transaction that first checks they are empty on the target, as [`install`] does. Their
+/// capture must be installed on the source already: the copy's first snapshot, taken later,
+/// then holds every change the queue does not.
+pub async fn add_tables(
+    conn: &mut PgConnection,
+    schema: &str,
+    tables: &[TableSpec],
+) -> EngineResult<()> {
+    let quoted = quote_ident(schema);
+    let mut tx = conn
+        .begin()
+        .await
+        .context(|| "opening a transaction on the target".into())?;
+    let not_empty = tables_with_rows(&mut tx, tables).await?;
+    if !not_empty.is_empty() {
+        return Err(EngineError::invalid(
+            "target_not_empty",
+            format!(
+                "table(s) {} on the target have rows; pgshift copies into empty tables (truncate them, or add them with empty_target)",
+                not_empty.join(", ")
+            ),
+        ));
+    }
+    for t in tables {
+        sqlx::query(&format!(
+            "INSERT INTO {quoted}.table_state (table_no, table_name, state) VALUES ($1, $2, $3)"
+        ))
+        .bind(t.no)
+        .bind(t.display_name())
+        .bind(TableState::Pending.as_str())
+        .execute(&mut *tx)
+        .await
+        .context(|| format!("recording the state of {}", t.display_name()))?;
+    }
+    tx.commit()
+        .await
+        .context(|| "committing the added tables' states".into())
+}
+
+/// Forgets table number `no` in the bookkeeping: its state, what the worker kept for its copy
+/// (tombstones, held events), its row type, and the objects still to build that wait for it
+/// (schema "create": they would wait for ever). The table's rows on the target stay.
+pub async fn remove_table(conn: &mut PgConnection, schema: &str, no: i32) -> EngineResult<()> {
+    let quoted = quote_ident(schema);
+    let named = |prefix: &str| format!("{quoted}.{}", quote_ident(&format!("{prefix}_{no}")));
+    let mut tx = conn
+        .begin()
+        .await
+        .context(|| "opening a transaction on the target".into())?;
+    sqlx::query(&format!(
+        "DELETE FROM {quoted}.table_state WHERE table_no = $1"
+    ))
+    .bind(no)
+    .execute(&mut *tx)
+    .await
+    .context(|| "forgetting a table's state".into())?;
+    for kept in ["tombstone", "held"] {
+        sqlx::query(&format!("DROP TABLE IF EXISTS {}", named(kept)))
+            .execute(&mut *tx)
+            .await
+            .context(|| "dropping what the worker kept for a removed table".into())?;
+    }
+    sqlx::query(&format!("DROP TYPE IF EXISTS {}", named("row")))
+        .execute(&mut *tx)
+        .await
+        .context(|| "dropping a removed table's row type".into())?;
+    if super::schema::builds_objects(&mut tx, schema).await? {
+        sqlx::query(&format!(
+            "DELETE FROM {quoted}.schema_object WHERE $1 = ANY(tables) AND state <> 'built'"
+        ))
+        .bind(no)
+        .execute(&mut *tx)
+        .await
+        .context(|| "forgetting the objects that waited for a removed table".into())?;
+    }
+    tx.commit()
+        .await
+        .context(|| "committing the removal of a table's state".into())
 }

@@ -159,7 +159,14 @@ fn action(method: &str, route: Option<&str>, kind: Option<&str>) -> String {
         return format!("{}.unknown", kind.unwrap_or("api"));
     };
     let segments: Vec<&str> = route.trim_start_matches("/api/v1/").split('/').collect();
-    if segments.len() > 1 && !segments[segments.len() - 1].starts_with('{') {
+    // A migration's table set: `migration.tables.add` and `migration.tables.remove` (the
+    // general rules would say `migration.tables` and, wrongly, `migration.delete`).
+    match (method, &segments[..]) {
+        ("POST", [_, _, "tables"]) => return format!("{kind}.tables.add"),
+        ("DELETE", [_, _, "tables", _]) => return format!("{kind}.tables.remove"),
+        _ => {}
+    }
+    if segments.len() > 2 && !segments[segments.len() - 1].starts_with('{') {
         return format!("{kind}.{}", segments[segments.len() - 1]);
     }
     let verb = match method {
@@ -243,6 +250,21 @@ mod tests {
             ("POST", "/api/v1/migrations/{name}/start", "migration.start"),
             ("POST", "/api/v1/migrations/preview", "migration.preview"),
             ("PUT", "/api/v1/migrations/{name}", "migration.update"),
+            (
+                "POST",
+                "/api/v1/migrations/{name}/tables",
+                "migration.tables.add",
+            ),
+            (
+                "DELETE",
+                "/api/v1/migrations/{name}/tables/{table}",
+                "migration.tables.remove",
+            ),
+            (
+                "POST",
+                "/api/v1/migrations/{name}/tables/{table}/resync",
+                "migration.resync",
+            ),
         ];
         for (method, route, expected) in cases {
             let kind = object_kind(route);

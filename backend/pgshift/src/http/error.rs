@@ -134,7 +134,7 @@ pub enum BodyErrors {
     /// `no_tables`, `invalid_pattern`, `pattern_matches_nothing`,
     /// `target_table_missing`, `target_columns_differ`, `target_key_differs`, `invalid_subject`,
     /// `invalid_ttl`, `invalid_webhook_url`, `webhook_not_allowed`, `key_collation_differs`,
-    /// `foreign_partition`.
+    /// `foreign_partition`, `already_in_migration` (adding tables: a pattern selects only tables the migration has).
     #[response(status = 422)]
     Invalid(ErrorBody),
 }
@@ -147,7 +147,8 @@ pub enum ConflictErrors {
     /// paused migration instead of starting it), `not_started`, `tables_busy` (removing a
     /// migration: other sessions held the source tables too long; the message names them),
     /// `operation_running` (starting, pausing, resuming, removing or resyncing while a cutover,
-    /// a verification or a resync runs on the migration).
+    /// a verification or a resync runs on the migration), `cut_over`, `last_table` (removing the only table of a
+    /// migration: remove the migration instead), `tables_changed`.
     #[response(status = 409)]
     Conflict(ErrorBody),
 }

@@ -13,6 +13,7 @@ use super::error::{
 use super::json::ApiJson;
 use super::{ApiError, AppState};
 use crate::service::migration_preview::{self, Preview, PreviewRequest};
+use crate::service::migration_tables::{self, AddTables};
 use crate::service::migrations::{self, MigrationView, NewMigration};
 
 type ViewResult = Result<Json<MigrationView>, ApiError>;
@@ -95,6 +96,40 @@ pub async fn resync_table(
     Path((name, table)): Path<(String, String)>,
 ) -> ViewResult {
     Ok(Json(migrations::resync_table(&app, &name, &table).await?))
+}
+
+/// Adds the tables the patterns select (those not in the migration yet), checked as at
+/// creation: capture goes in on the source, and the run copies and catches them up while the
+/// other tables keep replicating. 422 `already_in_migration` or `pattern_matches_nothing` for a
+/// pattern that adds nothing; 409 `target_not_empty` for an added table holding rows on the
+/// target (unless `empty_target`), `operation_running`, `cut_over`.
+#[utoipa::path(post, path = "/api/v1/migrations/{name}/tables", operation_id = "add_tables", tag = "migrations", request_body = AddTables,
+    params(("name" = String, Path, description = "the migration's name")),
+    responses((status = 200, body = MigrationView, description = "the migration with its added tables (pending until copied)"), AuthErrors, RoleErrors, BodyErrors, NotFoundErrors, ConflictErrors, DatabaseErrors),
+    security(("bearer" = [])))]
+pub async fn add_tables(
+    State(app): State<AppState>,
+    _caller: Authorized<Operator>,
+    Path(name): Path<String>,
+    ApiJson(body): ApiJson<AddTables>,
+) -> ViewResult {
+    Ok(Json(migration_tables::add(&app, &name, body).await?))
+}
+
+/// Stops replicating one table: its capture triggers and function are removed from the source
+/// and its state from the target; its rows on the target stay, and its changes still queued are
+/// skipped. 404 for a table not in the migration; 409 `last_table` (remove the migration
+/// instead), `operation_running`, `cut_over`.
+#[utoipa::path(delete, path = "/api/v1/migrations/{name}/tables/{table}", operation_id = "remove_table", tag = "migrations",
+    params(("name" = String, Path, description = "the migration's name"), ("table" = String, Path, description = "the table's unquoted `schema.table` name")),
+    responses((status = 200, body = MigrationView, description = "the migration without the table"), AuthErrors, RoleErrors, NotFoundErrors, ConflictErrors, DatabaseErrors),
+    security(("bearer" = [])))]
+pub async fn remove_table(
+    State(app): State<AppState>,
+    _caller: Authorized<Operator>,
+    Path((name, table)): Path<(String, String)>,
+) -> ViewResult {
+    Ok(Json(migration_tables::remove(&app, &name, &table).await?))
 }
 
 /// Stops ticker, copy and apply; the source keeps capturing.

@@ -47,6 +47,11 @@ pub fn api(app: AppState) -> Router<AppState> {
         .route("/migrations/{name}/start", post(migrations::start))
         .route("/migrations/{name}/pause", post(migrations::pause))
         .route("/migrations/{name}/resume", post(migrations::resume))
+        .route("/migrations/{name}/tables", post(migrations::add_tables))
+        .route(
+            "/migrations/{name}/tables/{table}",
+            axum::routing::delete(migrations::remove_table),
+        )
         .route(
             "/migrations/{name}/tables/{table}/resync",
             post(migrations::resync_table),

@@ -29,6 +29,8 @@ use super::{audit, clusters, cutover, ddl, metrics, migrations, operations, toke
         migrations::resume,
         migrations::resync_table,
         ddl::run,
+        migrations::add_tables,
+        migrations::remove_table,
         migrations::remove,
         cutover::start,
         cutover::abort,

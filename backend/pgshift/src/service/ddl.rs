@@ -65,7 +65,10 @@ pub async fn run(app: &App, name: &str, sql: &str) -> ServiceResult<MigrationVie
     let mut conn = pg::connect("the source", &source).await?;
     let tables = ddl::run_on_source(&mut conn, &record, sql, LOCK_TIMEOUT).await?;
     tracing::info!(migration = %name, sql = %sql, "schema change committed on the source");
-    app.store.set_tables(record.id, &tables).await?;
+    let last_no = record.tables.iter().map(|t| t.no).max().unwrap_or(0);
+    app.store
+        .set_tables(record.id, record.table_patterns.as_deref(), &tables, last_no)
+        .await?;
     // The run's source watch compares the source with the tables it started with: it starts
     // again with the new ones (the worker reads events before the change with the old lists).
     app.supervisor.stop(record.id).await;

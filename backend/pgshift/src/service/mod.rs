@@ -10,6 +10,7 @@ pub mod ddl;
 mod error;
 pub mod lag_history;
 pub mod migration_preview;
+pub mod migration_tables;
 pub mod migrations;
 pub mod monitoring;
 pub mod operations;

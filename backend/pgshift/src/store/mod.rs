@@ -81,9 +81,19 @@ pub trait Store: Send + Sync + 'static {
     async fn migration_by_name(&self, name: &str) -> StoreResult<Option<MigrationRecord>>;
     async fn set_desired_state(&self, id: Uuid, state: DesiredState) -> StoreResult<()>;
     async fn set_last_error(&self, id: Uuid, error: Option<&str>) -> StoreResult<()>;
-    /// Replaces a migration's tables (their column lists after a schema change).
-    async fn set_tables(&self, id: Uuid, tables: &[TableSpec]) -> StoreResult<()>;
     async fn delete_migration(&self, id: Uuid) -> StoreResult<()>;
+    /// Replaces the migration's tables (and the patterns shown with them), raising the highest
+    /// table number it ever gave out to `last_table_no` (never lowering it).
+    async fn set_tables(
+        &self,
+        id: Uuid,
+        table_patterns: Option<&[String]>,
+        tables: &[TableSpec],
+        last_table_no: i32,
+    ) -> StoreResult<()>;
+    /// The highest table number the migration ever gave out, when recorded (a removed table's
+    /// number is not among its tables any more, and is never given out again).
+    async fn last_table_no(&self, id: Uuid) -> StoreResult<Option<i32>>;
     /// Appends one entry to the audit trail.
     async fn insert_audit(&self, entry: &NewAuditEntry) -> StoreResult<()>;
     /// Audit entries matching `filter`, newest first.

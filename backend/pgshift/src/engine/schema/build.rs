@@ -182,6 +182,41 @@ pub async fn record(conn: &mut PgConnection, schema: &str, plan: &Plan) -> Engin
         .context(|| "committing the schema's bookkeeping".into())
 }
 
+/// Records the objects to build after the copy of tables added to a running migration, after
+/// the others (numbered on from the highest), in one transaction. The session settings are
+/// those recorded with the migration (pg_dump writes the same ones).
+pub async fn append(conn: &mut PgConnection, schema: &str, plan: &Plan) -> EngineResult<()> {
+    let quoted = quote_ident(schema);
+    let mut tx = conn
+        .begin()
+        .await
+        .context(|| "opening a transaction on the target".into())?;
+    let last: i32 = sqlx::query_scalar(&format!(
+        "SELECT coalesce(max(object_no), 0) FROM {quoted}.schema_object"
+    ))
+    .fetch_one(&mut *tx)
+    .await
+    .context(|| "reading the objects to build".into())?;
+    for (no, item) in plan.after.iter().enumerate() {
+        sqlx::query(&format!(
+            "INSERT INTO {quoted}.schema_object (object_no, kind, name, tables, wait_for, statement)
+             VALUES ($1, $2, $3, $4, $5, $6)"
+        ))
+        .bind(last + no as i32 + 1)
+        .bind(&item.kind)
+        .bind(&item.name)
+        .bind(&item.tables)
+        .bind(item.wait.as_str())
+        .bind(&item.statement)
+        .execute(&mut *tx)
+        .await
+        .context(|| "recording an object to build after the copy".into())?;
+    }
+    tx.commit()
+        .await
+        .context(|| "committing the schema's bookkeeping".into())
+}
+
 /// Failed objects are tried again by a new run (the operator may have fixed the cause).
 pub async fn retry_failed(conn: &mut PgConnection, schema: &str) -> EngineResult<()> {
     sqlx::query(&format!(

@@ -153,6 +153,55 @@ pub async fn record_after(
     build::retry_failed(dst, schema).await
 }
 
+/// Schema "create", tables added to a running migration (`tables`, none of them in its
+/// bookkeeping yet): builds those missing on the target with what they need, and records their
+/// objects to build after the copy beside the others' (`schema`: the bookkeeping's), unless an
+/// earlier try did. A table that is there already (left by an earlier time in the migration) is
+/// kept as it is; the service compared it with the source's. Objects that also need a table the
+/// migration had before (a foreign key between the two) are not in the source's schema cut down
+/// to the added tables, and are not built.
+pub async fn prepare_added(
+    src: &mut PgConnection,
+    dst: &mut PgConnection,
+    target: &PgConnectOptions,
+    schema: &str,
+    pg_bin_dir: Option<&Path>,
+    source: &DumpSource,
+    tables: &[TableSpec],
+) -> EngineResult<()> {
+    let present = tables_on_target(dst, tables).await?;
+    let missing: Vec<TableSpec> = tables
+        .iter()
+        .filter(|t| !present.contains(&format!("{}.{}", t.schema, t.name)))
+        .cloned()
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let nos: Vec<i32> = missing.iter().map(|t| t.no).collect();
+    // Recorded first, with the run stopped (nothing builds meanwhile): a crash before the build
+    // finds them recorded and builds the tables only.
+    let recorded = !build::has_objects(dst, schema).await?
+        || sqlx::query_scalar(&format!(
+            "SELECT EXISTS (SELECT 1 FROM {}.schema_object WHERE tables && $1)",
+            quote_ident(schema)
+        ))
+        .bind(&nos)
+        .fetch_one(&mut *dst)
+        .await
+        .context(|| "looking for the added tables' objects".into())?;
+    let plan = read_plan(src, pg_bin_dir, source, &missing).await?;
+    if !recorded {
+        build::append(dst, schema, &plan).await?;
+    }
+    build::build_before(target, &plan).await?;
+    tracing::info!(
+        objects = plan.before.len(),
+        "built the added tables on the target"
+    );
+    Ok(())
+}
+
 /// Whether this migration's bookkeeping lists objects to build (its schema is pgshift's).
 pub async fn builds_objects(dst: &mut PgConnection, schema: &str) -> EngineResult<bool> {
     build::has_objects(dst, schema).await

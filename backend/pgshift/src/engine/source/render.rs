@@ -178,7 +178,39 @@ pub(super) fn statement_triggers_sql(schema: &str, table: &TableSpec, relation: 
         .replace("@end@", &trigger_name(schema, table, "_end"))
         .replace("@relation@", relation)
         .replace("@no@", &table.no.to_string())
+        .replace("@statement_mark@", STATEMENT_MARK)
+        .replace("@tag@", schema)
         .replace("@schema@", &quote_ident(schema))
+}
+
+/// Removes one table's capture from the source in one statement: its functions with CASCADE
+/// (which takes the row trigger with its partitions' clones and every statement trigger, no
+/// table ownership needed), any statement trigger left from a capture installed before each
+/// table had its own end function (that one needs the owner), and the partitions the source
+/// watch followed for it.
+pub(super) fn remove_table_sql(schema: &str, no: i32) -> String {
+    let s = quote_ident(schema);
+    let names = ["", "_truncate", "_end"]
+        .iter()
+        .map(|suffix| quote_literal(&format!("!{schema}_{no}{suffix}")))
+        .collect::<Vec<_>>()
+        .join(", ");
+    format!(
+        "DO $pgshift$
+         DECLARE
+             t record;
+         BEGIN
+             DROP FUNCTION IF EXISTS {s}.capture_{no}() CASCADE;
+             DROP FUNCTION IF EXISTS {s}.statement_bound_{no}() CASCADE;
+             FOR t IN SELECT tgname, tgrelid::pg_catalog.regclass AS relation FROM pg_catalog.pg_trigger
+                       WHERE tgname IN ({names}) AND NOT tgisinternal LOOP
+                 EXECUTE pg_catalog.format('DROP TRIGGER %I ON %s', t.tgname, t.relation);
+             END LOOP;
+             DELETE FROM {s}.partition WHERE table_no = {no};
+             DELETE FROM {s}.partition_seen WHERE table_no = {no};
+         END
+         $pgshift$"
+    )
 }
 
 #[cfg(test)]

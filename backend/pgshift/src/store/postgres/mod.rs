@@ -13,7 +13,7 @@ use uuid::Uuid;
 
 use crate::store::{
     AuditEntry, AuditFilter, Cluster, DesiredState, MigrationRecord, NewAuditEntry, Operation,
-    Store, StoreError, StoreResult, TokenRecord,
+    Store, StoreError, StoreResult, TableSpec, TokenRecord,
 };
 
 mod users;
@@ -265,15 +265,38 @@ impl Store for PostgresStore {
         Ok(())
     }
 
-    async fn set_tables(&self, id: Uuid, tables: &[crate::store::TableSpec]) -> StoreResult<()> {
+    async fn set_tables(
+        &self,
+        id: Uuid,
+        table_patterns: Option<&[String]>,
+        tables: &[TableSpec],
+        last_table_no: i32,
+    ) -> StoreResult<()> {
+        let patterns = table_patterns.map(|p| serde_json::to_value(p).expect("patterns serialize"));
         let tables = serde_json::to_value(tables).expect("tables serialize");
-        sqlx::query("UPDATE pgshift_meta.migration SET tables = $1, updated_at = $2 WHERE id = $3")
-            .bind(tables)
-            .bind(Utc::now())
-            .bind(id)
-            .execute(&self.pool)
-            .await?;
+        sqlx::query(
+            "UPDATE pgshift_meta.migration
+                SET table_patterns = $1, tables = $2, updated_at = $3,
+                    last_table_no = greatest(last_table_no, $4)
+              WHERE id = $5",
+        )
+        .bind(patterns)
+        .bind(tables)
+        .bind(Utc::now())
+        .bind(last_table_no)
+        .bind(id)
+        .execute(&self.pool)
+        .await?;
         Ok(())
+    }
+
+    async fn last_table_no(&self, id: Uuid) -> StoreResult<Option<i32>> {
+        let no: Option<Option<i32>> =
+            sqlx::query_scalar("SELECT last_table_no FROM pgshift_meta.migration WHERE id = $1")
+                .bind(id)
+                .fetch_optional(&self.pool)
+                .await?;
+        Ok(no.flatten())
     }
 
     async fn delete_migration(&self, id: Uuid) -> StoreResult<()> {

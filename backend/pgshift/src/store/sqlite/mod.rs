@@ -13,7 +13,7 @@ use uuid::Uuid;
 
 use crate::store::{
     AuditEntry, AuditFilter, Cluster, DesiredState, MigrationRecord, NewAuditEntry, Operation,
-    Store, StoreError, StoreResult, TokenRecord,
+    Store, StoreError, StoreResult, TableSpec, TokenRecord,
 };
 
 mod users;
@@ -240,15 +240,39 @@ impl Store for SqliteStore {
         Ok(())
     }
 
-    async fn set_tables(&self, id: Uuid, tables: &[crate::store::TableSpec]) -> StoreResult<()> {
+    async fn set_tables(
+        &self,
+        id: Uuid,
+        table_patterns: Option<&[String]>,
+        tables: &[TableSpec],
+        last_table_no: i32,
+    ) -> StoreResult<()> {
+        let patterns =
+            table_patterns.map(|p| serde_json::to_string(p).expect("patterns serialize"));
         let tables = serde_json::to_string(tables).expect("tables serialize");
-        sqlx::query("UPDATE migration SET tables = ?, updated_at = ? WHERE id = ?")
-            .bind(tables)
-            .bind(now())
-            .bind(id.to_string())
-            .execute(&self.pool)
-            .await?;
+        sqlx::query(
+            "UPDATE migration
+                SET table_patterns = ?, tables = ?, updated_at = ?,
+                    last_table_no = max(coalesce(last_table_no, 0), ?)
+              WHERE id = ?",
+        )
+        .bind(patterns)
+        .bind(tables)
+        .bind(now())
+        .bind(last_table_no)
+        .bind(id.to_string())
+        .execute(&self.pool)
+        .await?;
         Ok(())
+    }
+
+    async fn last_table_no(&self, id: Uuid) -> StoreResult<Option<i32>> {
+        let no: Option<Option<i32>> =
+            sqlx::query_scalar("SELECT last_table_no FROM migration WHERE id = ?")
+                .bind(id.to_string())
+                .fetch_optional(&self.pool)
+                .await?;
+        Ok(no.flatten())
     }
 
     async fn delete_migration(&self, id: Uuid) -> StoreResult<()> {
