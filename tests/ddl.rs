@@ -420,3 +420,57 @@ async fn schema_changes_from_the_cli_and_the_dashboard() {
     assert_eq!(status, StatusCode::OK, "{audit}");
     assert!(audit.to_string().contains("migration.ddl"), "{audit}");
 }
+
+/// A table created through the route (on both sides at the same point), then added to the
+/// migration while the application writes it: copied, then replicated like the others.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_table_created_through_the_route_then_added_to_the_migration() {
+    let case = Case::start(SCHEMA, SEED).await;
+    ddl_ok(
+        &case.server,
+        "CREATE TABLE public.fresh (id int PRIMARY KEY, v text); CREATE TABLE public.fresh_log (at int, what text)",
+    )
+    .await;
+    // The target has the tables once the worker has passed the change.
+    case.drain().await;
+    case.source
+        .psql(
+            "app",
+            "INSERT INTO fresh SELECT g, 'v' || g FROM generate_series(1, 500) g;
+             INSERT INTO fresh_log SELECT g % 10, 'w' FROM generate_series(1, 300) g;",
+        )
+        .await;
+    let writer = {
+        let pool = case.src.clone();
+        tokio::spawn(async move {
+            for i in 0..300 {
+                let sql = format!(
+                    "UPDATE fresh SET v = v || '.' WHERE id = {}; INSERT INTO fresh_log VALUES ({}, 'live'); INSERT INTO fresh VALUES ({}, 'new')",
+                    1 + i % 500,
+                    i % 10,
+                    1000 + i
+                );
+                sqlx::raw_sql(&sql).execute(&pool).await.unwrap();
+            }
+        })
+    };
+    let (status, body) = case
+        .server
+        .post(
+            "/migrations/m/tables",
+            json!({"tables": ["public.fresh", "public.fresh_log"]}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    writer.await.unwrap();
+    case.drain_and_compare(&[
+        ("t", "id"),
+        ("fresh", "id"),
+        ("fresh_log", "t::text COLLATE \"C\""),
+    ])
+    .await;
+    // A change of the new table through the route follows it too.
+    ddl_ok(&case.server, "ALTER TABLE fresh ADD COLUMN n int").await;
+    case.write_and_compare("UPDATE fresh SET n = id WHERE id < 50", &[("fresh", "id")])
+        .await;
+}

@@ -67,7 +67,12 @@ pub async fn run(app: &App, name: &str, sql: &str) -> ServiceResult<MigrationVie
     tracing::info!(migration = %name, sql = %sql, "schema change committed on the source");
     let last_no = record.tables.iter().map(|t| t.no).max().unwrap_or(0);
     app.store
-        .set_tables(record.id, record.table_patterns.as_deref(), &tables, last_no)
+        .set_tables(
+            record.id,
+            record.table_patterns.as_deref(),
+            &tables,
+            last_no,
+        )
         .await?;
     // The run's source watch compares the source with the tables it started with: it starts
     // again with the new ones (the worker reads events before the change with the old lists).
