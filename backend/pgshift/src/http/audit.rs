@@ -166,7 +166,7 @@ fn action(method: &str, route: Option<&str>, kind: Option<&str>) -> String {
         ("DELETE", [_, _, "tables", _]) => return format!("{kind}.tables.remove"),
         _ => {}
     }
-    if segments.len() > 2 && !segments[segments.len() - 1].starts_with('{') {
+    if segments.len() > 1 && !segments[segments.len() - 1].starts_with('{') {
         return format!("{kind}.{}", segments[segments.len() - 1]);
     }
     let verb = match method {
