@@ -145,7 +145,21 @@ pub async fn install_within(
     migration: &MigrationRecord,
     lock_timeout: std::time::Duration,
 ) -> EngineResult<()> {
-    let installed = install_in_one(conn, migration, lock_timeout).await;
+    // The install locks the tables one after another; a session writing two of them in
+    // another order (the application, or the worker applying to the new server when a cutover
+    // arms the way back) can deadlock with it. When PostgreSQL picks the install as the victim,
+    // its transaction is rolled back whole and it is safe to run again.
+    let mut attempts = 0;
+    let installed = loop {
+        attempts += 1;
+        match install_in_one(conn, migration, lock_timeout).await {
+            Err(e) if e.sqlstate().as_deref() == Some("40P01") && attempts < 5 => {
+                tracing::info!(migration = %migration.name, attempts, "installing capture met a deadlock; trying again");
+                tokio::time::sleep(std::time::Duration::from_millis(200 * attempts)).await;
+            }
+            other => break other,
+        }
+    };
     match installed {
         Err(e) if e.sqlstate().as_deref() == Some("55P03") => Err(super::EngineError::invalid(
             "lock_timeout",
