@@ -177,6 +177,34 @@ impl TableCopy {
         }
     }
 
+    /// Waits until the worker has applied every transaction `snapshot` saw (waking the ticker
+    /// so that it does not wait for an idle tick).
+    async fn wait_for_worker(
+        &self,
+        dst: &mut PgConnection,
+        snapshot: &Snapshot,
+        cancel: &CancellationToken,
+    ) -> EngineResult<()> {
+        self.tick_now.notify_one();
+        let applied_sql = format!(
+            "SELECT tick_snapshot FROM {}.applied",
+            quote_ident(&self.schema)
+        );
+        loop {
+            let applied: String = sqlx::query_scalar(&applied_sql)
+                .fetch_one(&mut *dst)
+                .await
+                .context(|| "reading the applied tick".into())?;
+            if Snapshot::parse(&applied)?.includes(snapshot) {
+                return Ok(());
+            }
+            tokio::select! {
+                _ = cancel.cancelled() => return Err(EngineError::Cancelled),
+                _ = tokio::time::sleep(std::time::Duration::from_millis(20)) => {}
+            }
+        }
+    }
+
     async fn progress(&self, dst: &mut PgConnection) -> EngineResult<target::TableProgress> {
         let all = target::table_progress(dst, &self.schema).await?;
         all.into_iter()
@@ -226,39 +254,14 @@ impl TableCopy {
         let t = &self.table;
         let schema = quote_ident(&self.schema);
         // The chunk is read in one REPEATABLE READ transaction so that its snapshot is known.
-        let mut source_tx = src
-            .begin()
-            .await
-            .context(|| "opening a copy transaction on the source".into())?;
-        sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
-            .execute(&mut *source_tx)
-            .await
-            .context(|| "setting the copy's isolation level".into())?;
-        let snapshot: String = sqlx::query_scalar("SELECT txid_current_snapshot()::text")
-            .fetch_one(&mut *source_tx)
-            .await
-            .context(|| "reading the copy's snapshot".into())?;
+        let (mut source_tx, snapshot) = read_snapshot(src).await?;
         let snapshot = Snapshot::parse(&snapshot)?;
 
         // Merge only once the worker has applied every transaction the chunk's snapshot saw.
         // Then each row the merge adds is untouched since capture began, so it is the row as of
         // the worker's position: the target stays a consistent subset of one source state, and
         // no unique constraint can trip over a row copied from "the future".
-        self.tick_now.notify_one();
-        let applied_sql = format!("SELECT tick_snapshot FROM {schema}.applied");
-        loop {
-            let applied: String = sqlx::query_scalar(&applied_sql)
-                .fetch_one(&mut *dst)
-                .await
-                .context(|| "reading the applied tick".into())?;
-            if Snapshot::parse(&applied)?.includes(&snapshot) {
-                break;
-            }
-            tokio::select! {
-                _ = cancel.cancelled() => return Err(EngineError::Cancelled),
-                _ = tokio::time::sleep(std::time::Duration::from_millis(20)) => {}
-            }
-        }
+        self.wait_for_worker(dst, &snapshot, cancel).await?;
 
         let mut tx = dst
             .begin()
@@ -479,6 +482,26 @@ impl TableCopy {
             .context(|| "committing the end of the copy".into())?;
         Ok(done)
     }
+}
+
+/// Opens a `REPEATABLE READ` transaction on the source and reads its snapshot: what a copy
+/// reads in it is exactly what that snapshot saw.
+async fn read_snapshot(
+    src: &mut PgConnection,
+) -> EngineResult<(sqlx::Transaction<'_, sqlx::Postgres>, String)> {
+    let mut source_tx = src
+        .begin()
+        .await
+        .context(|| "opening a copy transaction on the source".into())?;
+    sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+        .execute(&mut *source_tx)
+        .await
+        .context(|| "setting the copy's isolation level".into())?;
+    let snapshot: String = sqlx::query_scalar("SELECT txid_current_snapshot()::text")
+        .fetch_one(&mut *source_tx)
+        .await
+        .context(|| "reading the copy's snapshot".into())?;
+    Ok((source_tx, snapshot))
 }
 
 /// One chunk of a table's copy.

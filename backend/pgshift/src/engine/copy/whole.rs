@@ -45,22 +45,7 @@ impl TableCopy {
             },
         };
         let seen = Snapshot::parse(&snapshot)?;
-        self.tick_now.notify_one();
-        let schema = quote_ident(&self.schema);
-        let applied_sql = format!("SELECT tick_snapshot FROM {schema}.applied");
-        loop {
-            let applied: String = sqlx::query_scalar(&applied_sql)
-                .fetch_one(&mut *dst)
-                .await
-                .context(|| "reading the applied tick".into())?;
-            if Snapshot::parse(&applied)?.includes(&seen) {
-                break;
-            }
-            tokio::select! {
-                _ = cancel.cancelled() => return Err(EngineError::Cancelled),
-                _ = tokio::time::sleep(std::time::Duration::from_millis(20)) => {}
-            }
-        }
+        self.wait_for_worker(dst, &seen, cancel).await?;
         self.land(src, dst, epoch, &snapshot).await
     }
 
@@ -75,18 +60,7 @@ impl TableCopy {
     ) -> EngineResult<Option<String>> {
         let t = &self.table;
         let schema = quote_ident(&self.schema);
-        let mut source_tx = src
-            .begin()
-            .await
-            .context(|| "opening a copy transaction on the source".into())?;
-        sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
-            .execute(&mut *source_tx)
-            .await
-            .context(|| "setting the copy's isolation level".into())?;
-        let snapshot: String = sqlx::query_scalar("SELECT txid_current_snapshot()::text")
-            .fetch_one(&mut *source_tx)
-            .await
-            .context(|| "reading the copy's snapshot".into())?;
+        let (mut source_tx, snapshot) = super::read_snapshot(src).await?;
         let mut tx = dst
             .begin()
             .await
