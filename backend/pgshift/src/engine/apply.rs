@@ -546,6 +546,10 @@ async fn apply_keyless(
 /// Ends a batch inside the caller's target transaction: applies what tables without a key
 /// staged (see [`keyless`]). Called once per batch, before its tick is recorded.
 pub async fn finish_batch(conn: &mut PgConnection, ctx: &ChunkContext<'_>) -> EngineResult<()> {
+    // Most migrations have no table without a key: no round trip for them on every batch.
+    if !ctx.plans.values().any(TablePlan::is_keyless) {
+        return Ok(());
+    }
     for table_no in keyless::staged_tables(conn).await? {
         let Some(plan) = ctx.plans.get(&table_no) else {
             continue;

@@ -139,6 +139,25 @@ pub async fn server_version(conn: &mut PgConnection) -> EngineResult<String> {
 }
 
 /// Runs a multi-statement SQL script (the files under `sql/`) in one round trip.
+/// `SET LOCAL lock_timeout` for the caller's transaction: each lock it waits for waits at most
+/// `lock_timeout` (at least 1 ms: 0 would mean no limit).
+pub async fn set_lock_timeout(
+    conn: &mut PgConnection,
+    lock_timeout: std::time::Duration,
+) -> EngineResult<()> {
+    sqlx::query(&format!(
+        "SET LOCAL lock_timeout = '{}ms'",
+        lock_timeout.as_millis().max(1)
+    ))
+    .execute(conn)
+    .await
+    .map_err(|source| EngineError::Database {
+        context: "setting lock_timeout".into(),
+        source,
+    })?;
+    Ok(())
+}
+
 pub async fn run_script(conn: &mut PgConnection, script: &str) -> Result<(), sqlx::Error> {
     use sqlx::Executor;
     conn.execute(sqlx::raw_sql(script)).await.map(|_| ())

@@ -216,13 +216,7 @@ async fn install_in_one(
         .begin()
         .await
         .context(|| "opening the install transaction on the source".into())?;
-    sqlx::query(&format!(
-        "SET LOCAL lock_timeout = '{}ms'",
-        lock_timeout.as_millis().max(1)
-    ))
-    .execute(&mut *tx)
-    .await
-    .context(|| "setting lock_timeout".into())?;
+    super::pg::set_lock_timeout(&mut tx, lock_timeout).await?;
     super::pg::run_script(&mut tx, &install_sql(&schema))
         .await
         .context(|| "installing the capture schema on the source".into())?;
@@ -321,13 +315,7 @@ pub async fn install_tables(
             .begin()
             .await
             .context(|| "opening the capture install on the source".into())?;
-        sqlx::query(&format!(
-            "SET LOCAL lock_timeout = '{}ms'",
-            lock_timeout.as_millis().max(1)
-        ))
-        .execute(&mut *tx)
-        .await
-        .context(|| "setting lock_timeout".into())?;
+        super::pg::set_lock_timeout(&mut tx, lock_timeout).await?;
         for table in tables {
             install_table(&mut tx, schema, table).await?;
         }

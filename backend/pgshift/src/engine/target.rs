@@ -133,13 +133,7 @@ pub async fn install_synced(
         .begin()
         .await
         .context(|| "opening the reverse install on the old server".into())?;
-    sqlx::query(&format!(
-        "SET LOCAL lock_timeout = '{}ms'",
-        lock_timeout.as_millis()
-    ))
-    .execute(&mut *tx)
-    .await
-    .context(|| "setting lock_timeout".into())?;
+    super::pg::set_lock_timeout(&mut tx, lock_timeout).await?;
     super::pg::run_script(&mut tx, &INSTALL_SQL.replace("@schema@", &quoted))
         .await
         .context(|| "installing the reverse migration's bookkeeping on the old server".into())?;

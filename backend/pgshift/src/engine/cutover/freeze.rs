@@ -84,17 +84,6 @@ async fn relations(conn: &mut PgConnection, tables: &[TableSpec]) -> EngineResul
     Ok(out)
 }
 
-async fn set_lock_timeout(conn: &mut PgConnection, lock_timeout: Duration) -> EngineResult<()> {
-    sqlx::query(&format!(
-        "SET LOCAL lock_timeout = '{}ms'",
-        lock_timeout.as_millis().max(1)
-    ))
-    .execute(conn)
-    .await
-    .context(|| "setting lock_timeout".into())?;
-    Ok(())
-}
-
 /// `deadline`: seconds since the epoch on the source's clock, or `None` for a permanent freeze.
 async fn create_function(
     conn: &mut PgConnection,
@@ -162,7 +151,7 @@ pub async fn lock_in(
     message: &str,
     lock_timeout: Duration,
 ) -> EngineResult<()> {
-    set_lock_timeout(tx, lock_timeout).await?;
+    crate::engine::pg::set_lock_timeout(tx, lock_timeout).await?;
     create_function(tx, schema, message, "retry shortly", None).await?;
     for (i, relation) in relations(tx, tables).await?.iter().enumerate() {
         create_trigger(tx, schema, i, relation, lock_timeout).await?;
@@ -200,7 +189,7 @@ pub async fn freeze(
             .begin()
             .await
             .context(|| "opening a freeze transaction".into())?;
-        set_lock_timeout(&mut tx, lock_timeout).await?;
+        crate::engine::pg::set_lock_timeout(&mut tx, lock_timeout).await?;
         create_trigger(&mut tx, schema, i, relation, lock_timeout).await?;
         tx.commit()
             .await
@@ -384,7 +373,7 @@ pub async fn lift_left(conn: &mut PgConnection, schema: &str) -> EngineResult<Op
         // A finished cutover's freeze: not left behind, and never lifted here.
         return Ok(Some(false));
     }
-    set_lock_timeout(&mut tx, Duration::from_secs(5)).await?;
+    crate::engine::pg::set_lock_timeout(&mut tx, Duration::from_secs(5)).await?;
     let lifted = unfreeze(&mut tx, schema).await?;
     tx.commit()
         .await

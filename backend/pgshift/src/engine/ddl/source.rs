@@ -26,13 +26,7 @@ pub async fn run_on_source(
         .begin()
         .await
         .context(|| "opening the schema change's transaction on the source".into())?;
-    sqlx::query(&format!(
-        "SET LOCAL lock_timeout = '{}ms'",
-        lock_timeout.as_millis().max(1)
-    ))
-    .execute(&mut *tx)
-    .await
-    .context(|| "setting lock_timeout".into())?;
+    crate::engine::pg::set_lock_timeout(&mut tx, lock_timeout).await?;
     // Tables are followed by oid: a statement may rename them.
     let mut by_oid: HashMap<u32, &TableSpec> = HashMap::new();
     for t in &record.tables {
